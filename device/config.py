@@ -1,0 +1,122 @@
+"""The unit's configuration file: a strict, typed, documented schema.
+
+A unit reads one JSON file (`python -m device run --config FILE`), written by
+`provisioning add-device`. An unknown key is an error that names the key, never a
+silent default: a typo in `debounce_s` must not quietly turn debounce off.
+Secrets (broker password) come from files named here, never from the file itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from doorscan.errors import ConfigError
+from doorscan.wire import ID_PATTERN, MAX_BATCH_SCANS
+
+__all__ = ["BrokerConfig", "FramesConfig", "PinsConfig", "SyncConfig", "UnitConfig", "load_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    host: str = Field("127.0.0.1", description="MQTT broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="MQTT broker port")
+    keepalive_s: int = Field(
+        30, ge=5, le=600, description="MQTT keepalive; the last will fires after 1.5x this"
+    )
+    username: str | None = Field(None, description="broker user name, if the broker asks for one")
+    password_file: Path | None = Field(None, description="file holding the broker password")
+
+
+class PinsConfig(_Strict):
+    """BCM pin numbers of the feedback parts (see docs/field-guide.md for wiring)."""
+
+    green_led: int = Field(17, ge=0, le=27, description="green LED (accepted)")
+    red_led: int = Field(27, ge=0, le=27, description="red LED (refused, fault)")
+    buzzer: int = Field(22, ge=0, le=27, description="active buzzer")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PinsConfig:
+        if len({self.green_led, self.red_led, self.buzzer}) != 3:
+            raise ValueError("green_led, red_led and buzzer must be three different pins")
+        return self
+
+
+class FramesConfig(_Strict):
+    source: Literal["picamera2", "files"] = Field(
+        "picamera2", description="picamera2 on a Pi; files reads images (tests, demo, bench)"
+    )
+    path: Path | None = Field(None, description="image file or folder, for source=files")
+    loop: bool = Field(False, description="for source=files: start again after the last image")
+    width: int = Field(1280, ge=160, le=4608, description="frame width fed to the decoder")
+    height: int = Field(720, ge=120, le=2592, description="frame height fed to the decoder")
+    fps: float = Field(15.0, gt=0, le=60, description="frames per second asked of the camera")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> FramesConfig:
+        if self.source == "files" and self.path is None:
+            raise ValueError("frames.path is required when frames.source is 'files'")
+        return self
+
+
+class SyncConfig(_Strict):
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH_SCANS, description="scans per MQTT message")
+    ack_timeout_s: float = Field(
+        15.0, gt=0, le=3600, description="resend a batch not acked in this time"
+    )
+    max_in_flight: int = Field(4, ge=1, le=64, description="batches sent and not yet acked")
+    reconnect_min_s: float = Field(1.0, gt=0, description="first reconnect delay")
+    reconnect_max_s: float = Field(
+        60.0, gt=0, description="reconnect delay cap (exponential backoff)"
+    )
+
+
+class UnitConfig(_Strict):
+    unit_id: str = Field(pattern=f"^{ID_PATTERN}$", description="this unit's id, as registered")
+    venue_id: str = Field(pattern=f"^{ID_PATTERN}$", description="the venue this unit guards")
+    data_dir: Path = Field(description="journal and state live here; on the Pi, /var/lib/doorscan")
+    decoder: Literal["zxing", "zbar"] = Field("zxing", description="QR decoder library")
+    debounce_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="same person at this unit within this time: 'already in', no record",
+    )
+    card_keys: list[Path] = Field(
+        default_factory=list, description="PEM public keys whose visitor cards this unit accepts"
+    )
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    pins: PinsConfig = Field(default_factory=PinsConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+
+
+def load_config(path: Path) -> UnitConfig:
+    """Read and validate a unit config; relative paths are taken from the file's folder."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        config = UnitConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+    base = Path(path).resolve().parent
+    return config.model_copy(
+        update={
+            "data_dir": base / config.data_dir,
+            "card_keys": [base / p for p in config.card_keys],
+            "frames": config.frames.model_copy(
+                update={"path": base / config.frames.path if config.frames.path else None}
+            ),
+        }
+    )

@@ -1,0 +1,285 @@
+"""The wire contract: every MQTT topic and message schema doorscan uses.
+
+This is the one module that the door unit, the hub and provisioning all import;
+`docs/wire.md` documents it with an example of each message. Change a schema
+here and the version number with it.
+
+Topics (``{unit}`` and ``{venue}`` are ids matching `ID_PATTERN`)::
+
+    doorscan/v1/units/{unit}/scans       unit -> hub     QoS 1               ScanBatch
+    doorscan/v1/units/{unit}/ack         hub -> unit     QoS 1               Ack
+    doorscan/v1/units/{unit}/status      unit -> all     QoS 1, retained     UnitStatus (+ will)
+    doorscan/v1/registry/venues/{venue}  provisioning    QoS 1, retained     VenueRecord
+    doorscan/v1/registry/units/{unit}    provisioning    QoS 1, retained     UnitRecord
+
+Delivery: a unit keeps every scan in its journal until an `Ack` names it; the hub
+sends that ack only after its own commit. A broker PUBACK is not enough, because
+the broker may hold the message only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from doorscan.errors import Refusal
+from doorscan.timefmt import format_rfc3339, parse_rfc3339
+
+__all__ = [
+    "ID_PATTERN",
+    "MAX_BATCH_SCANS",
+    "MAX_MESSAGE_BYTES",
+    "SCHEMA_VERSION",
+    "TOPIC_ROOT",
+    "Ack",
+    "RefusedScan",
+    "Scan",
+    "ScanBatch",
+    "UnitRecord",
+    "UnitStatus",
+    "VenueRecord",
+    "decode_message",
+    "encode_message",
+    "topic_ack",
+    "topic_scans",
+    "topic_status",
+    "topic_registry_unit",
+    "topic_registry_venue",
+    "parse_topic",
+    "SUB_ALL_SCANS",
+    "SUB_REGISTRY",
+    "SUB_ALL_STATUS",
+]
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "doorscan/v1"
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_BATCH_SCANS = 500
+MAX_QR_CHARS = 1024
+ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+_ID_RE = re.compile(ID_PATTERN)
+
+# The wire never carries a name of anything that could break a topic (`+`, `#`, `/`).
+EntityId = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
+ScanId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must carry a UTC offset")
+    return parse_rfc3339(value.isoformat())
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, str_max_length=MAX_QR_CHARS
+    )
+
+    v: Literal[1] = Field(1, description="schema version; a message of another version is refused")
+
+
+def _topic(*parts: str) -> str:
+    for part in parts:
+        if not _ID_RE.fullmatch(part):
+            raise ValueError(f"{part!r} is not a valid id for a topic")
+    return "/".join((TOPIC_ROOT, *parts))
+
+
+def topic_scans(unit_id: str) -> str:
+    return _topic("units", unit_id) + "/scans"
+
+
+def topic_ack(unit_id: str) -> str:
+    return _topic("units", unit_id) + "/ack"
+
+
+def topic_status(unit_id: str) -> str:
+    return _topic("units", unit_id) + "/status"
+
+
+def topic_registry_venue(venue_id: str) -> str:
+    return f"{TOPIC_ROOT}/registry/venues/{_topic(venue_id).rsplit('/', 1)[1]}"
+
+
+def topic_registry_unit(unit_id: str) -> str:
+    return f"{TOPIC_ROOT}/registry/units/{_topic(unit_id).rsplit('/', 1)[1]}"
+
+
+SUB_ALL_SCANS = f"{TOPIC_ROOT}/units/+/scans"
+SUB_ALL_STATUS = f"{TOPIC_ROOT}/units/+/status"
+SUB_REGISTRY = f"{TOPIC_ROOT}/registry/#"
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """Split a doorscan topic into (kind, entity id): ("scans", "u1"), ("venue", "v1")...
+
+    Raises `Refusal` for a topic outside the contract.
+    """
+    parts = topic.split("/")
+    if (
+        len(parts) == 5
+        and "/".join(parts[:3]) == f"{TOPIC_ROOT}/units"
+        and _ID_RE.fullmatch(parts[3])
+    ) and parts[4] in ("scans", "ack", "status"):
+        return parts[4], parts[3]
+    if (
+        len(parts) == 5
+        and "/".join(parts[:3]) == f"{TOPIC_ROOT}/registry"
+        and _ID_RE.fullmatch(parts[4])
+    ) and parts[3] in ("venues", "units"):
+        return parts[3].rstrip("s"), parts[4]
+    raise Refusal("unknown_topic", f"topic {topic[:200]!r} is not part of the wire contract")
+
+
+class Scan(_Message):
+    """One check-in as the unit recorded it. The hub parses `qr_text` with the same parsers."""
+
+    scan_id: ScanId = Field(description="minted on the unit, unique forever; the hub's dedup key")
+    venue_id: EntityId
+    scanned_at: UtcTime = Field(description="the unit's wall clock when the code was read")
+    clock_trusted: bool = Field(
+        True, description="false when the unit had no confirmed time (a Pi has no real-time clock)"
+    )
+    qr_text: str = Field(
+        min_length=1, max_length=MAX_QR_CHARS, description="the exact decoded text"
+    )
+    v: Literal[1] = 1
+
+
+class ScanBatch(_Message):
+    """What a unit publishes on its scans topic."""
+
+    schema_: Literal["doorscan.scan-batch"] = Field("doorscan.scan-batch", alias="schema")
+    batch_id: ScanId
+    unit_id: EntityId
+    sent_at: UtcTime
+    scans: list[Scan] = Field(min_length=1, max_length=MAX_BATCH_SCANS)
+
+    @model_validator(mode="after")
+    def _distinct_scans(self) -> ScanBatch:
+        if len({s.scan_id for s in self.scans}) != len(self.scans):
+            raise ValueError("a batch names the same scan_id twice")
+        return self
+
+
+class RefusedScan(_Message):
+    scan_id: ScanId
+    reason: str = Field(max_length=300)
+    v: Literal[1] = 1
+
+
+class Ack(_Message):
+    """The hub's answer to a batch, sent only after its commit.
+
+    Every scan id of the batch is in exactly one list: `stored` (now durable on the
+    hub, including ones it already had) or `refused` (kept in the hub's dead-letter
+    table with the reason). Either way the unit may forget it.
+    """
+
+    schema_: Literal["doorscan.ack"] = Field("doorscan.ack", alias="schema")
+    batch_id: ScanId
+    unit_id: EntityId
+    stored: list[ScanId] = Field(default_factory=list, max_length=MAX_BATCH_SCANS)
+    refused: list[RefusedScan] = Field(default_factory=list, max_length=MAX_BATCH_SCANS)
+    hub_time: UtcTime
+
+
+class UnitStatus(_Message):
+    """Retained on the status topic; the broker publishes `online=False` as the last will."""
+
+    schema_: Literal["doorscan.unit-status"] = Field("doorscan.unit-status", alias="schema")
+    unit_id: EntityId
+    online: bool
+    at: UtcTime | None = None
+    software: str | None = Field(None, max_length=40)
+    backlog: int | None = Field(None, ge=0)
+    last_scan_at: UtcTime | None = None
+
+
+class VenueRecord(_Message):
+    schema_: Literal["doorscan.venue"] = Field("doorscan.venue", alias="schema")
+    venue_id: EntityId
+    name: str = Field(min_length=1, max_length=200)
+    address: str = Field("", max_length=300)
+    district: str = Field("", max_length=100)
+
+
+class UnitRecord(_Message):
+    schema_: Literal["doorscan.unit"] = Field("doorscan.unit", alias="schema")
+    unit_id: EntityId
+    venue_id: EntityId
+    active: bool = True
+
+
+M = TypeVar("M", bound=_Message)
+
+
+def encode_message(message: _Message) -> bytes:
+    """Serialise a message to compact UTF-8 JSON, the only encoding on the wire."""
+    data = message.model_dump(mode="json", by_alias=True)
+    _format_times(data)
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Refusal("too_large", f"message of {len(payload)} bytes is over {MAX_MESSAGE_BYTES}")
+    return payload
+
+
+def _format_times(data: Any) -> None:
+    # pydantic writes "+00:00"; the contract says RFC 3339 with "Z" and milliseconds.
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(value, str) and key in (
+                "scanned_at",
+                "sent_at",
+                "hub_time",
+                "at",
+                "last_scan_at",
+            ):
+                data[key] = format_rfc3339(parse_rfc3339(value))
+            else:
+                _format_times(value)
+    elif isinstance(data, list):
+        for item in data:
+            _format_times(item)
+
+
+def decode_message(payload: bytes, model: type[M]) -> M:
+    """Parse and validate one message; raise `Refusal` with a short reason on any fault."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Refusal("too_large", f"message of {len(payload)} bytes is over {MAX_MESSAGE_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refusal("not_utf8", f"message is not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise Refusal("not_json", f"message is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(data, dict):
+        raise Refusal("not_object", "message is not a JSON object")
+    if data.get("v") != SCHEMA_VERSION:
+        raise Refusal(
+            "schema_version", f"schema version {str(data.get('v'))[:20]!r} is not supported"
+        )
+    try:
+        # Strict: "12" is not a number and 1 is not true. JSON mode still reads RFC 3339 times.
+        return model.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise Refusal("schema", f"{where}: {first['msg']}"[:300]) from None
