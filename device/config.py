@@ -88,6 +88,12 @@ class UnitConfig(_Strict):
         le=86400,
         description="same person at this unit within this time: 'already in', no record",
     )
+    repeat_hold_s: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="a code still in view within this time is not handled again (15 frames/s see it often)",
+    )
     card_keys: list[Path] = Field(
         default_factory=list, description="PEM public keys whose visitor cards this unit accepts"
     )
