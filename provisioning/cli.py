@@ -1,0 +1,404 @@
+"""`python -m provisioning`: the technicians' command line.
+
+    python -m provisioning [--home DIR] init [--force]
+    python -m provisioning add-venue --id bv-gia-lai --name "Bệnh viện Gia Lai"
+    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai \\
+        --broker-host hub.local --publish-to hub.local:1883
+    python -m provisioning card --name "Rơ Châm H'Hen" --contact "0905 123 456"
+    python -m provisioning list [--json]
+    python -m provisioning publish --broker-host hub.local --broker-port 1883
+
+The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
+`provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
+to stderr and exits 1, never a traceback.
+
+Adding a command: write `register(commands)` that calls `commands.add_parser(...)`
+and sets ``handler=`` (a function ``(args, home) -> int``) with `set_defaults`, then
+add it to `COMMANDS` in `build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from doorscan.errors import DoorscanError
+from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
+from provisioning.fleet import (
+    FleetHome,
+    InvalidInput,
+    UnknownVenue,
+    check_card_output,
+    describe_validation_error,
+    issue_card,
+    render_card,
+    today_vn,
+    write_unit_config,
+)
+from provisioning.publish import PublishError, publish_messages, registry_messages
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace, FleetHome], int]
+Commands = Any  # argparse's _SubParsersAction is private; it is only passed along
+DEFAULT_DATA_DIR = "/var/lib/doorscan"
+DEFAULT_TIMEOUT_S = 10.0
+_ID_RE = re.compile(ID_PATTERN)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")  # [::1]:1883
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _check_id(value: str, option: str) -> str:
+    if not _ID_RE.fullmatch(value):
+        raise InvalidInput(
+            f"{option} {value!r}: an id is 1-63 characters of lower-case letters, digits, "
+            "'-' and '_', starting with a letter or digit (it becomes an MQTT topic level)"
+        )
+    return value
+
+
+def _record(model: type[M], **fields: Any) -> M:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_error(exc)) from None
+
+
+def _given(value: str | None, current: str) -> str:
+    return current if value is None else value.strip()
+
+
+def _publish_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--timeout-s",
+        type=_positive,
+        default=DEFAULT_TIMEOUT_S,
+        help="give up on the broker after this many seconds (default %(default)s)",
+    )
+    return parent
+
+
+def _publish(
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    venues: Sequence[VenueRecord],
+    units: Sequence[UnitRecord],
+) -> int:
+    messages = registry_messages(venues, units)
+    count = publish_messages(messages, host, port, timeout_s=args.timeout_s)
+    print(f"published {count} retained message(s) to {host}:{port}, each confirmed by the broker")
+    return count
+
+
+def _publish_now(
+    args: argparse.Namespace, venues: Sequence[VenueRecord], units: Sequence[UnitRecord]
+) -> None:
+    """`--publish-to` after a change that is already saved: say so if the broker fails."""
+    if args.publish_to is None:
+        return
+    host, port = args.publish_to
+    try:
+        _publish(args, host, port, venues, units)
+    except PublishError as exc:
+        raise PublishError(
+            f"{exc} (the registry change is saved; run `publish` when the broker is reachable)"
+        ) from None
+
+
+# -- init ----------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace, home: FleetHome) -> int:
+    replacing = home.private_key_path.exists()
+    signer = home.init(force=args.force)
+    print(f"fleet home       {home.root}")
+    print(f"card signing key {home.private_key_path} (mode 0600, key id {signer.key_id})")
+    print(f"card public key  {home.public_key_path}")
+    print(f"registry         {home.registry_path}")
+    if replacing:
+        print(
+            "warning: the keys were replaced. Cards issued before no longer verify at units "
+            "that get the new key; run add-device again for each unit to give it the new key.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _register_init(commands: Commands) -> None:
+    cmd = commands.add_parser("init", help="create the home folder, card-signing keys, registry")
+    cmd.add_argument("--force", action="store_true", help="replace existing keys")
+    cmd.set_defaults(handler=_init)
+
+
+# -- add-venue -----------------------------------------------------------------------
+
+
+def _add_venue(args: argparse.Namespace, home: FleetHome) -> int:
+    venue_id = _check_id(args.id, "--id")
+    with home.registry() as registry:
+        # On an update, an option left out keeps its value: fixing a typo in the name
+        # must not wipe the address. `--address ""` clears it.
+        old = registry.venue(venue_id)
+        venue = _record(
+            VenueRecord,
+            venue_id=venue_id,
+            name=args.name.strip(),
+            address=_given(args.address, old.address if old else ""),
+            district=_given(args.district, old.district if old else ""),
+        )
+        created = registry.put_venue(venue)
+    print(f"{'added' if created else 'updated'} venue {venue.venue_id}: {venue.name}")
+    _publish_now(args, [venue], [])
+    return 0
+
+
+def _register_add_venue(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "add-venue", parents=[_publish_options()], help="register a venue (or update it)"
+    )
+    cmd.add_argument("--id", required=True, help="venue id, e.g. bv-gia-lai")
+    cmd.add_argument("--name", required=True, help="the venue's name as people know it")
+    cmd.add_argument("--address", help="street address (on an update: kept if left out)")
+    cmd.add_argument("--district", help="district, huyện / quận (on an update: kept if left out)")
+    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.set_defaults(handler=_add_venue)
+
+
+# -- add-device ----------------------------------------------------------------------
+
+
+def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
+    unit = _record(
+        UnitRecord,
+        unit_id=_check_id(args.id, "--id"),
+        venue_id=_check_id(args.venue, "--venue"),
+    )
+    broker: dict[str, Any] = {}
+    if args.broker_host is not None:
+        broker["host"] = args.broker_host
+    if args.broker_port is not None:
+        broker["port"] = args.broker_port
+    settings: dict[str, Any] = {
+        "unit_id": unit.unit_id,
+        "venue_id": unit.venue_id,
+        "data_dir": args.data_dir,
+        "decoder": args.decoder,
+        "debounce_s": args.debounce_s,
+        "broker": broker,
+    }
+    settings = {key: value for key, value in settings.items() if value is not None}
+    signer = home.signer()
+    out_dir = args.out if args.out is not None else home.units_dir
+    with home.registry() as registry:
+        venue = registry.venue(unit.venue_id)
+        if venue is None:
+            # Checked before anything is written, so a typo leaves no half-made unit.
+            raise UnknownVenue(
+                f"venue {unit.venue_id!r} is not registered; add it first with "
+                f"`add-venue --id {unit.venue_id} --name NAME`"
+            )
+        config, config_path, key_path = write_unit_config(out_dir, settings, signer)
+        created = registry.put_unit(unit)
+    print(f"{'added' if created else 'updated'} unit {unit.unit_id} at venue {venue.venue_id}")
+    print(f"unit config  {config_path}")
+    print(f"card key     {key_path} (key id {signer.key_id})")
+    print(f"broker       {config.broker.host}:{config.broker.port}")
+    print("copy both to the unit, side by side; it runs: python -m device run --config FILE")
+    _publish_now(args, [venue], [unit])
+    return 0
+
+
+def _register_add_device(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "add-device",
+        parents=[_publish_options()],
+        help="register a door unit and write its config file",
+    )
+    cmd.add_argument("--id", required=True, help="unit id, e.g. bv-gia-lai-door-1")
+    cmd.add_argument("--venue", required=True, help="id of a registered venue")
+    cmd.add_argument("--broker-host", help="MQTT broker the unit sends to")
+    cmd.add_argument("--broker-port", type=int, help="MQTT broker port")
+    cmd.add_argument("--decoder", choices=("zxing", "zbar"), help="QR decoder library")
+    cmd.add_argument("--debounce-s", type=float, help="'already in' window in seconds")
+    cmd.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="where the unit keeps its journal (default %(default)s)",
+    )
+    cmd.add_argument("--out", type=Path, help="folder for the config (default HOME/units)")
+    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.set_defaults(handler=_add_device)
+
+
+# -- card ----------------------------------------------------------------------------
+
+
+def _card(args: argparse.Namespace, home: FleetHome) -> int:
+    signer = home.signer()
+    with home.registry() as registry:
+        if args.out is not None:
+            check_card_output(args.out)  # before a card id is spent on a bad file name
+        card, text = issue_card(signer, registry, args.name, args.contact, today_vn())
+    out = args.out if args.out is not None else home.cards_dir / f"{card.card_id}.png"
+    render_card(text, out)
+    print(f"card {card.card_id} for {card.name}, issued {card.issued:%Y-%m-%d}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _register_card(commands: Commands) -> None:
+    cmd = commands.add_parser("card", help="issue and print a signed visitor card")
+    cmd.add_argument("--name", required=True, help="the visitor's name, as it will show")
+    cmd.add_argument(
+        "--contact", default="", help="phone or address; kept in the registry, not on the card"
+    )
+    cmd.add_argument("--out", type=Path, help="FILE.png or FILE.svg (default HOME/cards/ID.png)")
+    cmd.set_defaults(handler=_card)
+
+
+# -- list ----------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _list(args: argparse.Namespace, home: FleetHome) -> int:
+    with home.registry() as registry:
+        venues, units, cards = registry.venues(), registry.units(), registry.cards()
+    if args.json:
+        data = {
+            "venues": [v.model_dump(mode="json", exclude={"v", "schema_"}) for v in venues],
+            "units": [u.model_dump(mode="json", exclude={"v", "schema_"}) for u in units],
+            "cards": [
+                {
+                    "card_id": c.card_id,
+                    "name": c.name,
+                    "contact": c.contact,
+                    "issued": c.issued.isoformat(),
+                    "key_id": c.key_id,
+                }
+                for c in cards
+            ],
+        }
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    print(f"venues ({len(venues)})")
+    print(
+        _table(
+            ("id", "name", "district", "address"),
+            [(v.venue_id, v.name, v.district, v.address) for v in venues],
+        )
+    )
+    print(f"\nunits ({len(units)})")
+    print(
+        _table(
+            ("id", "venue", "active"),
+            [(u.unit_id, u.venue_id, "yes" if u.active else "no") for u in units],
+        )
+    )
+    print(f"\ncards ({len(cards)})")
+    print(
+        _table(
+            ("id", "name", "issued", "key", "contact"),
+            [(c.card_id, c.name, c.issued.isoformat(), c.key_id, c.contact) for c in cards],
+        )
+    )
+    return 0
+
+
+def _register_list(commands: Commands) -> None:
+    cmd = commands.add_parser("list", help="show venues, units and issued cards")
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    cmd.set_defaults(handler=_list)
+
+
+# -- publish -------------------------------------------------------------------------
+
+
+def _publish_all(args: argparse.Namespace, home: FleetHome) -> int:
+    with home.registry() as registry:
+        venues, units = registry.venues(), registry.units()
+    if not venues and not units:
+        print("the registry is empty: nothing to publish")
+        return 0
+    _publish(args, args.broker_host, args.broker_port, venues, units)
+    return 0
+
+
+def _register_publish(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "publish",
+        parents=[_publish_options()],
+        help="publish every venue and unit to the broker (retained, QoS 1)",
+    )
+    cmd.add_argument("--broker-host", required=True, help="MQTT broker the hub listens to")
+    cmd.add_argument("--broker-port", type=int, default=1883, help="default %(default)s")
+    cmd.set_defaults(handler=_publish_all)
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+COMMANDS: list[Callable[[Commands], None]] = [
+    _register_init,
+    _register_add_venue,
+    _register_add_device,
+    _register_card,
+    _register_list,
+    _register_publish,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provisioning", description="Fleet keys, venues, units and visitor cards."
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="fleet home folder (default $DOORSCAN_FLEET, else ./fleet)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, FleetHome.locate(args.home))
+    except DoorscanError as exc:
+        print(f"provisioning: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a folder that cannot be written, a disk that is full
+        print(f"provisioning: error: {exc}", file=sys.stderr)
+    return 1

@@ -1,0 +1,402 @@
+"""The fleet home: card-signing keys, the registry of venues, units and cards, and the
+files provisioning hands out (unit configs, printable visitor cards).
+
+Layout of a home folder (``--home``, or ``$DOORSCAN_FLEET``, or ``./fleet``)::
+
+    keys/card-signing.pem        Ed25519 private key, mode 0600, folder 0700
+    keys/card-signing.pub.pem    its public key; copied next to every unit config
+    registry.json                TinyDB: tables venues, units, cards (mode 0600)
+    units/<unit>.json            unit configs (`device.config.load_config` reads them)
+    cards/<card id>.png          printable visitor cards
+
+The registry holds the only copy of visitors' contact details (a card carries just a
+name), so it is private to the technician's account like the key.
+
+Every file is written atomically (temp file, fsync, rename, fsync of the folder): a
+crash or a full disk leaves the old file or the new one, never half of one. This
+tool assumes one technician at a time per home; two concurrent writers can lose an
+update (last rename wins), but never corrupt the file.
+
+Use::
+
+    home = FleetHome.locate()                      # --home, $DOORSCAN_FLEET or ./fleet
+    signer = home.init()                           # KeysExist if keys are already there
+    with home.registry() as registry:
+        registry.put_venue(VenueRecord(venue_id="bv-gia-lai", name="Bệnh viện Gia Lai"))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import unicodedata
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import segno
+from pydantic import ValidationError
+from tinydb import Query, TinyDB
+from tinydb.storages import Storage
+
+from device.config import UnitConfig
+from doorscan.cards import CardSigner, parse_card
+from doorscan.errors import DoorscanError
+from doorscan.wire import UnitRecord, VenueRecord
+
+__all__ = [
+    "ENV_HOME",
+    "ProvisioningError",
+    "FleetNotReady",
+    "KeysExist",
+    "UnknownVenue",
+    "InvalidInput",
+    "FleetHome",
+    "IssuedCard",
+    "Registry",
+    "describe_validation_error",
+    "write_unit_config",
+    "issue_card",
+    "check_card_output",
+    "render_card",
+    "today_vn",
+]
+
+ENV_HOME = "DOORSCAN_FLEET"
+CARD_SUFFIXES = (".png", ".svg")
+MAX_CONTACT_CHARS = 300
+# 10 px per module at 300 dpi is 0.85 mm: a version-8 card code (about 150 bytes of
+# text) prints 4.8 cm wide with its 4-module quiet zone and reads from 30 cm away.
+PNG_SCALE = 10
+PNG_DPI = 300
+SVG_MODULE_MM = 0.85
+QUIET_ZONE_MODULES = 4
+
+
+class ProvisioningError(DoorscanError):
+    """Base of the errors the technicians' tool raises on purpose; the CLI prints them."""
+
+
+class FleetNotReady(ProvisioningError, FileNotFoundError):
+    """The home folder has no keys or no registry yet: run `init` first."""
+
+
+class KeysExist(ProvisioningError, FileExistsError):
+    """`init` would overwrite the card-signing keys (and so invalidate every card)."""
+
+
+class UnknownVenue(ProvisioningError, LookupError):
+    """A unit names a venue that is not registered."""
+
+
+class InvalidInput(ProvisioningError, ValueError):
+    """A venue, unit, card or config value is refused; the message names the field."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, `field: message`, for people rather than for pydantic."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def today_vn() -> date:
+    """Today in Vietnam (UTC+7, no daylight saving), the date printed on a card."""
+    return (datetime.now(UTC) + timedelta(hours=7)).date()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that readers see the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # The mode is set at creation so a private key is never readable by others, not even
+    # for the moment between open() and chmod(); the chmod undoes a permissive umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.chmod(mode)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class _AtomicJSONStorage(Storage):
+    """TinyDB storage that rewrites the whole file atomically on every write.
+
+    TinyDB's own JSONStorage truncates and rewrites the open file in place, so a crash
+    mid-write loses the registry. Writes here are rare and the file is small, so the
+    cost of a full rewrite plus two fsyncs is nothing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        try:
+            raw = self._path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not raw.strip():
+            return None
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProvisioningError(f"{self._path} is not a registry (bad JSON: {exc})") from None
+        if not isinstance(data, dict):
+            raise ProvisioningError(f"{self._path} is not a registry (not a JSON object)")
+        return data
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+        _write_atomic(self._path, text.encode("utf-8"), mode=0o600)
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """The registry's record of a visitor card; `contact` never leaves the registry."""
+
+    card_id: str
+    name: str
+    contact: str
+    issued: date
+    key_id: str
+
+
+class Registry:
+    """Venues, units and issued cards of one fleet. Open it with `FleetHome.registry()`."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = TinyDB(path, storage=_AtomicJSONStorage)
+        self._closed = False
+
+    def put_venue(self, venue: VenueRecord) -> bool:
+        """Add or update a venue; True if it is new."""
+        return self._upsert("venues", "venue_id", venue.venue_id, _fields(venue))
+
+    def venue(self, venue_id: str) -> VenueRecord | None:
+        doc = self._db.table("venues").get(Query().venue_id == venue_id)
+        return VenueRecord.model_validate(dict(doc)) if isinstance(doc, dict) else None
+
+    def venues(self) -> list[VenueRecord]:
+        docs = self._db.table("venues").all()
+        return sorted(
+            (VenueRecord.model_validate(dict(d)) for d in docs), key=attrgetter("venue_id")
+        )
+
+    def put_unit(self, unit: UnitRecord) -> bool:
+        """Add or update a unit; True if it is new. The venue must be registered."""
+        if self.venue(unit.venue_id) is None:
+            raise UnknownVenue(
+                f"venue {unit.venue_id!r} is not registered; add it first with "
+                f"`add-venue --id {unit.venue_id} --name NAME`"
+            )
+        return self._upsert("units", "unit_id", unit.unit_id, _fields(unit))
+
+    def unit(self, unit_id: str) -> UnitRecord | None:
+        doc = self._db.table("units").get(Query().unit_id == unit_id)
+        return UnitRecord.model_validate(dict(doc)) if isinstance(doc, dict) else None
+
+    def units(self) -> list[UnitRecord]:
+        docs = self._db.table("units").all()
+        return sorted((UnitRecord.model_validate(dict(d)) for d in docs), key=attrgetter("unit_id"))
+
+    def has_card(self, card_id: str) -> bool:
+        return self._db.table("cards").contains(Query().card_id == card_id)
+
+    def add_card(self, card: IssuedCard) -> None:
+        if self.has_card(card.card_id):
+            raise InvalidInput(f"card id {card.card_id} is already in the registry")
+        self._db.table("cards").insert({**asdict(card), "issued": card.issued.isoformat()})
+
+    def cards(self) -> list[IssuedCard]:
+        """In the order they were issued."""
+        return [
+            IssuedCard(**{**doc, "issued": date.fromisoformat(doc["issued"])})
+            for doc in self._db.table("cards").all()
+        ]
+
+    def _upsert(self, table: str, key: str, value: str, fields: dict[str, Any]) -> bool:
+        # Not TinyDB's upsert: for a new record it writes the file twice (update, insert).
+        where = Query()[key] == value
+        if self._db.table(table).contains(where):
+            self._db.table(table).update(fields, where)
+            return False
+        self._db.table(table).insert(fields)
+        return True
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _fields(record: VenueRecord | UnitRecord) -> dict[str, Any]:
+    # The registry keeps the record's own fields; version and schema name are the wire's.
+    return record.model_dump(mode="json", exclude={"v", "schema_"})
+
+
+class FleetHome:
+    """The paths of one fleet home, and the operations that create or read its keys."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.keys_dir = self.root / "keys"
+        self.private_key_path = self.keys_dir / "card-signing.pem"
+        self.public_key_path = self.keys_dir / "card-signing.pub.pem"
+        self.registry_path = self.root / "registry.json"
+        self.units_dir = self.root / "units"
+        self.cards_dir = self.root / "cards"
+
+    @classmethod
+    def locate(cls, home: Path | None = None) -> FleetHome:
+        """`home` if given, else `$DOORSCAN_FLEET`, else `./fleet`."""
+        return cls(home or Path(os.environ.get(ENV_HOME) or "fleet"))
+
+    def init(self, *, force: bool = False) -> CardSigner:
+        """Create the folders, a new key pair and (if missing) an empty registry.
+
+        Raises `KeysExist` when a key is already there and `force` is false: a new
+        key makes every card printed so far unreadable at units that get new configs.
+        """
+        existing = [p for p in (self.private_key_path, self.public_key_path) if p.exists()]
+        if existing and not force:
+            raise KeysExist(
+                f"{existing[0]} already exists; a new key would invalidate every card "
+                "issued with it. Use --force to replace the keys anyway."
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        self.keys_dir.chmod(0o700)
+        signer = CardSigner.generate()
+        # Private key first: a crash between the two writes leaves a pair that
+        # `signer()` reports as mismatched instead of a public key with no private one.
+        _write_atomic(self.private_key_path, signer.private_pem(), mode=0o600)
+        _write_atomic(self.public_key_path, signer.public_pem(), mode=0o644)
+        if not self.registry_path.exists():
+            _write_atomic(self.registry_path, b"{}\n", mode=0o600)
+        return signer
+
+    def require(self) -> None:
+        """Raise `FleetNotReady` unless `init` has run here."""
+        for path in (self.private_key_path, self.public_key_path, self.registry_path):
+            if not path.exists():
+                raise FleetNotReady(
+                    f"no fleet at {self.root} ({path.name} is missing); "
+                    f"run `python -m provisioning --home {self.root} init` first"
+                )
+
+    def signer(self) -> CardSigner:
+        self.require()
+        signer = CardSigner.from_pem_file(self.private_key_path)
+        if signer.public_pem() != self.public_key_path.read_bytes():
+            raise ProvisioningError(
+                f"{self.public_key_path} does not belong to {self.private_key_path}; "
+                "run `init --force` to make a new pair"
+            )
+        return signer
+
+    def registry(self) -> Registry:
+        self.require()
+        return Registry(self.registry_path)
+
+
+def write_unit_config(
+    out_dir: Path, settings: dict[str, Any], signer: CardSigner
+) -> tuple[UnitConfig, Path, Path]:
+    """Validate `settings` as a `UnitConfig` and write it with a copy of the card key.
+
+    The key file is named after its key id, so units provisioned before a key change
+    keep pointing at the key they were given. `card_keys` is relative: `load_config`
+    resolves it from the config's folder, so the folder can be copied to the unit whole.
+    Returns the config (paths as written, not resolved), its path and the key's path.
+    """
+    key_path = out_dir / f"card-signing-{signer.key_id}.pub.pem"
+    try:
+        config = UnitConfig.model_validate({**settings, "card_keys": [key_path.name]})
+    except ValidationError as exc:
+        raise InvalidInput(f"unit config: {describe_validation_error(exc)}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(key_path, signer.public_pem())
+    config_path = out_dir / f"{config.unit_id}.json"
+    # Only the keys set here are written; the unit's own defaults fill the rest, so a
+    # config does not freeze today's defaults into every unit.
+    text = json.dumps(config.model_dump(mode="json", exclude_unset=True), indent=2) + "\n"
+    _write_atomic(config_path, text.encode("utf-8"))
+    return config, config_path, key_path
+
+
+def check_card_output(out: Path) -> None:
+    if out.suffix.lower() not in CARD_SUFFIXES:
+        raise InvalidInput(f"--out {out}: a card is written as .png or .svg")
+
+
+def _check_contact(contact: str) -> str:
+    contact = unicodedata.normalize("NFC", contact).strip()
+    if len(contact) > MAX_CONTACT_CHARS:
+        raise InvalidInput(f"--contact: longer than {MAX_CONTACT_CHARS} characters")
+    if any(unicodedata.category(c)[0] == "C" for c in contact):
+        raise InvalidInput("--contact: holds a control character")
+    return contact
+
+
+def issue_card(
+    signer: CardSigner, registry: Registry, name: str, contact: str, issued: date
+) -> tuple[IssuedCard, str]:
+    """Sign a card, record it (with the contact) in the registry; return it and its QR text."""
+    contact = _check_contact(contact)
+    for _ in range(8):
+        text = signer.issue(name, issued)
+        # Parsing our own output gives the normalised name the door will show.
+        card = parse_card(text, signer.keyring())
+        if not registry.has_card(card.card_id):
+            break
+    else:  # 8 collisions in a 50-bit id space means the random source is broken
+        raise ProvisioningError("could not draw an unused card id")
+    record = IssuedCard(card.card_id, card.name, contact, card.issued, card.key_id)
+    registry.add_card(record)
+    return record, text
+
+
+def render_card(text: str, out: Path) -> None:
+    """Write the card's QR as PNG or SVG (by `out`'s suffix), sized for printing.
+
+    Error correction M (15 %) survives a worn or folded card; the quiet zone is the
+    4 modules the QR standard asks for. No ECI header, like the CCCD codes: readers
+    must cope with plain UTF-8 byte mode anyway (see DOMAIN.md on zbar).
+    """
+    check_card_output(out)
+    qr = segno.make(text, error="m", micro=False)
+    buffer = io.BytesIO()
+    if out.suffix.lower() == ".png":
+        qr.save(buffer, kind="png", scale=PNG_SCALE, border=QUIET_ZONE_MODULES, dpi=PNG_DPI)
+    else:
+        qr.save(buffer, kind="svg", scale=SVG_MODULE_MM, unit="mm", border=QUIET_ZONE_MODULES)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, buffer.getvalue())
