@@ -8,11 +8,16 @@ the Central Highlands, because those are what break decoders that guess charsets
 
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-__all__ = ["Person", "make_people", "cccd_text", "health_text"]
+import numpy as np
+import segno
+from PIL import Image
+
+__all__ = ["Person", "make_people", "cccd_text", "health_text", "render_frame", "blank_frame"]
 
 FAMILY = [
     "Nguyễn",
@@ -174,3 +179,41 @@ def health_text(person: Person, masked: bool = False) -> str:
     plain = "".join(c for c in plain if unicodedata.category(c) != "Mn").upper()
     doc = ("******" + person.id_number[6:]) if masked else person.id_number
     return f"{doc}|{plain}|{person.birth.isoformat()}|0|{person.qid}|"
+
+
+def render_frame(
+    text: str | bytes,
+    *,
+    size: tuple[int, int] = (640, 480),
+    scale: int = 4,
+    offset: tuple[int, int] | None = None,
+    background: int = 150,
+) -> np.ndarray:
+    """A grey camera-like frame (H×W uint8) with the QR of `text` pasted on a grey wall.
+
+    The code is rendered by segno at `scale` pixels per module with its quiet zone and
+    placed at `offset` (default: centred), as a card held up to the camera would be.
+    """
+    buffer = io.BytesIO()
+    # encoding="utf-8": segno would otherwise write text that fits Latin-1 as Latin-1.
+    options = {"encoding": "utf-8"} if isinstance(text, str) else {"mode": "byte"}
+    segno.make(text, error="m", micro=False, **options).save(
+        buffer, kind="png", scale=scale, border=4
+    )
+    code = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+    width, height = size
+    if code.shape[0] > height or code.shape[1] > width:
+        raise ValueError(
+            f"a {code.shape[1]}×{code.shape[0]} code does not fit a {width}×{height} frame"
+        )
+    frame = np.full((height, width), background, dtype=np.uint8)
+    if offset is None:
+        offset = ((width - code.shape[1]) // 2, (height - code.shape[0]) // 2)
+    x, y = offset
+    frame[y : y + code.shape[0], x : x + code.shape[1]] = code
+    return frame
+
+
+def blank_frame(size: tuple[int, int] = (640, 480), background: int = 150) -> np.ndarray:
+    """A frame with nothing to read: the door with nobody at it."""
+    return np.full((size[1], size[0]), background, dtype=np.uint8)

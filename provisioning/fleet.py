@@ -392,7 +392,9 @@ def render_card(text: str, out: Path) -> None:
     must cope with plain UTF-8 byte mode anyway (see DOMAIN.md on zbar).
     """
     check_card_output(out)
-    qr = segno.make(text, error="m", micro=False)
+    # Without encoding=, segno writes text that fits Latin-1 as Latin-1 ("Võ Anh" -> b"V\xf5 Anh"),
+    # which every reader here refuses as not UTF-8.
+    qr = segno.make(text, error="m", encoding="utf-8", micro=False)
     buffer = io.BytesIO()
     if out.suffix.lower() == ".png":
         qr.save(buffer, kind="png", scale=PNG_SCALE, border=QUIET_ZONE_MODULES, dpi=PNG_DPI)

@@ -1,0 +1,123 @@
+"""The door unit's command line: ``python -m device COMMAND`` (or ``doorscan-device``).
+
+Commands:
+
+* ``decode [--decoder zxing|zbar] [--card-key PEM]... FILE...``: read the QR codes in
+  image files and judge them as a door would. One JSON line per file::
+
+      {"file": "a.png", "codes": [{"text": "...", "kind": "cccd", "valid": true, "error": null}]}
+
+  `text` is the exact decoded text (null when the code is not UTF-8); `kind` is the
+  identity kind when the code is accepted; `error` is why it was refused. A file that
+  cannot be read gives ``{"file": ..., "codes": [], "error": "..."}``, the other files
+  are still read, and the exit status is 1.
+
+Each command is one function taking the parsed arguments and returning the exit
+status; `build_parser` registers it with ``set_defaults(handler=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from device.decoders import DecodedSymbol, DecoderError, make_decoder
+from device.frames import FrameSourceError, load_grey
+from doorscan.cards import CardKeyring
+from doorscan.errors import Refusal
+from doorscan.payloads import parse_qr
+
+__all__ = ["build_parser", "cmd_decode", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # some input could not be handled; the rest was
+EXIT_USAGE = 2  # argparse's status for bad arguments; also a card key that will not load
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subparser per command."""
+    # Named as it was started: `python -m device` or the `doorscan-device` script.
+    prog = "python -m device" if Path(sys.argv[0]).name == "__main__.py" else None
+    parser = argparse.ArgumentParser(prog=prog, description="The doorscan door unit's commands.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    decode = commands.add_parser(
+        "decode",
+        help="read the QR codes in image files and judge them as the door would",
+        description="Print one JSON line per file with every QR code found and its verdict.",
+    )
+    decode.add_argument(
+        "--decoder",
+        choices=("zxing", "zbar"),
+        default="zxing",
+        help="QR decoder library (default: zxing)",
+    )
+    decode.add_argument(
+        "--card-key",
+        dest="card_keys",
+        metavar="PEM",
+        type=Path,
+        action="append",
+        default=[],
+        help="visitor-card public key to trust; repeat for several (default: cards are refused)",
+    )
+    decode.add_argument("files", metavar="FILE", type=Path, nargs="+", help="image file")
+    decode.set_defaults(handler=cmd_decode)
+    return parser
+
+
+def _verdict(symbol: DecodedSymbol, card_keys: CardKeyring | None) -> dict[str, Any]:
+    if symbol.text is None:
+        return {"text": None, "kind": None, "valid": False, "error": symbol.error}
+    try:
+        identity = parse_qr(symbol.text, card_keys=card_keys)
+    except Refusal as refusal:
+        return {"text": symbol.text, "kind": None, "valid": False, "error": refusal.reason}
+    return {"text": symbol.text, "kind": identity.kind, "valid": True, "error": None}
+
+
+def _print_json(line: dict[str, Any]) -> None:
+    print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    """``decode``: one JSON line per file; 1 if any file could not be read."""
+    try:
+        card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
+    except (OSError, ValueError) as exc:
+        print(f"decode: cannot load a card key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    status = EXIT_OK
+    decoder = make_decoder(args.decoder)
+    try:
+        for path in args.files:
+            try:
+                symbols = decoder.decode(load_grey(path))
+            except (FrameSourceError, DecoderError) as exc:
+                _print_json({"file": str(path), "codes": [], "error": str(exc)})
+                status = EXIT_FAILED
+                continue
+            codes = [_verdict(symbol, card_keys) for symbol in symbols]
+            _print_json({"file": str(path), "codes": codes})
+    finally:
+        close = getattr(decoder, "close", None)
+        if callable(close):
+            close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status."""
+    # The lines carry Vietnamese text unescaped: write UTF-8 whatever the locale says.
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.encoding.lower() != "utf-8":
+        sys.stdout.reconfigure(encoding="utf-8")
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)

@@ -1,0 +1,243 @@
+"""Frame sources: where the unit's grey camera frames come from.
+
+A `FrameSource` hands out one frame per `read()` (a 2-D uint8 grey array, H×W) and
+None when there are no more. Two are built in:
+
+* `Picamera2Source`: the Pi's camera through picamera2. The camera gives the decoder
+  the Y (luma) plane of a YUV420 stream, which is already the grey image: no colour
+  conversion runs on the Pi's CPU at 15 frames/s.
+* `ImageFileSource`: image files and folders, for tests, the demo and benchmarks.
+
+    >>> with ImageFileSource(["photos/"], loop=False) as frames:   # doctest: +SKIP
+    ...     while (frame := frames.read()) is not None:
+    ...         decoder.decode(frame)
+
+Both are context managers; `close()` is idempotent and after it `read()` returns
+None, so a frame loop that races a shutdown ends quietly instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from doorscan.errors import DoorscanError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "FrameSource",
+    "FrameSourceError",
+    "ImageFileSource",
+    "Picamera2Source",
+    "Picamera2Like",
+    "load_grey",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm"})
+"""What a folder given to `ImageFileSource` is read for (case-insensitive)."""
+
+
+class FrameSourceError(DoorscanError, OSError):
+    """A frame could not be had: an unreadable image file, or a camera that failed."""
+
+
+class FrameSource(Protocol):
+    """Where frames come from; implementations are context managers."""
+
+    def read(self) -> np.ndarray | None:
+        """The next frame (2-D uint8 grey, H×W), or None when there are no more."""
+        ...
+
+    def close(self) -> None:
+        """Release the source; idempotent."""
+        ...
+
+
+def load_grey(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as a 2-D uint8 grey array; `FrameSourceError` naming the file if not."""
+    try:
+        with Image.open(path) as image:
+            # convert() loads the pixels, so a truncated file fails here, inside the try.
+            return np.array(image.convert("L"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # OSError covers a missing file, PIL's UnidentifiedImageError and truncation.
+        raise FrameSourceError(f"cannot read image {os.fspath(path)}: {exc}") from exc
+
+
+def _expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                )
+            )
+        elif path.exists():
+            files.append(path)  # named explicitly: read whatever its suffix
+        else:
+            raise FrameSourceError(f"no such image file or folder: {path}")
+    return files
+
+
+class ImageFileSource:
+    """Frames from image files, in the order given; a folder gives its images sorted by name.
+
+    Folders are listed once, when the source is made. An image that cannot be read
+    raises `FrameSourceError` from `read()`; the next `read()` goes on with the
+    following file. With ``loop=True`` the files start again after the last one.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        loop: bool = False,
+    ) -> None:
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        self.files: list[Path] = _expand(paths)
+        self.loop = loop
+        self._next = 0
+        self._closed = False
+
+    def read(self) -> np.ndarray | None:
+        if self._closed or not self.files:
+            return None
+        if self._next >= len(self.files):
+            if not self.loop:
+                return None
+            self._next = 0
+        path = self.files[self._next]
+        self._next += 1
+        return load_grey(path)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> ImageFileSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Picamera2Like(Protocol):
+    """The part of picamera2's `Picamera2` this module uses (what a fake must mirror)."""
+
+    def create_video_configuration(
+        self, main: dict[str, Any], lores: dict[str, Any], controls: dict[str, Any], queue: bool
+    ) -> Any: ...
+    def configure(self, camera_config: Any) -> None: ...
+    def start(self) -> None: ...
+    def capture_array(self, name: str = "main") -> np.ndarray: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _picamera2() -> Picamera2Like:
+    try:
+        # Imported only when a real camera is wanted: picamera2 exists on Raspberry
+        # Pi OS (apt install python3-picamera2) and nowhere else.
+        from picamera2 import Picamera2
+    except ImportError as exc:
+        raise FrameSourceError(
+            "picamera2 is not installed (on Raspberry Pi OS: apt install python3-picamera2);"
+            " use frames.source = files to read images instead"
+        ) from exc
+    camera: Picamera2Like = Picamera2()
+    return camera
+
+
+class Picamera2Source:
+    """Grey frames from the Pi camera: the Y plane of picamera2's YUV420 "lores" stream.
+
+    The camera is opened, configured and started when the source is made, so a
+    missing or busy camera fails at start-up, not at the first visitor. ``queue=False``
+    makes every `read()` wait for a fresh frame instead of handing out one that sat in
+    a buffer while the last frame was decoded: the door judges what is in front of it
+    now. Pass `camera_factory` (a callable returning a Picamera2-like object) to use
+    another camera object; picamera2 itself is imported only when none is given.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        camera_factory: Callable[[], Picamera2Like] | None = None,
+    ) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self._lock = threading.Lock()  # close() from another thread waits for a read
+        try:
+            self._camera: Picamera2Like | None = (camera_factory or _picamera2)()
+        except FrameSourceError:
+            raise
+        except Exception as exc:  # picamera2 raises RuntimeError for a missing or busy camera
+            raise FrameSourceError(f"cannot open the camera: {exc}") from exc
+        try:
+            camera_config = self._camera.create_video_configuration(
+                main={"size": (width, height)},
+                # The lores stream is the decoder's: YUV420, whose first plane is grey.
+                lores={"size": (width, height), "format": "YUV420"},
+                controls={"FrameRate": fps},
+                queue=False,
+            )
+            self._camera.configure(camera_config)
+            self._camera.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # the start-up error is the one to report
+                self.close()
+            raise FrameSourceError(f"the camera did not start: {exc}") from exc
+
+    def read(self) -> np.ndarray | None:
+        with self._lock:
+            if self._camera is None:
+                return None
+            try:
+                yuv420 = self._camera.capture_array("lores")
+            except Exception as exc:
+                raise FrameSourceError(f"the camera gave no frame: {exc}") from exc
+        # Rows past `height` hold U and V; columns past `width` are stride padding.
+        # A contiguous copy of the Y plane, as the decoders want, not a view that
+        # would keep the whole YUV buffer alive.
+        return np.array(yuv420[: self.height, : self.width], dtype=np.uint8, order="C")
+
+    def close(self) -> None:
+        """Stop and release the camera; idempotent."""
+        with self._lock:
+            camera, self._camera = self._camera, None
+        if camera is None:
+            return
+        try:
+            camera.stop()
+        finally:
+            camera.close()
+
+    def __enter__(self) -> Picamera2Source:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
