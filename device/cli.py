@@ -12,6 +12,10 @@ Commands:
   cannot be read gives ``{"file": ..., "codes": [], "error": "..."}``, the other files
   are still read, and the exit status is 1.
 
+* ``run --config FILE [--max-frames N]``: run a door unit until SIGTERM/SIGINT (or
+  until an image folder runs out). The pins come from gpiozero's usual choice, so
+  ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a machine without GPIO.
+
 Each command is one function taking the parsed arguments and returning the exit
 status; `build_parser` registers it with ``set_defaults(handler=...)``.
 """
@@ -21,18 +25,22 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from device.config import load_config
 from device.decoders import DecodedSymbol, DecoderError, make_decoder
 from device.frames import FrameSourceError, load_grey
+from device.unit import Unit
 from doorscan.cards import CardKeyring
-from doorscan.errors import Refusal
+from doorscan.errors import ConfigError, Refusal
 from doorscan.payloads import parse_qr
 
-__all__ = ["build_parser", "cmd_decode", "main"]
+__all__ = ["build_parser", "cmd_decode", "cmd_run", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -70,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("files", metavar="FILE", type=Path, nargs="+", help="image file")
     decode.set_defaults(handler=cmd_decode)
+
+    run = commands.add_parser(
+        "run",
+        help="run a door unit from its config file",
+        description="Scan, give feedback, journal and send, until stopped.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="the unit's JSON config file")
+    run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    run.set_defaults(handler=cmd_run)
     return parser
 
 
@@ -111,6 +129,26 @@ def cmd_decode(args: argparse.Namespace) -> int:
         if callable(close):
             close()
     return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``run``: a unit until SIGTERM/SIGINT; the backlog stays in the journal for next time."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with Unit(config) as unit:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: unit.stop())
+        print(f"unit {config.unit_id} at {config.venue_id}: running", flush=True)
+        frames = unit.run(max_frames=args.max_frames)
+        unit.indicators.wait_idle(2.0)
+    print(f"unit {config.unit_id}: stopped after {frames} frames", flush=True)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

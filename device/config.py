@@ -92,7 +92,7 @@ class UnitConfig(_Strict):
         3.0,
         ge=0,
         le=60,
-        description="a code still in view within this time is not handled again (15 frames/s see it often)",
+        description="a code seen again within this time is ignored (15 frames/s see a card often)",
     )
     card_keys: list[Path] = Field(
         default_factory=list, description="PEM public keys whose visitor cards this unit accepts"

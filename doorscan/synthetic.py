@@ -196,10 +196,11 @@ def render_frame(
     """
     buffer = io.BytesIO()
     # encoding="utf-8": segno would otherwise write text that fits Latin-1 as Latin-1.
-    options = {"encoding": "utf-8"} if isinstance(text, str) else {"mode": "byte"}
-    segno.make(text, error="m", micro=False, **options).save(
-        buffer, kind="png", scale=scale, border=4
-    )
+    if isinstance(text, str):
+        code_qr = segno.make(text, error="m", micro=False, encoding="utf-8")
+    else:
+        code_qr = segno.make(text, error="m", micro=False, mode="byte")
+    code_qr.save(buffer, kind="png", scale=scale, border=4)
     code = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
     width, height = size
     if code.shape[0] > height or code.shape[1] > width:

@@ -1,0 +1,320 @@
+"""Send the journal to the hub over MQTT until the hub says it committed each scan.
+
+The journal is the outbox. This room only reads it and, when an `Ack` arrives,
+settles the scans the ack names. A broker PUBACK is not enough to forget a scan:
+the broker may hold the message only in memory and die. So a batch counts as
+delivered only when the hub's own ack (sent after its commit) names its scans; a
+batch with no ack after `ack_timeout_s` is simply sent again, and the hub's
+idempotent insert absorbs the copy.
+
+Connection handling is paho's: `connect_async` plus `loop_start` keep retrying
+with exponential backoff (`reconnect_delay_set`) for as long as the unit runs, so
+a unit that boots while the network is down connects when it comes back. The
+session is persistent (`clean_session=False`, client id = unit id) so acks the hub
+sends while the unit is briefly away are queued for it by the broker.
+
+The unit's status topic carries a retained `UnitStatus(online=True)` after each
+connect and the broker publishes the retained last will `online=False` if the
+unit vanishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from device.clock import Clock, SystemClock
+from device.config import BrokerConfig, SyncConfig
+from doorscan import __version__
+from doorscan.errors import Refusal
+from doorscan.wire import (
+    Ack,
+    Scan,
+    ScanBatch,
+    UnitStatus,
+    decode_message,
+    encode_message,
+    topic_ack,
+    topic_scans,
+    topic_status,
+)
+
+__all__ = ["MqttSync", "Outbox", "paho_client_factory"]
+
+log = logging.getLogger(__name__)
+
+
+class Outbox(Protocol):
+    """What the sync needs of the journal (device.journal.ScanJournal provides it)."""
+
+    def pending(self, limit: int, skip: Collection[str] = ()) -> list[Scan]: ...
+
+    def settle(self, scan_ids: Iterable[str], at: datetime) -> int: ...
+
+    def backlog(self) -> int: ...
+
+
+ClientFactory = Callable[[str], mqtt.Client]
+
+
+def paho_client_factory(client_id: str) -> mqtt.Client:
+    """The production MQTT client: paho 2.x, MQTT 3.1.1, persistent session."""
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
+
+
+@dataclass
+class _InFlight:
+    scan_ids: frozenset[str]
+    sent_at: float  # monotonic
+
+
+class MqttSync:
+    """Drains a journal to the hub; start() once, close() at the end.
+
+    >>> with MqttSync("u1", journal, BrokerConfig(port=1883)) as sync:   # doctest: +SKIP
+    ...     sync.notify()        # after each new journal record
+    """
+
+    def __init__(
+        self,
+        unit_id: str,
+        outbox: Outbox,
+        broker: BrokerConfig,
+        sync: SyncConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        client_factory: ClientFactory = paho_client_factory,
+        last_scan_at: Callable[[], datetime | None] = lambda: None,
+    ) -> None:
+        self.unit_id = unit_id
+        self._outbox = outbox
+        self._broker = broker
+        self._cfg = sync or SyncConfig()
+        self._clock = clock or SystemClock()
+        self._last_scan_at = last_scan_at
+        self._client = client_factory(unit_id)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.batches_sent = 0
+        self.acks_received = 0
+        self._setup_client()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> MqttSync:
+        """Connect in the background and start sending; returns at once."""
+        if self._thread is not None:
+            return self
+        self._client.connect_async(self._broker.host, self._broker.port, self._broker.keepalive_s)
+        self._client.loop_start()
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-sync-{self.unit_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Say goodbye (retained offline status), stop the threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._connected.is_set():
+            # A clean disconnect does not fire the last will, so publish "offline" ourselves.
+            info = self._client.publish(
+                topic_status(self.unit_id), self._status(online=False), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                log.warning("offline status not confirmed by the broker before disconnect")
+            self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> MqttSync:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- what the rest of the unit sees ----------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """True while connected to the broker (the scanner's green vs recorded-offline)."""
+        return self._connected.is_set()
+
+    def notify(self) -> None:
+        """A new scan is in the journal: send soon."""
+        self._wake.set()
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(f.scan_ids) for f in self._in_flight.values())
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # -- MQTT callbacks (paho's network thread) --------------------------------------
+
+    def _setup_client(self) -> None:
+        client = self._client
+        # The will is fixed at connect time, so it says only "offline", with no stale figures.
+        will = encode_message(UnitStatus(unit_id=self.unit_id, online=False, software=__version__))
+        client.will_set(topic_status(self.unit_id), will, qos=1, retain=True)
+        client.reconnect_delay_set(
+            max(1, int(self._cfg.reconnect_min_s)), max(1, int(self._cfg.reconnect_max_s))
+        )
+        if self._broker.username:
+            password = None
+            if self._broker.password_file:
+                password = self._broker.password_file.read_text(encoding="utf-8").strip()
+            client.username_pw_set(self._broker.username, password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.message_callback_add(topic_ack(self.unit_id), self._on_ack)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        client.subscribe(topic_ack(self.unit_id), qos=1)
+        client.publish(topic_status(self.unit_id), self._status(online=True), qos=1, retain=True)
+        with self._lock:
+            # Whatever was in flight may never be acked (the broker may have lost it): resend.
+            self._in_flight.clear()
+        self._connected.set()
+        self._wake.set()
+        log.info("connected to %s:%d", self._broker.host, self._broker.port)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.warning("disconnected from the broker (%s); reconnecting with backoff", reason)
+
+    def _on_ack(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            ack = decode_message(bytes(message.payload), Ack)
+        except Refusal as exc:
+            log.error("unreadable ack on %s: %s", message.topic, exc.reason)
+            return
+        if ack.unit_id != self.unit_id:
+            log.error("ack for unit %s arrived on %s's topic; ignored", ack.unit_id, self.unit_id)
+            return
+        for refused in ack.refused:
+            # The hub keeps refused scans in its dead-letter table; we may forget them too.
+            log.warning("hub refused scan %s: %s", refused.scan_id, refused.reason)
+        settled_ids = [*ack.stored, *(r.scan_id for r in ack.refused)]
+        try:
+            self._outbox.settle(settled_ids, self._clock.now())
+        except Exception:
+            # Keep them in flight bookkeeping-free: they stay pending and are resent later.
+            log.exception("could not settle %d acked scans; they will be resent", len(settled_ids))
+            return
+        with self._lock:
+            self._in_flight.pop(ack.batch_id, None)
+            self.acks_received += 1
+        self._wake.set()
+
+    # -- the sender thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(min(1.0, self._cfg.ack_timeout_s / 2))
+            self._wake.clear()
+            if self._stop.is_set() or not self._connected.is_set():
+                continue
+            try:
+                self._expire_in_flight()
+                while self._send_one_batch():
+                    pass
+            except Exception:
+                # A journal read error must not kill the sender; it is tried again shortly.
+                log.exception("sending the backlog failed; retrying")
+
+    def _expire_in_flight(self) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            for batch_id, flight in list(self._in_flight.items()):
+                if now - flight.sent_at >= self._cfg.ack_timeout_s:
+                    log.warning(
+                        "no ack for batch %s after %.0f s; resending",
+                        batch_id,
+                        now - flight.sent_at,
+                    )
+                    del self._in_flight[batch_id]
+
+    def _send_one_batch(self) -> bool:
+        with self._lock:
+            if len(self._in_flight) >= self._cfg.max_in_flight:
+                return False
+            skip = frozenset().union(*(f.scan_ids for f in self._in_flight.values()))
+        scans = self._outbox.pending(self._cfg.batch_size, skip=skip)
+        if not scans or not self._connected.is_set():
+            return False
+        batch = ScanBatch(
+            batch_id=uuid.uuid4().hex,
+            unit_id=self.unit_id,
+            sent_at=self._clock.now(),
+            scans=scans,
+        )
+        info = self._client.publish(topic_scans(self.unit_id), encode_message(batch), qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning(
+                "publish of batch %s failed (%s); it stays in the journal", batch.batch_id, info.rc
+            )
+            return False
+        with self._lock:
+            self._in_flight[batch.batch_id] = _InFlight(
+                frozenset(s.scan_id for s in scans), self._clock.monotonic()
+            )
+            self.batches_sent += 1
+        return True
+
+    def _status(self, *, online: bool) -> bytes:
+        backlog: int | None
+        try:
+            backlog = self._outbox.backlog()
+        except Exception:
+            backlog = None
+        return encode_message(
+            UnitStatus(
+                unit_id=self.unit_id,
+                online=online,
+                at=self._clock.now(),
+                software=__version__,
+                backlog=backlog,
+                last_scan_at=self._last_scan_at(),
+            )
+        )
