@@ -50,7 +50,7 @@ unit: system-deps $(STAMP)
 test: system-deps $(STAMP) lint typecheck unit
 
 demo: system-deps $(STAMP)
-	$(PY) -m provisioning demo
+	$(PY) -m doorscan.demo
 
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks

@@ -1,0 +1,63 @@
+"""Start `python -m hub serve` as a child process and wait until it is subscribed.
+
+Used by `make demo` and the end-to-end tests. The child writes to a log file, not a
+pipe: nobody may read a pipe for a while, and a full pipe would stall the hub.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["HubProcess"]
+
+
+class HubProcess:
+    """`hub serve` in a child process; `stop()` ends it with SIGTERM (it finishes cleanly)."""
+
+    def __init__(
+        self,
+        db: Path,
+        host: str,
+        port: int,
+        log: Path,
+        *,
+        card_keys: Sequence[Path] = (),
+        env: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.log = log
+        args = [sys.executable, "-m", "hub", "serve", "--db", str(db)]
+        args += ["--broker-host", host, "--broker-port", str(port)]
+        for key in card_keys:
+            args += ["--card-key", str(key)]
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while "hub ready" not in self.output() and self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"hub did not become ready:\n{self.output()}")
+            time.sleep(0.05)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"hub exited at start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def ready_line(self) -> str:
+        return next(line for line in self.output().splitlines() if "hub ready" in line)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after 10 s; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode

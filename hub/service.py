@@ -1,0 +1,144 @@
+"""`hub serve`: the MQTT side of the hub. Subscribe, ingest, ack after commit.
+
+Two promises meet here:
+
+* The hub's MQTT session is persistent (`clean_session=False`, a fixed client id),
+  so scans published while the hub is down wait for it in the broker.
+* Incoming messages are acknowledged to the broker by hand (paho's `manual_ack`),
+  after the store committed them. If the hub dies between receiving and committing,
+  the broker still owes the message and delivers it again on reconnect.
+
+Registry topics are subscribed before scan topics: the broker sends retained
+registry messages as it handles each SUBSCRIBE, so after a restart the hub knows
+every unit before the first queued scan arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from doorscan.wire import SUB_ALL_SCANS, SUB_REGISTRY
+from hub.ingest import Ingestor
+
+__all__ = ["HubService", "hub_client_factory"]
+
+log = logging.getLogger(__name__)
+
+ClientFactory = Callable[[str], mqtt.Client]
+
+
+def hub_client_factory(client_id: str) -> mqtt.Client:
+    """The production client: persistent session, messages acked by hand after commit."""
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+        manual_ack=True,
+    )
+
+
+class HubService:
+    """Connects an `Ingestor` to a broker."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        host: str,
+        port: int,
+        *,
+        client_id: str = "doorscan-hub",
+        client_factory: ClientFactory = hub_client_factory,
+        keepalive_s: int = 30,
+    ) -> None:
+        self.ingestor = ingestor
+        self._host = host
+        self._port = port
+        self._keepalive_s = keepalive_s
+        self._client = client_factory(client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._scans_mid: int | None = None
+        self._client.reconnect_delay_set(1, 30)
+        self._connected = threading.Event()
+        self._closed = False
+        self.acks_sent = 0
+        self.failures = 0
+
+    def start(self) -> HubService:
+        self._client.connect_async(self._host, self._port, self._keepalive_s)
+        self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until connected and subscribed to every unit's scans."""
+        return self._connected.wait(timeout_s)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> HubService:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the hub: %s", reason)
+            return
+        client.subscribe(SUB_REGISTRY, qos=1)
+        _, self._scans_mid = client.subscribe(SUB_ALL_SCANS, qos=1)
+        log.info("hub connected to %s:%d", self._host, self._port)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        # "Connected" means the broker has confirmed the scans subscription: from now on
+        # no scan published by a unit can miss the hub.
+        if mid == self._scans_mid:
+            if any(r.is_failure for r in reasons):
+                log.error("broker refused the scans subscription: %s", reasons)
+                return
+            self._connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.warning("hub lost the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            reply = self.ingestor.handle(message.topic, bytes(message.payload))
+        except Exception:
+            # Bad input never gets here (the ingestor dead-letters it); this is the store
+            # failing. Do not ack: the broker redelivers, the unit resends.
+            self.failures += 1
+            log.exception("could not handle a message on %s; it is not acked", message.topic)
+            return
+        if reply is not None:
+            client.publish(reply.topic, reply.payload, qos=1)
+            self.acks_sent += 1
+        client.ack(message.mid, message.qos)

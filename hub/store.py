@@ -1,0 +1,495 @@
+"""The hub's store: every scan once, the registry, dead letters and the access log.
+
+The ingest thread writes here; trace, visitors and reports read. The interface is
+`Store`, a union of four small protocols, so that a PostgreSQL backend can follow
+`SqliteStore` without touching its callers:
+
+    >>> with SqliteStore(tmp_path / "hub.db") as store:           # doctest: +SKIP
+    ...     store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
+    ...     result = store.insert_scans(scans, received_at=now)   # one transaction
+    ...     result.new, result.duplicate                          # resent scans: duplicate
+    ...     store.checkins_at("cho-pleiku", start_ms, end_ms)     # an index range scan
+
+What is promised:
+
+- `insert_scans()` is one transaction, all or nothing, and idempotent on `scan_id`: a
+  resent scan is stored once and reported in `duplicate`. It returns only after the
+  commit, with ``synchronous=FULL`` in WAL mode, so the commit is on disk: the hub
+  acks a unit only after this returns, and the unit then forgets the scan.
+- Times are integer milliseconds since the epoch (`doorscan.timefmt.to_ms`), so that a
+  trace is an integer range scan on ``(venue_id, scanned_at_ms)`` or
+  ``(person_key, scanned_at_ms)``.
+- The schema version is ``PRAGMA user_version``; migrations are applied in order when
+  the store opens, each in its own transaction. A file written by a newer doorscan is
+  refused (`StoreError`) rather than read wrongly.
+
+Threads and processes: one connection (``check_same_thread=False``) behind one lock
+per store object, because the MQTT ingest thread writes while the process may also
+read. Other processes (the `doorscan-hub` commands) open their own store; WAL lets
+them read while ingest writes, and ``busy_timeout`` makes writers wait their turn.
+
+Portability: queries are plain SQL that PostgreSQL also runs (``ON CONFLICT DO
+NOTHING``, ``BIGINT`` times, no SQLite functions); only the DDL, the PRAGMAs and the
+``?`` placeholders are SQLite's, and they live in `SqliteStore`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+from doorscan.errors import DoorscanError
+from doorscan.payloads import Identity
+from doorscan.timefmt import from_ms, to_ms
+from doorscan.wire import UnitRecord, VenueRecord
+
+__all__ = [
+    "AuditEntry",
+    "Checkin",
+    "DeadLetter",
+    "InsertResult",
+    "StoredScan",
+    "StoreError",
+    "Registry",
+    "ScanSink",
+    "CheckinReader",
+    "AuditLog",
+    "Store",
+    "SqliteStore",
+]
+
+
+class StoreError(DoorscanError, RuntimeError):
+    """The store cannot be used as asked (a file from a newer doorscan, a closed store)."""
+
+
+@dataclass(frozen=True)
+class StoredScan:
+    """A judged scan, ready to store. `scanned_at` is aware (UTC)."""
+
+    scan_id: str
+    unit_id: str | None
+    venue_id: str
+    scanned_at: datetime
+    clock_trusted: bool
+    identity: Identity
+    source: Literal["mqtt", "csv"]
+
+
+@dataclass(frozen=True)
+class Checkin:
+    """One stored scan as trace and visitor lists see it."""
+
+    scan_id: str
+    person_key: str
+    venue_id: str
+    at_ms: int
+    kind: str
+    id_number: str
+    name: str
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    new: list[str]
+    duplicate: list[str]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    received_at: datetime
+    source: str
+    topic: str
+    code: str
+    reason: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One read of identities: who asked is the OS user's business; why is `reason`."""
+
+    id: int
+    at: datetime
+    action: str
+    reason: str
+    params: dict[str, Any]
+
+
+class Registry(Protocol):
+    def upsert_venue(self, venue: VenueRecord) -> None: ...
+    def upsert_unit(self, unit: UnitRecord) -> None: ...
+    def venue(self, venue_id: str) -> VenueRecord | None: ...
+    def unit(self, unit_id: str) -> UnitRecord | None: ...
+    def venues(self) -> list[VenueRecord]: ...
+
+
+class ScanSink(Protocol):
+    def insert_scans(self, scans: Sequence[StoredScan], received_at: datetime) -> InsertResult: ...
+    def add_dead_letter(
+        self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
+    ) -> None: ...
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+
+class CheckinReader(Protocol):
+    """What the trace engine needs: two indexed range queries and a name lookup."""
+
+    def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]: ...
+    def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]: ...
+    def person(self, person_key: str) -> tuple[str, str] | None: ...
+
+
+class AuditLog(Protocol):
+    def record_audit(
+        self, action: str, reason: str, params: dict[str, Any], at: datetime
+    ) -> int: ...
+    def audit_entries(self, limit: int = 100) -> list[AuditEntry]: ...
+
+
+class Store(Registry, ScanSink, CheckinReader, AuditLog, Protocol):
+    def counts(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+_CHECKIN_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, kind, id_number, name"
+
+# Times are BIGINT: milliseconds overflow PostgreSQL's 32-bit INTEGER (SQLite does not care).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: registry, scans, dead letters.
+    (
+        """CREATE TABLE venues (
+            venue_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            address TEXT NOT NULL DEFAULT '',
+            district TEXT NOT NULL DEFAULT ''
+        )""",
+        """CREATE TABLE units (
+            unit_id TEXT PRIMARY KEY,
+            venue_id TEXT NOT NULL REFERENCES venues (venue_id),
+            active BOOLEAN NOT NULL
+        )""",
+        """CREATE TABLE scans (
+            scan_id TEXT PRIMARY KEY,
+            unit_id TEXT NULL REFERENCES units (unit_id),
+            venue_id TEXT NOT NULL REFERENCES venues (venue_id),
+            scanned_at_ms BIGINT NOT NULL,
+            clock_trusted BOOLEAN NOT NULL,
+            person_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            id_number TEXT NOT NULL,
+            name TEXT NOT NULL,
+            birth_date TEXT,
+            sex TEXT,
+            address TEXT,
+            source TEXT NOT NULL CHECK (source IN ('mqtt', 'csv')),
+            received_at_ms BIGINT NOT NULL
+        )""",
+        "CREATE INDEX scans_by_venue_time ON scans (venue_id, scanned_at_ms)",
+        "CREATE INDEX scans_by_person_time ON scans (person_key, scanned_at_ms)",
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at_ms BIGINT NOT NULL,
+            source TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            code TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ),
+    # 2: the access log: every read of identities (trace, visitor lists) with its reason.
+    (
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_ms BIGINT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            params_json TEXT NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class SqliteStore:
+    """`Store` on one SQLite file (or ``":memory:"`` for tests)."""
+
+    MIGRATIONS = _MIGRATIONS
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        is_new = self.path != ":memory:" and not Path(self.path).exists()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._setup(self._conn, int(busy_timeout_ms))
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+        if is_new:
+            # A new file's directory entry must be durable too, or a power cut forgets it.
+            _fsync_dir(Path(self.path).resolve().parent)
+
+    def _setup(self, conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        if mode not in ("wal", "memory"):
+            raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode}); a network drive?")
+        conn.execute("PRAGMA synchronous = FULL")
+        for number in range(1, len(self.MIGRATIONS) + 1):
+            with self._transaction():
+                # Read inside the write lock: another process may be migrating the same file.
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > len(self.MIGRATIONS):
+                    raise StoreError(
+                        f"{self.path} has hub schema {version}; this doorscan knows up to "
+                        f"{len(self.MIGRATIONS)} (was it written by a newer doorscan?)"
+                    )
+                if version >= number:
+                    continue
+                for statement in self.MIGRATIONS[number - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so busy_timeout applies at BEGIN and a
+        # transaction never fails half-way because another process started writing.
+        with self._lock:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db().execute(sql, params).fetchall()
+
+    # -- registry --------------------------------------------------------------------
+
+    def upsert_venue(self, venue: VenueRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO venues (venue_id, name, address, district) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (venue_id) DO UPDATE SET name = excluded.name, "
+                "address = excluded.address, district = excluded.district",
+                (venue.venue_id, venue.name, venue.address, venue.district),
+            )
+
+    def upsert_unit(self, unit: UnitRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO units (unit_id, venue_id, active) VALUES (?, ?, ?) "
+                "ON CONFLICT (unit_id) DO UPDATE SET venue_id = excluded.venue_id, "
+                "active = excluded.active",
+                (unit.unit_id, unit.venue_id, unit.active),
+            )
+
+    def venue(self, venue_id: str) -> VenueRecord | None:
+        rows = self._query(
+            "SELECT venue_id, name, address, district FROM venues WHERE venue_id = ?", (venue_id,)
+        )
+        return _venue(rows[0]) if rows else None
+
+    def unit(self, unit_id: str) -> UnitRecord | None:
+        rows = self._query(
+            "SELECT unit_id, venue_id, active FROM units WHERE unit_id = ?", (unit_id,)
+        )
+        if not rows:
+            return None
+        unit_id, venue_id, active = rows[0]
+        return UnitRecord(unit_id=unit_id, venue_id=venue_id, active=bool(active))
+
+    def venues(self) -> list[VenueRecord]:
+        rows = self._query("SELECT venue_id, name, address, district FROM venues ORDER BY venue_id")
+        return [_venue(row) for row in rows]
+
+    # -- scans and dead letters --------------------------------------------------------
+
+    def insert_scans(self, scans: Sequence[StoredScan], received_at: datetime) -> InsertResult:
+        """Store every scan in one transaction; a scan_id already stored is a duplicate.
+
+        Raises (and stores nothing) if any scan breaks a constraint, e.g. names an
+        unknown venue or unit.
+        """
+        received_ms = to_ms(received_at)
+        new: list[str] = []
+        duplicate: list[str] = []
+        if not scans:
+            return InsertResult(new, duplicate)
+        with self._transaction() as conn:
+            for scan in scans:
+                who = scan.identity
+                cursor = conn.execute(
+                    "INSERT INTO scans (scan_id, unit_id, venue_id, scanned_at_ms, clock_trusted, "
+                    "person_key, kind, id_number, name, birth_date, sex, address, source, "
+                    "received_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (scan_id) DO NOTHING",
+                    (
+                        scan.scan_id,
+                        scan.unit_id,
+                        scan.venue_id,
+                        to_ms(scan.scanned_at),
+                        scan.clock_trusted,
+                        who.person_key,
+                        who.kind,
+                        who.id_number,
+                        who.name,
+                        who.birth_date,
+                        who.sex,
+                        who.address,
+                        scan.source,
+                        received_ms,
+                    ),
+                )
+                (new if cursor.rowcount == 1 else duplicate).append(scan.scan_id)
+        return InsertResult(new, duplicate)
+
+    def add_dead_letter(
+        self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO dead_letters (received_at_ms, source, topic, payload, code, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (to_ms(received_at), source, topic, bytes(payload), code, reason),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest `limit` dead letters, newest first."""
+        rows = self._query(
+            "SELECT id, received_at_ms, source, topic, code, reason, payload FROM dead_letters "
+            "ORDER BY id DESC LIMIT ?",
+            (int(limit),),
+        )
+        return [
+            DeadLetter(id, from_ms(at_ms), source, topic, code, reason, bytes(payload))
+            for id, at_ms, source, topic, code, reason, payload in rows
+        ]
+
+    # -- reads for trace and visitor lists ----------------------------------------------
+
+    def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
+        """The person's check-ins with since <= time <= until, oldest first."""
+        rows = self._query(
+            f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ? "  # noqa: S608
+            "AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id",
+            (person_key, since_ms, until_ms),
+        )
+        return [Checkin(*row) for row in rows]
+
+    def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]:
+        """The venue's check-ins with start <= time <= end, oldest first."""
+        rows = self._query(
+            f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE venue_id = ? "  # noqa: S608
+            "AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id",
+            (venue_id, start_ms, end_ms),
+        )
+        return [Checkin(*row) for row in rows]
+
+    def person(self, person_key: str) -> tuple[str, str] | None:
+        """(id_number, name) from the person's latest scan, or None if never seen."""
+        rows = self._query(
+            "SELECT id_number, name FROM scans WHERE person_key = ? "
+            "ORDER BY scanned_at_ms DESC, scan_id DESC LIMIT 1",
+            (person_key,),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    # -- audit -----------------------------------------------------------------------
+
+    def record_audit(self, action: str, reason: str, params: dict[str, Any], at: datetime) -> int:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO audit (at_ms, action, reason, params_json) VALUES (?, ?, ?, ?)",
+                (to_ms(at), action, reason, json.dumps(params, ensure_ascii=False, sort_keys=True)),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` audit rows, newest first."""
+        rows = self._query(
+            "SELECT id, at_ms, action, reason, params_json FROM audit ORDER BY id DESC LIMIT ?",
+            (int(limit),),
+        )
+        return [
+            AuditEntry(id, from_ms(at_ms), action, reason, json.loads(params))
+            for id, at_ms, action, reason, params in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            conn = self._db()
+
+            def one(sql: str) -> int:
+                return int(conn.execute(sql).fetchone()[0])
+
+            return {
+                "scans": one("SELECT COUNT(*) FROM scans"),
+                "people": one("SELECT COUNT(DISTINCT person_key) FROM scans"),
+                "venues": one("SELECT COUNT(*) FROM venues"),
+                "units": one("SELECT COUNT(*) FROM units"),
+                "dead_letters": one("SELECT COUNT(*) FROM dead_letters"),
+            }
+
+
+def _venue(row: Sequence[Any]) -> VenueRecord:
+    venue_id, name, address, district = row
+    return VenueRecord(venue_id=venue_id, name=name, address=address, district=district)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,378 @@
+"""The trace rule, checked against a brute-force oracle written from the rule's text."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import strategies as st
+
+from doorscan.errors import Refusal
+from doorscan.payloads import Identity, parse_qr
+from doorscan.synthetic import cccd_text, health_text, make_people
+from doorscan.timefmt import from_ms, to_ms
+from doorscan.wire import VenueRecord
+from hub.store import Checkin, SqliteStore, StoredScan
+from hub.trace import TraceParams, TraceResult, person_key_from_id, run_trace, trace
+
+TODAY = date(2022, 1, 15)
+PEOPLE = make_people(8, seed=3)
+WHO = [parse_qr(cccd_text(p), today=TODAY) for p in PEOPLE]
+VENUES = ["v0", "v1", "v2"]
+T0 = datetime(2021, 8, 15, 3, 0, tzinfo=UTC)
+T0_MS = to_ms(T0)
+MINUTE = 60_000
+NOW = datetime(2021, 9, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Row:
+    person: int
+    venue: int
+    at_ms: int
+
+
+def build_store(rows: list[Row], identities: list[Identity] = WHO) -> SqliteStore:
+    store = SqliteStore(":memory:")
+    for venue in VENUES:
+        store.upsert_venue(VenueRecord(venue_id=venue, name=venue))
+    store.insert_scans(
+        [
+            StoredScan(
+                f"scan-{n:06d}",
+                None,
+                VENUES[r.venue],
+                from_ms(r.at_ms),
+                True,
+                identities[r.person],
+                "mqtt",
+            )
+            for n, r in enumerate(rows)
+        ],
+        received_at=NOW,
+    )
+    return store
+
+
+def oracle(
+    rows: list[Row], index: int, since: int, until: int, window: int, depth: int
+) -> tuple[dict[str, tuple[int, int, str, str]], Counter[str]]:
+    """person key -> (degree, exposure ms, venue, via person key), straight from the rule.
+
+    For each degree, look at every ordered pair of check-ins (all of them, no index
+    shortcuts) and keep the earliest qualifying event per newly found person. Also
+    counts the boundary cases met, which the property test steers towards.
+    """
+    seen: Counter[str] = Counter()
+    live = [r for r in rows if since <= r.at_ms <= until]
+    key = [w.person_key for w in WHO]
+    degree: dict[str, int] = {key[index]: 0}
+    exposure: dict[str, float] = {key[index]: float("-inf")}
+    found: dict[str, tuple[int, int, str, str]] = {}
+    for k in range(depth):
+        layer: dict[str, tuple[int, str, str]] = {}
+        for a in live:
+            for b in live:
+                p, q = key[a.person], key[b.person]
+                if degree.get(p) != k or q in degree or p == q:
+                    continue
+                if a.venue != b.venue or abs(a.at_ms - b.at_ms) > window:
+                    continue
+                event = max(a.at_ms, b.at_ms)
+                seen["window edge"] += abs(a.at_ms - b.at_ms) == window
+                seen["across exposure"] += a.at_ms < exposure[p] <= event
+                if event < exposure[p]:
+                    seen["before exposure"] += 1
+                    continue
+                candidate = (event, p, VENUES[a.venue])
+                if q not in layer or candidate < layer[q]:
+                    layer[q] = candidate
+        for q, (event, p, venue) in layer.items():
+            degree[q] = k + 1
+            exposure[q] = event
+            found[q] = (k + 1, event, venue, p)
+            seen["degree 2+"] += k > 0
+    return found, seen
+
+
+def as_found(result: TraceResult) -> dict[str, tuple[int, int, str, str]]:
+    via_key = {w.id_number: w.person_key for w in WHO}
+    return {
+        c.person_key: (c.degree, to_ms(c.exposed_at), c.venue_id, via_key[c.via])
+        for c in result.contacts
+    }
+
+
+def run(
+    store: SqliteStore, index: int, since: int, until: int, window: int, depth: int = 2
+) -> TraceResult:
+    params = TraceParams(
+        person_key=WHO[index].person_key,
+        since=from_ms(since),
+        until=from_ms(until),
+        window=timedelta(milliseconds=window),
+        depth=depth,
+    )
+    return trace(store, params)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[Row], int, int, int, int, int]:
+    people = draw(st.integers(2, 8))
+    venues = draw(st.sampled_from([1, 2, 2, 3]))
+    # A coarse minute grid so that |t1 - t2| == window and t == since/until happen often;
+    # now and then one millisecond off, to catch an off-by-one on either side.
+    jitter = st.sampled_from([0, 0, 0, 0, 0, 1, -1])
+    span = draw(st.sampled_from([3, 8, 20]))
+    # Each person's day is a walk through a few venues a few minutes apart, so that a
+    # person found at one venue has been to others before and after being exposed.
+    rows: list[Row] = []
+    for person in range(people):
+        t = T0_MS + draw(st.integers(0, span)) * MINUTE + draw(jitter)
+        for _ in range(draw(st.integers(0, 4))):
+            rows.append(Row(person, draw(st.integers(0, venues - 1)), t))
+            t += draw(st.integers(0, 3)) * MINUTE + draw(jitter)
+    rows = draw(st.permutations(rows))
+    # Half the time the period holds every check-in; otherwise it cuts through them.
+    if draw(st.booleans()):
+        since, until = T0_MS - MINUTE, T0_MS + (span + 13) * MINUTE
+    else:
+        since = T0_MS + draw(st.integers(-1, span + 6)) * MINUTE
+        until = since + draw(st.integers(0, span + 6)) * MINUTE
+    window = draw(st.integers(0, max(2, span // 2))) * MINUTE
+    depth = draw(st.sampled_from([0, 1, 2, 2, 3, 3, 4]))
+    return rows, draw(st.integers(0, people - 1)), since, until, window, depth
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_trace_matches_the_brute_force_oracle(
+    scenario: tuple[list[Row], int, int, int, int, int],
+) -> None:
+    rows, index, since, until, window, depth = scenario
+    with build_store(rows) as store:
+        result = run(store, index, since, until, window, depth)
+    expected, seen = oracle(rows, index, since, until, window, depth)
+    for label in ("window edge", "across exposure", "before exposure", "degree 2+"):
+        target(float(seen[label]), label=label)
+    assert as_found(result) == expected
+    mine = [r for r in rows if r.person == index and since <= r.at_ms <= until]
+    # Same-time visits come in scan-id order, which is the order the rows were stored.
+    expected_visits = [(r.at_ms, VENUES[r.venue]) for r in sorted(mine, key=lambda r: r.at_ms)]
+    assert [(to_ms(v.at), v.venue_id) for v in result.index.visits] == expected_visits
+    order = [(c.degree, c.exposed_at, c.id_number) for c in result.contacts]
+    assert order == sorted(order)
+
+
+def at(minutes: float) -> int:
+    return T0_MS + round(minutes * MINUTE)
+
+
+def test_a_window_that_touches_exactly_counts_one_ms_more_does_not() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(60)), Row(2, 0, at(60) + 1), Row(3, 0, at(-60))]
+    with build_store(rows) as store:
+        result = run(store, 0, at(-120), at(120), 60 * MINUTE, depth=1)
+    assert {c.person_key: c.exposed_at for c in result.contacts} == {
+        WHO[1].person_key: from_ms(at(60)),
+        WHO[3].person_key: from_ms(at(0)),  # the event's time is the later check-in
+    }
+
+
+def test_since_and_until_are_inclusive() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(30))]
+    with build_store(rows) as store:
+        assert len(run(store, 0, at(0), at(30), 60 * MINUTE).contacts) == 1
+        assert run(store, 0, at(0), at(30) - 1, 60 * MINUTE).contacts == []
+        late = run(store, 0, at(0) + 1, at(30), 60 * MINUTE)
+        assert late.contacts == [] and late.index.visits == []
+
+
+def test_a_meeting_before_the_f1_was_exposed_makes_no_f2() -> None:
+    rows = [
+        Row(0, 0, at(120)),  # index at v0, 12:00 (T0 + 2h)
+        Row(1, 0, at(150)),  # F1, exposed at +150
+        Row(1, 1, at(0)),  # the F1 earlier at v1 ...
+        Row(2, 1, at(10)),  # ... met person 2 at +10: before exposure, no F2
+        Row(1, 1, at(120)),  # the F1 at v1 at +120 (before exposure) ...
+        Row(3, 1, at(140)),  # ... person 3 at +140: event +140 < +150, no F2
+        Row(4, 1, at(160)),  # ... person 4 at +160: event +160 >= +150, F2
+        Row(1, 2, at(200)),  # the F1 at v2 at +200, after exposure ...
+        Row(5, 2, at(145)),  # ... person 5 came earlier; the event is at +200: F2
+        Row(1, 2, at(100)),  # the F1 at v2 at +100, before exposure ...
+        Row(6, 2, at(150)),  # ... person 6 exactly at the exposure time: F2 at +150
+    ]
+    with build_store(rows) as store:
+        result = run(store, 0, at(-300), at(300), 60 * MINUTE)
+    assert as_found(result) == {
+        WHO[1].person_key: (1, at(150), "v0", WHO[0].person_key),
+        WHO[4].person_key: (2, at(160), "v1", WHO[1].person_key),
+        WHO[5].person_key: (2, at(200), "v2", WHO[1].person_key),
+        WHO[6].person_key: (2, at(150), "v2", WHO[1].person_key),
+    }
+
+
+def test_nobody_is_their_own_contact() -> None:
+    rows = [Row(0, 0, at(0)), Row(0, 0, at(5)), Row(1, 1, at(0)), Row(1, 0, at(500))]
+    with build_store(rows) as store:
+        assert run(store, 0, at(-10), at(600), 60 * MINUTE).contacts == []
+    # The F1 checked in twice at a venue where nobody else was: no F2 from itself,
+    # and the index it meets again is not an F2 either.
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(1, 1, at(60)), Row(1, 1, at(61))]
+    rows += [Row(1, 2, at(100)), Row(0, 2, at(100))]
+    with build_store(rows) as store:
+        result = run(store, 0, at(-10), at(600), 60 * MINUTE, depth=4)
+    assert as_found(result) == {WHO[1].person_key: (1, at(0), "v0", WHO[0].person_key)}
+
+
+def test_ties_are_broken_by_via_person_key_then_venue() -> None:
+    rows = [
+        Row(0, 1, at(0)),
+        Row(0, 0, at(0)),  # the index at v0 and v1 at the same time ...
+        Row(1, 0, at(30)),
+        Row(1, 1, at(30)),  # ... person 1 at both, 30 min later: venue v0 wins the tie
+        Row(2, 0, at(30)),
+        Row(3, 2, at(90)),  # persons 1 and 2 both at v2 with person 3 at +90
+        Row(1, 2, at(90)),
+        Row(2, 2, at(90)),
+    ]
+    with build_store(rows) as store:
+        result = run(store, 0, at(-10), at(600), 60 * MINUTE)
+    found = as_found(result)
+    assert found[WHO[1].person_key] == (1, at(30), "v0", WHO[0].person_key)
+    via = min(WHO[1].person_key, WHO[2].person_key)
+    assert found[WHO[3].person_key] == (2, at(90), "v2", via)
+
+
+def test_the_earliest_event_over_all_f1s_wins() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(2, 0, at(0))]
+    rows += [Row(1, 1, at(100)), Row(2, 1, at(70)), Row(3, 1, at(70))]  # via 2 at +70
+    with build_store(rows) as store:
+        result = run(store, 0, at(-10), at(600), 60 * MINUTE)
+    assert as_found(result)[WHO[3].person_key] == (2, at(70), "v1", WHO[2].person_key)
+
+
+def test_depth_limits_the_degrees() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(1, 1, at(60)), Row(2, 1, at(60))]
+    rows += [Row(2, 2, at(120)), Row(3, 2, at(120))]
+    with build_store(rows) as store:
+        degrees = {
+            d: [c.degree for c in run(store, 0, 0, at(999), 0, d).contacts] for d in range(4)
+        }
+    assert degrees == {0: [], 1: [1], 2: [1, 2], 3: [1, 2, 3]}
+
+
+def test_the_trace_reads_only_the_windows_it_needs() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(20))]
+    rows += [Row(2 + n % 6, 0, at(24 * 60 + n)) for n in range(600)]  # the next day, same venue
+
+    class Counting:
+        def __init__(self, store: SqliteStore) -> None:
+            self.store, self.rows = store, 0
+
+        def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
+            found = self.store.checkins_of(person_key, since_ms, until_ms)
+            self.rows += len(found)
+            return found
+
+        def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]:
+            found = self.store.checkins_at(venue_id, start_ms, end_ms)
+            self.rows += len(found)
+            return found
+
+        def person(self, person_key: str) -> tuple[str, str] | None:
+            return self.store.person(person_key)
+
+    with build_store(rows) as store:
+        reader = Counting(store)
+        params = TraceParams(WHO[0].person_key, from_ms(at(-60)), from_ms(at(48 * 60)))
+        result = trace(reader, params)
+    assert [c.person_key for c in result.contacts] == [WHO[1].person_key]
+    assert reader.rows < 10
+
+
+def test_an_unknown_person_gives_an_empty_trace() -> None:
+    with build_store([Row(1, 0, at(0))]) as store:
+        result = trace(store, TraceParams("id:079201000001", from_ms(at(-10)), from_ms(at(10))))
+    assert result.index.name is None and result.index.id_number == "079201000001"
+    assert result.contacts == [] and result.index.visits == []
+
+
+def test_a_masked_health_qr_person_is_traced_by_qid() -> None:
+    masked = parse_qr(health_text(PEOPLE[1], masked=True))
+    identities = [WHO[0], masked]
+    with build_store([Row(0, 0, at(0)), Row(1, 0, at(5))], identities) as store:
+        since, until = from_ms(at(-10)), from_ms(at(10))
+        result = run_trace(store, masked.person_key, since, until, timedelta(0), 1, "x", NOW)
+        assert result.index.visits and result.contacts == []
+        five = timedelta(minutes=5)
+        result = run_trace(store, masked.person_key, since, until, five, 1, "ca F0", NOW)
+    assert [c.id_number for c in result.contacts] == [WHO[0].id_number]
+    assert result.index.id_number.startswith("******")
+
+
+def test_run_trace_audits_and_refuses_without_reason() -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(10))]
+    since, until = from_ms(at(-60)), from_ms(at(60))
+    with build_store(rows) as store:
+        for reason in ("", "   \n"):
+            with pytest.raises(Refusal) as refused:
+                run_trace(store, WHO[0].id_number, since, until, timedelta(hours=1), 2, reason, NOW)
+            assert refused.value.code == "no_reason"
+        with pytest.raises(Refusal):
+            run_trace(store, WHO[0].id_number, until, since, timedelta(hours=1), 2, "r", NOW)
+        with pytest.raises(Refusal):
+            run_trace(store, WHO[0].id_number, since, until, timedelta(hours=1), 9, "r", NOW)
+        assert store.audit_entries() == []
+        result = run_trace(
+            store, f" {WHO[0].id_number} ", since, until, timedelta(hours=1), 2, "ca F0 số 7", NOW
+        )
+        (entry,) = store.audit_entries()
+    assert (entry.action, entry.reason, entry.at) == ("trace", "ca F0 số 7", NOW)
+    assert entry.params == {
+        "id": WHO[0].id_number,
+        "person_key": WHO[0].person_key,
+        "since": "2021-08-15T02:00:00.000Z",
+        "until": "2021-08-15T04:00:00.000Z",
+        "window_minutes": 60,
+        "depth": 2,
+    }
+    data = result.to_json_dict()
+    assert set(data) == {"index", "contacts", "params"}
+    assert data["contacts"] == [
+        {
+            "id_number": WHO[1].id_number,
+            "name": WHO[1].name,
+            "degree": 1,
+            "exposed_at": "2021-08-15T03:10:00.000Z",
+            "venue_id": "v0",
+            "via": WHO[0].id_number,
+        }
+    ]
+    assert data["index"]["visits"] == [{"venue_id": "v0", "at": "2021-08-15T03:00:00.000Z"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("064090123456", "id:064090123456"),
+        (" 123456789 ", "id:123456789"),
+        ("C1234567", "id:C1234567"),
+        ("c1234567", "id:C1234567"),
+        ("7K3M9P2QXA", "card:7K3M9P2QXA"),
+        ("7k3m9p2qxa", "card:7K3M9P2QXA"),
+        ("id:B12345678A", "id:B12345678A"),
+        ("qid:a1b2c3", "qid:a1b2c3"),
+        ("card:7K3M9P2QXA", "card:7K3M9P2QXA"),
+    ],
+)
+def test_person_key_from_what_a_tracer_types(text: str, key: str) -> None:
+    assert person_key_from_id(text) == key
+
+
+@pytest.mark.parametrize("text", ["", "id:", "******123456", "Nguyễn Văn An", "12", "a;b"])
+def test_person_key_refuses_what_names_nobody(text: str) -> None:
+    with pytest.raises(Refusal):
+        person_key_from_id(text)
