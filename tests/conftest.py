@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from doorscan.localbroker import LocalBroker, find_mosquitto
+from tests.reliability import FiguresRecorder
+
+_FIGURES = FiguresRecorder()
 
 
 @pytest.fixture
@@ -18,3 +21,15 @@ def broker() -> Iterator[LocalBroker]:
         )
     with LocalBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def reliability_figures() -> FiguresRecorder:
+    """Record what a fault test did; the table in docs/reliability.md is made from it."""
+    return _FIGURES
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Only a run whose tests passed may speak for the promise in docs/reliability.md.
+    if exitstatus == 0:
+        _FIGURES.write()
