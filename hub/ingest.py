@@ -161,12 +161,12 @@ class Ingestor:
             raise Refusal("unknown_unit", f"unit {unit_id} is not registered")
         if not unit.active:
             raise Refusal("revoked_unit", f"unit {unit_id} is revoked")
+        if self._store.venue(scan.venue_id) is None:
+            raise Refusal("unknown_venue", f"venue {scan.venue_id} is not registered")
         if scan.venue_id != unit.venue_id:
             raise Refusal(
                 "venue_mismatch", f"unit {unit_id} belongs to {unit.venue_id}, not {scan.venue_id}"
             )
-        if self._store.venue(scan.venue_id) is None:
-            raise Refusal("unknown_venue", f"venue {scan.venue_id} is not registered")
         if scan.scanned_at > now + self._future_tolerance:
             raise Refusal(
                 "future_time", f"scanned_at {scan.scanned_at.isoformat()} is in the future"
