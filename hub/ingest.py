@@ -19,6 +19,7 @@ The ack is built only after the commit; the caller publishes it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from doorscan.wire import (
     parse_topic,
     topic_ack,
 )
-from hub.store import Store, StoredScan
+from hub.store import BatchConflict, BatchKey, Store, StoredScan
 
 __all__ = ["IngestCounters", "Ingestor", "Reply"]
 
@@ -133,23 +134,39 @@ class Ingestor:
         unit = self._store.unit(unit_id)
         now = self._now()
         good: list[StoredScan] = []
-        refused: list[RefusedScan] = []
+        refused: list[tuple[Scan, Refusal]] = []
         for scan in batch.scans:
             try:
                 good.append(self._judge(unit_id, unit, scan, now))
             except Refusal as refusal:
-                refused.append(RefusedScan(scan_id=scan.scan_id, reason=refusal.reason))
-                self._dead_letter(topic, encode_message(scan), refusal)
-                self.counters.scans_refused += 1
-        # The commit happens here; the ack is built only after it returned.
-        result = self._store.insert_scans(good, received_at=now)
+                refused.append((scan, refusal))
+        digest = hashlib.sha256(
+            "\n".join(sorted(s.scan_id for s in batch.scans)).encode()
+        ).hexdigest()
+        key = BatchKey(batch.batch_id, unit_id, digest)
+        try:
+            # The commit happens here; the ack is built only after it returned.
+            result = self._store.insert_scans(good, received_at=now, batch=key)
+        except BatchConflict as conflict:
+            raise Refusal("replayed_batch", str(conflict)) from None
         self.counters.scans_stored += len(result.new)
         self.counters.scans_duplicate += len(result.duplicate)
+        # Written after the batch was accepted (a forged batch is kept whole instead) and
+        # before the ack is returned: the unit forgets these once the ack names them.
+        for refused_scan, why in refused:
+            self._dead_letter(topic, encode_message(refused_scan), why)
+            self.counters.scans_refused += 1
+        if result.replayed:
+            # Harmless (every scan is already safe, and the unit is told so) but worth a
+            # record: an honest unit never sends a batch id twice, a broker redelivery does.
+            self._dead_letter(
+                topic, payload, Refusal("replayed_batch", "this batch arrived before")
+            )
         ack = Ack(
             batch_id=batch.batch_id,
             unit_id=unit_id,
             stored=[*result.new, *result.duplicate],
-            refused=refused,
+            refused=[RefusedScan(scan_id=s.scan_id, reason=r.reason) for s, r in refused],
             hub_time=now,
         )
         return Reply(topic_ack(unit_id), encode_message(ack))

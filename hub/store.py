@@ -59,6 +59,8 @@ __all__ = [
     "InsertResult",
     "StoredScan",
     "StoreError",
+    "BatchKey",
+    "BatchConflict",
     "Registry",
     "ScanSink",
     "CheckinReader",
@@ -102,6 +104,20 @@ class Checkin:
 class InsertResult:
     new: list[str]
     duplicate: list[str]
+    replayed: bool = False  # this very batch (same id, same scans) was committed before
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Names a unit's batch so a copy of it can be recognised (see `insert_scans`)."""
+
+    batch_id: str
+    unit_id: str
+    digest: str  # of the batch's scan ids, so a reused id with other scans is told apart
+
+
+class BatchConflict(StoreError, ValueError):
+    """A batch id arrived again with different scans: never from an honest unit."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +151,9 @@ class Registry(Protocol):
 
 
 class ScanSink(Protocol):
-    def insert_scans(self, scans: Sequence[StoredScan], received_at: datetime) -> InsertResult: ...
+    def insert_scans(
+        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+    ) -> InsertResult: ...
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
     ) -> None: ...
@@ -222,6 +240,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             action TEXT NOT NULL,
             reason TEXT NOT NULL,
             params_json TEXT NOT NULL
+        )""",
+    ),
+    # 3: batch ids seen, to tell a copy of a batch (redelivered or replayed) from a new one.
+    (
+        """CREATE TABLE batches (
+            batch_id TEXT PRIMARY KEY,
+            unit_id TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            received_at_ms BIGINT NOT NULL
         )""",
     ),
 )
@@ -355,18 +382,37 @@ class SqliteStore:
 
     # -- scans and dead letters --------------------------------------------------------
 
-    def insert_scans(self, scans: Sequence[StoredScan], received_at: datetime) -> InsertResult:
+    def insert_scans(
+        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+    ) -> InsertResult:
         """Store every scan in one transaction; a scan_id already stored is a duplicate.
 
-        Raises (and stores nothing) if any scan breaks a constraint, e.g. names an
-        unknown venue or unit.
+        With `batch`, the batch id is recorded in the same transaction. The same batch
+        arriving again (the broker redelivers after a hub crash, or someone replays it)
+        is reported as `replayed`; the same id with other scans raises `BatchConflict`
+        and stores nothing. Raises (and stores nothing) if any scan breaks a
+        constraint, e.g. names an unknown venue or unit.
         """
         received_ms = to_ms(received_at)
         new: list[str] = []
         duplicate: list[str] = []
-        if not scans:
-            return InsertResult(new, duplicate)
+        replayed = False
         with self._transaction() as conn:
+            if batch is not None:
+                cursor = conn.execute(
+                    "INSERT INTO batches (batch_id, unit_id, digest, received_at_ms) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
+                    (batch.batch_id, batch.unit_id, batch.digest, received_ms),
+                )
+                if cursor.rowcount != 1:
+                    (unit_id, digest) = conn.execute(
+                        "SELECT unit_id, digest FROM batches WHERE batch_id = ?", (batch.batch_id,)
+                    ).fetchone()
+                    if (unit_id, digest) != (batch.unit_id, batch.digest):
+                        raise BatchConflict(
+                            f"batch {batch.batch_id} was received before with other scans"
+                        )
+                    replayed = True
             for scan in scans:
                 who = scan.identity
                 cursor = conn.execute(
@@ -392,7 +438,7 @@ class SqliteStore:
                     ),
                 )
                 (new if cursor.rowcount == 1 else duplicate).append(scan.scan_id)
-        return InsertResult(new, duplicate)
+        return InsertResult(new, duplicate, replayed)
 
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime

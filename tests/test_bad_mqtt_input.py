@@ -153,12 +153,27 @@ def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
         _pub(broker, topic, payload, tmp_path)
     good = _batch(scans=[_scan("s-good-0001")])
     _pub(broker, scans, good, tmp_path)
+    # The same batch again (a replay), and its id again with other scans (a forgery).
+    forged = json.loads(good)
+    forged["scans"] = [_scan("s-forged-01")]
+    bad += [
+        ("replayed_batch", scans, good),
+        ("replayed_batch", scans, json.dumps(forged).encode()),
+    ]
+    for _, topic, payload in bad[-2:]:
+        _pub(broker, topic, payload, tmp_path)
 
     def stored() -> int:
         with SqliteStore(hub_db) as store:
             return store.counts()["scans"]
 
+    def letters() -> int:
+        with SqliteStore(hub_db) as store:
+            return store.counts()["dead_letters"]
+
     assert _wait_for(lambda: stored() == 1), "the good batch after the bad ones was not stored"
+    assert _wait_for(lambda: letters() >= len(bad))
+    time.sleep(0.5)  # anything more would be a bug: give it the time to show
     with SqliteStore(hub_db) as store:
         letters = store.dead_letters(limit=100)
         [good_scan] = store.checkins_at("hospital", 0, 2**62)

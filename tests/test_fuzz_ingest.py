@@ -110,7 +110,11 @@ def _check(messages: list[tuple[str, bytes]]) -> None:
                 # Every scan of an acked batch is named once: stored or refused.
                 named = [*ack.stored, *(r.scan_id for r in ack.refused)]
                 assert sorted(named) == sorted(sent)
-                assert after["dead_letters"] - before["dead_letters"] == len(ack.refused)
+                added = after["dead_letters"] - before["dead_letters"]
+                if added == len(ack.refused) + 1:  # a copy of a batch already committed
+                    assert store.dead_letters(limit=1)[0].code == "replayed_batch"
+                else:
+                    assert added == len(ack.refused)
             elif topic.endswith("/scans"):
                 event("batch dead-lettered whole")
                 # A batch refused whole is kept whole.

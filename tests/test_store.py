@@ -14,7 +14,7 @@ from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.store import SqliteStore, StoredScan, StoreError
+from hub.store import BatchConflict, BatchKey, SqliteStore, StoredScan, StoreError
 
 TODAY = date(2022, 1, 15)
 PEOPLE = make_people(5, seed=11)
@@ -217,7 +217,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 2
+        assert version == len(SqliteStore.MIGRATIONS) == 3
     finally:
         raw.close()
 
@@ -239,3 +239,14 @@ def test_close_is_idempotent_and_a_closed_store_says_so() -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.counts()
+
+
+def test_a_batch_id_is_remembered_with_its_scans(store: SqliteStore) -> None:
+    scans = [scan(0, WHO[0]), scan(1, WHO[1])]
+    key = BatchKey("batch-0001", "u1", "digest-a")
+    assert not store.insert_scans(scans, NOW, batch=key).replayed
+    again = store.insert_scans(scans, NOW, batch=key)
+    assert again.replayed and sorted(again.duplicate) == sorted(s.scan_id for s in scans)
+    with pytest.raises(BatchConflict):
+        store.insert_scans([scan(2, WHO[2])], NOW, batch=BatchKey("batch-0001", "u1", "other"))
+    assert store.counts()["scans"] == 2  # the forged batch stored nothing
