@@ -10,7 +10,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from doorscan.wire import (
 from hub.launcher import HubProcess
 from hub.store import SqliteStore
 from tests.reliability import FiguresRecorder
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -90,15 +91,6 @@ def hub_db(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
     yield db
     assert hub.stop() == 0, hub.output()
     assert "Traceback" not in hub.output(), hub.output()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
@@ -171,8 +163,8 @@ def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
         with SqliteStore(hub_db) as store:
             return store.counts()["dead_letters"]
 
-    assert _wait_for(lambda: stored() == 1), "the good batch after the bad ones was not stored"
-    assert _wait_for(lambda: letters() >= len(bad))
+    assert wait_for(lambda: stored() == 1), "the good batch after the bad ones was not stored"
+    assert wait_for(lambda: letters() >= len(bad))
     time.sleep(0.5)  # anything more would be a bug: give it the time to show
     with SqliteStore(hub_db) as store:
         letters = store.dead_letters(limit=100)

@@ -41,6 +41,7 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.launcher import HubProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -89,15 +90,6 @@ def _hub(*args: str) -> str:
     return done.stdout
 
 
-def _wait_for(predicate: object, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _unit(broker: LocalBroker, tmp_path: Path, unit_id: str, venue_id: str, decoder: str) -> Unit:
     config = UnitConfig(
         unit_id=unit_id,
@@ -141,7 +133,7 @@ def test_scans_at_two_doors_come_out_of_hub_trace(
         assert show(market, cccd_text(f1), 120) == [Feedback.ACCEPTED]
         assert show(market, cccd_text(f2), 45) == [Feedback.ACCEPTED]  # F2 through f1
 
-        assert _wait_for(lambda: hospital.journal.backlog() == 0 and market.journal.backlog() == 0)
+        assert wait_for(lambda: hospital.journal.backlog() == 0 and market.journal.backlog() == 0)
 
     stats = json.loads(_hub("stats", "--db", str(hub)))
     assert stats["scans"] == 5 and stats["dead_letters"] == 0
@@ -177,7 +169,7 @@ def test_a_resent_batch_is_stored_once_and_acked_twice(broker: LocalBroker, hub:
         time.sleep(0.2)
         for _ in range(2):
             client.publish(topic_scans("door-h"), encode_message(batch), qos=1).wait_for_publish(5)
-        assert _wait_for(lambda: len(acks) == 2)
+        assert wait_for(lambda: len(acks) == 2)
     finally:
         client.loop_stop()
         client.disconnect()

@@ -8,7 +8,7 @@ tests kill and restart.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,20 +25,12 @@ from doorscan.wire import Scan, UnitRecord, UnitStatus, VenueRecord, decode_mess
 from hub.ingest import Ingestor
 from hub.service import HubService
 from hub.store import SqliteStore
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
 T0 = datetime(2022, 1, 10, 2, 0, tzinfo=UTC)
 PEOPLE = make_people(40, seed=17)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _record(journal: ScanJournal, count: int, start: int = 0) -> list[str]:
@@ -91,7 +83,7 @@ def test_backlog_recorded_offline_drains_when_the_broker_comes(
             broker.start()
             with _hub(store, broker) as hub:
                 assert hub.wait_connected(10)
-                assert _wait_for(lambda: journal.backlog() == 0)
+                assert wait_for(lambda: journal.backlog() == 0)
     assert store.counts()["scans"] == 120
     assert {c.scan_id for c in store.checkins_at("hospital", 0, 2**62)} == set(ids)
 
@@ -103,12 +95,12 @@ def test_a_broker_puback_alone_settles_nothing(
         _record(journal, 30)
         with _sync(journal, broker, ack_timeout_s=1.0).start() as sync:
             assert sync.wait_connected(10)
-            assert _wait_for(lambda: sync.batches_sent >= 1)
+            assert wait_for(lambda: sync.batches_sent >= 1)
             time.sleep(1.0)
             # The broker has had the batches for a while; no hub, so no ack, so still pending.
             assert journal.backlog() == 30
             with _hub(store, broker):
-                assert _wait_for(lambda: journal.backlog() == 0)
+                assert wait_for(lambda: journal.backlog() == 0)
     # Batches were resent after the ack timeout; the hub kept one copy of each scan.
     assert store.counts()["scans"] == 30
 
@@ -121,11 +113,11 @@ def test_broker_killed_mid_stream_loses_and_doubles_nothing(
             assert hub.wait_connected(10) and sync.wait_connected(10)
             _record(journal, 400)
             sync.notify()
-            assert _wait_for(lambda: journal.backlog() < 400, 10)
+            assert wait_for(lambda: journal.backlog() < 400, 10)
             broker.kill()  # persistence is off: whatever the broker held is gone
             _record(journal, 200, start=400)  # still scanning at the door meanwhile
             broker.start()
-            assert _wait_for(lambda: journal.backlog() == 0, 40)
+            assert wait_for(lambda: journal.backlog() == 0, 40)
         assert store.counts()["scans"] == 600
 
 
@@ -148,8 +140,8 @@ def test_status_is_retained_online_then_offline_on_close(
             assert sync.wait_connected(10)
             time.sleep(0.3)
             watcher = watch()  # subscribes late: gets the retained status
-            assert _wait_for(lambda: len(seen) >= 1)
+            assert wait_for(lambda: len(seen) >= 1)
             assert seen[-1].online and seen[-1].backlog is not None
-        assert _wait_for(lambda: len(seen) >= 2 and not seen[-1].online)
+        assert wait_for(lambda: len(seen) >= 2 and not seen[-1].online)
         watcher.loop_stop()
         watcher.disconnect()
