@@ -1,0 +1,38 @@
+"""The hub's store: the interface (`base`) and its backends (`sqlite`; PostgreSQL next).
+
+Callers import from here: ``from hub.store import SqliteStore, Store, StoredScan``.
+"""
+
+from hub.store.base import (
+    AuditEntry,
+    AuditLog,
+    BatchConflict,
+    BatchKey,
+    Checkin,
+    CheckinReader,
+    DeadLetter,
+    InsertResult,
+    Registry,
+    ScanSink,
+    Store,
+    StoredScan,
+    StoreError,
+)
+from hub.store.sqlite import SqliteStore
+
+__all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "BatchConflict",
+    "BatchKey",
+    "Checkin",
+    "CheckinReader",
+    "DeadLetter",
+    "InsertResult",
+    "Registry",
+    "ScanSink",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoredScan",
+]
