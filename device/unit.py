@@ -4,12 +4,21 @@
 and the demo pass their own frame source, pin factory or clock. The loop reads a
 frame, hands it to the scanner, and keeps going until told to stop or the frame
 source runs dry (an image folder).
+
+A camera that fails does not end the loop (a crash loop under systemd would only
+hide the fault): the door shows FAULT once per outage, the error is logged once,
+the camera is re-opened with exponential backoff (`retry_min_s` doubling up to
+`retry_max_s`) and a line says when it is back. A live camera that gives no frame
+(`read()` returns None) is waited for, never taken as the end; after `stall_after_s`
+without a frame that too is an outage. A `read()` that blocks forever cannot be seen
+from this loop: the systemd watchdog (``WatchdogSec``, issue 7) restarts the unit then.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -56,7 +65,19 @@ class Unit:
         pin_factory: Any = None,
         client_factory: ClientFactory = paho_client_factory,
         sync_clock: Clock | None = None,
+        frames_factory: Callable[[], FrameSource] | None = None,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        stall_after_s: float = 10.0,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
+        """`frames` is used as given (never re-opened); `frames_factory` opens a source and
+        is called again after a failure. With neither, the config's source is used, and a
+        camera (not an image folder, whose next read simply moves past a bad file) is
+        re-opened after a failure. `sleep` waits between retries (default: until stop()).
+        """
+        if not 0 < retry_min_s <= retry_max_s:
+            raise ValueError("need 0 < retry_min_s <= retry_max_s")
         self.config = config
         self.clock = clock or SystemClock()
         # The lights come first: if the journal cannot be opened the door must still say so.
@@ -75,6 +96,18 @@ class Unit:
             raise
         # Built on first use: a unit driven frame by frame (the demo, tests) never opens a camera.
         self._frames = frames
+        self._frames_factory: Callable[[], FrameSource] | None = frames_factory
+        if frames is None and frames_factory is None and config.frames.source == "picamera2":
+            self._frames_factory = lambda: frame_source_for(config)
+        # Only an image folder ends; a live camera's None means "no frame yet".
+        self._frames_end = config.frames.source == "files"
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._stall_after_s = stall_after_s
+        self._retry_delay_s = retry_min_s
+        self._outage_since: float | None = None
+        self._outage_failures = 0
+        self._last_frame_at: float | None = None
         self.decoder = decoder if decoder is not None else make_decoder(config.decoder)
         self.sync = MqttSync(
             config.unit_id,
@@ -103,14 +136,23 @@ class Unit:
             count=self.state.increment,
         )
         self._stop = threading.Event()
+        # Waiting on the stop event lets stop() cut a long backoff short.
+        self._sleep: Callable[[float], object] = sleep or self._stop.wait
         self._closed = False
         self._next_housekeeping = self.clock.monotonic() + HOUSEKEEPING_EVERY_S
 
     @property
     def frames(self) -> FrameSource:
+        """The frame source, opened on first use (this may raise: no camera)."""
         if self._frames is None:
-            self._frames = frame_source_for(self.config)
+            factory = self._frames_factory
+            self._frames = factory() if factory is not None else frame_source_for(self.config)
         return self._frames
+
+    @property
+    def camera_ok(self) -> bool:
+        """False during a frame-source outage (between the first failure and the next frame)."""
+        return self._outage_since is None
 
     def start(self) -> Unit:
         self.sync.start()
@@ -124,20 +166,75 @@ class Unit:
         """Scan until stopped, the frames run out, or `max_frames`; return frames seen."""
         seen = 0
         while not self._stop.is_set() and (max_frames is None or seen < max_frames):
-            try:
-                frame = self.frames.read()
-            except Exception:
-                # Issue 7 adds retry with backoff; for now the fault is shown and the loop ends.
-                log.exception("the frame source failed")
-                self.indicators.show(Feedback.FAULT)
-                raise
-            if frame is None:
-                break
-            self.scanner.process(frame)
-            seen += 1
+            # Checked before the read: a camera outage of hours still flushes and purges.
             if self.clock.monotonic() >= self._next_housekeeping:
                 self.housekeeping()
+            try:
+                frame = self.frames.read()
+            except Exception as exc:
+                self._frames_failed(exc)
+                continue
+            if frame is None:
+                if self._frames_end:
+                    break
+                self._no_frame()
+                continue
+            self._frames_ok()
+            self.scanner.process(frame)
+            seen += 1
         return seen
+
+    def _frames_failed(self, exc: Exception) -> None:
+        if self._outage_since is None:
+            self._start_outage(f"the frame source failed: {exc}", exc)
+        self._outage_failures += 1
+        delay, self._retry_delay_s = (
+            self._retry_delay_s,
+            min(self._retry_delay_s * 2, self._retry_max_s),
+        )
+        log.debug("frame source failure %d; retrying in %.1f s", self._outage_failures, delay)
+        if self._frames_factory is not None and self._frames is not None:
+            # A camera that failed is often wedged; a fresh open is what recovers it.
+            source, self._frames = self._frames, None
+            try:
+                source.close()
+            except Exception:
+                log.warning("closing the failed frame source failed too", exc_info=True)
+        self._sleep(delay)
+
+    def _no_frame(self) -> None:
+        now = self.clock.monotonic()
+        if self._last_frame_at is None:
+            self._last_frame_at = now  # the wait is counted from the first empty read
+        elif self._outage_since is None and now - self._last_frame_at >= self._stall_after_s:
+            self._start_outage(f"no frame from the camera for {now - self._last_frame_at:.0f} s")
+        self._sleep(1 / self.config.frames.fps)
+
+    def _frames_ok(self) -> None:
+        now = self.clock.monotonic()
+        self._last_frame_at = now
+        if self._outage_since is not None:
+            log.warning(
+                "the frame source is back after %.1f s and %d failed reads; scanning again",
+                now - self._outage_since,
+                self._outage_failures,
+            )
+            self._outage_since = None
+            self._outage_failures = 0
+            self._retry_delay_s = self._retry_min_s
+
+    def _start_outage(self, what: str, exc: Exception | None = None) -> None:
+        # Once per outage: a camera that is away for an hour must not beep for an hour
+        # or write a traceback every 30 s.
+        self._outage_since = self.clock.monotonic()
+        log.error(
+            "%s; the door shows FAULT and retries every %.1f-%.0f s",
+            what,
+            self._retry_min_s,
+            self._retry_max_s,
+            exc_info=exc,
+        )
+        self.indicators.show(Feedback.FAULT)
 
     def housekeeping(self) -> None:
         """Once a minute: save the counters, drop acked scans older than the keep period."""
