@@ -54,7 +54,7 @@ __all__ = ["JOURNAL_SCHEMA_VERSION", "JournalError", "DuplicateScanError", "Scan
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SCHEMA_VERSION = 1
+JOURNAL_SCHEMA_VERSION = 2
 
 # `seq` (the rowid) is the recording order; it never goes back because SQLite hands out
 # max(rowid) + 1 and purge never deletes the newest row. The two partial indexes keep
@@ -75,6 +75,12 @@ _SCHEMA_V1 = (
     "CREATE INDEX scans_pending ON scans (seq) WHERE acked_at_ms IS NULL",
     "CREATE INDEX scans_settled ON scans (acked_at_ms) WHERE acked_at_ms IS NOT NULL",
 )
+# 2: what the hub needs to correct the time of a scan taken with an untrusted clock.
+_SCHEMA_V2 = (
+    "ALTER TABLE scans ADD COLUMN boot_id TEXT",
+    "ALTER TABLE scans ADD COLUMN mono_ms INTEGER",
+)
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 class JournalError(DoorscanError, OSError):
@@ -122,9 +128,10 @@ class ScanJournal:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0:
-                    for statement in _SCHEMA_V1:
-                        conn.execute(statement)
+                if version < JOURNAL_SCHEMA_VERSION:
+                    for migration in _MIGRATIONS[version:]:
+                        for statement in migration:
+                            conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={JOURNAL_SCHEMA_VERSION}")
                 elif version != JOURNAL_SCHEMA_VERSION:
                     raise JournalError(
@@ -159,6 +166,8 @@ class ScanJournal:
             to_ms(scan.scanned_at),
             int(scan.clock_trusted),
             scan.qr_text,
+            scan.boot_id,
+            scan.mono_ms,
         )
         with self._lock:
             conn = self._open_conn()
@@ -166,8 +175,8 @@ class ScanJournal:
                 # Autocommit: the single INSERT is its own transaction, committed (and the
                 # WAL fsynced, synchronous=FULL) before execute() returns.
                 conn.execute(
-                    "INSERT INTO scans (scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO scans (scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text,"
+                    " boot_id, mono_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             except sqlite3.IntegrityError as exc:
@@ -197,14 +206,14 @@ class ScanJournal:
             conn = self._open_conn()
             try:
                 rows = conn.execute(
-                    "SELECT scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text FROM scans"
-                    " WHERE acked_at_ms IS NULL ORDER BY seq LIMIT ?",
+                    "SELECT scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id,"
+                    " mono_ms FROM scans WHERE acked_at_ms IS NULL ORDER BY seq LIMIT ?",
                     (limit + len(skip_ids),),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read pending scans: {_describe(exc)}") from exc
         scans = []
-        for scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text in rows:
+        for scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id, mono_ms in rows:
             if scan_id in skip_ids:
                 continue
             scans.append(
@@ -214,6 +223,8 @@ class ScanJournal:
                     scanned_at=from_ms(scanned_at_ms),
                     clock_trusted=bool(clock_trusted),
                     qr_text=qr_text,
+                    boot_id=boot_id,
+                    mono_ms=mono_ms,
                 )
             )
             if len(scans) == limit:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from device.clock import Clock, SystemClock
+from device.clock import BOOT_ID, Clock, SystemClock
 from device.config import BrokerConfig, SyncConfig
 from doorscan import __version__
 from doorscan.errors import Refusal
@@ -99,6 +99,7 @@ class MqttSync:
         clock: Clock | None = None,
         client_factory: ClientFactory = paho_client_factory,
         last_scan_at: Callable[[], datetime | None] = lambda: None,
+        on_hub_time: Callable[[datetime], None] = lambda hub_time: None,
     ) -> None:
         self.unit_id = unit_id
         self._outbox = outbox
@@ -106,6 +107,7 @@ class MqttSync:
         self._cfg = sync or SyncConfig()
         self._clock = clock or SystemClock()
         self._last_scan_at = last_scan_at
+        self._on_hub_time = on_hub_time
         self._client = client_factory(unit_id)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -242,6 +244,7 @@ class MqttSync:
             # Keep them in flight bookkeeping-free: they stay pending and are resent later.
             log.exception("could not settle %d acked scans; they will be resent", len(settled_ids))
             return
+        self._on_hub_time(ack.hub_time)
         with self._lock:
             self._in_flight.pop(ack.batch_id, None)
             self.acks_received += 1
@@ -288,6 +291,9 @@ class MqttSync:
             unit_id=self.unit_id,
             sent_at=self._clock.now(),
             scans=scans,
+            # Lets the hub date scans taken with an untrusted clock (see device.clock).
+            boot_id=BOOT_ID,
+            sent_mono_ms=int(self._clock.monotonic() * 1000),
         )
         info = self._client.publish(topic_scans(self.unit_id), encode_message(batch), qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

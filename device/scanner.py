@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from device.clock import Clock
+from device.clock import BOOT_ID, Clock
 from device.debounce import Debounce
 from device.decoders import Decoder
 from device.indicators import Feedback
@@ -87,6 +87,7 @@ class Scanner:
         clock_trusted: Callable[[], bool] = lambda: True,
         on_recorded: Callable[[Scan], None] = lambda scan: None,
         count: Callable[[str], None] = lambda name: None,
+        boot_id: str = BOOT_ID,
     ) -> None:
         self.unit_id = unit_id
         self.venue_id = venue_id
@@ -101,6 +102,7 @@ class Scanner:
         self._clock_trusted = clock_trusted
         self._on_recorded = on_recorded
         self._count = count
+        self._boot_id = boot_id
         # Codes seen in the last frames, by digest of the text (kept only in memory).
         self._in_view: dict[bytes, float] = {}
         self.last_scan_at: datetime | None = None
@@ -149,13 +151,17 @@ class Scanner:
             return ScanOutcome(Feedback.REFUSED, reason=refusal.reason)
         if self._debounce.is_recent(identity.person_key):
             return ScanOutcome(Feedback.ALREADY_IN, identity=identity)
+        trusted = self._clock_trusted()
         scan = Scan(
             scan_id=uuid.uuid4().hex,
             venue_id=self.venue_id,
             # Milliseconds are the wire's precision; cut here so the journal holds what is sent.
             scanned_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
-            clock_trusted=self._clock_trusted(),
+            clock_trusted=trusted,
             qr_text=text,
+            # With a clock nobody vouches for, what the hub needs to put the time right.
+            boot_id=None if trusted else self._boot_id,
+            mono_ms=None if trusted else int(self._clock.monotonic() * 1000),
         )
         try:
             self._journal.record(scan)

@@ -23,7 +23,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from device.clock import Clock, SystemClock
+from device.clock import Clock, SystemClock, UnitClock
 from device.config import UnitConfig
 from device.debounce import Debounce
 from device.decoders import Decoder, make_decoder
@@ -79,7 +79,14 @@ class Unit:
         if not 0 < retry_min_s <= retry_max_s:
             raise ValueError("need 0 < retry_min_s <= retry_max_s")
         self.config = config
-        self.clock = clock or SystemClock()
+        # The real clock is trusted once NTP (or the hub) vouches for it. A clock that a
+        # test or the demo passes in is taken as right, unless it is a UnitClock itself.
+        if clock is None:
+            self.clock = UnitClock(SystemClock())
+        elif isinstance(clock, UnitClock):
+            self.clock = clock
+        else:
+            self.clock = UnitClock(clock, ntp_synced=lambda: True)
         # The lights come first: if the journal cannot be opened the door must still say so.
         self.indicators = Indicators(
             config.pins.green_led, config.pins.red_led, config.pins.buzzer, pin_factory=pin_factory
@@ -119,6 +126,7 @@ class Unit:
             clock=sync_clock or SystemClock(),
             client_factory=client_factory,
             last_scan_at=self.journal.last_scan_at,
+            on_hub_time=self.clock.learn,
         )
         card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
         self.scanner = Scanner(
@@ -134,6 +142,7 @@ class Unit:
             is_online=lambda: self.sync.online,
             on_recorded=lambda scan: self.sync.notify(),
             count=self.state.increment,
+            clock_trusted=self.clock.trusted,
         )
         self._stop = threading.Event()
         # Waiting on the stop event lets stop() cut a long backoff short.

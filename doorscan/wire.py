@@ -74,6 +74,7 @@ _ID_RE = re.compile(ID_PATTERN)
 # The wire never carries a name of anything that could break a topic (`+`, `#`, `/`).
 EntityId = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
 ScanId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+BootId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,32}$")]
 
 
 def _utc(value: datetime) -> datetime:
@@ -158,6 +159,12 @@ class Scan(_Message):
     qr_text: str = Field(
         min_length=1, max_length=MAX_QR_CHARS, description="the exact decoded text"
     )
+    boot_id: BootId | None = Field(
+        None, description="with an untrusted clock: the unit's boot, to correct the time later"
+    )
+    mono_ms: int | None = Field(
+        None, ge=0, description="with an untrusted clock: the unit's monotonic clock at the scan"
+    )
     v: Literal[1] = 1
 
 
@@ -169,6 +176,10 @@ class ScanBatch(_Message):
     unit_id: EntityId
     sent_at: UtcTime
     scans: list[Scan] = Field(min_length=1, max_length=MAX_BATCH_SCANS)
+    boot_id: BootId | None = Field(None, description="the unit's boot when it sent this batch")
+    sent_mono_ms: int | None = Field(
+        None, ge=0, description="the unit's monotonic clock when it sent this batch"
+    )
 
     @model_validator(mode="after")
     def _distinct_scans(self) -> ScanBatch:
@@ -231,7 +242,8 @@ M = TypeVar("M", bound=_Message)
 
 def encode_message(message: _Message) -> bytes:
     """Serialise a message to compact UTF-8 JSON, the only encoding on the wire."""
-    data = message.model_dump(mode="json", by_alias=True)
+    # Optional fields that are not set are left out: a reader takes their default.
+    data = message.model_dump(mode="json", by_alias=True, exclude_none=True)
     _format_times(data)
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if len(payload) > MAX_MESSAGE_BYTES:

@@ -137,7 +137,7 @@ class Ingestor:
         refused: list[tuple[Scan, Refusal]] = []
         for scan in batch.scans:
             try:
-                good.append(self._judge(unit_id, unit, scan, now))
+                good.append(self._judge(unit_id, unit, self._dated(scan, batch, now), now))
             except Refusal as refusal:
                 refused.append((scan, refusal))
         digest = hashlib.sha256(
@@ -170,6 +170,33 @@ class Ingestor:
             hub_time=now,
         )
         return Reply(topic_ack(unit_id), encode_message(ack))
+
+    @staticmethod
+    def _dated(scan: Scan, batch: ScanBatch, now: datetime) -> Scan:
+        """Put right the time of a scan taken while the unit's clock was not trusted.
+
+        The unit says how long before sending it took the scan, on its monotonic clock
+        (which a wrong wall clock does not touch); the hub's own clock says when the batch
+        arrived. Their difference dates the scan to within the network delay. It stays
+        flagged `clock_trusted: false`. A scan from an earlier boot cannot be dated this
+        way and keeps the unit's time, to be judged like any other.
+        """
+        if (
+            scan.clock_trusted
+            or scan.mono_ms is None
+            or batch.sent_mono_ms is None
+            or scan.boot_id is None
+            or scan.boot_id != batch.boot_id
+            or scan.mono_ms > batch.sent_mono_ms
+        ):
+            return scan
+        age = timedelta(milliseconds=batch.sent_mono_ms - scan.mono_ms)
+        corrected = now - age
+        return scan.model_copy(
+            update={
+                "scanned_at": corrected.replace(microsecond=corrected.microsecond // 1000 * 1000)
+            }
+        )
 
     def _judge(
         self, unit_id: str, unit: UnitRecord | None, scan: Scan, now: datetime

@@ -46,6 +46,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.broker
 
 DAY = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)  # 08:00 in Vietnam
+CLOCKS: dict[str, ManualClock] = {}  # each unit's hand-moved clock, by unit id
 
 
 def _client(client_id: str) -> mqtt.Client:
@@ -101,7 +102,10 @@ def _unit(broker: LocalBroker, tmp_path: Path, unit_id: str, venue_id: str, deco
         frames=FramesConfig(source="files", path=tmp_path),
         sync=SyncConfig(batch_size=3, ack_timeout_s=5),
     )
-    return Unit(config, clock=ManualClock(DAY), pin_factory=MockFactory())
+    clock = ManualClock(DAY)
+    unit = Unit(config, clock=clock, pin_factory=MockFactory())
+    CLOCKS[unit_id] = clock
+    return unit
 
 
 def test_scans_at_two_doors_come_out_of_hub_trace(
@@ -117,8 +121,7 @@ def test_scans_at_two_doors_come_out_of_hub_trace(
         assert hospital.sync.wait_connected(10) and market.sync.wait_connected(10)
 
         def show(unit: Unit, text: str, minutes_later: float) -> list[Feedback]:
-            clock = unit.clock
-            assert isinstance(clock, ManualClock)
+            clock = CLOCKS[unit.config.unit_id]
             clock.advance(minutes_later * 60)
             feedback = [o.feedback for o in unit.scanner.process(render_frame(text))]
             clock.advance(5)

@@ -359,3 +359,29 @@ def test_every_reported_scan_survives_sigkill_at_a_random_moment(tmp_path: Path,
     assert stored[: len(reported)] == reported
     # At most one scan was committed whose line the child did not get to write.
     assert len(stored) - len(reported) in (0, 1)
+
+
+def test_a_version_1_journal_is_migrated_and_keeps_its_backlog(tmp_path: Path) -> None:
+    import sqlite3
+
+    from device.journal import _SCHEMA_V1
+
+    path = tmp_path / "journal.db"
+    raw = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        raw.execute(statement)
+    raw.execute(
+        "INSERT INTO scans (scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text) "
+        "VALUES ('old-scan-1', 'cho-ia-kha', 1641776400000, 1, 'x')"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with ScanJournal(path) as journal:
+        [old] = journal.pending(10)
+        assert (old.scan_id, old.boot_id, old.mono_ms) == ("old-scan-1", None, None)
+        untrusted = make_scan(1, trusted=False).model_copy(
+            update={"boot_id": "ab12cd34", "mono_ms": 5}
+        )
+        journal.record(untrusted)
+        assert journal.pending(10)[1] == untrusted
