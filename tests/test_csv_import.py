@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from doorscan.cards import CardSigner
 from doorscan.errors import Refusal
@@ -250,3 +252,30 @@ def test_cards_need_a_key(store: SqliteStore, tmp_path: Path) -> None:
     path = write(tmp_path, csv_text(good_rows()[2:]))
     report = import_csv(store, path, add_venues=False, card_keys=None, received_at=NOW)
     assert report.loaded == 0 and "not accepted here" in report.errors[0][1]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.lists(
+            st.lists(
+                st.text(max_size=30) | st.sampled_from(["cho-ia-kha", "2022-01-10T08:00+07:00"]),
+                max_size=5,
+            ),
+            max_size=6,
+        ).map(lambda rows: csv_text([[*row] for row in rows])),
+    )
+)
+def test_fuzz_any_file_is_refused_whole_or_row_by_row(
+    store: SqliteStore, tmp_path: Path, body: str | bytes
+) -> None:
+    path = write(tmp_path, body)
+    try:
+        report = import_csv(store, path, add_venues=False, card_keys=None, received_at=NOW)
+    except Refusal:
+        return  # the file as a whole is refused, with its reason
+    assert report.loaded + report.duplicates + len(report.errors) == report.rows
+    assert all(line >= 2 and reason for line, reason in report.errors)
