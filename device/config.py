@@ -32,6 +32,19 @@ class BrokerConfig(_Strict):
     )
     username: str | None = Field(None, description="broker user name, if the broker asks for one")
     password_file: Path | None = Field(None, description="file holding the broker password")
+    ca_file: Path | None = Field(
+        None, description="PEM of the fleet CA; set it to talk TLS and check the broker's cert"
+    )
+    cert_file: Path | None = Field(None, description="this unit's client certificate (PEM)")
+    key_file: Path | None = Field(None, description="this unit's client private key (PEM, 0600)")
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> BrokerConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("broker.cert_file and broker.key_file go together")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("broker.cert_file needs broker.ca_file (client certs mean TLS)")
+        return self
 
 
 class PinsConfig(_Strict):
@@ -117,8 +130,16 @@ def load_config(path: Path) -> UnitConfig:
         )
         raise ConfigError(f"{path}: {problems}") from None
     base = Path(path).resolve().parent
+    broker = config.broker
     return config.model_copy(
         update={
+            "broker": broker.model_copy(
+                update={
+                    name: base / value
+                    for name in ("password_file", "ca_file", "cert_file", "key_file")
+                    if (value := getattr(broker, name)) is not None
+                }
+            ),
             "data_dir": base / config.data_dir,
             "card_keys": [base / p for p in config.card_keys],
             "frames": config.frames.model_copy(

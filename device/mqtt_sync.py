@@ -194,6 +194,14 @@ class MqttSync:
         client.reconnect_delay_set(
             max(1, int(self._cfg.reconnect_min_s)), max(1, int(self._cfg.reconnect_max_s))
         )
+        if self._broker.ca_file is not None:
+            # Checks the broker's certificate against the fleet CA (and its host name);
+            # the client certificate is how the broker and its ACL know this unit.
+            client.tls_set(
+                ca_certs=str(self._broker.ca_file),
+                certfile=str(self._broker.cert_file) if self._broker.cert_file else None,
+                keyfile=str(self._broker.key_file) if self._broker.key_file else None,
+            )
         if self._broker.username:
             password = None
             if self._broker.password_file:

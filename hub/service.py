@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -27,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from doorscan.wire import SUB_ALL_SCANS, SUB_REGISTRY
 from hub.ingest import Ingestor
 
-__all__ = ["HubService", "hub_client_factory"]
+__all__ = ["HubService", "TlsFiles", "hub_client_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,14 @@ def hub_client_factory(client_id: str) -> mqtt.Client:
     )
 
 
+class TlsFiles(NamedTuple):
+    """PEM files for a TLS connection with a client certificate (see provisioning.broker_pki)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 class HubService:
     """Connects an `Ingestor` to a broker."""
 
@@ -57,12 +66,18 @@ class HubService:
         client_id: str = "doorscan-hub",
         client_factory: ClientFactory = hub_client_factory,
         keepalive_s: int = 30,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.ingestor = ingestor
         self._host = host
         self._port = port
         self._keepalive_s = keepalive_s
         self._client = client_factory(client_id)
+        if tls is not None:
+            # The broker knows the hub by its certificate's CN (doorscan-hub), not client_id.
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file)
+            )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

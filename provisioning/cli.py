@@ -7,6 +7,10 @@
     python -m provisioning card --name "Rơ Châm H'Hen" --contact "0905 123 456"
     python -m provisioning list [--json]
     python -m provisioning publish --broker-host hub.local --broker-port 1883
+    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
+    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --tls ...
+    python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
+    python -m provisioning revoke bv-gia-lai-door-1
 
 The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
 `provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
@@ -31,6 +35,15 @@ from pydantic import BaseModel, ValidationError
 
 from doorscan.errors import DoorscanError
 from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
+from provisioning.broker_pki import (
+    HUB_CN,
+    PROVISIONING_CN,
+    BrokerPKI,
+    acl_text,
+    mosquitto_conf_text,
+    write_private,
+    write_public,
+)
 from provisioning.fleet import (
     FleetHome,
     InvalidInput,
@@ -209,9 +222,16 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
         "debounce_s": args.debounce_s,
         "broker": broker,
     }
+    out_dir = args.out if args.out is not None else home.units_dir
+    if args.tls:
+        # Names relative to the config: load_config resolves them from its folder.
+        broker.update(
+            ca_file="ca.pem",
+            cert_file=f"{unit.unit_id}-cert.pem",
+            key_file=f"{unit.unit_id}-key.pem",
+        )
     settings = {key: value for key, value in settings.items() if value is not None}
     signer = home.signer()
-    out_dir = args.out if args.out is not None else home.units_dir
     with home.registry() as registry:
         venue = registry.venue(unit.venue_id)
         if venue is None:
@@ -221,12 +241,16 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
                 f"`add-venue --id {unit.venue_id} --name NAME`"
             )
         config, config_path, key_path = write_unit_config(out_dir, settings, signer)
+        if args.tls:
+            _write_unit_cert(home, unit.unit_id, out_dir)
         created = registry.put_unit(unit)
     print(f"{'added' if created else 'updated'} unit {unit.unit_id} at venue {venue.venue_id}")
     print(f"unit config  {config_path}")
     print(f"card key     {key_path} (key id {signer.key_id})")
     print(f"broker       {config.broker.host}:{config.broker.port}")
-    print("copy both to the unit, side by side; it runs: python -m device run --config FILE")
+    if args.tls:
+        print(f"broker TLS   {out_dir / config.unit_id}-cert.pem, -key.pem (0600), ca.pem")
+    print("copy all of them to the unit, side by side; it runs: python -m device run --config FILE")
     _publish_now(args, [venue], [unit])
     return 0
 
@@ -249,8 +273,127 @@ def _register_add_device(commands: Commands) -> None:
         help="where the unit keeps its journal (default %(default)s)",
     )
     cmd.add_argument("--out", type=Path, help="folder for the config (default HOME/units)")
+    cmd.add_argument(
+        "--tls",
+        action="store_true",
+        help="issue the unit's client certificate and make it connect with TLS",
+    )
     cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
     cmd.set_defaults(handler=_add_device)
+
+
+def _write_unit_cert(home: FleetHome, unit_id: str, out_dir: Path) -> tuple[Path, Path]:
+    pki = BrokerPKI(home.keys_dir)
+    pki.ensure_ca()
+    cert, key = pki.issue_client(unit_id)
+    cert_path, key_path = out_dir / f"{unit_id}-cert.pem", out_dir / f"{unit_id}-key.pem"
+    write_private(key_path, key)
+    write_public(cert_path, cert)
+    write_public(out_dir / "ca.pem", pki.ca_pem())
+    return cert_path, key_path
+
+
+# -- unit-cert, broker-files, revoke ---------------------------------------------------
+
+
+def _unit_cert(args: argparse.Namespace, home: FleetHome) -> int:
+    unit_id = _check_id(args.id, "--id")
+    home.require()
+    with home.registry() as registry:
+        if registry.unit(unit_id) is None:
+            raise InvalidInput(f"unit {unit_id!r} is not registered; add-device it first")
+    cert_path, key_path = _write_unit_cert(home, unit_id, args.out)
+    print(f"client cert  {cert_path} (CN {unit_id})")
+    print(f"client key   {key_path} (mode 0600)")
+    print(f"fleet CA     {args.out / 'ca.pem'}")
+    return 0
+
+
+def _register_unit_cert(commands: Commands) -> None:
+    cmd = commands.add_parser("unit-cert", help="issue a registered unit a new client certificate")
+    cmd.add_argument("--id", required=True, help="unit id")
+    cmd.add_argument("--out", type=Path, required=True, help="folder for the cert, key and CA")
+    cmd.set_defaults(handler=_unit_cert)
+
+
+def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
+    home.require()
+    pki = BrokerPKI(home.keys_dir)
+    if pki.ensure_ca():
+        print(f"fleet CA     {pki.ca_path} (key {pki.ca_key_path}, mode 0600)")
+    out: Path = args.out
+    install_dir: Path = args.install_dir if args.install_dir is not None else out
+    hosts = [*args.host, "127.0.0.1"]
+    cert, key = pki.issue_server(hosts)
+    write_private(out / "broker-key.pem", key)
+    write_public(out / "broker-cert.pem", cert)
+    write_public(out / "ca.pem", pki.ca_pem())
+    write_public(out / "crl.pem", pki.write_crl())
+    write_public(out / "acl", acl_text().encode("utf-8"))
+    conf = mosquitto_conf_text(args.port, install_dir, args.bind_address)
+    write_public(out / "mosquitto.conf", conf.encode("utf-8"))
+    for role, common_name in (("hub", HUB_CN), ("provisioning", PROVISIONING_CN)):
+        cert, key = pki.issue_client(common_name, unit=False)
+        write_private(out / f"{role}-key.pem", key)
+        write_public(out / f"{role}-cert.pem", cert)
+    print(f"broker files {out} (server cert for {', '.join(dict.fromkeys(hosts))})")
+    print(f"  mosquitto.conf  TLS listener on port {args.port}; paths point at {install_dir}")
+    print("  broker-cert.pem broker-key.pem ca.pem crl.pem acl")
+    print("  hub-cert.pem hub-key.pem               for `doorscan-hub serve --cert-file ...`")
+    print("  provisioning-cert.pem provisioning-key.pem")
+    print("the broker's key must be readable by the user mosquitto runs as, and no one else")
+    return 0
+
+
+def _register_broker_files(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "broker-files", help="write the broker's TLS certificate, CA, CRL, ACL and config"
+    )
+    cmd.add_argument("--out", type=Path, required=True, help="folder to write them to")
+    cmd.add_argument("--port", type=int, required=True, help="the TLS listener's port")
+    cmd.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or address clients use for the broker (repeatable; 127.0.0.1 always)",
+    )
+    cmd.add_argument("--bind-address", help="listen only on this address (default: all)")
+    cmd.add_argument(
+        "--install-dir",
+        type=Path,
+        help="where the files will live on the broker, for the config's paths (default --out)",
+    )
+    cmd.set_defaults(handler=_broker_files)
+
+
+def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
+    unit_id = _check_id(args.unit, "UNIT")
+    with home.registry() as registry:
+        unit = registry.unit(unit_id)
+        if unit is None:
+            raise InvalidInput(f"unit {unit_id!r} is not registered")
+        pki = BrokerPKI(home.keys_dir)
+        pki.ensure_ca()
+        count = pki.revoke(unit_id)
+        # Inactive as well as revoked: the hub refuses its scans even through another path.
+        inactive = unit.model_copy(update={"active": False})
+        registry.put_unit(inactive)
+        venue = registry.venue(unit.venue_id)
+    print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
+    print(f"revocation list {pki.crl_path}: copy it to the broker and restart mosquitto")
+    _publish_now(args, [venue] if venue else [], [inactive])
+    return 0
+
+
+def _register_revoke(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "revoke",
+        parents=[_publish_options()],
+        help="revoke a unit's certificates and mark it inactive",
+    )
+    cmd.add_argument("unit", help="unit id")
+    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.set_defaults(handler=_revoke)
 
 
 # -- card ----------------------------------------------------------------------------
@@ -374,6 +517,9 @@ COMMANDS: list[Callable[[Commands], None]] = [
     _register_card,
     _register_list,
     _register_publish,
+    _register_unit_cert,
+    _register_broker_files,
+    _register_revoke,
 ]
 
 

@@ -1,0 +1,337 @@
+"""Who may talk to the broker, and about what: the fleet's certificate authority and ACL.
+
+Every MQTT client proves who it is with a TLS client certificate signed by the fleet's
+own CA; Mosquitto takes the certificate's CN as the user name
+(`use_identity_as_username`) and the ACL written here limits each name to its topics:
+
+    a unit (CN = unit id)        writes  doorscan/v1/units/<own id>/scans and /status
+                                 reads   doorscan/v1/units/<own id>/ack
+    doorscan-hub                 reads   every unit's scans and status, the registry
+                                 writes  every unit's ack
+    doorscan-provisioning        writes  the registry (reads it back)
+
+The CA lives in the fleet home next to the card-signing key::
+
+    keys/ca.pem           the CA certificate (public; every client and the broker get a copy)
+    keys/ca-key.pem       the CA's private key, mode 0600: whoever holds it can mint units
+    keys/crl.pem          the revocation list, rewritten by `revoke`
+    keys/issued.json      serial, CN and expiry of every certificate issued, for revoking
+
+Use::
+
+    pki = BrokerPKI(home.keys_dir)
+    pki.ensure_ca()
+    cert_pem, key_pem = pki.issue_client("bv-gia-lai-door-1")
+    pki.revoke("bv-gia-lai-door-1")        # every certificate issued to that CN
+
+Not promised: Mosquitto 2.0 reads `crlfile` only when it starts, so a revocation takes
+effect at the broker's next restart (copy the new crl.pem first). Keys are ECDSA P-256,
+which every OpenSSL a Pi or a hub runs can use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from doorscan.wire import TOPIC_ROOT
+from provisioning.fleet import InvalidInput, ProvisioningError, _write_atomic
+
+__all__ = [
+    "HUB_CN",
+    "PROVISIONING_CN",
+    "RESERVED_CNS",
+    "BrokerPKI",
+    "CertPair",
+    "acl_text",
+    "mosquitto_conf_text",
+    "write_private",
+    "write_public",
+]
+
+HUB_CN = "doorscan-hub"
+PROVISIONING_CN = "doorscan-provisioning"
+# A unit with one of these ids would be given the hub's or provisioning's rights.
+RESERVED_CNS = frozenset({HUB_CN, PROVISIONING_CN})
+CA_DAYS = 3650
+CERT_DAYS = 825  # the longest leaf lifetime common TLS stacks still accept
+# OpenSSL refuses every client while the CRL is past its next-update time, so a CRL
+# that is never refreshed must not expire before the certificates it speaks for.
+CRL_DAYS = CERT_DAYS
+
+CertPair = tuple[bytes, bytes]  # (certificate PEM, private key PEM)
+
+
+def _now() -> datetime:
+    # Backdated a little so a unit whose clock runs a few minutes slow still accepts it.
+    return datetime.now(UTC) - timedelta(minutes=5)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "doorscan"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+class BrokerPKI:
+    """The fleet's CA in `keys_dir`; issues, records and revokes certificates."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self.keys_dir = Path(keys_dir)
+        self.ca_path = self.keys_dir / "ca.pem"
+        self.ca_key_path = self.keys_dir / "ca-key.pem"
+        self.crl_path = self.keys_dir / "crl.pem"
+        self.issued_path = self.keys_dir / "issued.json"
+
+    def ensure_ca(self) -> bool:
+        """Create the CA (and an empty CRL) unless it exists; True if it was created."""
+        if self.ca_key_path.exists() and self.ca_path.exists():
+            return False
+        if self.ca_key_path.exists() or self.ca_path.exists():
+            raise ProvisioningError(
+                f"half a CA in {self.keys_dir}: one of ca.pem / ca-key.pem is missing"
+            )
+        self.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = _new_key()
+        start = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("doorscan fleet CA"))
+            .issuer_name(_name("doorscan fleet CA"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        # Key first: a crash between the writes leaves no certificate without its key.
+        _write_atomic(self.ca_key_path, _key_pem(key), mode=0o600)
+        _write_atomic(self.ca_path, cert.public_bytes(serialization.Encoding.PEM))
+        self.write_crl()
+        return True
+
+    def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        if not self.ca_path.exists():
+            raise ProvisioningError(f"no CA in {self.keys_dir}; run `broker-files` first")
+        cert = x509.load_pem_x509_certificate(self.ca_path.read_bytes())
+        key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ProvisioningError(f"{self.ca_key_path} is not an EC private key")
+        return cert, key
+
+    def ca_pem(self) -> bytes:
+        return self.ca_path.read_bytes()
+
+    def issue_server(self, hosts: Sequence[str]) -> CertPair:
+        """The broker's certificate, valid for each host name or IP address in `hosts`."""
+        names: list[x509.GeneralName] = []
+        for host in dict.fromkeys(hosts):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        if not names:
+            raise InvalidInput("the broker certificate needs at least one host name or address")
+        return self._issue("doorscan-broker", ExtendedKeyUsageOID.SERVER_AUTH, names)
+
+    def issue_client(self, common_name: str, *, unit: bool = True) -> CertPair:
+        """A client certificate; its CN becomes the MQTT user name the ACL checks.
+
+        `unit=True` refuses the hub's and provisioning's names, so a unit registered as
+        "doorscan-hub" cannot be handed the hub's rights.
+        """
+        if unit and common_name in RESERVED_CNS:
+            raise InvalidInput(f"{common_name!r} is reserved; a unit cannot take that id")
+        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+    def _issue(
+        self,
+        common_name: str,
+        usage: x509.ObjectIdentifier,
+        alt_names: list[x509.GeneralName],
+    ) -> CertPair:
+        ca_cert, ca_key = self._ca()
+        key = _new_key()
+        start = _now()
+        serial = x509.random_serial_number()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(start)
+            .not_valid_after(start + timedelta(days=CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+        )
+        if alt_names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        issued = self._issued()
+        issued.append(
+            {
+                "serial": str(serial),
+                "cn": common_name,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "revoked_at": None,
+            }
+        )
+        self._save_issued(issued)
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    def revoke(self, common_name: str) -> int:
+        """Revoke every live certificate issued to `common_name`, rewrite the CRL.
+
+        Returns how many were newly revoked (0 if there were none or all already were).
+        """
+        issued = self._issued()
+        count = 0
+        for record in issued:
+            if record["cn"] == common_name and record["revoked_at"] is None:
+                record["revoked_at"] = datetime.now(UTC).isoformat()
+                count += 1
+        self._save_issued(issued)
+        self.write_crl()
+        return count
+
+    def write_crl(self) -> bytes:
+        """Write keys/crl.pem listing every revoked certificate; return its PEM."""
+        ca_cert, ca_key = self._ca()
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now)
+            .next_update(now + timedelta(days=CRL_DAYS))
+        )
+        for record in self._issued():
+            serial, revoked_at = record["serial"], record["revoked_at"]
+            if serial is not None and revoked_at is not None:
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(serial))
+                    .revocation_date(datetime.fromisoformat(revoked_at))
+                    .build()
+                )
+        pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        _write_atomic(self.crl_path, pem)
+        return pem
+
+    def _issued(self) -> list[dict[str, str | None]]:
+        try:
+            data = json.loads(self.issued_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProvisioningError(f"{self.issued_path}: {exc}") from None
+        if not isinstance(data, list):
+            raise ProvisioningError(f"{self.issued_path} is not a list of certificates")
+        return data
+
+    def _save_issued(self, issued: list[dict[str, str | None]]) -> None:
+        text = json.dumps(issued, indent=1) + "\n"
+        _write_atomic(self.issued_path, text.encode("utf-8"), mode=0o600)
+
+
+def acl_text() -> str:
+    """Mosquitto `acl_file` contents (Mosquitto 2.0 syntax, see mosquitto.conf(5))."""
+    units = f"{TOPIC_ROOT}/units"
+    return (
+        "# doorscan broker ACL, written by `provisioning broker-files`.\n"
+        "# User names are client-certificate CNs (use_identity_as_username).\n"
+        "# No top-level `topic` lines: a client with no user name gets nothing.\n"
+        "\n"
+        "# Every unit: only its own topics (%u = its CN = its unit id).\n"
+        f"pattern write {units}/%u/scans\n"
+        f"pattern write {units}/%u/status\n"
+        f"pattern read {units}/%u/ack\n"
+        "\n"
+        f"user {HUB_CN}\n"
+        f"topic read {units}/+/scans\n"
+        f"topic read {units}/+/status\n"
+        f"topic write {units}/+/ack\n"
+        f"topic read {TOPIC_ROOT}/registry/#\n"
+        "\n"
+        f"user {PROVISIONING_CN}\n"
+        f"topic readwrite {TOPIC_ROOT}/registry/#\n"
+    )
+
+
+def mosquitto_conf_text(port: int, files_dir: Path, bind_address: str | None = None) -> str:
+    """A mosquitto.conf fragment: one TLS listener that admits only fleet certificates.
+
+    `files_dir` is where the broker will find ca.pem, crl.pem, broker-cert.pem,
+    broker-key.pem and acl (absolute, as Mosquitto resolves relative paths from its
+    working directory, not from the config file).
+    """
+    where = files_dir.resolve()
+    listener = f"listener {port}" + (f" {bind_address}" if bind_address else "")
+    return (
+        "# doorscan TLS listener, written by `provisioning broker-files`.\n"
+        f"{listener}\n"
+        f"cafile {where / 'ca.pem'}\n"
+        f"certfile {where / 'broker-cert.pem'}\n"
+        f"keyfile {where / 'broker-key.pem'}\n"
+        f"crlfile {where / 'crl.pem'}\n"
+        "require_certificate true\n"
+        "use_identity_as_username true\n"
+        # The client id is the CN too: otherwise a unit could connect as "doorscan-hub"
+        # or as another unit's id and take over (disconnect) that client's session.
+        "use_username_as_clientid true\n"
+        "allow_anonymous false\n"
+        f"acl_file {where / 'acl'}\n"
+    )
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A private key file, mode 0600 from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, data, mode=0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, data, mode=0o644)

@@ -1,0 +1,310 @@
+"""Broker identity and access, against a real Mosquitto running the generated files.
+
+`provisioning broker-files` writes the CA, broker certificate, CRL, ACL and
+mosquitto.conf; the broker here is started with exactly that mosquitto.conf. Clients
+are real paho clients, the unit's real `MqttSync` and the hub's real `HubService`.
+
+Mosquitto started as root drops to the `mosquitto` user and must then read the files,
+so they live in a world-readable temporary folder (not pytest's 0700 tmp_path) and
+are made mode 0644 there, the broker's private key included. That is a test-only
+shortcut: on a real broker the key belongs to the mosquitto user, mode 0600.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device.config import load_config
+from device.journal import ScanJournal
+from device.mqtt_sync import MqttSync
+from doorscan.localbroker import find_mosquitto, free_port
+from doorscan.synthetic import cccd_text, make_people
+from doorscan.wire import (
+    SUB_ALL_SCANS,
+    Scan,
+    UnitRecord,
+    VenueRecord,
+    encode_message,
+    topic_ack,
+    topic_registry_unit,
+    topic_registry_venue,
+    topic_scans,
+)
+from hub.ingest import Ingestor
+from hub.service import HubService, TlsFiles
+from hub.store import SqliteStore
+from provisioning.broker_pki import BrokerPKI
+from provisioning.cli import main
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.broker
+
+HOST = "127.0.0.1"
+REFUSED_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Fleet:
+    home: Path
+    broker_dir: Path
+    units_dir: Path
+    port: int
+
+    def unit_files(self, unit_id: str) -> tuple[Path, Path, Path]:
+        return (
+            self.units_dir / "ca.pem",
+            self.units_dir / f"{unit_id}-cert.pem",
+            self.units_dir / f"{unit_id}-key.pem",
+        )
+
+    def role_files(self, role: str) -> tuple[Path, Path, Path]:
+        d = self.broker_dir
+        return d / "ca.pem", d / f"{role}-cert.pem", d / f"{role}-key.pem"
+
+
+def _ok(home: Path, command: str) -> None:
+    assert main(["--home", str(home), *shlex.split(command)]) == 0, command
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not open its TLS port")
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed")
+    root = Path(tempfile.mkdtemp(prefix="doorscan-tls-"))
+    try:
+        root.chmod(0o755)
+        port = free_port()
+        f = Fleet(root / "fleet", root / "broker", root / "units", port)
+        _ok(f.home, "init")
+        _ok(f.home, "add-venue --id v1 --name 'Chợ Pleiku'")
+        for unit in ("unit-a", "unit-b", "unit-c"):
+            _ok(
+                f.home,
+                f"add-device --id {unit} --venue v1 --tls --out {f.units_dir} "
+                f"--broker-host {HOST} --broker-port {port} --data-dir data-{unit}",
+            )
+        _ok(f.home, f"broker-files --out {f.broker_dir} --port {port} --bind-address {HOST}")
+        _ok(f.home, "revoke unit-c")
+        # The CLI wrote the CRL into the fleet home; the technician copies it over.
+        shutil.copy(f.home / "keys" / "crl.pem", f.broker_dir / "crl.pem")
+        for path in f.broker_dir.iterdir():
+            path.chmod(0o644)  # test-only, see the module docstring
+        f.broker_dir.chmod(0o755)
+        log = (root / "mosquitto.log").open("wb")
+        proc = subprocess.Popen(
+            [str(find_mosquitto()), "-c", str(f.broker_dir / "mosquitto.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_port(port, proc)
+            yield f
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            log.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _client(client_id: str, files: tuple[Path, Path, Path] | None, ca: Path) -> mqtt.Client:
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+    )
+    if files is None:
+        client.tls_set(ca_certs=str(ca))
+    else:
+        client.tls_set(ca_certs=str(files[0]), certfile=str(files[1]), keyfile=str(files[2]))
+    return client
+
+
+def _try_connect(client: mqtt.Client, port: int) -> bool:
+    """True once the broker sends a successful CONNACK; False on any refusal or TLS error."""
+    result: dict[str, bool] = {}
+    done = threading.Event()
+
+    def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        result.setdefault("ok", not reason.is_failure)
+        done.set()
+
+    def on_disconnect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        result.setdefault("ok", False)
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(HOST, port)
+    except OSError:  # ssl.SSLError is an OSError: the handshake itself was refused
+        return False
+    client.loop_start()
+    done.wait(REFUSED_WAIT_S)
+    ok = result.get("ok", False)
+    if not ok:
+        client.loop_stop()
+    return ok
+
+
+class _Listener:
+    """A connected client that records (topic, payload) of everything it receives."""
+
+    def __init__(self, client: mqtt.Client, port: int, *topics: str) -> None:
+        self.client = client
+        self.received: list[tuple[str, bytes]] = []
+        self.granted: list[bool] = []
+        subscribed = threading.Event()
+        client.on_message = lambda c, u, m: self.received.append((m.topic, bytes(m.payload)))
+
+        def on_subscribe(c: mqtt.Client, u: Any, mid: int, reasons: Any, p: Any) -> None:
+            self.granted.extend(not r.is_failure for r in reasons)
+            subscribed.set()
+
+        client.on_subscribe = on_subscribe
+        assert _try_connect(client, port)
+        if topics:
+            client.subscribe([(t, 1) for t in topics])
+            assert subscribed.wait(10)
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [p for t, p in self.received if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _publish(listener: _Listener, topic: str, payload: bytes, retain: bool = False) -> None:
+    listener.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+
+def test_a_client_without_a_certificate_is_refused(fleet: Fleet) -> None:
+    ca = fleet.broker_dir / "ca.pem"
+    assert not _try_connect(_client("nobody", None, ca), fleet.port)
+    plain = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="plain")
+    assert not _try_connect(plain, fleet.port)
+    # The same connection with the unit's own certificate gets in: the refusal is the cert's.
+    unit = _client("unit-a", fleet.unit_files("unit-a"), ca)
+    assert _try_connect(unit, fleet.port)
+    unit.disconnect()
+    unit.loop_stop()
+
+
+def test_a_certificate_from_another_ca_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+    stranger = BrokerPKI(tmp_path / "other-keys")
+    stranger.ensure_ca()
+    cert, key = stranger.issue_client("unit-a")  # the right name, the wrong signer
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "k.pem").write_bytes(key)
+    files = (fleet.broker_dir / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem")
+    assert not _try_connect(_client("unit-a", files, files[0]), fleet.port)
+
+
+def test_a_revoked_unit_is_refused_and_marked_inactive(fleet: Fleet) -> None:
+    ca = fleet.broker_dir / "ca.pem"
+    assert not _try_connect(_client("unit-c", fleet.unit_files("unit-c"), ca), fleet.port)
+    registry = (fleet.home / "registry.json").read_text(encoding="utf-8")
+    assert '"active": false' in registry and '"unit_id": "unit-c"' in registry
+    assert (fleet.home / "keys" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+    assert (fleet.units_dir / "unit-a-key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_unit_cannot_write_or_read_another_units_topics(fleet: Fleet) -> None:
+    ca = fleet.broker_dir / "ca.pem"
+    hub = _Listener(_client("hub-spy", fleet.role_files("hub"), ca), fleet.port, SUB_ALL_SCANS)
+    a = _Listener(
+        _client("unit-a", fleet.unit_files("unit-a"), ca),
+        fleet.port,
+        topic_ack("unit-a"),
+        topic_ack("unit-b"),
+    )
+    b = _Listener(
+        _client("unit-b", fleet.unit_files("unit-b"), ca), fleet.port, topic_ack("unit-b")
+    )
+    try:
+        _publish(a, topic_scans("unit-b"), b"forged by unit-a")
+        _publish(a, topic_scans("unit-a"), b"own scans")
+        assert wait_for(lambda: hub.payloads(topic_scans("unit-a")) == [b"own scans"])
+        assert hub.payloads(topic_scans("unit-b")) == []
+
+        _publish(hub, topic_ack("unit-b"), b"for unit-b only")
+        _publish(hub, topic_ack("unit-a"), b"for unit-a")
+        assert wait_for(lambda: b.payloads(topic_ack("unit-b")) == [b"for unit-b only"])
+        assert wait_for(lambda: a.payloads(topic_ack("unit-a")) == [b"for unit-a"])
+        assert a.payloads(topic_ack("unit-b")) == []
+        # A unit cannot write acks either: B would settle scans the hub never stored.
+        _publish(a, topic_ack("unit-b"), b"fake ack")
+        _publish(hub, topic_ack("unit-b"), b"second real ack")
+        assert wait_for(lambda: len(b.payloads(topic_ack("unit-b"))) == 2)
+        assert b"fake ack" not in b.payloads(topic_ack("unit-b"))
+    finally:
+        for listener in (hub, a, b):
+            listener.close()
+
+
+def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    ca = fleet.broker_dir / "ca.pem"
+    provisioning = _Listener(
+        _client("provisioning", fleet.role_files("provisioning"), ca), fleet.port
+    )
+    try:
+        venue = VenueRecord(venue_id="v1", name="Chợ Pleiku")
+        unit = UnitRecord(unit_id="unit-a", venue_id="v1")
+        _publish(provisioning, topic_registry_venue("v1"), encode_message(venue), retain=True)
+        _publish(provisioning, topic_registry_unit("unit-a"), encode_message(unit), retain=True)
+    finally:
+        provisioning.close()
+    config = load_config(fleet.units_dir / "unit-a.json")
+    assert config.broker.cert_file == fleet.units_dir / "unit-a-cert.pem"
+    person = make_people(1, seed=3)[0]
+    scan = Scan(
+        scan_id="tls-scan-0001",
+        venue_id="v1",
+        scanned_at=datetime.now(UTC).replace(microsecond=0),
+        qr_text=cccd_text(person),
+    )
+    tls = TlsFiles(*fleet.role_files("hub"))
+    with (
+        SqliteStore(tmp_path / "hub.db") as store,
+        HubService(Ingestor(store), HOST, fleet.port, tls=tls) as hub,
+        ScanJournal(tmp_path / "journal.db") as journal,
+    ):
+        assert hub.wait_connected(20)
+        assert wait_for(lambda: store.unit("unit-a") is not None)
+        journal.record(scan)
+        with MqttSync("unit-a", journal, config.broker) as sync:
+            assert sync.wait_connected(20)
+            sync.notify()
+            assert wait_for(lambda: journal.backlog() == 0)
+            assert sync.acks_received >= 1
+        assert hub.acks_sent >= 1
+        assert store.counts()["scans"] == 1
