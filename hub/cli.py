@@ -6,6 +6,9 @@
     doorscan-hub import-csv old-scans.csv --add-venues --card-key cards.pub.pem
     doorscan-hub dead-letters --limit 20
     doorscan-hub stats
+    doorscan-hub audit verify          # exit 1 if the audit log was tampered with
+    doorscan-hub audit list --limit 20
+    doorscan-hub purge --retention-days 28
 
 Every command takes ``--db`` (default ``hub.db``; a path today, a URL once there is
 a PostgreSQL store). Commands that read identities (trace, visitors) require a reason
@@ -42,7 +45,8 @@ from doorscan.errors import DoorscanError, Refusal
 from doorscan.timefmt import format_rfc3339, from_ms, parse_rfc3339, to_ms
 from hub.csv_import import import_csv
 from hub.ingest import Ingestor, describe
-from hub.service import HubService
+from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
+from hub.service import HubService, TlsFiles
 from hub.store import SqliteStore, Store
 from hub.trace import DEFAULT_DEPTH, MAX_DEPTH, TraceResult, run_trace
 
@@ -354,6 +358,93 @@ def _run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- audit and purge -----------------------------------------------------------------------
+
+
+def add_audit(commands: Commands) -> None:
+    parser = commands.add_parser("audit", help="check or list the hash-chained audit log")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = actions.add_parser(
+        "verify", parents=[db_parent()], help="check the chain; exit 1 if it is broken"
+    )
+    verify.set_defaults(run=_run_audit_verify)
+    listing = actions.add_parser("list", parents=[db_parent()], help="entries, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=_run_audit_list)
+
+
+def _run_audit_verify(args: argparse.Namespace) -> int:
+    with open_store(args.db, must_exist=True) as store:
+        check = store.verify_audit()
+    if check.ok:
+        print(f"audit log intact: {check.entries} entries (head {check.head_hash})")
+        return 0
+    where = "" if check.first_bad_id is None else f" at entry {check.first_bad_id}"
+    print(f"audit log BROKEN{where}: {check.problem}")
+    print(f"{check.entries} entries check good before it (last good hash {check.head_hash})")
+    return 1
+
+
+def _run_audit_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with open_store(args.db, must_exist=True) as store:
+        entries = store.audit_entries(args.limit)
+    rows = [
+        [
+            str(e.id),
+            format_rfc3339(e.at),
+            e.action,
+            _printable(e.reason, 80),
+            _printable(json.dumps(e.params, ensure_ascii=False, sort_keys=True), 100),
+            e.hash[:16],
+        ]
+        for e in entries
+    ]
+    print(f"{len(rows)} audit entries (newest first)")
+    print(_table(("ID", "AT", "ACTION", "REASON", "PARAMS", "HASH"), rows))
+    return 0
+
+
+def _days_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 36_500:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days above 0")
+    return value
+
+
+def add_purge(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "purge",
+        parents=[db_parent()],
+        help="delete scans, dead letters and batch ids older than the retention period",
+        description="The audit log is kept: it records who read whose identity (see "
+        "hub/retention.py).",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=_days_arg,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"keep this many days (default {DEFAULT_RETENTION_DAYS})",
+    )
+    parser.set_defaults(run=_run_purge)
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    with open_store(args.db, must_exist=True) as store:
+        counts = purge_expired(store, now, args.retention_days)
+    print(
+        f"purged everything older than {format_rfc3339(retention_cutoff(now, args.retention_days))}"
+        f": {counts['scans']} scans, {counts['dead_letters']} dead letters, "
+        f"{counts['batches']} batch ids (the audit log is kept)"
+    )
+    return 0
+
+
 def add_serve(commands: Commands) -> None:
     parser = commands.add_parser(
         "serve",
@@ -378,7 +469,20 @@ def add_serve(commands: Commands) -> None:
         help="visitor-card public key to trust; repeat for several",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
+    tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
+    tls.add_argument("--cert-file", type=Path, metavar="PEM", help="the hub's client certificate")
+    tls.add_argument("--key-file", type=Path, metavar="PEM", help="the hub's private key")
     parser.set_defaults(run=_run_serve)
+
+
+def _serve_tls(args: argparse.Namespace) -> TlsFiles | None:
+    given = (args.ca_file, args.cert_file, args.key_file)
+    if all(path is None for path in given):
+        return None
+    if any(path is None for path in given):
+        raise UsageError("--ca-file, --cert-file and --key-file go together")
+    return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -386,13 +490,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
+    tls = _serve_tls(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with open_store(args.db, must_exist=False) as store:
         ingestor = Ingestor(store, card_keys=card_keys)
         with HubService(
-            ingestor, args.broker_host, args.broker_port, client_id=args.client_id
+            ingestor, args.broker_host, args.broker_port, client_id=args.client_id, tls=tls
         ) as service:
             if not service.wait_connected(30):
                 print("hub: no broker yet; retrying in the background", file=sys.stderr)
@@ -412,6 +517,8 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_dead_letters,
     add_stats,
     add_serve,
+    add_audit,
+    add_purge,
 ]
 
 

@@ -203,6 +203,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     # A file left by a doorscan that knew only the first migration, with data in it.
     raw = sqlite3.connect(path)
     for statement in SqliteStore.MIGRATIONS[0]:
+        assert isinstance(statement, str)
         raw.execute(statement)
     raw.execute("PRAGMA user_version = 1")
     raw.execute("INSERT INTO venues (venue_id, name) VALUES ('cho-pleiku', 'Chợ')")
@@ -217,7 +218,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 3
+        assert version == len(SqliteStore.MIGRATIONS) == 4
     finally:
         raw.close()
 

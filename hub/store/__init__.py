@@ -6,6 +6,7 @@ Callers import from here: ``from hub.store import SqliteStore, Store, StoredScan
 from hub.store.base import (
     AuditEntry,
     AuditLog,
+    AuditVerification,
     BatchConflict,
     BatchKey,
     Checkin,
@@ -13,6 +14,7 @@ from hub.store.base import (
     DeadLetter,
     InsertResult,
     Registry,
+    Retention,
     ScanSink,
     Store,
     StoredScan,
@@ -23,6 +25,7 @@ from hub.store.sqlite import SqliteStore
 __all__ = [
     "AuditEntry",
     "AuditLog",
+    "AuditVerification",
     "BatchConflict",
     "BatchKey",
     "Checkin",
@@ -30,6 +33,7 @@ __all__ = [
     "DeadLetter",
     "InsertResult",
     "Registry",
+    "Retention",
     "ScanSink",
     "SqliteStore",
     "Store",

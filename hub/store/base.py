@@ -22,6 +22,10 @@ What is promised:
 - The schema version is ``PRAGMA user_version``; migrations are applied in order when
   the store opens, each in its own transaction. A file written by a newer doorscan is
   refused (`StoreError`) rather than read wrongly.
+- The audit log is a hash chain with its head kept beside it (`hub.audit`):
+  `record_audit()` chains inside its insert transaction, `verify_audit()` finds an
+  edited, deleted, moved or cut-off entry. `purge_older_than()` forgets scans, dead
+  letters and batch ids older than a cutoff, never the audit log (`hub.retention`).
 
 Threads and processes: one connection (``check_same_thread=False``) behind one lock
 per store object, because the MQTT ingest thread writes while the process may also
@@ -44,6 +48,7 @@ from typing import Any, Literal, Protocol, Self
 from doorscan.errors import DoorscanError
 from doorscan.payloads import Identity
 from doorscan.wire import UnitRecord, VenueRecord
+from hub.audit import AuditVerification
 
 __all__ = [
     "AuditEntry",
@@ -58,6 +63,8 @@ __all__ = [
     "ScanSink",
     "CheckinReader",
     "AuditLog",
+    "AuditVerification",
+    "Retention",
     "Store",
 ]
 
@@ -125,13 +132,18 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One read of identities: who asked is the OS user's business; why is `reason`."""
+    """One read of identities: who asked is the OS user's business; why is `reason`.
+
+    `prev_hash` and `hash` chain the entries (`hub.audit`); they are filled by the store.
+    """
 
     id: int
     at: datetime
     action: str
     reason: str
     params: dict[str, Any]
+    prev_hash: str = ""
+    hash: str = ""
 
 
 class Registry(Protocol):
@@ -165,9 +177,18 @@ class AuditLog(Protocol):
         self, action: str, reason: str, params: dict[str, Any], at: datetime
     ) -> int: ...
     def audit_entries(self, limit: int = 100) -> list[AuditEntry]: ...
+    def verify_audit(self) -> AuditVerification: ...
 
 
-class Store(Registry, ScanSink, CheckinReader, AuditLog, Protocol):
+class Retention(Protocol):
+    """Forgetting old data. The audit log is never purged here (see `purge_older_than`)."""
+
+    def purge_older_than(
+        self, cutoff: datetime, *, at: datetime | None = None, reason: str = "retention"
+    ) -> dict[str, int]: ...
+
+
+class Store(Registry, ScanSink, CheckinReader, AuditLog, Retention, Protocol):
     def counts(self) -> dict[str, int]: ...
     def close(self) -> None: ...
     def __enter__(self) -> Self: ...

@@ -11,15 +11,16 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from doorscan.timefmt import from_ms, to_ms
+from doorscan.timefmt import format_rfc3339, from_ms, to_ms
 from doorscan.wire import UnitRecord, VenueRecord
+from hub.audit import GENESIS_HASH, AuditHead, AuditRow, AuditVerification, entry_hash, verify_chain
 from hub.store.base import (
     AuditEntry,
     BatchConflict,
@@ -35,9 +36,32 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 
 _CHECKIN_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, kind, id_number, name"
+_AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
+
+# A migration step is SQL, or a function for what SQL cannot do (hashing existing rows).
+Step = str | Callable[[sqlite3.Connection], None]
+
+
+def _chain_existing_audit(conn: sqlite3.Connection) -> None:
+    """Hash the entries written before the chain existed, in id order, and set the head."""
+    prev_hash, last_id, count = GENESIS_HASH, None, 0
+    rows = conn.execute(
+        "SELECT id, at_ms, action, reason, params_json FROM audit ORDER BY id"
+    ).fetchall()
+    for id_, at_ms, action, reason, params_json in rows:
+        digest = entry_hash(id_, at_ms, action, reason, params_json, prev_hash)
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev_hash, digest, id_)
+        )
+        prev_hash, last_id, count = digest, id_, count + 1
+    conn.execute(
+        "INSERT INTO audit_head (one_row, last_id, last_hash, entries) VALUES (1, ?, ?, ?)",
+        (last_id, prev_hash, count),
+    )
+
 
 # Times are BIGINT: milliseconds overflow PostgreSQL's 32-bit INTEGER (SQLite does not care).
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+_MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     # 1: registry, scans, dead letters.
     (
         """CREATE TABLE venues (
@@ -98,6 +122,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             received_at_ms BIGINT NOT NULL
         )""",
     ),
+    # 4: the audit log becomes a hash chain (hub.audit), with its head kept beside it so
+    # that deleting the newest entries shows too. Entries written before are chained here.
+    (
+        "ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
+        """CREATE TABLE audit_head (
+            one_row INTEGER PRIMARY KEY CHECK (one_row = 1),
+            last_id BIGINT NULL,
+            last_hash TEXT NOT NULL,
+            entries BIGINT NOT NULL
+        )""",
+        _chain_existing_audit,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -142,8 +179,11 @@ class SqliteStore:
                     )
                 if version >= number:
                     continue
-                for statement in self.MIGRATIONS[number - 1]:
-                    conn.execute(statement)
+                for step in self.MIGRATIONS[number - 1]:
+                    if isinstance(step, str):
+                        conn.execute(step)
+                    else:
+                        step(conn)
                 conn.execute(f"PRAGMA user_version = {number}")
 
     # -- lifecycle -------------------------------------------------------------------
@@ -341,23 +381,111 @@ class SqliteStore:
     # -- audit -----------------------------------------------------------------------
 
     def record_audit(self, action: str, reason: str, params: dict[str, Any], at: datetime) -> int:
+        """Append an entry to the chain; return its id.
+
+        The head is read and moved inside the insert's write transaction (BEGIN
+        IMMEDIATE, under the store's lock), so two writers, threads or processes,
+        cannot both chain from the same entry.
+        """
         with self._transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO audit (at_ms, action, reason, params_json) VALUES (?, ?, ?, ?)",
-                (to_ms(at), action, reason, json.dumps(params, ensure_ascii=False, sort_keys=True)),
-            )
-            return int(cursor.lastrowid or 0)
+            return self._append_audit(conn, action, reason, params, at)
+
+    def _append_audit(
+        self,
+        conn: sqlite3.Connection,
+        action: str,
+        reason: str,
+        params: dict[str, Any],
+        at: datetime,
+    ) -> int:
+        head = conn.execute("SELECT last_hash FROM audit_head WHERE one_row = 1").fetchone()
+        if head is None:
+            raise StoreError(f"{self.path}: the audit_head row is missing; run `audit verify`")
+        prev_hash = str(head[0])
+        at_ms = to_ms(at)
+        params_json = json.dumps(params, ensure_ascii=False, sort_keys=True)
+        cursor = conn.execute(
+            "INSERT INTO audit (at_ms, action, reason, params_json, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, '')",
+            (at_ms, action, reason, params_json, prev_hash),
+        )
+        entry_id = int(cursor.lastrowid or 0)
+        digest = entry_hash(entry_id, at_ms, action, reason, params_json, prev_hash)
+        conn.execute("UPDATE audit SET hash = ? WHERE id = ?", (digest, entry_id))
+        conn.execute(
+            "UPDATE audit_head SET last_id = ?, last_hash = ?, entries = entries + 1 "
+            "WHERE one_row = 1",
+            (entry_id, digest),
+        )
+        return entry_id
 
     def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` audit rows, newest first."""
         rows = self._query(
-            "SELECT id, at_ms, action, reason, params_json FROM audit ORDER BY id DESC LIMIT ?",
+            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",  # noqa: S608
             (int(limit),),
         )
         return [
-            AuditEntry(id, from_ms(at_ms), action, reason, json.loads(params))
-            for id, at_ms, action, reason, params in rows
+            AuditEntry(id, from_ms(at_ms), action, reason, json.loads(params), prev, digest)
+            for id, at_ms, action, reason, params, prev, digest in rows
         ]
+
+    def verify_audit(self) -> AuditVerification:
+        """Check the whole chain and its head (`hub.audit.verify_chain`).
+
+        Detects an edited entry, a deleted one (a gap in ids or a broken link), one
+        moved to another place, and deleted newest entries (through ``audit_head``).
+        A chain alone cannot see a truncated tail; the head can. Neither stops someone
+        who rewrites every hash: compare `head_hash` with one noted elsewhere.
+        """
+        with self._lock:
+            conn = self._db()
+            # One read transaction: the rows and the head come from the same snapshot even
+            # while ingest appends, and readers do not block the WAL writer.
+            conn.execute("BEGIN")
+            try:
+                head_row = conn.execute(
+                    "SELECT last_id, last_hash, entries FROM audit_head WHERE one_row = 1"
+                ).fetchone()
+                cursor = conn.execute(
+                    f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id"  # noqa: S608
+                )
+                head = None if head_row is None else AuditHead(*head_row)
+                return verify_chain((AuditRow(*row) for row in cursor), head)
+            finally:
+                conn.execute("COMMIT")
+
+    # -- retention -------------------------------------------------------------------
+
+    def purge_older_than(
+        self, cutoff: datetime, *, at: datetime | None = None, reason: str = "retention"
+    ) -> dict[str, int]:
+        """Delete what is older than `cutoff` (strictly: a row at exactly `cutoff` stays).
+
+        Scans go by ``scanned_at`` and also by ``received_at``, so that no time in
+        the file is older than the cutoff (the two differ only for a scan dated up to
+        5 minutes ahead of the hub's clock); dead letters and batch ids by
+        ``received_at``. One transaction, which also writes a ``purge`` audit entry
+        (at `at`, default now) with the cutoff and the counts: a purge without its
+        record cannot happen. The audit log itself is kept; see docs/decisions.md.
+        """
+        cutoff_ms = to_ms(cutoff)
+        with self._transaction() as conn:
+            counts = {
+                "scans": conn.execute(
+                    "DELETE FROM scans WHERE scanned_at_ms < ? OR received_at_ms < ?",
+                    (cutoff_ms, cutoff_ms),
+                ).rowcount,
+                "dead_letters": conn.execute(
+                    "DELETE FROM dead_letters WHERE received_at_ms < ?", (cutoff_ms,)
+                ).rowcount,
+                "batches": conn.execute(
+                    "DELETE FROM batches WHERE received_at_ms < ?", (cutoff_ms,)
+                ).rowcount,
+            }
+            params: dict[str, Any] = {"cutoff": format_rfc3339(cutoff), "deleted": counts}
+            self._append_audit(conn, "purge", reason, params, at or datetime.now(UTC))
+        return counts
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -1,0 +1,187 @@
+"""Retention: `purge` forgets scans, dead letters and batch ids older than the period, not the log.
+
+The boundary is exclusive: a row dated exactly at the cutoff is `retention_days` old,
+still inside the period, and is kept; one millisecond older goes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from doorscan.payloads import parse_qr
+from doorscan.synthetic import cccd_text, make_people
+from doorscan.timefmt import to_ms
+from doorscan.wire import UnitRecord, VenueRecord
+from hub.cli import main
+from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
+from hub.store import BatchKey, SqliteStore, StoredScan
+
+TODAY = date(2022, 1, 15)
+WHO = [parse_qr(cccd_text(p), today=TODAY) for p in make_people(3, seed=7)]
+NOW = datetime(2021, 9, 30, 12, 0, tzinfo=UTC)
+CUTOFF = NOW - timedelta(days=28)
+MS = timedelta(milliseconds=1)
+# Ages relative to the cutoff: older ones go, the one exactly at the cutoff and newer stay.
+OLD, AT_CUTOFF, NEW = CUTOFF - timedelta(days=3), CUTOFF, CUTOFF + timedelta(days=1)
+JUST_OLDER = CUTOFF - MS
+
+
+def fill(store: SqliteStore, times: dict[str, datetime]) -> None:
+    """One scan, one dead letter and one batch id per named time, each dated at it."""
+    for n, (name, at) in enumerate(times.items()):
+        store.insert_scans(
+            [StoredScan(f"scan-{name}", "u1", "cho-pleiku", at, True, WHO[n % 3], "mqtt")],
+            received_at=at,
+            batch=BatchKey(f"batch-{name}", "u1", name),
+        )
+        store.add_dead_letter("mqtt", "doorscan/v1/units/u1/scans", b"{", "not_json", name, at)
+
+
+TIMES = {"old": OLD, "just_older": JUST_OLDER, "at_cutoff": AT_CUTOFF, "new": NEW}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "hub.db"
+    with SqliteStore(path) as store:
+        store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
+        store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
+        fill(store, TIMES)
+        store.record_audit("trace", "ca F0 số 1", {}, OLD)  # old, and kept
+    yield path
+
+
+def remaining(path: Path) -> dict[str, list[str]]:
+    raw = sqlite3.connect(path)
+    try:
+        return {
+            "scans": [r[0] for r in raw.execute("SELECT scan_id FROM scans ORDER BY scan_id")],
+            "dead_letters": [r[0] for r in raw.execute("SELECT reason FROM dead_letters")],
+            "batches": [r[0] for r in raw.execute("SELECT batch_id FROM batches")],
+        }
+    finally:
+        raw.close()
+
+
+def test_purge_deletes_only_what_is_older_than_the_cutoff(db: Path) -> None:
+    with SqliteStore(db) as store:
+        counts = store.purge_older_than(CUTOFF, at=NOW)
+        assert store.counts()["scans"] == 2
+    assert counts == {"scans": 2, "dead_letters": 2, "batches": 2}
+    assert remaining(db) == {
+        "scans": ["scan-at_cutoff", "scan-new"],
+        "dead_letters": ["at_cutoff", "new"],
+        "batches": ["batch-at_cutoff", "batch-new"],
+    }
+
+
+def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: Path) -> None:
+    with SqliteStore(db) as store:
+        purge_expired(store, NOW, retention_days=28)
+        entries = store.audit_entries()
+        check = store.verify_audit()
+    assert [(e.action, e.reason) for e in entries] == [
+        ("purge", "retention: 28 days"),
+        ("trace", "ca F0 số 1"),
+    ]
+    assert entries[0].at == NOW
+    assert entries[0].params == {
+        "cutoff": "2021-09-02T12:00:00.000Z",
+        "deleted": {"scans": 2, "dead_letters": 2, "batches": 2},
+    }
+    assert (check.ok, check.entries) == (True, 2)
+
+
+def test_a_second_purge_finds_nothing_and_a_scan_older_than_received_also_goes(
+    db: Path,
+) -> None:
+    with SqliteStore(db) as store:
+        store.purge_older_than(CUTOFF, at=NOW)
+        assert store.purge_older_than(CUTOFF, at=NOW) == {
+            "scans": 0,
+            "dead_letters": 0,
+            "batches": 0,
+        }
+        # Dated a minute after the cutoff (clock ahead) but received before it.
+        ahead = CUTOFF + timedelta(minutes=1)
+        late = StoredScan("scan-ahead", "u1", "cho-pleiku", ahead, True, WHO[0], "mqtt")
+        store.insert_scans([late], received_at=CUTOFF - timedelta(minutes=3))
+        assert store.purge_older_than(CUTOFF, at=NOW)["scans"] == 1
+
+
+def test_cutoff_and_default() -> None:
+    assert DEFAULT_RETENTION_DAYS == 28
+    assert retention_cutoff(NOW, 28) == CUTOFF
+    with pytest.raises(ValueError, match="positive"):
+        retention_cutoff(NOW, 0)
+
+
+def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(tmp_path: Path) -> None:
+    """Every *_ms column of every table is checked, so a table added later is covered too."""
+    path = tmp_path / "hub.db"
+    now = datetime.now(UTC)
+    cutoff = retention_cutoff(now, 28)
+    with SqliteStore(path) as store:
+        store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
+        store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
+        fill(store, {"a": cutoff - timedelta(days=400), "b": cutoff - MS, "c": now})
+        purge_expired(store, now)
+    raw = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        checked = []
+        for table in tables:
+            # The audit log is kept on purpose: it is the record of who read what.
+            if table in ("audit", "sqlite_sequence"):
+                continue
+            for column in [r[1] for r in raw.execute(f"PRAGMA table_info({table})")]:
+                if column.endswith("_ms"):
+                    oldest = raw.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]
+                    assert oldest is None or oldest >= to_ms(cutoff), (table, column)
+                    checked.append(f"{table}.{column}")
+    finally:
+        raw.close()
+    assert sorted(checked) == [
+        "batches.received_at_ms",
+        "dead_letters.received_at_ms",
+        "scans.received_at_ms",
+        "scans.scanned_at_ms",
+    ]
+
+
+def test_cli_purge(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The fixture's rows are from 2021, so with the real clock and a 28-day period all go.
+    assert main(["purge", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("purged everything older than ")
+    assert ": 4 scans, 4 dead letters, 4 batch ids (the audit log is kept)" in out
+    assert remaining(db) == {"scans": [], "dead_letters": [], "batches": []}
+
+    assert main(["purge", "--db", str(db), "--retention-days", "7"]) == 0
+    assert ": 0 scans, 0 dead letters, 0 batch ids" in capsys.readouterr().out
+    with SqliteStore(db) as store:
+        purges = [e for e in store.audit_entries() if e.action == "purge"]
+    assert [e.reason for e in purges] == ["retention: 7 days", "retention: 28 days"]
+
+    assert main(["purge", "--db", str(db), "--retention-days", "0"]) == 2
+    assert main(["purge", "--db", str(db), "--retention-days", "x"]) == 2
+    assert main(["purge", "--db", str(db.with_name("none.db"))]) == 2
+
+
+def test_cli_purge_keeps_what_is_inside_the_period(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "hub.db"
+    now = datetime.now(UTC)
+    with SqliteStore(path) as store:
+        store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
+        store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
+        fill(store, {"recent": now - timedelta(days=2), "old": now - timedelta(days=10)})
+    assert main(["purge", "--db", str(path), "--retention-days", "5"]) == 0
+    assert ": 1 scans, 1 dead letters, 1 batch ids" in capsys.readouterr().out
+    assert remaining(path)["scans"] == ["scan-recent"]
