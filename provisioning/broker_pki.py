@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from doorscan.wire import TOPIC_ROOT
-from provisioning.fleet import InvalidInput, ProvisioningError, _write_atomic
+from provisioning.fleet import InvalidInput, ProvisioningError, write_atomic
 
 __all__ = [
     "HUB_CN",
@@ -144,8 +144,8 @@ class BrokerPKI:
             .sign(key, hashes.SHA256())
         )
         # Key first: a crash between the writes leaves no certificate without its key.
-        _write_atomic(self.ca_key_path, _key_pem(key), mode=0o600)
-        _write_atomic(self.ca_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.ca_key_path, _key_pem(key), mode=0o600)
+        write_atomic(self.ca_path, cert.public_bytes(serialization.Encoding.PEM))
         self.write_crl()
         return True
 
@@ -257,7 +257,7 @@ class BrokerPKI:
                     .build()
                 )
         pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-        _write_atomic(self.crl_path, pem)
+        write_atomic(self.crl_path, pem)
         return pem
 
     def _issued(self) -> list[dict[str, str | None]]:
@@ -273,7 +273,7 @@ class BrokerPKI:
 
     def _save_issued(self, issued: list[dict[str, str | None]]) -> None:
         text = json.dumps(issued, indent=1) + "\n"
-        _write_atomic(self.issued_path, text.encode("utf-8"), mode=0o600)
+        write_atomic(self.issued_path, text.encode("utf-8"), mode=0o600)
 
 
 def acl_text() -> str:
@@ -329,9 +329,9 @@ def mosquitto_conf_text(port: int, files_dir: Path, bind_address: str | None = N
 def write_private(path: Path, data: bytes) -> None:
     """A private key file, mode 0600 from the moment it exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data, mode=0o600)
+    write_atomic(path, data, mode=0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data, mode=0o644)
+    write_atomic(path, data, mode=0o644)

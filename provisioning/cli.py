@@ -16,129 +16,57 @@ The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
 `provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
 to stderr and exits 1, never a traceback.
 
-Adding a command: write `register(commands)` that calls `commands.add_parser(...)`
-and sets ``handler=`` (a function ``(args, home) -> int``) with `set_defaults`, then
-add it to `COMMANDS` in `build_parser`.
+`publish`, and `--publish-to` on add-venue, add-device and revoke, reach the broker's
+TLS listener with `--ca-file ca.pem --cert-file provisioning-cert.pem --key-file
+provisioning-key.pem` (the files `broker-files` wrote; all three or none).
+
+This module holds the registry commands and assembles the parser; the broker and
+certificate commands are in `provisioning.broker_cli`, the helpers they share in
+`provisioning.cli_common`. Adding a command: write `register(commands)` that calls
+`commands.add_parser(...)` and sets ``handler=`` (a function ``(args, home) -> int``)
+with `set_defaults`, then add it to `COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from doorscan.errors import DoorscanError
-from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
-from provisioning.broker_pki import (
-    HUB_CN,
-    PROVISIONING_CN,
-    BrokerPKI,
-    acl_text,
-    mosquitto_conf_text,
-    write_private,
-    write_public,
+from doorscan.wire import UnitRecord, VenueRecord
+from provisioning import broker_cli
+from provisioning.cli_common import (
+    Commands,
+    Handler,
+    check_id,
+    host_port,
+    publish_now,
+    publish_options,
+    publish_registry,
+    record,
+    tls_usage_problem,
 )
 from provisioning.fleet import (
     FleetHome,
-    InvalidInput,
     UnknownVenue,
     check_card_output,
-    describe_validation_error,
     issue_card,
     render_card,
     today_vn,
     write_unit_config,
 )
-from provisioning.publish import PublishError, publish_messages, registry_messages
 
 __all__ = ["build_parser", "main"]
 
-Handler = Callable[[argparse.Namespace, FleetHome], int]
-Commands = Any  # argparse's _SubParsersAction is private; it is only passed along
 DEFAULT_DATA_DIR = "/var/lib/doorscan"
-DEFAULT_TIMEOUT_S = 10.0
-_ID_RE = re.compile(ID_PATTERN)
-M = TypeVar("M", bound=BaseModel)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")  # [::1]:1883
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _check_id(value: str, option: str) -> str:
-    if not _ID_RE.fullmatch(value):
-        raise InvalidInput(
-            f"{option} {value!r}: an id is 1-63 characters of lower-case letters, digits, "
-            "'-' and '_', starting with a letter or digit (it becomes an MQTT topic level)"
-        )
-    return value
-
-
-def _record(model: type[M], **fields: Any) -> M:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(exc)) from None
 
 
 def _given(value: str | None, current: str) -> str:
     return current if value is None else value.strip()
-
-
-def _publish_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--timeout-s",
-        type=_positive,
-        default=DEFAULT_TIMEOUT_S,
-        help="give up on the broker after this many seconds (default %(default)s)",
-    )
-    return parent
-
-
-def _publish(
-    args: argparse.Namespace,
-    host: str,
-    port: int,
-    venues: Sequence[VenueRecord],
-    units: Sequence[UnitRecord],
-) -> int:
-    messages = registry_messages(venues, units)
-    count = publish_messages(messages, host, port, timeout_s=args.timeout_s)
-    print(f"published {count} retained message(s) to {host}:{port}, each confirmed by the broker")
-    return count
-
-
-def _publish_now(
-    args: argparse.Namespace, venues: Sequence[VenueRecord], units: Sequence[UnitRecord]
-) -> None:
-    """`--publish-to` after a change that is already saved: say so if the broker fails."""
-    if args.publish_to is None:
-        return
-    host, port = args.publish_to
-    try:
-        _publish(args, host, port, venues, units)
-    except PublishError as exc:
-        raise PublishError(
-            f"{exc} (the registry change is saved; run `publish` when the broker is reachable)"
-        ) from None
 
 
 # -- init ----------------------------------------------------------------------------
@@ -170,12 +98,12 @@ def _register_init(commands: Commands) -> None:
 
 
 def _add_venue(args: argparse.Namespace, home: FleetHome) -> int:
-    venue_id = _check_id(args.id, "--id")
+    venue_id = check_id(args.id, "--id")
     with home.registry() as registry:
         # On an update, an option left out keeps its value: fixing a typo in the name
         # must not wipe the address. `--address ""` clears it.
         old = registry.venue(venue_id)
-        venue = _record(
+        venue = record(
             VenueRecord,
             venue_id=venue_id,
             name=args.name.strip(),
@@ -184,19 +112,19 @@ def _add_venue(args: argparse.Namespace, home: FleetHome) -> int:
         )
         created = registry.put_venue(venue)
     print(f"{'added' if created else 'updated'} venue {venue.venue_id}: {venue.name}")
-    _publish_now(args, [venue], [])
+    publish_now(args, [venue], [])
     return 0
 
 
 def _register_add_venue(commands: Commands) -> None:
     cmd = commands.add_parser(
-        "add-venue", parents=[_publish_options()], help="register a venue (or update it)"
+        "add-venue", parents=[publish_options()], help="register a venue (or update it)"
     )
     cmd.add_argument("--id", required=True, help="venue id, e.g. bv-gia-lai")
     cmd.add_argument("--name", required=True, help="the venue's name as people know it")
     cmd.add_argument("--address", help="street address (on an update: kept if left out)")
     cmd.add_argument("--district", help="district, huyện / quận (on an update: kept if left out)")
-    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
     cmd.set_defaults(handler=_add_venue)
 
 
@@ -204,10 +132,10 @@ def _register_add_venue(commands: Commands) -> None:
 
 
 def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
-    unit = _record(
+    unit = record(
         UnitRecord,
-        unit_id=_check_id(args.id, "--id"),
-        venue_id=_check_id(args.venue, "--venue"),
+        unit_id=check_id(args.id, "--id"),
+        venue_id=check_id(args.venue, "--venue"),
     )
     broker: dict[str, Any] = {}
     if args.broker_host is not None:
@@ -224,12 +152,7 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     }
     out_dir = args.out if args.out is not None else home.units_dir
     if args.tls:
-        # Names relative to the config: load_config resolves them from its folder.
-        broker.update(
-            ca_file="ca.pem",
-            cert_file=f"{unit.unit_id}-cert.pem",
-            key_file=f"{unit.unit_id}-key.pem",
-        )
+        broker.update(broker_cli.unit_tls_settings(unit.unit_id))
     settings = {key: value for key, value in settings.items() if value is not None}
     signer = home.signer()
     with home.registry() as registry:
@@ -242,7 +165,7 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
             )
         config, config_path, key_path = write_unit_config(out_dir, settings, signer)
         if args.tls:
-            _write_unit_cert(home, unit.unit_id, out_dir)
+            broker_cli.write_unit_cert(home, unit.unit_id, out_dir)
         created = registry.put_unit(unit)
     print(f"{'added' if created else 'updated'} unit {unit.unit_id} at venue {venue.venue_id}")
     print(f"unit config  {config_path}")
@@ -251,14 +174,14 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     if args.tls:
         print(f"broker TLS   {out_dir / config.unit_id}-cert.pem, -key.pem (0600), ca.pem")
     print("copy all of them to the unit, side by side; it runs: python -m device run --config FILE")
-    _publish_now(args, [venue], [unit])
+    publish_now(args, [venue], [unit])
     return 0
 
 
 def _register_add_device(commands: Commands) -> None:
     cmd = commands.add_parser(
         "add-device",
-        parents=[_publish_options()],
+        parents=[publish_options()],
         help="register a door unit and write its config file",
     )
     cmd.add_argument("--id", required=True, help="unit id, e.g. bv-gia-lai-door-1")
@@ -278,122 +201,8 @@ def _register_add_device(commands: Commands) -> None:
         action="store_true",
         help="issue the unit's client certificate and make it connect with TLS",
     )
-    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
     cmd.set_defaults(handler=_add_device)
-
-
-def _write_unit_cert(home: FleetHome, unit_id: str, out_dir: Path) -> tuple[Path, Path]:
-    pki = BrokerPKI(home.keys_dir)
-    pki.ensure_ca()
-    cert, key = pki.issue_client(unit_id)
-    cert_path, key_path = out_dir / f"{unit_id}-cert.pem", out_dir / f"{unit_id}-key.pem"
-    write_private(key_path, key)
-    write_public(cert_path, cert)
-    write_public(out_dir / "ca.pem", pki.ca_pem())
-    return cert_path, key_path
-
-
-# -- unit-cert, broker-files, revoke ---------------------------------------------------
-
-
-def _unit_cert(args: argparse.Namespace, home: FleetHome) -> int:
-    unit_id = _check_id(args.id, "--id")
-    home.require()
-    with home.registry() as registry:
-        if registry.unit(unit_id) is None:
-            raise InvalidInput(f"unit {unit_id!r} is not registered; add-device it first")
-    cert_path, key_path = _write_unit_cert(home, unit_id, args.out)
-    print(f"client cert  {cert_path} (CN {unit_id})")
-    print(f"client key   {key_path} (mode 0600)")
-    print(f"fleet CA     {args.out / 'ca.pem'}")
-    return 0
-
-
-def _register_unit_cert(commands: Commands) -> None:
-    cmd = commands.add_parser("unit-cert", help="issue a registered unit a new client certificate")
-    cmd.add_argument("--id", required=True, help="unit id")
-    cmd.add_argument("--out", type=Path, required=True, help="folder for the cert, key and CA")
-    cmd.set_defaults(handler=_unit_cert)
-
-
-def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
-    home.require()
-    pki = BrokerPKI(home.keys_dir)
-    if pki.ensure_ca():
-        print(f"fleet CA     {pki.ca_path} (key {pki.ca_key_path}, mode 0600)")
-    out: Path = args.out
-    install_dir: Path = args.install_dir if args.install_dir is not None else out
-    hosts = [*args.host, "127.0.0.1"]
-    cert, key = pki.issue_server(hosts)
-    write_private(out / "broker-key.pem", key)
-    write_public(out / "broker-cert.pem", cert)
-    write_public(out / "ca.pem", pki.ca_pem())
-    write_public(out / "crl.pem", pki.write_crl())
-    write_public(out / "acl", acl_text().encode("utf-8"))
-    conf = mosquitto_conf_text(args.port, install_dir, args.bind_address)
-    write_public(out / "mosquitto.conf", conf.encode("utf-8"))
-    for role, common_name in (("hub", HUB_CN), ("provisioning", PROVISIONING_CN)):
-        cert, key = pki.issue_client(common_name, unit=False)
-        write_private(out / f"{role}-key.pem", key)
-        write_public(out / f"{role}-cert.pem", cert)
-    print(f"broker files {out} (server cert for {', '.join(dict.fromkeys(hosts))})")
-    print(f"  mosquitto.conf  TLS listener on port {args.port}; paths point at {install_dir}")
-    print("  broker-cert.pem broker-key.pem ca.pem crl.pem acl")
-    print("  hub-cert.pem hub-key.pem               for `doorscan-hub serve --cert-file ...`")
-    print("  provisioning-cert.pem provisioning-key.pem")
-    print("the broker's key must be readable by the user mosquitto runs as, and no one else")
-    return 0
-
-
-def _register_broker_files(commands: Commands) -> None:
-    cmd = commands.add_parser(
-        "broker-files", help="write the broker's TLS certificate, CA, CRL, ACL and config"
-    )
-    cmd.add_argument("--out", type=Path, required=True, help="folder to write them to")
-    cmd.add_argument("--port", type=int, required=True, help="the TLS listener's port")
-    cmd.add_argument(
-        "--host",
-        action="append",
-        default=[],
-        help="a name or address clients use for the broker (repeatable; 127.0.0.1 always)",
-    )
-    cmd.add_argument("--bind-address", help="listen only on this address (default: all)")
-    cmd.add_argument(
-        "--install-dir",
-        type=Path,
-        help="where the files will live on the broker, for the config's paths (default --out)",
-    )
-    cmd.set_defaults(handler=_broker_files)
-
-
-def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
-    unit_id = _check_id(args.unit, "UNIT")
-    with home.registry() as registry:
-        unit = registry.unit(unit_id)
-        if unit is None:
-            raise InvalidInput(f"unit {unit_id!r} is not registered")
-        pki = BrokerPKI(home.keys_dir)
-        pki.ensure_ca()
-        count = pki.revoke(unit_id)
-        # Inactive as well as revoked: the hub refuses its scans even through another path.
-        inactive = unit.model_copy(update={"active": False})
-        registry.put_unit(inactive)
-        venue = registry.venue(unit.venue_id)
-    print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
-    print(f"revocation list {pki.crl_path}: copy it to the broker and restart mosquitto")
-    _publish_now(args, [venue] if venue else [], [inactive])
-    return 0
-
-
-def _register_revoke(commands: Commands) -> None:
-    cmd = commands.add_parser(
-        "revoke",
-        parents=[_publish_options()],
-        help="revoke a unit's certificates and mark it inactive",
-    )
-    cmd.add_argument("unit", help="unit id")
-    cmd.add_argument("--publish-to", type=_host_port, metavar="HOST:PORT", help="publish it now")
-    cmd.set_defaults(handler=_revoke)
 
 
 # -- card ----------------------------------------------------------------------------
@@ -492,14 +301,14 @@ def _publish_all(args: argparse.Namespace, home: FleetHome) -> int:
     if not venues and not units:
         print("the registry is empty: nothing to publish")
         return 0
-    _publish(args, args.broker_host, args.broker_port, venues, units)
+    publish_registry(args, args.broker_host, args.broker_port, venues, units)
     return 0
 
 
 def _register_publish(commands: Commands) -> None:
     cmd = commands.add_parser(
         "publish",
-        parents=[_publish_options()],
+        parents=[publish_options()],
         help="publish every venue and unit to the broker (retained, QoS 1)",
     )
     cmd.add_argument("--broker-host", required=True, help="MQTT broker the hub listens to")
@@ -517,9 +326,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     _register_card,
     _register_list,
     _register_publish,
-    _register_unit_cert,
-    _register_broker_files,
-    _register_revoke,
+    broker_cli.register,
 ]
 
 
@@ -539,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (problem := tls_usage_problem(args)) is not None:
+        parser.error(problem)  # exits 2, before anything is changed
     handler: Handler = args.handler
     try:
         return handler(args, FleetHome.locate(args.home))

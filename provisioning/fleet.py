@@ -59,6 +59,7 @@ __all__ = [
     "IssuedCard",
     "Registry",
     "describe_validation_error",
+    "write_atomic",
     "write_unit_config",
     "issue_card",
     "check_card_output",
@@ -117,7 +118,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data` so that readers see the old or the new file, whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # The mode is set at creation so a private key is never readable by others, not even
@@ -164,7 +165,7 @@ class _AtomicJSONStorage(Storage):
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         text = json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
-        _write_atomic(self._path, text.encode("utf-8"), mode=0o600)
+        write_atomic(self._path, text.encode("utf-8"), mode=0o600)
 
 
 @dataclass(frozen=True)
@@ -297,10 +298,10 @@ class FleetHome:
         signer = CardSigner.generate()
         # Private key first: a crash between the two writes leaves a pair that
         # `signer()` reports as mismatched instead of a public key with no private one.
-        _write_atomic(self.private_key_path, signer.private_pem(), mode=0o600)
-        _write_atomic(self.public_key_path, signer.public_pem(), mode=0o644)
+        write_atomic(self.private_key_path, signer.private_pem(), mode=0o600)
+        write_atomic(self.public_key_path, signer.public_pem(), mode=0o644)
         if not self.registry_path.exists():
-            _write_atomic(self.registry_path, b"{}\n", mode=0o600)
+            write_atomic(self.registry_path, b"{}\n", mode=0o600)
         return signer
 
     def require(self) -> None:
@@ -343,12 +344,12 @@ def write_unit_config(
     except ValidationError as exc:
         raise InvalidInput(f"unit config: {describe_validation_error(exc)}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(key_path, signer.public_pem())
+    write_atomic(key_path, signer.public_pem())
     config_path = out_dir / f"{config.unit_id}.json"
     # Only the keys set here are written; the unit's own defaults fill the rest, so a
     # config does not freeze today's defaults into every unit.
     text = json.dumps(config.model_dump(mode="json", exclude_unset=True), indent=2) + "\n"
-    _write_atomic(config_path, text.encode("utf-8"))
+    write_atomic(config_path, text.encode("utf-8"))
     return config, config_path, key_path
 
 
@@ -401,4 +402,4 @@ def render_card(text: str, out: Path) -> None:
     else:
         qr.save(buffer, kind="svg", scale=SVG_MODULE_MM, unit="mm", border=QUIET_ZONE_MODULES)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, buffer.getvalue())
+    write_atomic(out, buffer.getvalue())

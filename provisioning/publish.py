@@ -13,14 +13,20 @@ and silently drops it. Any message not confirmed within `timeout_s` makes the wh
 call fail with `PublishError` naming the topics. Publishing again is always safe: a
 retained message simply replaces the previous one.
 
+Against the fleet's TLS listener (`provisioning.broker_pki`) pass `tls=ClientTls(...)`
+with the provisioning certificate `broker-files` wrote: the broker's ACL lets only that
+name (doorscan-provisioning) write the registry, and refuses any other, a unit's
+included, with a "Not authorized" PUBACK that ends up in the `PublishError`.
+
 Not done here: a unit or venue removed from the registry keeps its retained message
-until an empty retained payload clears it (there is no remove command yet), and the
-connection is plain TCP without credentials (broker TLS and ACLs come later).
+until an empty retained payload clears it (there is no remove command yet).
 
 Use::
 
     messages = registry_messages(registry.venues(), registry.units())
     publish_messages(messages, "hub.local", 1883, timeout_s=10)   # -> how many, or raises
+    tls = ClientTls(Path("ca.pem"), Path("provisioning-cert.pem"), Path("provisioning-key.pem"))
+    publish_messages(messages, "hub.local", 8883, tls=tls)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -48,6 +55,7 @@ from provisioning.fleet import ProvisioningError
 
 __all__ = [
     "ClientFactory",
+    "ClientTls",
     "Message",
     "PublishError",
     "paho_client_factory",
@@ -70,6 +78,15 @@ def paho_client_factory(client_id: str) -> mqtt.Client:
 
 class PublishError(ProvisioningError, ConnectionError):
     """The broker could not be reached, or did not confirm every registry message."""
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The files for a TLS connection with a client certificate (all PEM)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
 
 
 @dataclass(frozen=True)
@@ -148,13 +165,16 @@ def publish_messages(
     port: int,
     *,
     timeout_s: float = 10.0,
+    tls: ClientTls | None = None,
     client_factory: ClientFactory = paho_client_factory,
 ) -> int:
     """Send every message retained at QoS 1 and wait for each PUBACK; return how many.
 
     `timeout_s` bounds the TCP connect, the wait for CONNACK, and the wait for all the
-    PUBACKs together. Raises `PublishError` on any failure; the messages the broker did
-    confirm stay retained (sending them again does no harm).
+    PUBACKs together. With `tls`, the connection is TLS 1.2+, the broker's certificate
+    must be signed by `tls.ca_file` and name `host`, and the client shows `tls.cert_file`.
+    Raises `PublishError` on any failure; the messages the broker did confirm stay
+    retained (sending them again does no harm).
     """
     if not messages:
         return 0
@@ -167,6 +187,8 @@ def publish_messages(
     client.on_publish = confirmations.on_publish
     client.connect_timeout = timeout_s
     where = f"{host}:{port}"
+    if tls is not None:
+        _use_tls(client, tls)
     try:
         try:
             client.connect(host, port, keepalive=KEEPALIVE_S)
@@ -183,6 +205,19 @@ def publish_messages(
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _use_tls(client: mqtt.Client, tls: ClientTls) -> None:
+    try:
+        # paho's defaults (PROTOCOL_TLS_CLIENT, CERT_REQUIRED) check the chain and the host
+        # name; the broker certificate from `broker-files` names its hosts and 127.0.0.1.
+        client.tls_set(
+            ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file)
+        )
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a mismatched key
+        raise PublishError(
+            f"cannot use the TLS files {tls.ca_file}, {tls.cert_file}, {tls.key_file}: {exc}"
+        ) from None
 
 
 def _send_and_confirm(

@@ -39,6 +39,7 @@ from doorscan.wire import (
     Scan,
     UnitRecord,
     VenueRecord,
+    decode_message,
     encode_message,
     topic_ack,
     topic_registry_unit,
@@ -79,6 +80,11 @@ class Fleet:
 
 def _ok(home: Path, command: str) -> None:
     assert main(["--home", str(home), *shlex.split(command)]) == 0, command
+
+
+def _tls_options(files: tuple[Path, Path, Path]) -> str:
+    ca, cert, key = (shlex.quote(str(p)) for p in files)
+    return f"--ca-file {ca} --cert-file {cert} --key-file {key}"
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
@@ -308,3 +314,64 @@ def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
             assert sync.acks_received >= 1
         assert hub.acks_sent >= 1
         assert store.counts()["scans"] == 1
+
+
+def _retained(fleet: Fleet, topic: str, count: int) -> list[bytes]:
+    """The retained messages on `topic` (a filter), read the way the hub reads them."""
+    ca = fleet.broker_dir / "ca.pem"
+    hub = _Listener(_client("hub-reader", fleet.role_files("hub"), ca), fleet.port, topic)
+    try:
+        wait_for(lambda: len(hub.received) >= count)
+        return [payload for _, payload in hub.received]
+    finally:
+        hub.close()
+
+
+def test_publish_over_tls_with_the_provisioning_certificate(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls = _tls_options(fleet.role_files("provisioning"))
+    _ok(fleet.home, f"publish --broker-host {HOST} --broker-port {fleet.port} {tls}")
+    assert "published 4 retained message(s)" in capsys.readouterr().out
+    payloads = _retained(fleet, topic_registry_unit("unit-c"), 1)
+    # Only this publish carries unit-c, and revoke made it inactive in the registry.
+    assert [decode_message(p, UnitRecord).active for p in payloads] == [False]
+    assert _retained(fleet, topic_registry_unit("unit-b"), 1) != []
+
+
+def test_a_unit_certificate_cannot_publish_the_registry(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = f"--publish-to {HOST}:{fleet.port} --timeout-s 5"
+    provisioning = _tls_options(fleet.role_files("provisioning"))
+    _ok(fleet.home, f"add-venue --id v-acl --name 'Trạm y tế' {where} {provisioning}")
+    unit = _tls_options(fleet.unit_files("unit-a"))
+    forged = ["--home", str(fleet.home), *shlex.split("add-venue --id v-acl --name Forged")]
+    assert main([*forged, *shlex.split(f"{where} {unit}")]) == 1
+    err = capsys.readouterr().err
+    assert topic_registry_venue("v-acl") in err and "Not authorized" in err
+    assert "the registry change is saved" in err
+    # The broker kept the provisioning tool's message, not the unit's.
+    [payload] = _retained(fleet, topic_registry_venue("v-acl"), 1)
+    assert decode_message(payload, VenueRecord).name == "Trạm y tế"
+
+
+def test_publish_checks_the_broker_against_the_given_ca(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stranger = BrokerPKI(tmp_path / "other-keys")
+    stranger.ensure_ca()
+    _, cert, key = fleet.role_files("provisioning")
+    tls = _tls_options((stranger.ca_path, cert, key))
+    args = f"publish --broker-host {HOST} --broker-port {fleet.port} --timeout-s 5 {tls}"
+    assert main(["--home", str(fleet.home), *shlex.split(args)]) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+
+
+def test_the_tls_files_go_together(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    ca, cert, _ = fleet.role_files("provisioning")
+    args = f"publish --broker-host {HOST} --ca-file {ca} --cert-file {cert}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--home", str(fleet.home), *shlex.split(args)])
+    assert exit_.value.code == 2
+    assert "--ca-file, --cert-file and --key-file go together" in capsys.readouterr().err

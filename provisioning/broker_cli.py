@@ -1,0 +1,166 @@
+"""The broker and certificate commands of `python -m provisioning`.
+
+    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
+    python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
+    python -m provisioning revoke bv-gia-lai-door-1 [--publish-to hub.local:8883 --ca-file ...]
+
+They drive the fleet CA of `provisioning.broker_pki`; `add-device --tls` (in
+`provisioning.cli`) issues the unit's certificate through `write_unit_cert` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from provisioning.broker_pki import (
+    HUB_CN,
+    PROVISIONING_CN,
+    BrokerPKI,
+    acl_text,
+    mosquitto_conf_text,
+    write_private,
+    write_public,
+)
+from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
+from provisioning.fleet import FleetHome, InvalidInput
+
+__all__ = ["register", "unit_tls_settings", "write_unit_cert"]
+
+
+def unit_tls_settings(unit_id: str) -> dict[str, str]:
+    """The unit config's broker TLS keys, naming the files `write_unit_cert` writes."""
+    # Names relative to the config: load_config resolves them from its folder.
+    return {
+        "ca_file": "ca.pem",
+        "cert_file": f"{unit_id}-cert.pem",
+        "key_file": f"{unit_id}-key.pem",
+    }
+
+
+def write_unit_cert(home: FleetHome, unit_id: str, out_dir: Path) -> tuple[Path, Path]:
+    """Issue `unit_id` a client certificate; write it, its key (0600) and the CA to `out_dir`."""
+    pki = BrokerPKI(home.keys_dir)
+    pki.ensure_ca()
+    cert, key = pki.issue_client(unit_id)
+    cert_path, key_path = out_dir / f"{unit_id}-cert.pem", out_dir / f"{unit_id}-key.pem"
+    write_private(key_path, key)
+    write_public(cert_path, cert)
+    write_public(out_dir / "ca.pem", pki.ca_pem())
+    return cert_path, key_path
+
+
+# -- unit-cert -----------------------------------------------------------------------
+
+
+def _unit_cert(args: argparse.Namespace, home: FleetHome) -> int:
+    unit_id = check_id(args.id, "--id")
+    home.require()
+    with home.registry() as registry:
+        if registry.unit(unit_id) is None:
+            raise InvalidInput(f"unit {unit_id!r} is not registered; add-device it first")
+    cert_path, key_path = write_unit_cert(home, unit_id, args.out)
+    print(f"client cert  {cert_path} (CN {unit_id})")
+    print(f"client key   {key_path} (mode 0600)")
+    print(f"fleet CA     {args.out / 'ca.pem'}")
+    return 0
+
+
+def _register_unit_cert(commands: Commands) -> None:
+    cmd = commands.add_parser("unit-cert", help="issue a registered unit a new client certificate")
+    cmd.add_argument("--id", required=True, help="unit id")
+    cmd.add_argument("--out", type=Path, required=True, help="folder for the cert, key and CA")
+    cmd.set_defaults(handler=_unit_cert)
+
+
+# -- broker-files --------------------------------------------------------------------
+
+
+def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
+    home.require()
+    pki = BrokerPKI(home.keys_dir)
+    if pki.ensure_ca():
+        print(f"fleet CA     {pki.ca_path} (key {pki.ca_key_path}, mode 0600)")
+    out: Path = args.out
+    install_dir: Path = args.install_dir if args.install_dir is not None else out
+    hosts = [*args.host, "127.0.0.1"]
+    cert, key = pki.issue_server(hosts)
+    write_private(out / "broker-key.pem", key)
+    write_public(out / "broker-cert.pem", cert)
+    write_public(out / "ca.pem", pki.ca_pem())
+    write_public(out / "crl.pem", pki.write_crl())
+    write_public(out / "acl", acl_text().encode("utf-8"))
+    conf = mosquitto_conf_text(args.port, install_dir, args.bind_address)
+    write_public(out / "mosquitto.conf", conf.encode("utf-8"))
+    for role, common_name in (("hub", HUB_CN), ("provisioning", PROVISIONING_CN)):
+        cert, key = pki.issue_client(common_name, unit=False)
+        write_private(out / f"{role}-key.pem", key)
+        write_public(out / f"{role}-cert.pem", cert)
+    print(f"broker files {out} (server cert for {', '.join(dict.fromkeys(hosts))})")
+    print(f"  mosquitto.conf  TLS listener on port {args.port}; paths point at {install_dir}")
+    print("  broker-cert.pem broker-key.pem ca.pem crl.pem acl")
+    print("  hub-cert.pem hub-key.pem               for `doorscan-hub serve --cert-file ...`")
+    print("  provisioning-cert.pem provisioning-key.pem")
+    print("the broker's key must be readable by the user mosquitto runs as, and no one else")
+    return 0
+
+
+def _register_broker_files(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "broker-files", help="write the broker's TLS certificate, CA, CRL, ACL and config"
+    )
+    cmd.add_argument("--out", type=Path, required=True, help="folder to write them to")
+    cmd.add_argument("--port", type=int, required=True, help="the TLS listener's port")
+    cmd.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a name or address clients use for the broker (repeatable; 127.0.0.1 always)",
+    )
+    cmd.add_argument("--bind-address", help="listen only on this address (default: all)")
+    cmd.add_argument(
+        "--install-dir",
+        type=Path,
+        help="where the files will live on the broker, for the config's paths (default --out)",
+    )
+    cmd.set_defaults(handler=_broker_files)
+
+
+# -- revoke --------------------------------------------------------------------------
+
+
+def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
+    unit_id = check_id(args.unit, "UNIT")
+    with home.registry() as registry:
+        unit = registry.unit(unit_id)
+        if unit is None:
+            raise InvalidInput(f"unit {unit_id!r} is not registered")
+        pki = BrokerPKI(home.keys_dir)
+        pki.ensure_ca()
+        count = pki.revoke(unit_id)
+        # Inactive as well as revoked: the hub refuses its scans even through another path.
+        inactive = unit.model_copy(update={"active": False})
+        registry.put_unit(inactive)
+        venue = registry.venue(unit.venue_id)
+    print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
+    print(f"revocation list {pki.crl_path}: copy it to the broker and restart mosquitto")
+    publish_now(args, [venue] if venue else [], [inactive])
+    return 0
+
+
+def _register_revoke(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "revoke",
+        parents=[publish_options()],
+        help="revoke a unit's certificates and mark it inactive",
+    )
+    cmd.add_argument("unit", help="unit id")
+    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.set_defaults(handler=_revoke)
+
+
+def register(commands: Commands) -> None:
+    """Add unit-cert, broker-files and revoke to the `provisioning` parser."""
+    _register_unit_cert(commands)
+    _register_broker_files(commands)
+    _register_revoke(commands)
