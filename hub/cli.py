@@ -12,8 +12,11 @@
 
 Every command takes ``--db`` (default ``hub.db``; a path today, a URL once there is
 a PostgreSQL store). Commands that read identities (trace, visitors) require a reason
-and are written to the audit log. Exit codes: 0 done, 1 done with refused input
-(import-csv), 2 bad arguments.
+and are written to the audit log; they take ``--role tracer|venue|reporter|admin``
+(default tracer) and ``--as-venue V`` for the venue role, and read through
+`hub.access`, which refuses, masks (MoH decision 2666/QĐ-BYT) and audits. Exit codes:
+0 done, 1 done with refused input (import-csv), 2 bad arguments, 3 not allowed for the
+role (one line ``not allowed: ...`` on stderr; nothing was read).
 
 To add a command (e.g. ``serve``), write ``add_x(commands)`` that registers a parser
 with ``parents=[db_parent()]`` and ``set_defaults(run=...)`` (a function of the
@@ -42,18 +45,27 @@ from typing import Any, TypeAlias
 
 from doorscan.cards import CardKeyring
 from doorscan.errors import DoorscanError, Refusal
-from doorscan.timefmt import format_rfc3339, from_ms, parse_rfc3339, to_ms
+from doorscan.timefmt import format_rfc3339, from_ms, parse_rfc3339
+from hub.access import (
+    AccessControlledStore,
+    Forbidden,
+    Principal,
+    PrincipalError,
+    add_role_options,
+    principal_from_args,
+)
 from hub.csv_import import import_csv
 from hub.ingest import Ingestor, describe
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
 from hub.service import HubService, TlsFiles
 from hub.store import SqliteStore, Store
-from hub.trace import DEFAULT_DEPTH, MAX_DEPTH, TraceResult, run_trace
+from hub.trace import DEFAULT_DEPTH, MAX_DEPTH, TraceResult
 
 __all__ = ["COMMANDS", "build_parser", "db_parent", "main", "open_store"]
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+EXIT_FORBIDDEN = 3
 
 
 class UsageError(DoorscanError, ValueError):
@@ -175,21 +187,37 @@ def add_trace(commands: Commands) -> None:
     parser.add_argument("--window-minutes", type=_minutes_arg, default=60.0)
     parser.add_argument("--depth", type=_depth_arg, default=DEFAULT_DEPTH)
     _format_option(parser)
+    add_role_options(parser)
     parser.set_defaults(run=_run_trace)
 
 
+def _principal(args: argparse.Namespace) -> Principal:
+    try:
+        return principal_from_args(args)
+    except PrincipalError as exc:
+        raise UsageError(f"--role/--as-venue: {exc}") from None
+
+
+def _not_allowed(args: argparse.Namespace, exc: Forbidden) -> int:
+    print(f"doorscan-hub {args.command}: not allowed: {exc}", file=sys.stderr)
+    return EXIT_FORBIDDEN
+
+
 def _run_trace(args: argparse.Namespace) -> int:
+    principal = _principal(args)
     with open_store(args.db, must_exist=True) as store:
-        result = run_trace(
-            store,
-            args.id,
-            args.since,
-            args.until,
-            timedelta(minutes=args.window_minutes),
-            args.depth,
-            args.reason,
-            datetime.now(UTC),
-        )
+        try:
+            result = AccessControlledStore(store, principal).trace(
+                args.id,
+                args.since,
+                args.until,
+                timedelta(minutes=args.window_minutes),
+                args.depth,
+                args.reason,
+                datetime.now(UTC),
+            )
+        except Forbidden as exc:
+            return _not_allowed(args, exc)
     if not result.index.visits:
         print(f"note: no check-ins of {result.index.person_key} in the period", file=sys.stderr)
     print(_render_trace(result, args.format))
@@ -234,26 +262,28 @@ def add_visitors(commands: Commands) -> None:
     parser.add_argument("--venue", required=True, help="venue id")
     _period_options(parser)
     _format_option(parser)
+    add_role_options(parser)
     parser.set_defaults(run=_run_visitors)
 
 
 def _run_visitors(args: argparse.Namespace) -> int:
-    reason = " ".join(args.reason.split())
-    if not reason:
-        raise UsageError("a visitor list reads identities: give the reason")
-    if args.since > args.until:
-        raise UsageError("--since is after --until")
+    principal = _principal(args)
+    with open_store(args.db, must_exist=True) as store:
+        try:
+            listing = AccessControlledStore(store, principal).visitors(
+                args.venue, args.since, args.until, args.reason, datetime.now(UTC)
+            )
+        except Forbidden as exc:
+            return _not_allowed(args, exc)
     params = {
         "venue_id": args.venue,
         "since": format_rfc3339(args.since),
         "until": format_rfc3339(args.until),
+        "masked": listing.masked,
     }
-    with open_store(args.db, must_exist=True) as store:
-        if store.venue(args.venue) is None:
-            raise UsageError(f"unknown venue {args.venue!r}")
-        store.record_audit("visitors", reason, params, datetime.now(UTC))
-        checkins = store.checkins_at(args.venue, to_ms(args.since), to_ms(args.until))
-    rows = [[format_rfc3339(from_ms(c.at_ms)), c.name, c.id_number, c.kind] for c in checkins]
+    rows = [
+        [format_rfc3339(from_ms(v.at_ms)), v.name, v.id_number, v.kind] for v in listing.visitors
+    ]
     headers = ("at", "name", "id_number", "kind")
     if args.format == "json":
         visitors = [dict(zip(headers, row, strict=True)) for row in rows]
@@ -261,7 +291,11 @@ def _run_visitors(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         print(_csv(headers, rows))
     else:
-        print(f"{len(rows)} check-ins at {args.venue}, {params['since']} .. {params['until']}")
+        masked = " (names and ID numbers masked: MoH 2666/QĐ-BYT)" if listing.masked else ""
+        print(
+            f"{len(rows)} check-ins at {args.venue}, {params['since']} .. {params['until']}"
+            + masked
+        )
         print(_table([h.upper().replace("_", " ") for h in headers], rows))
     return 0
 

@@ -1,0 +1,285 @@
+"""Who may read what from the hub: roles, masking, and the checked reader every caller uses.
+
+The hub holds names and ID numbers. MoH decision 2666/QĐ-BYT says venue owners see
+masked data only (its examples: "Họ tên đệm***", "0123456***") and the full data is
+for the authorities. So reads of identities go through `AccessControlledStore`, never
+through the raw store: the CLI today, the HTTP API tomorrow, each builds a `Principal`
+and asks this layer, which refuses (`Forbidden`), masks, and writes the audit entry.
+
+    >>> reader = AccessControlledStore(store, Principal(Role.VENUE, "cho-pleiku"))  # doctest: +SKIP
+    >>> listing = reader.visitors("cho-pleiku", since, until, "kiểm tra", at=now)   # doctest: +SKIP
+    >>> listing.visitors[0].name, listing.visitors[0].id_number                    # doctest: +SKIP
+    ('Nguyễn Văn***', '0640901*****')
+
+Roles:
+
+* ``tracer`` (the health service): traces and visitor lists of every venue, in full.
+* ``venue`` (a venue owner): the visitor list of its own venue only, masked; no trace,
+  because a trace names people met at other venues.
+* ``reporter`` (the information service's usage reports): counts only.
+* ``admin`` (operators of units and venues): counts and the venue registry, no identity.
+
+What is not promised: a role given on the command line is a claim, not a proof. Whoever
+can open ``hub.db`` can read everything; the roles become a boundary once the principal
+comes from an authenticated request (issue 5). Refused requests read nothing and leave no
+audit entry, as with a trace refused for a missing reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from doorscan.errors import DoorscanError, Refusal
+from doorscan.timefmt import format_rfc3339, to_ms
+from doorscan.wire import VenueRecord
+from hub.store import Store
+from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
+
+__all__ = [
+    "AccessControlledStore",
+    "Forbidden",
+    "Principal",
+    "PrincipalError",
+    "Role",
+    "Visitor",
+    "VisitorList",
+    "add_role_options",
+    "mask_id_number",
+    "mask_name",
+    "principal_from_args",
+]
+
+NAME_MASK = "***"
+ID_KEPT_CHARS = 7
+"""2666's example "0123456***" keeps 7 characters."""
+ID_MIN_MASKED = 3
+"""A short document number (a passport, a CMND) still loses at least its last 3 characters."""
+
+
+class Forbidden(DoorscanError, PermissionError):
+    """The principal's role may not read this; nothing was read."""
+
+
+class PrincipalError(DoorscanError, ValueError):
+    """A role and venue id that do not go together (a venue without its id, or the reverse)."""
+
+
+class Role(StrEnum):
+    TRACER = "tracer"
+    VENUE = "venue"
+    REPORTER = "reporter"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who asks: a role, and for the venue role the one venue it owns."""
+
+    role: Role
+    venue_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.role, Role):
+            raise PrincipalError(f"unknown role {self.role!r}")
+        if self.role is Role.VENUE and not (self.venue_id and self.venue_id.strip()):
+            raise PrincipalError("the venue role needs the venue's id")
+        if self.role is not Role.VENUE and self.venue_id is not None:
+            raise PrincipalError(f"the {self.role} role reads no single venue; give no venue id")
+
+    def to_audit(self) -> dict[str, Any]:
+        return {"role": str(self.role), "venue_id": self.venue_id}
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.venue_id}" if self.venue_id else str(self.role)
+
+
+def mask_name(name: str) -> str:
+    """A name as 2666 lets a venue see it: family and middle names, the given name masked.
+
+    >>> mask_name("Nguyễn Văn An"), mask_name("Rơ Châm H'Hen"), mask_name("Ksor")
+    ('Nguyễn Văn***', 'Rơ Châm***', 'K***')
+
+    The given name is the last word (Vietnamese order: family, middle, given), so an
+    apostrophe inside it (H'Hen) belongs to what is masked. A one-word name keeps its
+    first letter with its accents. Text is NFC-normalised first, so a name stored
+    decomposed (NFD) is cut at the same place and comes out composed.
+    """
+    words = unicodedata.normalize("NFC", name).split()
+    if not words:
+        return NAME_MASK
+    if len(words) > 1:
+        return " ".join(words[:-1]) + NAME_MASK
+    word = words[0]
+    end = 1
+    while end < len(word) and unicodedata.combining(word[end]):
+        end += 1  # a letter with a mark NFC has no single code point for stays whole
+    return word[:end] + NAME_MASK
+
+
+def mask_id_number(id_number: str) -> str:
+    """An ID number as 2666 lets a venue see it: the first 7 characters, then ``*``.
+
+    >>> mask_id_number("001090123456"), mask_id_number("******123456")
+    ('0010901*****', '******1*****')
+
+    The length is kept. A number of 10 characters or fewer keeps fewer, so that at least
+    its last 3 are masked (a 9-digit CMND shows 6, an 8-character passport 5).
+    """
+    text = unicodedata.normalize("NFC", id_number.strip())
+    kept = max(0, min(ID_KEPT_CHARS, len(text) - ID_MIN_MASKED))
+    return text[:kept] + "*" * (len(text) - kept)
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """One check-in in a visitor list; no person key, which would carry the full number."""
+
+    at_ms: int
+    kind: str
+    id_number: str
+    name: str
+
+
+@dataclass(frozen=True)
+class VisitorList:
+    venue_id: str
+    since: datetime
+    until: datetime
+    visitors: list[Visitor]
+    masked: bool
+
+
+def _clean_reason(reason: str, what: str) -> str:
+    reason = " ".join(reason.split())
+    if not reason:
+        raise Refusal("no_reason", f"{what} reads identities: give the reason (e.g. the case)")
+    return reason
+
+
+class AccessControlledStore:
+    """The reads a `Principal` may make, checked, masked and audited.
+
+    It does not own `store`: whoever opened the store closes it.
+    """
+
+    def __init__(self, store: Store, principal: Principal) -> None:
+        self._store = store
+        self.principal = principal
+
+    def _audit(self, action: str, reason: str, params: dict[str, Any], at: datetime) -> None:
+        self._store.record_audit(
+            action, reason, {**params, "principal": self.principal.to_audit()}, at
+        )
+
+    # -- no identity: every role ----------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Totals (scans, people, venues, units, dead letters): every role may see them."""
+        return self._store.counts()
+
+    def venues(self) -> list[VenueRecord]:
+        """The venue registry; a venue owner sees its own entry only."""
+        venues = self._store.venues()
+        if self.principal.role is Role.VENUE:
+            return [v for v in venues if v.venue_id == self.principal.venue_id]
+        return venues
+
+    # -- identities -------------------------------------------------------------------------
+
+    def visitors(
+        self, venue_id: str, since: datetime, until: datetime, reason: str, at: datetime
+    ) -> VisitorList:
+        """Who checked in at `venue_id` with since <= time <= until, oldest first.
+
+        Tracer: in full. Venue: its own venue only, names and numbers masked.
+        Reporter and admin: `Forbidden`. The role is checked before the venue is looked
+        up, so a venue owner cannot learn which other venue ids exist.
+        """
+        role = self.principal.role
+        if role not in (Role.TRACER, Role.VENUE):
+            raise Forbidden(f"the {role} role sees counts only, not who visited a venue")
+        if role is Role.VENUE and venue_id != self.principal.venue_id:
+            raise Forbidden(
+                f"a venue owner sees its own venue only ({self.principal.venue_id}), not {venue_id}"
+            )
+        reason = _clean_reason(reason, "a visitor list")
+        if since > until:
+            raise Refusal("empty_period", "since is after until")
+        if self._store.venue(venue_id) is None:
+            raise Refusal("unknown_venue", f"unknown venue {venue_id!r}")
+        masked = role is Role.VENUE
+        params = {
+            "venue_id": venue_id,
+            "since": format_rfc3339(since),
+            "until": format_rfc3339(until),
+            "masked": masked,
+        }
+        self._audit("visitors", reason, params, at)
+        checkins = self._store.checkins_at(venue_id, to_ms(since), to_ms(until))
+        visitors = [
+            Visitor(c.at_ms, c.kind, mask_id_number(c.id_number), mask_name(c.name))
+            if masked
+            else Visitor(c.at_ms, c.kind, c.id_number, c.name)
+            for c in checkins
+        ]
+        return VisitorList(venue_id, since, until, visitors, masked)
+
+    def trace(
+        self,
+        id_text: str,
+        since: datetime,
+        until: datetime,
+        window: timedelta,
+        depth: int,
+        reason: str,
+        at: datetime,
+    ) -> TraceResult:
+        """Contacts of a person (`hub.trace`), for the tracer role only.
+
+        A venue may not trace: a trace follows people to other venues. Like
+        `hub.trace.run_trace`, the request is checked and audited before it runs.
+        """
+        if self.principal.role is not Role.TRACER:
+            raise Forbidden(
+                f"the {self.principal.role} role may not trace; only the health service "
+                "(role tracer) may"
+            )
+        reason = _clean_reason(reason, "a trace")
+        params = TraceParams(
+            person_key=person_key_from_id(id_text),
+            since=since,
+            until=until,
+            window=window,
+            depth=depth,
+            id_text=id_text.strip(),
+        )
+        # Before the work, so that a trace that fails half-way is still on the record.
+        self._audit("trace", reason, params.to_json_dict(), at)
+        return trace(self._store, params)
+
+
+# -- command-line options (kept here so every command builds principals the same way) ------
+
+
+def add_role_options(parser: argparse.ArgumentParser) -> None:
+    """``--role`` (default tracer) and ``--as-venue``, for commands that read identities."""
+    parser.add_argument(
+        "--role",
+        choices=[str(r) for r in Role],
+        default=str(Role.TRACER),
+        help="who asks: tracer (health service, full data; the default), venue (own venue, "
+        "masked as MoH decision 2666/QĐ-BYT says), reporter or admin (no identities)",
+    )
+    parser.add_argument(
+        "--as-venue", metavar="VENUE_ID", help="the venue id of the venue role (only with it)"
+    )
+
+
+def principal_from_args(args: argparse.Namespace) -> Principal:
+    """The principal named by `add_role_options`; `PrincipalError` if they do not fit."""
+    return Principal(Role(args.role), args.as_venue)
