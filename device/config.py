@@ -110,6 +110,10 @@ class UnitConfig(_Strict):
     card_keys: list[Path] = Field(
         default_factory=list, description="PEM public keys whose visitor cards this unit accepts"
     )
+    seal_key: Path | None = Field(
+        None,
+        description="the hub's PUBLIC sealing key (PEM); set, scans are sealed before the journal",
+    )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     pins: PinsConfig = Field(default_factory=PinsConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
@@ -142,6 +146,7 @@ def load_config(path: Path) -> UnitConfig:
             ),
             "data_dir": base / config.data_dir,
             "card_keys": [base / p for p in config.card_keys],
+            "seal_key": base / config.seal_key if config.seal_key else None,
             "frames": config.frames.model_copy(
                 update={"path": base / config.frames.path if config.frames.path else None}
             ),

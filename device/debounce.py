@@ -10,6 +10,8 @@ The window is measured on the monotonic clock only; the wall clock of a Pi witho
 a real-time clock can jump by hours when NTP answers, and that must neither let a
 flood of duplicates through nor lock people out. Nothing is kept on disk: after a
 restart everyone may be recorded once more, which the contact trace tolerates.
+Not even memory holds a person key: it is kept as an HMAC-SHA256 under `key`, a
+random key of this boot (issue 4: a stolen unit must reveal no identity).
 
 The edge is exclusive: a person is recent while strictly less than `window_s` has
 passed since their mark; at exactly `window_s` a new scan is recorded.
@@ -23,6 +25,9 @@ passed since their mark; at exactly `window_s` a new scan is recorded.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,23 +38,27 @@ __all__ = ["Debounce"]
 class Debounce:
     """Who was accepted within the last `window_s` seconds; ``window_s=0`` turns it off."""
 
-    def __init__(self, window_s: float, monotonic: Callable[[], float]) -> None:
+    def __init__(
+        self, window_s: float, monotonic: Callable[[], float], *, key: bytes | None = None
+    ) -> None:
         if window_s < 0:
             raise ValueError("window_s cannot be negative")
+        self._key = key if key is not None else secrets.token_bytes(32)
         self.window_s = float(window_s)
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        # person_key -> monotonic time of their last mark, oldest mark first, so that
+        # digest of person_key -> monotonic time of their last mark, oldest mark first, so that
         # pruning stops at the first entry still inside the window.
-        self._marks: OrderedDict[str, float] = OrderedDict()
+        self._marks: OrderedDict[bytes, float] = OrderedDict()
 
     def is_recent(self, person_key: str) -> bool:
         """True if `person_key` was marked less than `window_s` ago (never extends it)."""
         if self.window_s == 0:
             return False
         now = self._monotonic()
+        digest = self._digest(person_key)
         with self._lock:
-            marked = self._marks.get(person_key)
+            marked = self._marks.get(digest)
         return marked is not None and now - marked < self.window_s
 
     def mark(self, person_key: str) -> None:
@@ -57,9 +66,10 @@ class Debounce:
         if self.window_s == 0:
             return
         now = self._monotonic()
+        digest = self._digest(person_key)
         with self._lock:
-            self._marks[person_key] = now
-            self._marks.move_to_end(person_key)
+            self._marks[digest] = now
+            self._marks.move_to_end(digest)
             self._prune(now)
 
     def forget_older(self) -> int:
@@ -72,6 +82,9 @@ class Debounce:
         """How many people are remembered (those inside the window, after a prune)."""
         with self._lock:
             return len(self._marks)
+
+    def _digest(self, person_key: str) -> bytes:
+        return hmac.new(self._key, person_key.encode("utf-8"), hashlib.sha256).digest()
 
     def _prune(self, now: float) -> int:
         # Marks are appended in time order, so the expired ones are all at the front:

@@ -54,7 +54,7 @@ __all__ = ["JOURNAL_SCHEMA_VERSION", "JournalError", "DuplicateScanError", "Scan
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SCHEMA_VERSION = 2
+JOURNAL_SCHEMA_VERSION = 3
 
 # `seq` (the rowid) is the recording order; it never goes back because SQLite hands out
 # max(rowid) + 1 and purge never deletes the newest row. The two partial indexes keep
@@ -80,7 +80,13 @@ _SCHEMA_V2 = (
     "ALTER TABLE scans ADD COLUMN boot_id TEXT",
     "ALTER TABLE scans ADD COLUMN mono_ms INTEGER",
 )
-_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
+# 3: a sealed scan (issue 4) keeps only the sealed text and the identity kind; its
+# qr_text is '' (SQLite cannot drop the NOT NULL of v1 without copying the table).
+_SCHEMA_V3 = (
+    "ALTER TABLE scans ADD COLUMN sealed TEXT",
+    "ALTER TABLE scans ADD COLUMN kind TEXT",
+)
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 
 class JournalError(DoorscanError, OSError):
@@ -165,9 +171,11 @@ class ScanJournal:
             scan.venue_id,
             to_ms(scan.scanned_at),
             int(scan.clock_trusted),
-            scan.qr_text,
+            scan.qr_text or "",
             scan.boot_id,
             scan.mono_ms,
+            scan.sealed,
+            scan.kind,
         )
         with self._lock:
             conn = self._open_conn()
@@ -176,7 +184,7 @@ class ScanJournal:
                 # WAL fsynced, synchronous=FULL) before execute() returns.
                 conn.execute(
                     "INSERT INTO scans (scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text,"
-                    " boot_id, mono_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " boot_id, mono_ms, sealed, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             except sqlite3.IntegrityError as exc:
@@ -207,13 +215,16 @@ class ScanJournal:
             try:
                 rows = conn.execute(
                     "SELECT scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id,"
-                    " mono_ms FROM scans WHERE acked_at_ms IS NULL ORDER BY seq LIMIT ?",
+                    " mono_ms, sealed, kind FROM scans WHERE acked_at_ms IS NULL ORDER BY seq"
+                    " LIMIT ?",
                     (limit + len(skip_ids),),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read pending scans: {_describe(exc)}") from exc
         scans = []
-        for scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id, mono_ms in rows:
+        for row in rows:
+            scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id, mono_ms = row[:7]
+            sealed, kind = row[7:]
             if scan_id in skip_ids:
                 continue
             scans.append(
@@ -222,7 +233,9 @@ class ScanJournal:
                     venue_id=venue_id,
                     scanned_at=from_ms(scanned_at_ms),
                     clock_trusted=bool(clock_trusted),
-                    qr_text=qr_text,
+                    qr_text=None if sealed is not None else qr_text,
+                    sealed=sealed,
+                    kind=kind,
                     boot_id=boot_id,
                     mono_ms=mono_ms,
                 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from datetime import datetime
 from typing import Protocol
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from device.clock import BOOT_ID, Clock
 from device.debounce import Debounce
@@ -34,6 +36,7 @@ from device.journal import JournalError
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
 from doorscan.payloads import Identity, parse_qr
+from doorscan.sealing import seal
 from doorscan.wire import Scan
 
 __all__ = ["ScanOutcome", "Scanner"]
@@ -88,7 +91,12 @@ class Scanner:
         on_recorded: Callable[[Scan], None] = lambda scan: None,
         count: Callable[[str], None] = lambda name: None,
         boot_id: str = BOOT_ID,
+        seal_key: X25519PublicKey | None = None,
+        view_key: bytes | None = None,
     ) -> None:
+        """With `seal_key` (the hub's public sealing key) the QR text is sealed before it
+        reaches the journal. `view_key` keys the in-memory digests of codes in view (a
+        random key of this boot; made here if not given)."""
         self.unit_id = unit_id
         self.venue_id = venue_id
         self._decoder = decoder
@@ -103,7 +111,10 @@ class Scanner:
         self._on_recorded = on_recorded
         self._count = count
         self._boot_id = boot_id
-        # Codes seen in the last frames, by digest of the text (kept only in memory).
+        self._seal_key = seal_key
+        self._view_key = view_key if view_key is not None else secrets.token_bytes(32)
+        # Codes seen in the last frames, by keyed digest of the text (kept only in memory):
+        # an unkeyed digest of a CCCD text could be matched against a list of people.
         self._in_view: dict[bytes, float] = {}
         self.last_scan_at: datetime | None = None
 
@@ -133,7 +144,7 @@ class Scanner:
 
     def _still_in_view(self, raw: bytes) -> bool:
         now = self._clock.monotonic()
-        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        digest = hashlib.blake2b(raw, digest_size=16, key=self._view_key).digest()
         seen = self._in_view.get(digest)
         self._in_view[digest] = now  # holding a code in view keeps it silent
         if len(self._in_view) > 256:
@@ -158,7 +169,10 @@ class Scanner:
             # Milliseconds are the wire's precision; cut here so the journal holds what is sent.
             scanned_at=now.replace(microsecond=now.microsecond // 1000 * 1000),
             clock_trusted=trusted,
-            qr_text=text,
+            # Sealed, the journal and the wire hold nothing that names the visitor.
+            qr_text=None if self._seal_key else text,
+            sealed=seal(text, self._seal_key) if self._seal_key else None,
+            kind=identity.kind if self._seal_key else None,
             # With a clock nobody vouches for, what the hub needs to put the time right.
             boot_id=None if trusted else self._boot_id,
             mono_ms=None if trusted else int(self._clock.monotonic() * 1000),

@@ -17,6 +17,7 @@ from this loop: the systemd watchdog (``WatchdogSec``, issue 7) restarts the uni
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -34,6 +35,7 @@ from device.mqtt_sync import ClientFactory, MqttSync, paho_client_factory
 from device.scanner import Scanner
 from device.state import UnitState
 from doorscan.cards import CardKeyring
+from doorscan.sealing import load_public_key
 
 __all__ = ["Unit", "frame_source_for"]
 
@@ -79,6 +81,8 @@ class Unit:
         if not 0 < retry_min_s <= retry_max_s:
             raise ValueError("need 0 < retry_min_s <= retry_max_s")
         self.config = config
+        # Read before anything is opened: a missing key must not leave pins or files open.
+        seal_key = load_public_key(config.seal_key) if config.seal_key else None
         # The real clock is trusted once NTP (or the hub) vouches for it. A clock that a
         # test or the demo passes in is taken as right, unless it is a UnitClock itself.
         if clock is None:
@@ -129,13 +133,15 @@ class Unit:
             on_hub_time=self.clock.learn,
         )
         card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
+        # Lives in memory only: digests of who was seen cannot be matched after a theft.
+        boot_key = secrets.token_bytes(32)
         self.scanner = Scanner(
             unit_id=config.unit_id,
             venue_id=config.venue_id,
             decoder=self.decoder,
             journal=self.journal,
             indicators=self.indicators,
-            debounce=Debounce(config.debounce_s, self.clock.monotonic),
+            debounce=Debounce(config.debounce_s, self.clock.monotonic, key=boot_key),
             clock=self.clock,
             card_keys=card_keys,
             repeat_hold_s=config.repeat_hold_s,
@@ -143,6 +149,8 @@ class Unit:
             on_recorded=lambda scan: self.sync.notify(),
             count=self.state.increment,
             clock_trusted=self.clock.trusted,
+            seal_key=seal_key,
+            view_key=boot_key,
         )
         self._stop = threading.Event()
         # Waiting on the stop event lets stop() cut a long backoff short.

@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         configs = _provision(work, host, port)
 
         db = work / "hub.db"
-        hub = HubProcess(db, host, port, work / "hub.log", card_keys=configs[0].card_keys)
+        # The units seal every scan (issue 4); only the hub's private key opens them.
+        hub = HubProcess(db, host, port, work / "hub.log", card_keys=configs[0].card_keys,
+                         seal_key=work / "fleet" / "keys" / "hub-seal.key")  # fmt: skip
         stack.callback(hub.stop)
         _say(f"hub      : {hub.ready_line()}")
 

@@ -41,6 +41,8 @@ __all__ = [
     "ID_PATTERN",
     "MAX_BATCH_SCANS",
     "MAX_MESSAGE_BYTES",
+    "MAX_QR_CHARS",
+    "MAX_SEALED_CHARS",
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
     "Ack",
@@ -68,6 +70,8 @@ TOPIC_ROOT = "doorscan/v1"
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_BATCH_SCANS = 500
 MAX_QR_CHARS = 1024
+# A sealed QR text (doorscan.sealing): base64url of up to 4 UTF-8 bytes a character + 49.
+MAX_SEALED_CHARS = ((MAX_QR_CHARS * 4 + 49) * 4 + 2) // 3
 ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 _ID_RE = re.compile(ID_PATTERN)
 
@@ -148,7 +152,11 @@ def parse_topic(topic: str) -> tuple[str, str]:
 
 
 class Scan(_Message):
-    """One check-in as the unit recorded it. The hub parses `qr_text` with the same parsers."""
+    """One check-in as the unit recorded it. The hub parses `qr_text` with the same parsers.
+
+    A unit with the hub's sealing key sends `sealed` (the QR text sealed for the hub,
+    `doorscan.sealing`) and `kind` instead; exactly one of `qr_text` and `sealed` is set.
+    """
 
     scan_id: ScanId = Field(description="minted on the unit, unique forever; the hub's dedup key")
     venue_id: EntityId
@@ -156,8 +164,18 @@ class Scan(_Message):
     clock_trusted: bool = Field(
         True, description="false when the unit had no confirmed time (a Pi has no real-time clock)"
     )
-    qr_text: str = Field(
-        min_length=1, max_length=MAX_QR_CHARS, description="the exact decoded text"
+    qr_text: str | None = Field(
+        None, min_length=1, max_length=MAX_QR_CHARS, description="the exact decoded text"
+    )
+    sealed: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SEALED_CHARS,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the exact decoded text sealed for the hub (base64url), instead of qr_text",
+    )
+    kind: Literal["cccd", "health", "card"] | None = Field(
+        None, description="with sealed: the kind of identity the unit read, in the clear"
     )
     boot_id: BootId | None = Field(
         None, description="with an untrusted clock: the unit's boot, to correct the time later"
@@ -166,6 +184,12 @@ class Scan(_Message):
         None, ge=0, description="with an untrusted clock: the unit's monotonic clock at the scan"
     )
     v: Literal[1] = 1
+
+    @model_validator(mode="after")
+    def _one_text(self) -> Scan:
+        if (self.qr_text is None) == (self.sealed is None):
+            raise ValueError("a scan carries exactly one of qr_text and sealed")
+        return self
 
 
 class ScanBatch(_Message):

@@ -45,6 +45,7 @@ from typing import Any, TypeAlias
 
 from doorscan.cards import CardKeyring
 from doorscan.errors import DoorscanError, Refusal
+from doorscan.sealing import load_private_key
 from doorscan.timefmt import format_rfc3339, from_ms, parse_rfc3339
 from hub.access import (
     AccessControlledStore,
@@ -502,6 +503,12 @@ def add_serve(commands: Commands) -> None:
         default=[],
         help="visitor-card public key to trust; repeat for several",
     )
+    parser.add_argument(
+        "--seal-key",
+        type=Path,
+        metavar="KEY",
+        help="the hub's PRIVATE sealing key (PEM or 32 raw bytes): opens scans sent sealed",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
     tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
@@ -524,12 +531,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
+    sealing_key = load_private_key(args.seal_key) if args.seal_key else None
     tls = _serve_tls(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with open_store(args.db, must_exist=False) as store:
-        ingestor = Ingestor(store, card_keys=card_keys)
+        ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key)
         with HubService(
             ingestor, args.broker_host, args.broker_port, client_id=args.client_id, tls=tls
         ) as service:

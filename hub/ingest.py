@@ -26,9 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
+from doorscan.sealing import SealingError, open_sealed
 from doorscan.wire import (
     Ack,
     RefusedScan,
@@ -79,8 +82,11 @@ class Ingestor:
         card_keys: CardKeyring | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         future_tolerance: timedelta = timedelta(minutes=5),
+        sealing_key: X25519PrivateKey | None = None,
     ) -> None:
+        """`sealing_key` is the hub's private sealing key: it opens scans sent `sealed`."""
         self._store = store
+        self._sealing_key = sealing_key
         self._card_keys = card_keys
         self._now = now
         self._future_tolerance = future_tolerance
@@ -219,7 +225,11 @@ class Ingestor:
             raise Refusal(
                 "implausible_time", f"scanned_at {scan.scanned_at.isoformat()} is before 2020"
             )
-        identity = parse_qr(scan.qr_text, card_keys=self._card_keys, today=scan.scanned_at.date())
+        identity = parse_qr(
+            self._text_of(scan), card_keys=self._card_keys, today=scan.scanned_at.date()
+        )
+        if scan.kind is not None and scan.kind != identity.kind:
+            raise Refusal("kind_mismatch", f"scan says {scan.kind}, the code is {identity.kind}")
         return StoredScan(
             scan_id=scan.scan_id,
             unit_id=unit_id,
@@ -229,6 +239,14 @@ class Ingestor:
             identity=identity,
             source="mqtt",
         )
+
+    def _text_of(self, scan: Scan) -> str:
+        if scan.sealed is None:
+            assert scan.qr_text is not None  # the wire's validator guarantees one of the two
+            return scan.qr_text
+        if self._sealing_key is None:
+            raise SealingError("the scan is sealed and this hub has no sealing key")
+        return open_sealed(scan.sealed, self._sealing_key)
 
     def _dead_letter(self, topic: str, payload: bytes, refusal: Refusal) -> None:
         self.counters.dead_letters += 1

@@ -26,6 +26,7 @@ class HubProcess:
         log: Path,
         *,
         card_keys: Sequence[Path] = (),
+        seal_key: Path | None = None,
         env: dict[str, str] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
@@ -34,6 +35,8 @@ class HubProcess:
         args += ["--broker-host", host, "--broker-port", str(port)]
         for key in card_keys:
             args += ["--card-key", str(key)]
+        if seal_key is not None:
+            args += ["--seal-key", str(seal_key)]
         with log.open("w") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s

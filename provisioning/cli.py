@@ -78,6 +78,7 @@ def _init(args: argparse.Namespace, home: FleetHome) -> int:
     print(f"fleet home       {home.root}")
     print(f"card signing key {home.private_key_path} (mode 0600, key id {signer.key_id})")
     print(f"card public key  {home.public_key_path}")
+    print(f"hub sealing key  {home.seal_private_path} (mode 0600; for `hub serve --seal-key`)")
     print(f"registry         {home.registry_path}")
     if replacing:
         print(
@@ -163,13 +164,17 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
                 f"venue {unit.venue_id!r} is not registered; add it first with "
                 f"`add-venue --id {unit.venue_id} --name NAME`"
             )
-        config, config_path, key_path = write_unit_config(out_dir, settings, signer)
+        # A home made before sealing existed has no sealing key: such units stay unsealed.
+        seal_pub = home.seal_public_path.read_bytes() if home.seal_public_path.exists() else None
+        config, config_path, key_path = write_unit_config(out_dir, settings, signer, seal_pub)
         if args.tls:
             broker_cli.write_unit_cert(home, unit.unit_id, out_dir)
         created = registry.put_unit(unit)
     print(f"{'added' if created else 'updated'} unit {unit.unit_id} at venue {venue.venue_id}")
     print(f"unit config  {config_path}")
     print(f"card key     {key_path} (key id {signer.key_id})")
+    if config.seal_key is not None:
+        print(f"sealing key  {out_dir / config.seal_key} (the hub's public key)")
     print(f"broker       {config.broker.host}:{config.broker.port}")
     if args.tls:
         print(f"broker TLS   {out_dir / config.unit_id}-cert.pem, -key.pem (0600), ca.pem")

@@ -5,6 +5,8 @@ Layout of a home folder (``--home``, or ``$DOORSCAN_FLEET``, or ``./fleet``)::
 
     keys/card-signing.pem        Ed25519 private key, mode 0600, folder 0700
     keys/card-signing.pub.pem    its public key; copied next to every unit config
+    keys/hub-seal.key            the hub's X25519 sealing key (`hub serve --seal-key`), 0600
+    keys/hub-seal.pub            its public key; copied next to every unit config
     registry.json                TinyDB: tables venues, units, cards (mode 0600)
     units/<unit>.json            unit configs (`device.config.load_config` reads them)
     cards/<card id>.png          printable visitor cards
@@ -44,6 +46,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from device.config import UnitConfig
+from doorscan import sealing
 from doorscan.cards import CardSigner, parse_card
 from doorscan.errors import DoorscanError
 from doorscan.wire import UnitRecord, VenueRecord
@@ -271,6 +274,8 @@ class FleetHome:
         self.keys_dir = self.root / "keys"
         self.private_key_path = self.keys_dir / "card-signing.pem"
         self.public_key_path = self.keys_dir / "card-signing.pub.pem"
+        self.seal_private_path = self.keys_dir / "hub-seal.key"
+        self.seal_public_path = self.keys_dir / "hub-seal.pub"
         self.registry_path = self.root / "registry.json"
         self.units_dir = self.root / "units"
         self.cards_dir = self.root / "cards"
@@ -300,6 +305,10 @@ class FleetHome:
         # `signer()` reports as mismatched instead of a public key with no private one.
         write_atomic(self.private_key_path, signer.private_pem(), mode=0o600)
         write_atomic(self.public_key_path, signer.public_pem(), mode=0o644)
+        # Units seal scans for the hub with the public half (issue 4); same order as above.
+        seal_key = sealing.generate_key()
+        write_atomic(self.seal_private_path, sealing.private_pem(seal_key), mode=0o600)
+        write_atomic(self.seal_public_path, sealing.public_pem(seal_key.public_key()), mode=0o644)
         if not self.registry_path.exists():
             write_atomic(self.registry_path, b"{}\n", mode=0o600)
         return signer
@@ -329,7 +338,7 @@ class FleetHome:
 
 
 def write_unit_config(
-    out_dir: Path, settings: dict[str, Any], signer: CardSigner
+    out_dir: Path, settings: dict[str, Any], signer: CardSigner, seal_pub: bytes | None = None
 ) -> tuple[UnitConfig, Path, Path]:
     """Validate `settings` as a `UnitConfig` and write it with a copy of the card key.
 
@@ -337,14 +346,21 @@ def write_unit_config(
     keep pointing at the key they were given. `card_keys` is relative: `load_config`
     resolves it from the config's folder, so the folder can be copied to the unit whole.
     Returns the config (paths as written, not resolved), its path and the key's path.
+    `seal_pub` (the hub's public sealing key, PEM) is copied as ``hub-seal.pub`` and set
+    as `seal_key`, so the unit keeps no identity in the clear.
     """
     key_path = out_dir / f"card-signing-{signer.key_id}.pub.pem"
+    seal_path = out_dir / "hub-seal.pub"
+    if seal_pub is not None:
+        settings = {**settings, "seal_key": seal_path.name}
     try:
         config = UnitConfig.model_validate({**settings, "card_keys": [key_path.name]})
     except ValidationError as exc:
         raise InvalidInput(f"unit config: {describe_validation_error(exc)}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(key_path, signer.public_pem())
+    if seal_pub is not None:
+        write_atomic(seal_path, seal_pub)
     config_path = out_dir / f"{config.unit_id}.json"
     # Only the keys set here are written; the unit's own defaults fill the rest, so a
     # config does not freeze today's defaults into every unit.

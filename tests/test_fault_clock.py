@@ -123,6 +123,7 @@ def test_stale_then_jumping_clock(
     # A unit whose clock runs a day ahead (and thinks it is right) is refused at the hub.
     ahead = ManualClock(datetime.now(UTC) + timedelta(days=1))
     with _unit(broker, tmp_path, "door-2", ahead).start() as fast:
+        assert fast.sync.wait_connected(10)  # online, so the door shows plain green
         assert _show(fast, ahead, cccd_text(PEOPLE[4]), 1) == [Feedback.ACCEPTED]
         assert wait_for(lambda: fast.journal.backlog() == 0)
     with SqliteStore(db) as store:
