@@ -1,0 +1,194 @@
+"""`import-csv`, `dead-letters`, `stats`, `audit` and `purge`: looking after the hub's data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from doorscan.cards import CardKeyring
+from doorscan.errors import Refusal
+from doorscan.timefmt import format_rfc3339
+from hub.cli_common import Commands, UsageError, db_parent, open_store, printable, table
+from hub.csv_import import import_csv
+from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
+
+__all__ = ["add_audit", "add_dead_letters", "add_import_csv", "add_purge", "add_stats"]
+
+
+def add_import_csv(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "import-csv", parents=[db_parent()], help="load check-ins from a CSV file"
+    )
+    parser.add_argument("file", type=Path, help="venue_id,scanned_at,qr_text[,device_id]")
+    parser.add_argument(
+        "--add-venues", action="store_true", help="create unknown venues (name = id)"
+    )
+    parser.add_argument(
+        "--card-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="a visitor-card public key to trust (repeatable)",
+    )
+    parser.set_defaults(run=_run_import_csv)
+
+
+def _run_import_csv(args: argparse.Namespace) -> int:
+    try:
+        keys = CardKeyring.from_pem_files(args.card_key) if args.card_key else None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--card-key: {exc}") from None
+    with open_store(args.db, must_exist=False) as store:
+        try:
+            report = import_csv(
+                store,
+                args.file,
+                add_venues=args.add_venues,
+                card_keys=keys,
+                received_at=datetime.now(UTC),
+            )
+        except Refusal as refusal:
+            print(f"{args.file}: refused: {refusal.reason}", file=sys.stderr)
+            return 1
+    print(
+        f"{args.file}: {report.rows} rows, {report.loaded} loaded, "
+        f"{report.duplicates} duplicates (already stored), {len(report.errors)} errors"
+    )
+    for line, message in report.errors:
+        print(f"line {line}: {printable(message)}")
+    return 1 if report.errors else 0
+
+
+# -- dead-letters and stats ----------------------------------------------------------------
+
+
+def add_dead_letters(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "dead-letters", parents=[db_parent()], help="refused messages and scans, newest first"
+    )
+    parser.add_argument("--limit", type=int, default=50)
+    parser.set_defaults(run=_run_dead_letters)
+
+
+def _run_dead_letters(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with open_store(args.db, must_exist=True) as store:
+        letters = store.dead_letters(args.limit)
+    rows = [
+        [
+            format_rfc3339(d.received_at),
+            d.source,
+            printable(d.topic, 80),
+            d.code,
+            printable(d.reason, 120),
+            printable(d.payload.decode("utf-8", "surrogateescape"), 60)
+            + f" ({len(d.payload)} bytes)",
+        ]
+        for d in letters
+    ]
+    print(f"{len(rows)} dead letters (newest first)")
+    print(table(("RECEIVED", "SOURCE", "TOPIC", "CODE", "REASON", "PAYLOAD"), rows))
+    return 0
+
+
+def add_stats(commands: Commands) -> None:
+    parser = commands.add_parser("stats", parents=[db_parent()], help="counts, as JSON")
+    parser.set_defaults(run=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    with open_store(args.db, must_exist=True) as store:
+        print(json.dumps(store.counts(), indent=2, sort_keys=True))
+    return 0
+
+
+# -- audit and purge -----------------------------------------------------------------------
+
+
+def add_audit(commands: Commands) -> None:
+    parser = commands.add_parser("audit", help="check or list the hash-chained audit log")
+    actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = actions.add_parser(
+        "verify", parents=[db_parent()], help="check the chain; exit 1 if it is broken"
+    )
+    verify.set_defaults(run=_run_audit_verify)
+    listing = actions.add_parser("list", parents=[db_parent()], help="entries, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=_run_audit_list)
+
+
+def _run_audit_verify(args: argparse.Namespace) -> int:
+    with open_store(args.db, must_exist=True) as store:
+        check = store.verify_audit()
+    if check.ok:
+        print(f"audit log intact: {check.entries} entries (head {check.head_hash})")
+        return 0
+    where = "" if check.first_bad_id is None else f" at entry {check.first_bad_id}"
+    print(f"audit log BROKEN{where}: {check.problem}")
+    print(f"{check.entries} entries check good before it (last good hash {check.head_hash})")
+    return 1
+
+
+def _run_audit_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with open_store(args.db, must_exist=True) as store:
+        entries = store.audit_entries(args.limit)
+    rows = [
+        [
+            str(e.id),
+            format_rfc3339(e.at),
+            e.action,
+            printable(e.reason, 80),
+            printable(json.dumps(e.params, ensure_ascii=False, sort_keys=True), 100),
+            e.hash[:16],
+        ]
+        for e in entries
+    ]
+    print(f"{len(rows)} audit entries (newest first)")
+    print(table(("ID", "AT", "ACTION", "REASON", "PARAMS", "HASH"), rows))
+    return 0
+
+
+def _days_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 36_500:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days above 0")
+    return value
+
+
+def add_purge(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "purge",
+        parents=[db_parent()],
+        help="delete scans, dead letters and batch ids older than the retention period",
+        description="The audit log is kept: it records who read whose identity (see "
+        "hub/retention.py).",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=_days_arg,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"keep this many days (default {DEFAULT_RETENTION_DAYS})",
+    )
+    parser.set_defaults(run=_run_purge)
+
+
+def _run_purge(args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    with open_store(args.db, must_exist=True) as store:
+        counts = purge_expired(store, now, args.retention_days)
+    print(
+        f"purged everything older than {format_rfc3339(retention_cutoff(now, args.retention_days))}"
+        f": {counts['scans']} scans, {counts['dead_letters']} dead letters, "
+        f"{counts['batches']} batch ids (the audit log is kept)"
+    )
+    return 0

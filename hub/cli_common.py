@@ -1,0 +1,154 @@
+"""What every `doorscan-hub` command shares: opening the store, time options, output formats.
+
+CSV output is for spreadsheets, so a cell that starts like a formula (``=``, ``+``, ``-``,
+``@``, tab, carriage return) is prefixed with ``'``: visitor-card names are free text, and
+an export that runs a formula is a known failure of other check-in systems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import unicodedata
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from doorscan.errors import DoorscanError
+from doorscan.timefmt import parse_rfc3339
+from hub.store import SqliteStore, Store
+from hub.trace import MAX_DEPTH
+
+__all__ = [
+    "EXIT_FORBIDDEN",
+    "Commands",
+    "UsageError",
+    "csv_lines",
+    "db_parent",
+    "depth_arg",
+    "format_option",
+    "minutes_arg",
+    "open_store",
+    "period_options",
+    "printable",
+    "table",
+    "time_arg",
+    "to_json",
+]
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+EXIT_FORBIDDEN = 3
+
+
+class UsageError(DoorscanError, ValueError):
+    """The command line asks for something impossible; exit code 2."""
+
+
+def open_store(db: str, *, must_exist: bool) -> Store:
+    """Open the store named by `--db`: a path, or a ``sqlite:///path`` URL."""
+    if "://" in db:
+        if not db.startswith("sqlite:///"):
+            raise UsageError(f"--db {db!r}: only SQLite (a path or sqlite:///path) is supported")
+        db = db.removeprefix("sqlite:///")
+    if must_exist and db != ":memory:" and not Path(db).is_file():
+        raise UsageError(f"no hub database at {db} (give its path with --db)")
+    return SqliteStore(db)
+
+
+def db_parent() -> argparse.ArgumentParser:
+    """The options every command shares."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--db", default="hub.db", help="the hub database: a path (default: hub.db)")
+    return parent
+
+
+def time_arg(text: str) -> datetime:
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time with an offset, e.g. 2021-08-15T09:30:00+07:00"
+        ) from None
+
+
+def minutes_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 7 * 24 * 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes from 0 to 10080")
+    return value
+
+
+def depth_arg(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= MAX_DEPTH:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a depth from 0 to {MAX_DEPTH}")
+    return int(text)
+
+
+def format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("json", "table", "csv"), default="table")
+
+
+def period_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", type=time_arg, required=True, help="ISO 8601 with offset")
+    parser.add_argument("--until", type=time_arg, required=True, help="ISO 8601 with offset")
+    parser.add_argument(
+        "--reason", required=True, help="why identities are read (kept in the audit log)"
+    )
+
+
+# -- output helpers ------------------------------------------------------------------------
+
+
+def _width(text: str) -> int:
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([_width(h), *(_width(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(cell + " " * (w - _width(cell)) for cell, w in zip(row, widths, strict=True))
+        for row in [list(headers), *rows]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def csv_lines(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    for row in rows:
+        writer.writerow(["'" + c if c.startswith(_FORMULA_START) else c for c in row])
+    return out.getvalue().rstrip("\n")
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """Escape what a terminal would act on; bytes that were not UTF-8 show as \\xNN."""
+    out = []
+    for c in text:
+        if 0xDC80 <= ord(c) <= 0xDCFF:  # a surrogateescape'd byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif c == "\\":
+            out.append("\\\\")
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(c.encode("unicode_escape").decode("ascii"))
+    joined = "".join(out)
+    return joined if limit is None or len(joined) <= limit else joined[:limit] + "…"
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=2)
+
+
+# -- trace ---------------------------------------------------------------------------------
