@@ -30,13 +30,14 @@ from __future__ import annotations
 import codecs
 import ctypes
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import zxingcpp
 
 from doorscan.errors import ConfigError, DoorscanError
+from doorscan.lifecycle import Closeable
 
 __all__ = [
     "NOT_UTF8",
@@ -171,7 +172,7 @@ def _transcode_eci(bytes_eci: bytes) -> bytes | None:
     return bytes(out)
 
 
-class ZxingDecoder:
+class ZxingDecoder(Closeable):
     """QR decoding with zxing-cpp. Holds no native state; `close()` is for symmetry."""
 
     name = "zxing"
@@ -227,17 +228,6 @@ class ZxingDecoder:
     def close(self) -> None:
         self._closed = True
 
-    def __enter__(self) -> ZxingDecoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # --- zbar --------------------------------------------------------------------------
 
@@ -249,7 +239,7 @@ _ZBAR_QRCODE = 64
 _FOURCC_Y800 = int.from_bytes(b"Y800", "little")  # 8-bit grey, one byte per pixel
 
 
-class ZbarDecoder:
+class ZbarDecoder(Closeable):
     """QR decoding with libzbar in binary mode, through pyzbar's ctypes bindings.
 
     One zbar image scanner lives as long as the decoder; `close()` frees it. The
@@ -334,17 +324,6 @@ class ZbarDecoder:
         scanner, self._scanner = self._scanner, None
         if scanner is not None:
             self._zbar.zbar_image_scanner_destroy(scanner)
-
-    def __enter__(self) -> ZbarDecoder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def make_decoder(name: DecoderName) -> Decoder:

@@ -23,13 +23,13 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from doorscan.errors import DoorscanError
+from doorscan.lifecycle import Closeable
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -89,7 +89,7 @@ def _expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-class ImageFileSource:
+class ImageFileSource(Closeable):
     """Frames from image files, in the order given; a folder gives its images sorted by name.
 
     Folders are listed once, when the source is made. An image that cannot be read
@@ -124,17 +124,6 @@ class ImageFileSource:
     def close(self) -> None:
         self._closed = True
 
-    def __enter__(self) -> ImageFileSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class Picamera2Like(Protocol):
     """The part of picamera2's `Picamera2` this module uses (what a fake must mirror)."""
@@ -163,7 +152,7 @@ def _picamera2() -> Picamera2Like:
     return camera
 
 
-class Picamera2Source:
+class Picamera2Source(Closeable):
     """Grey frames from the Pi camera: the Y plane of picamera2's YUV420 "lores" stream.
 
     The camera is opened, configured and started when the source is made, so a
@@ -230,14 +219,3 @@ class Picamera2Source:
             camera.stop()
         finally:
             camera.close()
-
-    def __enter__(self) -> Picamera2Source:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

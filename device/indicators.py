@@ -35,10 +35,11 @@ import enum
 import logging
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from gpiozero import LED, Buzzer
+
+from doorscan.lifecycle import Closeable
 
 __all__ = ["Feedback", "Step", "PATTERNS", "Indicators"]
 
@@ -97,7 +98,7 @@ PATTERNS: dict[Feedback, tuple[Step, ...]] = {
 }
 
 
-class Indicators:
+class Indicators(Closeable):
     """The door's LEDs and buzzer, driven by one player thread; close() when done.
 
     `pin_factory` goes to each gpiozero device (None: gpiozero's default, the real
@@ -161,17 +162,6 @@ class Indicators:
         self._all_off()
         for device in (self._buzzer, self._red, self._green):
             device.close()
-
-    def __enter__(self) -> Indicators:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the player thread ---------------------------------------------------------
 

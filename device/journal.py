@@ -44,9 +44,9 @@ import threading
 from collections.abc import Collection, Iterable
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 
 from doorscan.errors import DoorscanError
+from doorscan.lifecycle import Closeable
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import Scan
 
@@ -97,7 +97,7 @@ class DuplicateScanError(JournalError):
     """A scan with this scan_id is already in the journal; the journal kept the first."""
 
 
-class ScanJournal:
+class ScanJournal(Closeable):
     """The durable list of scans this unit has made, and which of them the hub has."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -348,17 +348,6 @@ class ScanJournal:
             except sqlite3.Error as exc:
                 # Committed scans are in the WAL already; SQLite replays it on next open.
                 log.warning("closing the scan journal %s: %s", self.path, exc)
-
-    def __enter__(self) -> ScanJournal:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- helpers ------------------------------------------------------------------
 

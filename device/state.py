@@ -31,7 +31,6 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tinydb import Query, TinyDB
@@ -39,6 +38,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document
 
 from doorscan.errors import DoorscanError
+from doorscan.lifecycle import Closeable
 
 __all__ = ["COUNTER_NAMES", "StateError", "AtomicJSONStorage", "UnitState"]
 
@@ -127,7 +127,7 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         os.close(dir_fd)
 
 
-class UnitState:
+class UnitState(Closeable):
     """Counters and a few named values of one unit, kept in a TinyDB file."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -200,17 +200,6 @@ class UnitState:
                 log.error("counters not saved on close: %s", exc)
             db, self._db = self._db, None
             db.close()
-
-    def __enter__(self) -> UnitState:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _flush_locked(self) -> None:
         db = self._check_open()

@@ -38,7 +38,7 @@ from doorscan.errors import DoorscanError, Refusal
 from doorscan.timefmt import format_rfc3339, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Store
-from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
+from hub.trace import TraceResult, run_trace
 
 __all__ = [
     "AccessControlledStore",
@@ -241,26 +241,25 @@ class AccessControlledStore:
     ) -> TraceResult:
         """Contacts of a person (`hub.trace`), for the tracer role only.
 
-        A venue may not trace: a trace follows people to other venues. Like
-        `hub.trace.run_trace`, the request is checked and audited before it runs.
+        A venue may not trace: a trace follows people to other venues. The request is
+        checked and audited by `hub.trace.run_trace`, with the principal in the entry.
         """
         if self.principal.role is not Role.TRACER:
             raise Forbidden(
                 f"the {self.principal.role} role may not trace; only the health service "
                 "(role tracer) may"
             )
-        reason = _clean_reason(reason, "a trace")
-        params = TraceParams(
-            person_key=person_key_from_id(id_text),
-            since=since,
-            until=until,
-            window=window,
-            depth=depth,
-            id_text=id_text.strip(),
+        return run_trace(
+            self._store,
+            id_text,
+            since,
+            until,
+            window,
+            depth,
+            reason,
+            at,
+            audit_extra={"principal": self.principal.to_audit()},
         )
-        # Before the work, so that a trace that fails half-way is still on the record.
-        self._audit("trace", reason, params.to_json_dict(), at)
-        return trace(self._store, params)
 
 
 # -- command-line options (kept here so every command builds principals the same way) ------

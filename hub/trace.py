@@ -30,6 +30,7 @@ the hub holds identities, and reading them must leave a trace of its own.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -269,11 +270,13 @@ def run_trace(
     depth: int,
     reason: str,
     at: datetime,
+    audit_extra: Mapping[str, Any] | None = None,
 ) -> TraceResult:
     """Check the request, write it to the audit log, then trace.
 
     Refuses (`Refusal`) an empty reason, an id that names nobody, or bad parameters;
-    a refused request leaves no audit row because it read nothing.
+    a refused request leaves no audit row because it read nothing. `audit_extra` is
+    added to the audit entry's parameters (the access layer records who asked).
     """
     reason = " ".join(reason.split())
     if not reason:
@@ -287,5 +290,5 @@ def run_trace(
         id_text=id_text.strip(),
     )
     # Before the work, so that a trace that fails half-way is still on the record.
-    store.record_audit("trace", reason, params.to_json_dict(), at)
+    store.record_audit("trace", reason, {**params.to_json_dict(), **(audit_extra or {})}, at)
     return trace(store, params)

@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import segno
@@ -49,6 +48,7 @@ from device.config import UnitConfig
 from doorscan import sealing
 from doorscan.cards import CardSigner, parse_card
 from doorscan.errors import DoorscanError
+from doorscan.lifecycle import Closeable
 from doorscan.wire import UnitRecord, VenueRecord
 
 __all__ = [
@@ -182,7 +182,7 @@ class IssuedCard:
     key_id: str
 
 
-class Registry:
+class Registry(Closeable):
     """Venues, units and issued cards of one fleet. Open it with `FleetHome.registry()`."""
 
     def __init__(self, path: Path) -> None:
@@ -248,17 +248,6 @@ class Registry:
         if not self._closed:
             self._closed = True
             self._db.close()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _fields(record: VenueRecord | UnitRecord) -> dict[str, Any]:

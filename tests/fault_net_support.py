@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from doorscan.synthetic import cccd_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import Scan, UnitRecord, VenueRecord
 from hub.store import SqliteStore
+from tests.waiting import wait_for
 
 __all__ = [
     "PEOPLE",
@@ -64,15 +65,6 @@ def make_scan(unit_id: str, venue_id: str, i: int, at: datetime, person: int | N
         scanned_at=at,
         qr_text=cccd_text(PEOPLE[(i if person is None else person) % len(PEOPLE)]),
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @contextmanager

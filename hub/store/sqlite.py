@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from doorscan.lifecycle import Closeable
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.audit import GENESIS_HASH, AuditHead, AuditRow, AuditVerification, entry_hash, verify_chain
@@ -139,7 +139,7 @@ _MIGRATIONS: tuple[tuple[Step, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
-class SqliteStore:
+class SqliteStore(Closeable):
     """`Store` on one SQLite file (or ``":memory:"`` for tests)."""
 
     MIGRATIONS = _MIGRATIONS
@@ -193,17 +193,6 @@ class SqliteStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
