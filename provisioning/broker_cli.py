@@ -3,6 +3,7 @@
     python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
     python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
     python -m provisioning revoke bv-gia-lai-door-1 [--publish-to hub.local:8883 --ca-file ...]
+        [--crl-to /etc/mosquitto/doorscan/crl.pem --reload-pid /run/mosquitto/mosquitto.pid]
 
 They drive the fleet CA of `provisioning.broker_pki`; `add-device --tls` (in
 `provisioning.cli`) issues the unit's certificate through `write_unit_cert` here.
@@ -11,6 +12,8 @@ They drive the fleet CA of `provisioning.broker_pki`; `add-device --tls` (in
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from pathlib import Path
 
 from provisioning.broker_pki import (
@@ -23,7 +26,7 @@ from provisioning.broker_pki import (
     write_public,
 )
 from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
-from provisioning.fleet import FleetHome, InvalidInput
+from provisioning.fleet import FleetHome, InvalidInput, ProvisioningError, write_atomic
 
 __all__ = ["register", "unit_tls_settings", "write_unit_cert"]
 
@@ -143,9 +146,38 @@ def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
         registry.put_unit(inactive)
         venue = registry.venue(unit.venue_id)
     print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
-    print(f"revocation list {pki.crl_path}: copy it to the broker and restart mosquitto")
+    # The hub first: once it reads the inactive record it refuses the unit's scans, even
+    # over a connection the broker already let in.
     publish_now(args, [venue] if venue else [], [inactive])
+    if args.crl_to is not None:
+        write_atomic(args.crl_to, pki.crl_path.read_bytes(), mode=0o644)
+        print(f"revocation list copied to {args.crl_to}")
+    else:
+        print(f"revocation list {pki.crl_path}: copy it to the broker's crlfile")
+    if args.reload_pid is not None:
+        reload_broker(args.reload_pid)
+        print(f"mosquitto (pid file {args.reload_pid}) reloads it: new connections refused")
+    else:
+        print("then reload mosquitto (SIGHUP, `systemctl reload mosquitto`) to refuse it")
     return 0
+
+
+def reload_broker(pid_file: Path) -> None:
+    """Send SIGHUP to the Mosquitto whose pid is in `pid_file`.
+
+    Mosquitto 2.0 rereads its TLS files, the CRL among them, on SIGHUP (tested in
+    tests/test_revoke.py): a revoked unit cannot connect again. A connection that is
+    already open stays open until it drops or the broker restarts; the hub refuses the
+    scans that come over it in the meantime (the unit is inactive in the registry).
+    """
+    try:
+        pid = int(pid_file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        raise ProvisioningError(f"cannot read the broker's pid from {pid_file}: {exc}") from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot signal mosquitto (pid {pid}): {exc}") from None
 
 
 def _register_revoke(commands: Commands) -> None:
@@ -156,6 +188,18 @@ def _register_revoke(commands: Commands) -> None:
     )
     cmd.add_argument("unit", help="unit id")
     cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.add_argument(
+        "--crl-to",
+        type=Path,
+        metavar="FILE",
+        help="copy the new revocation list here (the broker's crlfile)",
+    )
+    cmd.add_argument(
+        "--reload-pid",
+        type=Path,
+        metavar="PIDFILE",
+        help="then tell the Mosquitto with this pid file to reload it (SIGHUP)",
+    )
     cmd.set_defaults(handler=_revoke)
 
 

@@ -65,6 +65,7 @@ class Fleet:
     broker_dir: Path
     units_dir: Path
     port: int
+    pid_file: Path  # the broker's, for `revoke --reload-pid`
 
     def unit_files(self, unit_id: str) -> tuple[Path, Path, Path]:
         return (
@@ -106,10 +107,10 @@ def fleet() -> Iterator[Fleet]:
     try:
         root.chmod(0o755)
         port = free_port()
-        f = Fleet(root / "fleet", root / "broker", root / "units", port)
+        f = Fleet(root / "fleet", root / "broker", root / "units", port, root / "mosquitto.pid")
         _ok(f.home, "init")
         _ok(f.home, "add-venue --id v1 --name 'Chợ Pleiku'")
-        for unit in ("unit-a", "unit-b", "unit-c"):
+        for unit in ("unit-a", "unit-b", "unit-c", "unit-d"):
             _ok(
                 f.home,
                 f"add-device --id {unit} --venue v1 --tls --out {f.units_dir} "
@@ -128,6 +129,7 @@ def fleet() -> Iterator[Fleet]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        f.pid_file.write_text(f"{proc.pid}\n", encoding="ascii")
         try:
             _wait_for_port(port, proc)
             yield f
@@ -332,7 +334,7 @@ def test_publish_over_tls_with_the_provisioning_certificate(
 ) -> None:
     tls = _tls_options(fleet.role_files("provisioning"))
     _ok(fleet.home, f"publish --broker-host {HOST} --broker-port {fleet.port} {tls}")
-    assert "published 4 retained message(s)" in capsys.readouterr().out
+    assert "published 5 retained message(s)" in capsys.readouterr().out
     payloads = _retained(fleet, topic_registry_unit("unit-c"), 1)
     # Only this publish carries unit-c, and revoke made it inactive in the registry.
     assert [decode_message(p, UnitRecord).active for p in payloads] == [False]
@@ -375,3 +377,47 @@ def test_the_tls_files_go_together(fleet: Fleet, capsys: pytest.CaptureFixture[s
         main(["--home", str(fleet.home), *shlex.split(args)])
     assert exit_.value.code == 2
     assert "--ca-file, --cert-file and --key-file go together" in capsys.readouterr().err
+
+
+def test_revoke_takes_a_connected_unit_out_without_a_broker_restart(fleet: Fleet) -> None:
+    """`revoke --crl-to --reload-pid`: the hub learns at once, the broker on SIGHUP.
+
+    unit-d is online when it is revoked. The inactive record reaches the hub's side of
+    the broker (the hub then refuses its scans: test_bad_mqtt_input's `revoked_unit`);
+    Mosquitto rereads the CRL on SIGHUP, so unit-d cannot connect again, while unit-a,
+    the control, still can.
+    """
+    ca = fleet.broker_dir / "ca.pem"
+    online = _Listener(_client("unit-d", fleet.unit_files("unit-d"), ca), fleet.port)
+    try:
+        assert _try_connect(_client("unit-d", fleet.unit_files("unit-d"), ca), fleet.port)
+        tls = _tls_options(fleet.role_files("provisioning"))
+        _ok(
+            fleet.home,
+            f"revoke unit-d --publish-to {HOST}:{fleet.port} {tls} "
+            f"--crl-to {fleet.broker_dir / 'crl.pem'} --reload-pid {fleet.pid_file}",
+        )
+        records = [
+            decode_message(p, UnitRecord)
+            for p in _retained(fleet, topic_registry_unit("unit-d"), 1)
+        ]
+        assert [r.active for r in records] == [False]
+        # The reload is asynchronous: wait until a new connection is refused.
+        assert wait_for(
+            lambda: not _try_connect(_client("unit-d", fleet.unit_files("unit-d"), ca), fleet.port),
+            timeout_s=20,
+        )
+        assert _try_connect(_client("unit-a", fleet.unit_files("unit-a"), ca), fleet.port)
+    finally:
+        online.close()
+
+
+def test_revoke_says_when_the_broker_cannot_be_signalled(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "pid").write_text("not a pid\n", encoding="ascii")
+    code = main(
+        ["--home", str(fleet.home), "revoke", "unit-c", "--reload-pid", str(tmp_path / "pid")]
+    )
+    assert code == 1
+    assert "cannot read the broker's pid" in capsys.readouterr().err
