@@ -16,6 +16,14 @@ Commands:
   until an image folder runs out). The pins come from gpiozero's usual choice, so
   ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a machine without GPIO.
 
+* ``enroll --config BOOTSTRAP [--max-frames N]``: enrollment mode (`device.enroll`):
+  wait for the technician's one-time QR, make this unit's key, get its certificate
+  and write ``unit.json`` for ``run``. Exit 0 once enrolled, 1 if no QR was accepted.
+
+* ``import-bundle [--boot /boot/firmware] [--into /etc/doorscan]``: take in the offline
+  config bundle written by ``provisioning bundle`` (`device.bundle`), then delete it from
+  the boot partition. Exit 0 when imported or when there is none, 1 when refused.
+
 Each command is one function taking the parsed arguments and returning the exit
 status; `build_parser` registers it with ``set_defaults(handler=...)``.
 """
@@ -32,15 +40,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from device.bundle import import_bundle
 from device.config import load_config
 from device.decoders import DecodedSymbol, DecoderError, make_decoder
+from device.enroll import enroll_unit, load_enrollment_config
 from device.frames import FrameSourceError, load_grey
 from device.unit import Unit
 from doorscan.cards import CardKeyring
-from doorscan.errors import ConfigError, Refusal
+from doorscan.errors import ConfigError, DoorscanError, Refusal
 from doorscan.payloads import parse_qr
 
-__all__ = ["build_parser", "cmd_decode", "cmd_run", "main"]
+__all__ = ["build_parser", "cmd_decode", "cmd_run", "cmd_enroll", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -88,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     run.set_defaults(handler=cmd_run)
+
+    enroll = commands.add_parser(
+        "enroll",
+        help="enrollment mode: wait for the technician's QR, get this unit's certificate",
+        description="Scan for a one-time enrollment QR, make a key here, and enroll.",
+    )
+    enroll.add_argument(
+        "--config", type=Path, required=True, help="the bootstrap JSON (see device.enroll)"
+    )
+    enroll.add_argument("--max-frames", type=int, default=None, help="give up after N frames")
+    enroll.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    enroll.set_defaults(handler=cmd_enroll)
+
+    take = commands.add_parser(
+        "import-bundle",
+        help="take in the offline config bundle from the boot partition (at boot)",
+        description="Install doorscan-bundle/ from the boot partition, then delete it there.",
+    )
+    take.add_argument("--boot", type=Path, default=Path("/boot/firmware"), help="boot partition")
+    take.add_argument(
+        "--into", type=Path, default=Path("/etc/doorscan"), help="the unit's config folder"
+    )
+    take.set_defaults(handler=cmd_import_bundle)
     return parser
 
 
@@ -149,6 +182,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit.indicators.wait_idle(2.0)
     print(f"unit {config.unit_id}: stopped after {frames} frames", flush=True)
     return EXIT_OK
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """``enroll``: 0 once enrolled; 1 when the frames or the deadline ran out first."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_enrollment_config(args.config)
+        print(f"enrollment mode: show the enrollment QR to the camera ({config.server_url})")
+        enrolled = enroll_unit(config, max_frames=args.max_frames, report=_report)
+    except ConfigError as exc:
+        print(f"enroll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DoorscanError, OSError, ValueError) as exc:  # a key file, the camera, the disk
+        print(f"enroll: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if enrolled is None:
+        print("enroll: no enrollment QR was accepted; nothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"unit config  {enrolled.config_path}", flush=True)
+    print(f"unit key     {enrolled.key_path} (mode 0600, made here, never sent)", flush=True)
+    print(f"run it with: python -m device run --config {enrolled.config_path}", flush=True)
+    return EXIT_OK
+
+
+def cmd_import_bundle(args: argparse.Namespace) -> int:
+    """``import-bundle``: 0 when imported or when there is none; 1 when refused."""
+    logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+    try:
+        imported = import_bundle(args.boot, args.into)
+    except (ConfigError, OSError) as exc:
+        print(f"import-bundle: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if imported is None:
+        print(f"no bundle in {args.boot}: nothing to do")
+        return EXIT_OK
+    print(f"imported the config of {imported.unit_id}: {imported.config_path}")
+    if not imported.bundle_removed:
+        print("the bundle could not be deleted from the boot partition: delete it by hand")
+    return EXIT_OK
+
+
+def _report(line: str) -> None:
+    print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,12 @@ ALREADY_IN            two short green blinks, silent              seen a moment 
 REFUSED               red, one long beep                          code not accepted
 RECORDED_OFFLINE      green, two short beeps                      recorded, hub offline
 FAULT                 red blinking three times, three beeps       NOT recorded: call staff
+ENROLLED              green, red, green in turn, one short beep   this unit is enrolled
 ====================  ==========================================  ======================
+
+ENROLLED is shown only by `device enroll`, never at a scan: it is the pattern the
+technician waits for on the unit in front of them (green and red together in one
+pattern appear nowhere else, so a visitor's code cannot look like it).
 
 Every pattern lasts under a second and ends with everything off. `show()` returns
 at once (the scan loop never waits for a beep); a player thread plays the steps,
@@ -47,13 +52,15 @@ log = logging.getLogger(__name__)
 
 
 class Feedback(enum.Enum):
-    """The five answers a unit gives at the door (the state counters use the lower-case names)."""
+    """The answers a unit gives (the state counters use the lower-case names of the first
+    five; ENROLLED is the enrollment mode's success and is not a scan outcome)."""
 
     ACCEPTED = "accepted"
     ALREADY_IN = "already_in"
     REFUSED = "refused"
     RECORDED_OFFLINE = "recorded_offline"
     FAULT = "fault"
+    ENROLLED = "enrolled"
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,12 @@ PATTERNS: dict[Feedback, tuple[Step, ...]] = {
         Step(green=_OFF, red=_ON, buzzer=_ON, duration_s=0.1),
         Step(green=_OFF, red=_OFF, buzzer=_OFF, duration_s=0.1),
         Step(green=_OFF, red=_ON, buzzer=_ON, duration_s=0.1),
+    ),
+    Feedback.ENROLLED: (
+        Step(green=_ON, red=_OFF, buzzer=_ON, duration_s=0.1),
+        Step(green=_OFF, red=_ON, buzzer=_ON, duration_s=0.1),
+        Step(green=_ON, red=_OFF, buzzer=_ON, duration_s=0.1),
+        Step(green=_ON, red=_OFF, buzzer=_OFF, duration_s=0.5),
     ),
 }
 

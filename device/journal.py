@@ -45,6 +45,7 @@ from collections.abc import Collection, Iterable
 from datetime import datetime
 from pathlib import Path
 
+from doorscan.atomicfile import fsync_dir
 from doorscan.errors import DoorscanError
 from doorscan.lifecycle import Closeable
 from doorscan.timefmt import from_ms, to_ms
@@ -119,7 +120,7 @@ class ScanJournal(Closeable):
         if is_new:
             # SQLite syncs the directory when it creates a WAL, not the main file:
             # without this a power cut could forget that the journal file exists.
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def _setup(self, conn: sqlite3.Connection) -> int:
         try:
@@ -379,17 +380,3 @@ class ScanJournal(Closeable):
 def _describe(exc: sqlite3.Error) -> str:
     name = getattr(exc, "sqlite_errorname", None)
     return f"{exc} ({name})" if name else str(exc)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        log.warning("cannot open %s to sync it: %s", folder, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.warning("cannot sync the folder %s: %s", folder, exc)
-    finally:
-        os.close(fd)

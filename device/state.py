@@ -23,12 +23,10 @@ the rules are different:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document
 
+from doorscan.atomicfile import write_atomic
 from doorscan.errors import DoorscanError
 from doorscan.lifecycle import Closeable
 
@@ -103,28 +102,10 @@ class AtomicJSONStorage(Storage):
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
-    folder = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp_name).replace(path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            Path(tmp_name).unlink()
-        if isinstance(exc, OSError):
-            raise StateError(f"could not write the state file {path}: {exc}") from exc
-        raise
-    # The rename is only durable once the folder's entry is on disk.
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        write_atomic(path, payload, mode=0o600)
     except OSError as exc:
-        log.warning("cannot sync the folder %s: %s", folder, exc)
-    finally:
-        os.close(dir_fd)
+        raise StateError(f"could not write the state file {path}: {exc}") from exc
 
 
 class UnitState(Closeable):

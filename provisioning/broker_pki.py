@@ -23,6 +23,7 @@ Use::
     pki.ensure_ca()
     cert_pem, key_pem = pki.issue_client("bv-gia-lai-door-1")
     pki.revoke("bv-gia-lai-door-1")        # every certificate issued to that CN
+    pki.issue_unit_for_key("bv-gia-lai-door-2", csr_public_key)  # field enrollment
 
 Not promised: Mosquitto 2.0 reads `crlfile` only when it starts, so a revocation takes
 effect at the broker's next restart (copy the new crl.pem first). Keys are ECDSA P-256,
@@ -171,7 +172,11 @@ class BrokerPKI:
                 names.append(x509.DNSName(host))
         if not names:
             raise InvalidInput("the broker certificate needs at least one host name or address")
-        return self._issue("doorscan-broker", ExtendedKeyUsageOID.SERVER_AUTH, names)
+        key = _new_key()
+        cert = self._issue(
+            "doorscan-broker", ExtendedKeyUsageOID.SERVER_AUTH, names, key.public_key()
+        )
+        return cert, _key_pem(key)
 
     def issue_client(self, common_name: str, *, unit: bool = True) -> CertPair:
         """A client certificate; its CN becomes the MQTT user name the ACL checks.
@@ -181,23 +186,37 @@ class BrokerPKI:
         """
         if unit and common_name in RESERVED_CNS:
             raise InvalidInput(f"{common_name!r} is reserved; a unit cannot take that id")
-        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+        key = _new_key()
+        cert = self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], key.public_key())
+        return cert, _key_pem(key)
+
+    def issue_unit_for_key(self, common_name: str, public_key: ec.EllipticCurvePublicKey) -> bytes:
+        """A unit's client certificate (PEM) for a key the unit made and kept.
+
+        Field enrollment (`provisioning.enroll_server`) passes the key of a checked CSR:
+        the CA never sees the private half. Reserved names are refused as in `issue_client`.
+        """
+        if common_name in RESERVED_CNS:
+            raise InvalidInput(f"{common_name!r} is reserved; a unit cannot take that id")
+        if not isinstance(public_key.curve, ec.SECP256R1):
+            raise InvalidInput("a unit key must be EC P-256")
+        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], public_key)
 
     def _issue(
         self,
         common_name: str,
         usage: x509.ObjectIdentifier,
         alt_names: list[x509.GeneralName],
-    ) -> CertPair:
+        public_key: ec.EllipticCurvePublicKey,
+    ) -> bytes:
         ca_cert, ca_key = self._ca()
-        key = _new_key()
         start = _now()
         serial = x509.random_serial_number()
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
             .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(start + timedelta(days=CERT_DAYS))
@@ -220,7 +239,7 @@ class BrokerPKI:
             }
         )
         self._save_issued(issued)
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM)
 
     def revoke(self, common_name: str) -> int:
         """Revoke every live certificate issued to `common_name`, rewrite the CRL.

@@ -11,6 +11,8 @@
     python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --tls ...
     python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
     python -m provisioning revoke bv-gia-lai-door-1
+    python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
+    python -m provisioning enroll-server --listen 0.0.0.0:8443 --server-cert PEM ...
 
 The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
 `provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
@@ -21,7 +23,8 @@ TLS listener with `--ca-file ca.pem --cert-file provisioning-cert.pem --key-file
 provisioning-key.pem` (the files `broker-files` wrote; all three or none).
 
 This module holds the registry commands and assembles the parser; the broker and
-certificate commands are in `provisioning.broker_cli`, the helpers they share in
+certificate commands are in `provisioning.broker_cli`, field enrollment in
+`provisioning.enroll_cli`, the helpers they share in
 `provisioning.cli_common`. Adding a command: write `register(commands)` that calls
 `commands.add_parser(...)` and sets ``handler=`` (a function ``(args, home) -> int``)
 with `set_defaults`, then add it to `COMMANDS`.
@@ -38,7 +41,7 @@ from typing import Any
 
 from doorscan.errors import DoorscanError
 from doorscan.wire import UnitRecord, VenueRecord
-from provisioning import broker_cli
+from provisioning import broker_cli, bundle, enroll_cli
 from provisioning.cli_common import (
     Commands,
     Handler,
@@ -93,6 +96,21 @@ def _register_init(commands: Commands) -> None:
     cmd = commands.add_parser("init", help="create the home folder, card-signing keys, registry")
     cmd.add_argument("--force", action="store_true", help="replace existing keys")
     cmd.set_defaults(handler=_init)
+
+
+def _init_seal_key(args: argparse.Namespace, home: FleetHome) -> int:
+    home.init_seal_key()
+    print(f"hub sealing key  {home.seal_private_path} (mode 0600; for `hub serve --seal-key`)")
+    print(f"its public half  {home.seal_public_path}")
+    print("units get it with their next add-device; until then they journal identities in clear")
+    return 0
+
+
+def _register_init_seal_key(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "init-seal-key", help="give a fleet home made before sealing the hub's sealing key pair"
+    )
+    cmd.set_defaults(handler=_init_seal_key)
 
 
 # -- add-venue -----------------------------------------------------------------------
@@ -326,12 +344,15 @@ def _register_publish(commands: Commands) -> None:
 
 COMMANDS: list[Callable[[Commands], None]] = [
     _register_init,
+    _register_init_seal_key,
     _register_add_venue,
     _register_add_device,
     _register_card,
     _register_list,
     _register_publish,
     broker_cli.register,
+    enroll_cli.register,
+    bundle.register,
 ]
 
 

@@ -46,6 +46,7 @@ from tinydb.storages import Storage
 
 from device.config import UnitConfig
 from doorscan import sealing
+from doorscan.atomicfile import write_atomic
 from doorscan.cards import CardSigner, parse_card
 from doorscan.errors import DoorscanError
 from doorscan.lifecycle import Closeable
@@ -111,33 +112,6 @@ def describe_validation_error(exc: ValidationError) -> str:
 def today_vn() -> date:
     """Today in Vietnam (UTC+7, no daylight saving), the date printed on a card."""
     return (datetime.now(UTC) + timedelta(hours=7)).date()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # The mode is set at creation so a private key is never readable by others, not even
-    # for the moment between open() and chmod(); the chmod undoes a permissive umask.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class _AtomicJSONStorage(Storage):
@@ -294,13 +268,27 @@ class FleetHome:
         # `signer()` reports as mismatched instead of a public key with no private one.
         write_atomic(self.private_key_path, signer.private_pem(), mode=0o600)
         write_atomic(self.public_key_path, signer.public_pem(), mode=0o644)
-        # Units seal scans for the hub with the public half (issue 4); same order as above.
-        seal_key = sealing.generate_key()
-        write_atomic(self.seal_private_path, sealing.private_pem(seal_key), mode=0o600)
-        write_atomic(self.seal_public_path, sealing.public_pem(seal_key.public_key()), mode=0o644)
+        self._write_seal_key()
         if not self.registry_path.exists():
             write_atomic(self.registry_path, b"{}\n", mode=0o600)
         return signer
+
+    def init_seal_key(self) -> None:
+        """Give a fleet home made before sealing existed the hub's sealing key pair.
+
+        Refused when there is one: a new pair would leave every unit sealing for a key
+        the hub no longer holds, and their scans would all be dead-lettered.
+        """
+        self.require()
+        if self.seal_private_path.exists() or self.seal_public_path.exists():
+            raise KeysExist(f"{self.seal_private_path} already exists; units seal for it, keep it")
+        self._write_seal_key()
+
+    def _write_seal_key(self) -> None:
+        # Units seal scans for the hub with the public half; private half first, as above.
+        seal_key = sealing.generate_key()
+        write_atomic(self.seal_private_path, sealing.private_pem(seal_key), mode=0o600)
+        write_atomic(self.seal_public_path, sealing.public_pem(seal_key.public_key()), mode=0o644)
 
     def require(self) -> None:
         """Raise `FleetNotReady` unless `init` has run here."""

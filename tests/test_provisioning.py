@@ -432,3 +432,24 @@ def test_a_card_whose_name_fits_latin_1_is_still_utf_8(
     [card] = listed(home, capsys)["cards"]
     text = decode_png(home / "cards" / f"{card['card_id']}.png")
     assert parse_qr(text, card_keys=keyring(home)).name == name
+
+
+def test_init_seal_key_upgrades_an_old_fleet_home_once(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = home / "keys"
+    for name in ("hub-seal.key", "hub-seal.pub"):
+        (keys / name).unlink()  # as a home made before sealing existed
+    ok(home, "add-venue --id v1 --name 'Chợ Pleiku'")
+    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'old'}")
+    assert load_config(tmp_path / "old" / "u-old.json").seal_key is None
+    ok(home, "init-seal-key")
+    assert (keys / "hub-seal.key").stat().st_mode & 0o777 == 0o600
+    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'new'}")
+    assert load_config(tmp_path / "new" / "u-old.json").seal_key is not None
+    # Units now seal for this pair: a second run must not replace it.
+    before = (keys / "hub-seal.key").read_bytes()
+    capsys.readouterr()
+    assert run(home, "init-seal-key") == 1
+    assert "keep it" in capsys.readouterr().err
+    assert (keys / "hub-seal.key").read_bytes() == before

@@ -1,0 +1,132 @@
+"""The field-enrollment commands of `python -m provisioning`.
+
+    python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
+    python -m provisioning enroll-server --listen 0.0.0.0:8443 \\
+        --server-cert broker/broker-cert.pem --server-key broker/broker-key.pem \\
+        --broker-host hub.local --broker-port 8883 \\
+        [--publish-to hub.local:8883 --ca-file ... --cert-file ... --key-file ...]
+
+`enroll` prints a one-time QR for one venue; the technician shows it to a unit in
+enrollment mode (`python -m device enroll`), which then asks `enroll-server` for its
+certificate. The server's own certificate is given as `--server-cert/--server-key`
+(the broker's, from `broker-files`, will do: the fleet CA signed it for the hub's
+names) because `--cert-file/--key-file` already name the publishing client's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from datetime import UTC, timedelta
+from pathlib import Path
+
+from doorscan.wire import UnitRecord, VenueRecord
+from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
+from provisioning.enroll import (
+    DEFAULT_TTL,
+    enroll_key_paths,
+    issue_enrollment,
+    qr_terminal,
+    save_qr_png,
+)
+from provisioning.enroll_server import EnrollmentServer, EnrollmentService
+from provisioning.fleet import FleetHome, InvalidInput
+
+__all__ = ["register"]
+
+VN_TIME = timedelta(hours=7)
+
+
+# -- enroll --------------------------------------------------------------------------
+
+
+def _enroll(args: argparse.Namespace, home: FleetHome) -> int:
+    venue_id = check_id(args.venue, "--venue")
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise InvalidInput(f"--out {args.out}: the enrollment QR is written as .png")
+    issued = issue_enrollment(home, venue_id, timedelta(minutes=args.ttl_minutes))
+    expires = issued.token.expires_at
+    print(qr_terminal(issued.text), end="")
+    if args.out is not None:
+        save_qr_png(issued.text, args.out)
+        print(f"wrote {args.out} (mode 0600)")
+    local = (expires + VN_TIME).strftime("%H:%M")
+    print(
+        f"enrollment code for venue {venue_id}: one unit, until "
+        f"{expires.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({local} Vietnam time)"
+    )
+    print(f"units verify it with {enroll_key_paths(home)[1]}")
+    return 0
+
+
+def _minutes(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+
+
+def _register_enroll(commands: Commands) -> None:
+    cmd = commands.add_parser("enroll", help="print a one-time QR that enrolls one unit at a venue")
+    cmd.add_argument("--venue", required=True, help="id of a registered venue")
+    cmd.add_argument(
+        "--ttl-minutes",
+        type=_minutes,
+        default=DEFAULT_TTL.total_seconds() / 60,
+        help="minutes the code stays valid, 1 to 1440 (default %(default)g)",
+    )
+    cmd.add_argument("--out", type=Path, help="also write the QR to FILE.png")
+    cmd.set_defaults(handler=_enroll)
+
+
+# -- enroll-server -------------------------------------------------------------------
+
+
+def _enroll_server(args: argparse.Namespace, home: FleetHome) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    host, port = args.listen
+
+    def publish(venue: VenueRecord, unit: UnitRecord) -> None:
+        publish_now(args, [venue], [unit])
+
+    service = EnrollmentService(
+        home,
+        args.broker_host,
+        args.broker_port,
+        publish=publish if args.publish_to is not None else None,
+    )
+    with EnrollmentServer(service, host, port, args.server_cert, args.server_key) as server:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: server.stop())
+        print(f"enrollment server on https://{host}:{server.port}/v1/enroll", flush=True)
+        server.serve_forever()
+    print("enrollment server stopped")
+    return 0
+
+
+def _register_enroll_server(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "enroll-server",
+        parents=[publish_options()],
+        help="serve units' enrollment requests (HTTPS) until stopped",
+    )
+    cmd.add_argument("--listen", type=host_port, required=True, metavar="HOST:PORT")
+    cmd.add_argument(
+        "--server-cert", type=Path, required=True, metavar="PEM", help="this server's certificate"
+    )
+    cmd.add_argument(
+        "--server-key", type=Path, required=True, metavar="PEM", help="its private key"
+    )
+    cmd.add_argument("--broker-host", required=True, help="broker host units are told to use")
+    cmd.add_argument("--broker-port", type=int, default=8883, help="its TLS port (%(default)s)")
+    cmd.add_argument(
+        "--publish-to", type=host_port, metavar="HOST:PORT", help="publish each new unit"
+    )
+    cmd.set_defaults(handler=_enroll_server)
+
+
+def register(commands: Commands) -> None:
+    """Add enroll and enroll-server to the `provisioning` parser."""
+    _register_enroll(commands)
+    _register_enroll_server(commands)
