@@ -30,7 +30,8 @@ from provisioning.enroll import (
     qr_terminal,
     save_qr_png,
 )
-from provisioning.enroll_server import EnrollmentServer, EnrollmentService
+from provisioning.enroll_http import EnrollmentServer
+from provisioning.enroll_server import EnrollmentService
 from provisioning.fleet import FleetHome, InvalidInput
 
 __all__ = ["register"]

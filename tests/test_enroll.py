@@ -51,12 +51,8 @@ from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import Scan, ScanBatch, UnitRecord, VenueRecord, decode_message, topic_scans
 from provisioning.cli import main as provisioning
 from provisioning.enroll import enroll_key_paths, enrollment_signer, issue_enrollment, save_qr_png
-from provisioning.enroll_server import (
-    CodeLedger,
-    EnrollmentServer,
-    EnrollmentService,
-    EnrollRefused,
-)
+from provisioning.enroll_http import EnrollmentServer
+from provisioning.enroll_server import CodeLedger, EnrollmentService, EnrollRefused
 from provisioning.fleet import FleetHome
 from provisioning.publish import PublishError
 from tests.test_indicators import expected_history, pin_history
