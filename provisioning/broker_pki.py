@@ -25,9 +25,10 @@ Use::
     pki.revoke("bv-gia-lai-door-1")        # every certificate issued to that CN
     pki.issue_unit_for_key("bv-gia-lai-door-2", csr_public_key)  # field enrollment
 
-Not promised: Mosquitto 2.0 reads `crlfile` only when it starts, so a revocation takes
-effect at the broker's next restart (copy the new crl.pem first). Keys are ECDSA P-256,
-which every OpenSSL a Pi or a hub runs can use.
+Mosquitto 2.0 rereads `crlfile` on SIGHUP (`revoke --crl-to --reload-pid`), so a revoked
+certificate cannot connect again; a session already open is not cut by the reload (the
+hub refuses its scans, the unit being inactive). Keys are ECDSA P-256, which every
+OpenSSL a Pi or a hub runs can use.
 """
 
 from __future__ import annotations
