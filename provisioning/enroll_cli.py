@@ -1,38 +1,48 @@
 """The field-enrollment commands of `python -m provisioning`.
 
+    python -m provisioning enroll-bootstrap --server-url https://hub.local:8443 --out image/
     python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
     python -m provisioning enroll-server --listen 0.0.0.0:8443 \\
         --server-cert broker/broker-cert.pem --server-key broker/broker-key.pem \\
         --broker-host hub.local --broker-port 8883 \\
         [--publish-to hub.local:8883 --ca-file ... --cert-file ... --key-file ...]
 
-`enroll` prints a one-time QR for one venue; the technician shows it to a unit in
-enrollment mode (`python -m device enroll`), which then asks `enroll-server` for its
-certificate. The server's own certificate is given as `--server-cert/--server-key`
-(the broker's, from `broker-files`, will do: the fleet CA signed it for the hub's
-names) because `--cert-file/--key-file` already name the publishing client's files.
+`enroll-bootstrap` writes what every unit image carries before enrollment (public parts
+only: `bootstrap.json`, the fleet CA, the enrollment public key). `enroll` prints a
+one-time QR for one venue; the technician shows it to a unit in enrollment mode (`python
+-m device enroll`), which then asks `enroll-server` for its certificate. The server's
+own certificate is given as `--server-cert/--server-key` (the broker's, from
+`broker-files`, will do: the fleet CA signed it for the hub's names) because
+`--cert-file/--key-file` already name the publishing client's files.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 from datetime import UTC, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from device.enroll import EnrollmentConfig
+from doorscan.atomicfile import write_atomic
 from doorscan.wire import UnitRecord, VenueRecord
+from provisioning.broker_pki import BrokerPKI
 from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
 from provisioning.enroll import (
     DEFAULT_TTL,
     enroll_key_paths,
+    enrollment_signer,
     issue_enrollment,
     qr_terminal,
     save_qr_png,
 )
 from provisioning.enroll_http import EnrollmentServer
 from provisioning.enroll_server import EnrollmentService
-from provisioning.fleet import FleetHome, InvalidInput
+from provisioning.fleet import FleetHome, InvalidInput, describe_validation_error
 
 __all__ = ["register"]
 
@@ -127,7 +137,54 @@ def _register_enroll_server(commands: Commands) -> None:
     cmd.set_defaults(handler=_enroll_server)
 
 
+# -- enroll-bootstrap ------------------------------------------------------------------
+
+
+def _enroll_bootstrap(args: argparse.Namespace, home: FleetHome) -> int:
+    _, public_path = enroll_key_paths(home)
+    enrollment_signer(home)  # made on first use, so the image and the QRs agree
+    pki = BrokerPKI(home.keys_dir)
+    pki.ensure_ca()
+    settings = {
+        "server_url": args.server_url,
+        "ca_file": "ca.pem",
+        "enroll_keys": [public_path.name],
+        "data_dir": args.data_dir,
+    }
+    try:
+        EnrollmentConfig.model_validate(settings)
+    except ValidationError as exc:
+        raise InvalidInput(f"bootstrap: {describe_validation_error(exc)}") from None
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "ca.pem", pki.ca_pem())
+    write_atomic(out / public_path.name, public_path.read_bytes())
+    text = json.dumps(settings, indent=2) + "\n"
+    write_atomic(out / "bootstrap.json", text.encode("utf-8"))
+    print(f"bootstrap    {out / 'bootstrap.json'} (public parts only: safe in every image)")
+    print(f"fleet CA     {out / 'ca.pem'}")
+    print(f"enroll key   {out / public_path.name}")
+    print(f"the unit runs: python -m device enroll --config {out / 'bootstrap.json'}")
+    return 0
+
+
+def _register_enroll_bootstrap(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "enroll-bootstrap",
+        help="write what a unit image carries before enrollment (public parts only)",
+    )
+    cmd.add_argument("--server-url", required=True, help="the enroll-server, https://HOST:PORT")
+    cmd.add_argument("--out", type=Path, required=True, help="folder to write into")
+    cmd.add_argument(
+        "--data-dir",
+        default="/var/lib/doorscan",
+        help="where the unit keeps its key and config (default %(default)s)",
+    )
+    cmd.set_defaults(handler=_enroll_bootstrap)
+
+
 def register(commands: Commands) -> None:
-    """Add enroll and enroll-server to the `provisioning` parser."""
+    """Add enroll-bootstrap, enroll and enroll-server to the `provisioning` parser."""
+    _register_enroll_bootstrap(commands)
     _register_enroll(commands)
     _register_enroll_server(commands)

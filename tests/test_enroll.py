@@ -666,3 +666,31 @@ def test_the_new_unit_is_published_and_a_broker_failure_does_not_undo_it(fleet: 
     assert unit.active
     with fleet.home.registry() as registry:
         assert registry.unit("v2-pub-2") is not None
+
+
+def test_enroll_bootstrap_writes_what_a_unit_image_carries(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "image"
+    home = str(server.fleet.home.root)
+    assert (
+        provisioning(
+            ["--home", home, "enroll-bootstrap", "--server-url", server.url, "--out", str(out)]
+        )
+        == 0
+    )
+    config = load_enrollment_config(out / "bootstrap.json")
+    assert config.server_url == server.url
+    assert config.ca_file.read_bytes() == server.fleet.ca.read_bytes()
+    assert [p.read_bytes() for p in config.enroll_keys] == [
+        enroll_key_paths(server.fleet.home)[1].read_bytes()
+    ]
+    # Public parts only: no private key of any kind goes into an image.
+    assert all(b"PRIVATE" not in p.read_bytes() for p in out.iterdir())
+    assert (
+        provisioning(
+            ["--home", home, "enroll-bootstrap", "--server-url", "http://x", "--out", str(out)]
+        )
+        == 1
+    )
+    assert "server_url" in capsys.readouterr().err
