@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint typecheck unit demo system-deps venv clean
+.PHONY: all test lint typecheck unit demo bench system-deps venv clean
 
 all: test
 
@@ -60,6 +60,10 @@ demo: $(STAMP)
 	  $(PY) -m pip install -q 'amqtt>=0.11'; \
 	fi
 	$(PY) -m doorscan.demo
+
+# Figures for docs/benchmarks.md and .json (about 10 minutes; not part of `make test`).
+bench: $(STAMP)
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,358 @@
+"""What every benchmark shares: timing with warm-up, a figure row, the machine, the report.
+
+Timing is round-robin: each repetition runs every candidate once, in a shuffled
+order, so a burst of load from another process on this shared 2-core machine hits
+the candidate and its baseline alike, and their ratio stays meaningful even when
+absolute times move.
+
+    >>> samples = compare({"a": f, "b": g}, warmup=5, repeats=100)   # doctest: +SKIP
+    >>> samples["a"].median_ms / samples["b"].median_ms
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Figure",
+    "Result",
+    "Samples",
+    "compare",
+    "machine",
+    "load_average",
+    "percentile",
+    "write_report",
+]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100) by linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("no samples")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Durations of repeated runs of one thing, in nanoseconds."""
+
+    ns: tuple[int, ...]
+
+    @property
+    def median_ms(self) -> float:
+        return percentile(self.ns, 50) / 1e6
+
+    @property
+    def p95_ms(self) -> float:
+        return percentile(self.ns, 95) / 1e6
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.ns, 99) / 1e6
+
+    def summary(self) -> dict[str, float]:
+        """The numbers kept in the raw JSON (milliseconds)."""
+        return {
+            "n": len(self.ns),
+            "median_ms": self.median_ms,
+            "p95_ms": self.p95_ms,
+            "p99_ms": self.p99_ms,
+            "min_ms": min(self.ns) / 1e6,
+            "max_ms": max(self.ns) / 1e6,
+        }
+
+
+def compare(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int,
+    repeats: int,
+    budget_s: float | None = None,
+    min_repeats: int = 10,
+) -> dict[str, Samples]:
+    """Time each candidate `repeats` times, interleaved, after `warmup` untimed rounds.
+
+    With `budget_s`, fewer repeats (never under `min_repeats`) are run when the warm-up
+    rounds show that `repeats` would take longer: a slow baseline (a 0.5 s bare call)
+    must not make the whole run last an hour.
+    """
+    clock = time.perf_counter_ns
+    started = clock()
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    if budget_s is not None and warmup:
+        round_s = (clock() - started) / 1e9 / warmup
+        repeats = max(min_repeats, min(repeats, int(budget_s / max(round_s, 1e-9))))
+    times: dict[str, list[int]] = {name: [] for name in candidates}
+    # A new order each round: a candidate that always ran right after another would
+    # always find the caches as that one left them (cold after zbar, warm after zxing).
+    order = list(candidates)
+    shuffle = random.Random(len(order)).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        for name in order:
+            run = candidates[name]
+            start = clock()
+            run()
+            times[name].append(clock() - start)
+    return {name: Samples(tuple(ns)) for name, ns in times.items()}
+
+
+@dataclass
+class Figure:
+    """One row of the report: a measured value, its baseline from the same run, a goal.
+
+    `ratio` is value / baseline. `met` is None where the issue sets no goal for this
+    row (context figures); `note` says what was measured or why a goal is missed.
+    """
+
+    subject: str
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    goal: str = ""
+    met: bool | None = None
+    note: str = ""
+    ratio: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.baseline:
+            self.ratio = self.value / self.baseline
+
+
+@dataclass
+class Result:
+    """What one benchmark module hands back: its rows, its raw numbers, its prose."""
+
+    figures: list[Figure]
+    raw: dict[str, Any]
+    text: str
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _filesystem_of(path: Path) -> str:
+    """The file system type holding `path` (fsync cost depends on it: tmpfs makes it free)."""
+    best, kind = "", "unknown"
+    try:
+        target = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mount, fstype = parts[1], parts[2]
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) > len(best):
+                best, kind = mount, fstype
+    except (OSError, IndexError):
+        pass
+    return f"{kind} ({best or '?'})"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _libzbar_version() -> str:
+    """The libzbar that pyzbar loads, from its own version call (the C library, not pyzbar)."""
+    try:
+        import ctypes
+
+        from pyzbar import zbar_library
+
+        libzbar, _ = zbar_library.load()
+        # zbar >= 0.23 writes three numbers (major, minor, patch); an older one ignores
+        # the third pointer. Passing two would let 0.23 write through a stray pointer.
+        parts = [ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()]
+        libzbar.zbar_version(*(ctypes.byref(p) for p in parts))
+        return ".".join(str(p.value) for p in parts)
+    except Exception as exc:  # a missing library is a fact to report, not a crash
+        return f"unavailable ({exc})"
+
+
+def machine(temp_dir: Path) -> dict[str, Any]:
+    """What the figures were measured on (load averages are added by the runner)."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(_ram_gib() or 0, 1),
+        "os": f"{platform.system()} {platform.release()} ({platform.platform()})",
+        "python": platform.python_version(),
+        "temp_filesystem": _filesystem_of(temp_dir),
+        "versions": {
+            "zxing-cpp": _version("zxing-cpp"),
+            "pyzbar": _version("pyzbar"),
+            "libzbar": _libzbar_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "tinydb": _version("tinydb"),
+            "gpiozero": _version("gpiozero"),
+            "numpy": _version("numpy"),
+            "pillow": _version("pillow"),
+            "segno": _version("segno"),
+        },
+    }
+
+
+# --- the report ------------------------------------------------------------------------
+
+_NOT_MINE = """\
+## Hub: ingest, PostgreSQL store, trace
+
+**Not measured yet.** These belong to the hub's part of issue 6 and will be added here by
+its benchmarks (ingest rate over MQTT, the PostgreSQL store against SQLite, trace time at
+depth 1 and 2). Nothing in this file speaks for the hub.
+"""
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def _load(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def _met(met: bool | None) -> str:
+    return {True: "yes", False: "**NO**", None: "–"}[met]
+
+
+def _table(figures: Sequence[Figure]) -> list[str]:
+    lines = [
+        "| figure | value | baseline (same run) | ratio | goal | met? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        baseline = f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline_name else "–"
+        ratio = f"{f.ratio:.2f}×" if f.ratio is not None else "–"
+        lines.append(
+            f"| {f.name} | {_fmt(f.value, f.unit)} | {baseline} | {ratio} | {f.goal or '–'} "
+            f"| {_met(f.met)} |"
+        )
+    return lines
+
+
+def write_report(
+    out_dir: Path,
+    *,
+    figures: Sequence[Figure],
+    raw: Mapping[str, Any],
+    machine_info: Mapping[str, Any],
+    sections: Mapping[str, str],
+    quick: bool,
+    seconds: float,
+) -> tuple[Path, Path]:
+    """Write benchmarks.md (people) and benchmarks.json (numbers) into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    m = machine_info
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    lines = [
+        "# Door unit benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks`); do not edit by hand. Every figure",
+        "stands next to its baseline measured in the same run, interleaved with it, so the",
+        "ratio holds even when the shared machine is busy; absolute times move with the load.",
+        "",
+        f"Run {when}, {'QUICK (small samples, not for quoting)' if quick else 'full'}, "
+        f"{seconds:.0f} s.",
+        "",
+        "## The machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB",
+        f"- OS: {m['os']}; Python {m['python']}",
+        f"- temp files (journals, TinyDB) on: {m['temp_filesystem']}",
+        f"- versions: {versions}",
+        f"- load average (1, 5, 15 min) at start: {_load(m['load_start'])}, at end:"
+        f" {_load(m['load_end'])}"
+        " (other engineers' test runs share these 2 cores)",
+        "",
+        "## Summary",
+        "",
+    ]
+    goals = [f for f in figures if f.met is not None]
+    missed = [f for f in goals if f.met is False]
+    lines.append(f"{len(goals) - len(missed)} of {len(goals)} goals met.")
+    if missed:
+        lines.append("Missed: " + "; ".join(f"{f.name} ({f.subject})" for f in missed) + ".")
+    lines.append("")
+    for subject, text in sections.items():
+        rows = [f for f in figures if f.subject == subject]
+        lines += [f"## {subject}", "", text.strip(), ""]
+        if rows:
+            lines += [*_table(rows), ""]
+        notes = [f"- {f.name}: {f.note}" for f in rows if f.note]
+        if notes:
+            lines += ["Notes:", "", *notes, ""]
+    lines += [_NOT_MINE]
+    md = out_dir / "benchmarks.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    js = out_dir / "benchmarks.json"
+    js.write_text(
+        json.dumps(
+            {
+                "run_at": when,
+                "quick": quick,
+                "seconds": seconds,
+                "machine": dict(m),
+                "figures": [asdict(f) for f in figures],
+                "raw": dict(raw),
+            },
+            indent=1,
+            ensure_ascii=False,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return md, js
