@@ -44,7 +44,7 @@ BACKLOGS = (0, 10_000, 50_000)
 GOAL_MS = 1.0
 GOAL_BYTES = 16 * 1024
 _START = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)
-_WAL_FRAME = 4096 + 24  # one page (the journal's page size) and its frame header
+_WAL_FRAME_HEADER = 24  # bytes before each page in the WAL
 _FRAMES_AFTER = 100  # commits over which WAL frames per commit are counted
 
 
@@ -80,6 +80,14 @@ def _prefill_journal(path: Path, scans: list[Scan]) -> None:
     conn.close()
 
 
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _sizes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -87,6 +95,7 @@ def _sizes(folder: Path) -> int:
 def _time_journal(path: Path, scans: list[Scan]) -> tuple[Samples, dict[str, float]]:
     with ScanJournal(path) as journal:
         journal.record(_scans(1, 10**7, ["warm-up"])[0])  # opens the WAL
+        page_size = _page_size(path)
         before, size_before = _io(), _sizes(path.parent)
         wal = path.with_name(path.name + "-wal")
         wal_before, wal_frames = wal.stat().st_size, 0.0
@@ -99,13 +108,14 @@ def _time_journal(path: Path, scans: list[Scan]) -> tuple[Samples, dict[str, flo
             if i == count_until:
                 # The WAL file only grows until the first checkpoint (1000 pages), which
                 # these first commits do not reach: its growth is their frames.
-                wal_frames = (wal.stat().st_size - wal_before) / i / _WAL_FRAME
+                wal_frames = (wal.stat().st_size - wal_before) / i / (page_size + _WAL_FRAME_HEADER)
         after, size_after = _io(), _sizes(path.parent)
     return Samples(tuple(times)), {
         "write_bytes": after["write_bytes"] - before["write_bytes"],
         "wchar": after["wchar"] - before["wchar"],
         "file_growth": size_after - size_before,
         "wal_frames_per_commit": round(wal_frames, 2),
+        "page_size": page_size,
     }
 
 
@@ -175,7 +185,7 @@ def run(quick: bool, tmp: Path) -> Result:
         with tempfile.TemporaryDirectory(dir=tmp) as folder:
             tiny, tiny_io = _time_tinydb(Path(folder) / "db.json", backlog_scans, new[:tiny_timed])
         per_scan = journal_io["write_bytes"] / timed
-        frames = journal_io["wal_frames_per_commit"]
+        frames, page = journal_io["wal_frames_per_commit"], int(journal_io["page_size"])
         slow_note = (
             f"a commit that survives a power cut costs at least one fsync, {floor.median_ms:.2g}"
             " ms median on this disk (first row); the goal is below that floor"
@@ -183,11 +193,12 @@ def run(quick: bool, tmp: Path) -> Result:
             else ""
         )
         bytes_note = (
-            f"each commit appends {frames:.1f} WAL frames of a whole 4 KiB page (the table"
-            " leaf, the scan_id index leaf, the pending index leaf; ~{:.1f} KiB), and the"
-            " checkpoints copy those pages into the main file again; random uuid4 scan_ids"
-            " spread the index writes over more pages as the file grows"
-        ).format(frames * _WAL_FRAME / 1024)
+            f"each commit appends {frames:.1f} WAL frames of a whole {page / 1024:g} KiB page"
+            " (the table leaf, the scan_id index leaf, the pending index leaf; ~{:.1f} KiB),"
+            " and the checkpoints copy those pages into the main file again; the kernel"
+            " counts whole 4 KiB pages it dirties; random uuid4 scan_ids spread the index"
+            " writes over more pages as the file grows"
+        ).format(frames * (page + _WAL_FRAME_HEADER) / 1024)
         tiny_per_scan = tiny_io["write_bytes"] / tiny_timed
         label = f"backlog {backlog:,}"
         figures += [
