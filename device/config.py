@@ -67,6 +67,9 @@ class FramesConfig(_Strict):
     )
     path: Path | None = Field(None, description="image file or folder, for source=files")
     loop: bool = Field(False, description="for source=files: start again after the last image")
+    pace: bool = Field(
+        False, description="for source=files: hand out frames at `fps`, as a camera would"
+    )
     width: int = Field(1280, ge=160, le=4608, description="frame width fed to the decoder")
     height: int = Field(720, ge=120, le=2592, description="frame height fed to the decoder")
     fps: float = Field(15.0, gt=0, le=60, description="frames per second asked of the camera")

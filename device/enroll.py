@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device.config import FramesConfig, PinsConfig, UnitConfig
 from device.decoders import Decoder, make_decoder
-from device.frames import FrameSource, FrameSourceError, ImageFileSource, Picamera2Source
+from device.frames import FrameSource, FrameSourceError, open_frames
 from device.indicators import Feedback, Indicators
 from doorscan import enrollment as contract
 from doorscan.atomicfile import write_atomic
@@ -292,14 +292,6 @@ def _try(config: EnrollmentConfig, token: EnrollmentToken, text: str, ca_pem: by
     return Enrolled(unit_id, token.venue_id, config_path, key_path)
 
 
-def _frames_for(config: EnrollmentConfig) -> FrameSource:
-    frames = config.frames
-    if frames.source == "files":
-        assert frames.path is not None  # the config validator guarantees it
-        return ImageFileSource([frames.path], loop=frames.loop)
-    return Picamera2Source(frames.width, frames.height, frames.fps)
-
-
 def enroll_unit(
     config: EnrollmentConfig,
     *,
@@ -325,7 +317,7 @@ def enroll_unit(
         contextlib.ExitStack() as stack,
         Indicators(pins.green_led, pins.red_led, pins.buzzer, pin_factory=pin_factory) as leds,
     ):
-        frames = (frames_factory or (lambda: _frames_for(config)))()
+        frames = (frames_factory or (lambda: open_frames(config.frames)))()
         stack.callback(frames.close)
         if own_decoder is not None:
             close = getattr(own_decoder, "close", None)

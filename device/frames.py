@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -31,9 +32,13 @@ from PIL import Image
 from doorscan.errors import DoorscanError
 from doorscan.lifecycle import Closeable
 
+if TYPE_CHECKING:
+    from device.config import FramesConfig
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "FrameSource",
+    "open_frames",
     "FrameSourceError",
     "ImageFileSource",
     "Picamera2Source",
@@ -95,6 +100,8 @@ class ImageFileSource(Closeable):
     Folders are listed once, when the source is made. An image that cannot be read
     raises `FrameSourceError` from `read()`; the next `read()` goes on with the
     following file. With ``loop=True`` the files start again after the last one.
+    With `pace_fps`, `read()` hands out frames no faster than that, as a camera does
+    (for measuring a unit at its real frame rate); without, as fast as asked.
     """
 
     def __init__(
@@ -102,17 +109,27 @@ class ImageFileSource(Closeable):
         paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         *,
         loop: bool = False,
+        pace_fps: float | None = None,
     ) -> None:
         if isinstance(paths, str | os.PathLike):
             paths = [paths]
         self.files: list[Path] = _expand(paths)
         self.loop = loop
+        self._period_s = 1.0 / pace_fps if pace_fps else 0.0
+        self._due = time.monotonic()
         self._next = 0
         self._closed = False
 
     def read(self) -> np.ndarray | None:
         if self._closed or not self.files:
             return None
+        if self._period_s:
+            # Deadlines, not sleeps of one period: decoding time does not slow the rate,
+            # and a slow frame is not followed by a burst to catch up.
+            now = time.monotonic()
+            if self._due > now:
+                time.sleep(self._due - now)
+            self._due = max(self._due, now) + self._period_s
         if self._next >= len(self.files):
             if not self.loop:
                 return None
@@ -123,6 +140,16 @@ class ImageFileSource(Closeable):
 
     def close(self) -> None:
         self._closed = True
+
+
+def open_frames(frames: FramesConfig) -> FrameSource:
+    """The frame source a config names (picamera2 is imported only here, lazily)."""
+    if frames.source == "files":
+        assert frames.path is not None  # the config validator guarantees it
+        return ImageFileSource(
+            [frames.path], loop=frames.loop, pace_fps=frames.fps if frames.pace else None
+        )
+    return Picamera2Source(frames.width, frames.height, frames.fps)
 
 
 class Picamera2Like(Protocol):

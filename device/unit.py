@@ -28,7 +28,7 @@ from device.clock import Clock, SystemClock, UnitClock
 from device.config import UnitConfig
 from device.debounce import Debounce
 from device.decoders import Decoder, make_decoder
-from device.frames import FrameSource, ImageFileSource, Picamera2Source
+from device.frames import FrameSource, open_frames
 from device.indicators import Feedback, Indicators
 from device.journal import ScanJournal
 from device.mqtt_sync import ClientFactory, MqttSync, paho_client_factory
@@ -46,12 +46,8 @@ KEEP_SETTLED = timedelta(days=1)
 
 
 def frame_source_for(config: UnitConfig) -> FrameSource:
-    """The frame source the config names (picamera2 is imported only here, lazily)."""
-    frames = config.frames
-    if frames.source == "files":
-        assert frames.path is not None  # the config validator guarantees it
-        return ImageFileSource([frames.path], loop=frames.loop)
-    return Picamera2Source(frames.width, frames.height, frames.fps)
+    """The frame source the config names."""
+    return open_frames(config.frames)
 
 
 class Unit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,15 @@ def test_picamera2_source_without_a_camera() -> None:
 def test_without_picamera2_the_error_says_what_to_do() -> None:
     with pytest.raises(FrameSourceError, match="picamera2 is not installed"):
         Picamera2Source(640, 480, 15.0)
+
+
+def test_a_paced_source_hands_out_frames_no_faster_than_asked(tmp_path: Path) -> None:
+    Image.new("L", (64, 48), 200).save(tmp_path / "a.png")
+    fps = 40.0
+    with ImageFileSource(tmp_path, loop=True, pace_fps=fps) as frames:
+        start = time.monotonic()
+        for _ in range(9):
+            assert frames.read() is not None
+        elapsed = time.monotonic() - start
+    # A lower bound only: sleeping can be late on a busy machine, never early.
+    assert elapsed >= 8 / fps - 0.005
