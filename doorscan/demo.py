@@ -3,7 +3,8 @@
 1. A private Mosquitto on a free loopback port (an embedded amqtt broker if Mosquitto is
    not installed).
 2. `provisioning` creates keys, three venues and three units, and publishes the registry.
-3. `hub serve` runs as its own process on a fresh SQLite store.
+3. `hub serve` runs as its own process on a fresh SQLite store, with a new vault key
+   (`hub init-vault`) that seals identities at rest.
 4. Three door units run in this process with their real rooms (decoder, journal,
    debounce, indicators on gpiozero's mock pins, MQTT sync). Each is fed camera-like
    frames rendered from the codes of about 40 invented people who follow a day's
@@ -161,16 +162,17 @@ def _walk_through_the_day(units: list[Unit], clocks: list[ManualClock], visits: 
     return feedback
 
 
-def _report(db: Path, people: list[Person]) -> None:
+def _report(db: Path, vault_key: Path, people: list[Person]) -> None:
     hub = ("-m", "hub")
+    store = ("--db", str(db), "--vault-key", str(vault_key))
     period = ("--since", DAY.isoformat(), "--until", (DAY + timedelta(days=1)).isoformat())
-    _say("\n== hub stats ==\n" + _python(*hub, "stats", "--db", str(db)))
+    _say("\n== hub stats ==\n" + _python(*hub, "stats", *store))
     _say(f"\n== who was at {VENUES[0][1]} ==")
-    _say(_python(*hub, "visitors", "--db", str(db), "--venue", VENUES[0][0], *period,
+    _say(_python(*hub, "visitors", *store, "--venue", VENUES[0][0], *period,
                  "--reason", "DEMO-VENUE-LIST", "--format", "table"))  # fmt: skip
     index = people[0]
     _say(f"\n== trace of {index.name} ({index.id_number}), window 60 min, depth 2 ==")
-    _say(_python(*hub, "trace", "--db", str(db), "--id", index.id_number, *period,
+    _say(_python(*hub, "trace", *store, "--id", index.id_number, *period,
                  "--window-minutes", "60", "--depth", "2", "--reason", "DEMO-CASE-001",
                  "--format", "table"))  # fmt: skip
 
@@ -191,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         configs = _provision(work, host, port)
 
         db = work / "hub.db"
+        # The hub keeps identities sealed at rest under its vault key (issue 4); a real
+        # hub's key is backed up apart from the database, the demo's dies with the folder.
+        vault_key = work / "hub-vault.key"
+        _python("-m", "hub", "init-vault", str(vault_key))
         # The units seal every scan (issue 4); only the hub's private key opens them.
-        hub = HubProcess(db, host, port, work / "hub.log", card_keys=configs[0].card_keys,
+        hub = HubProcess(db, host, port, work / "hub.log", vault_key=vault_key,
+                         card_keys=configs[0].card_keys,
                          seal_key=work / "fleet" / "keys" / "hub-seal.key")  # fmt: skip
         stack.callback(hub.stop)
         _say(f"hub      : {hub.ready_line()}")
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         backlog = {u.config.unit_id: u.journal.backlog() for u in units}
         _say(f"sync     : journals drained, backlog per unit {backlog}")
 
-        _report(db, people)
+        _report(db, vault_key, people)
         kept = f"; files kept in {work}" if args.keep else ""
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s{kept}")
         return 1 if any(backlog.values()) or feedback[Feedback.FAULT.value] else 0

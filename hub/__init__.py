@@ -6,6 +6,8 @@ Rooms, in the order a scan passes through them:
 * `hub.ingest`: judges each message, stores the good scans, dead-letters the rest;
 * `hub.store`: the `Store` interface and `SqliteStore` (scans, registry, dead letters,
   the audit log of every read of identities);
+* `hub.vault`: the hub's secret, which seals identities at rest and blinds person keys
+  for matching;
 * `hub.csv_import`: loads check-ins recorded elsewhere, judged by the same parsers;
 * `hub.trace`: the contact-trace rule (F1, F2...) on the store's indexed queries;
 * `hub.cli`: the `doorscan-hub` command line (``python -m hub``).

@@ -1,5 +1,7 @@
 """`doorscan-hub` (or ``python -m hub``): the hub's command line.
 
+    doorscan-hub init-vault /etc/doorscan/hub-vault.key   # once; back the file up apart
+    export DOORSCAN_HUB_VAULT_KEY=/etc/doorscan/hub-vault.key
     doorscan-hub trace --id 064090123456 --since 2021-08-15T00:00+07:00 \\
         --until 2021-08-22T00:00+07:00 --reason "F0 case 12, Pleiku" --format table
     doorscan-hub visitors --venue cho-pleiku --since ... --until ... --reason "..."
@@ -10,16 +12,19 @@
     doorscan-hub audit list --limit 20
     doorscan-hub purge --retention-days 28
 
-Every command takes ``--db`` (default ``hub.db``; a path today, a URL once there is
-a PostgreSQL store). Commands that read identities (trace, visitors) require a reason
-and are written to the audit log; they take ``--role tracer|venue|reporter|admin``
-(default tracer) and ``--as-venue V`` for the venue role, and read through
-`hub.access`, which refuses, masks (MoH decision 2666/QĐ-BYT) and audits. Exit codes:
-0 done, 1 done with refused input (import-csv), 2 bad arguments, 3 not allowed for the
-role (one line ``not allowed: ...`` on stderr; nothing was read).
+Every command but ``init-vault`` takes ``--db`` (default ``hub.db``; a path today, a
+URL once there is a PostgreSQL store) and ``--vault-key FILE`` (default
+``$DOORSCAN_HUB_VAULT_KEY``; there is no default key): the database keeps identities
+sealed with that key (`hub.vault`) and refuses to open with another. Commands that
+read identities (trace, visitors) require a reason and are written to the audit log;
+they take ``--role tracer|venue|reporter|admin`` (default tracer) and ``--as-venue V``
+for the venue role, and read through `hub.access`, which refuses, masks (MoH decision
+2666/QĐ-BYT) and audits. Exit codes: 0 done, 1 done with refused input (import-csv),
+2 bad arguments (also: no vault key, or the wrong one), 3 not allowed for the role
+(one line ``not allowed: ...`` on stderr; nothing was read).
 
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
-reads), `hub.cli_admin` (import-csv, dead-letters, stats, audit, purge), `hub.cli_serve`
+reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, stats, audit, purge), `hub.cli_serve`
 (serve), with what they share in `hub.cli_common`. To add a command, write
 ``add_x(commands)`` that registers a parser with ``parents=[db_parent()]`` and
 ``set_defaults(run=...)`` (a function of the parsed arguments returning the exit code),
@@ -33,15 +38,24 @@ import sys
 from collections.abc import Callable, Sequence
 
 from doorscan.errors import Refusal
-from hub.cli_admin import add_audit, add_dead_letters, add_import_csv, add_purge, add_stats
+from hub.cli_admin import (
+    add_audit,
+    add_dead_letters,
+    add_import_csv,
+    add_init_vault,
+    add_purge,
+    add_stats,
+)
 from hub.cli_common import Commands, UsageError
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
+from hub.store import StoreError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 COMMANDS: list[Callable[[Commands], None]] = [
+    add_init_vault,
     add_trace,
     add_visitors,
     add_import_csv,
@@ -71,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     try:
         return int(args.run(args))
-    except (UsageError, Refusal) as exc:
+    except (UsageError, Refusal, StoreError) as exc:
         reason = exc.reason if isinstance(exc, Refusal) else str(exc)
         print(f"{parser.prog} {args.command}: error: {reason}", file=sys.stderr)
         return 2

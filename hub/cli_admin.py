@@ -1,4 +1,4 @@
-"""`import-csv`, `dead-letters`, `stats`, `audit` and `purge`: looking after the hub's data."""
+"""`init-vault`, `import-csv`, `dead-letters`, `stats`, `audit`, `purge`: the hub's data."""
 
 from __future__ import annotations
 
@@ -14,8 +14,43 @@ from doorscan.timefmt import format_rfc3339
 from hub.cli_common import Commands, UsageError, db_parent, open_store, printable, table
 from hub.csv_import import import_csv
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
+from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
-__all__ = ["add_audit", "add_dead_letters", "add_import_csv", "add_purge", "add_stats"]
+__all__ = [
+    "add_audit",
+    "add_dead_letters",
+    "add_import_csv",
+    "add_init_vault",
+    "add_purge",
+    "add_stats",
+]
+
+
+def add_init_vault(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "init-vault",
+        help="create the hub's vault key (encrypts identities at rest)",
+        description="Write a new random vault key to FILE (mode 0600). An existing file is "
+        "never replaced: the identities it encrypts would be lost.",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="where to write the key")
+    parser.set_defaults(run=_run_init_vault)
+
+
+def _run_init_vault(args: argparse.Namespace) -> int:
+    try:
+        Vault.generate().save(args.file)
+    except VaultKeyError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror or exc}") from None
+    print(f"wrote a new vault key to {args.file} (mode 0600)")
+    print(
+        "back it up now, apart from the database: without it the identities in the "
+        "database are gone for good; with it, anyone holding a copy of the database reads them"
+    )
+    print(f"give it to every hub command with --vault-key {args.file} or ${ENV_VAULT_KEY}")
+    return 0
 
 
 def add_import_csv(commands: Commands) -> None:
@@ -42,7 +77,7 @@ def _run_import_csv(args: argparse.Namespace) -> int:
         keys = CardKeyring.from_pem_files(args.card_key) if args.card_key else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"--card-key: {exc}") from None
-    with open_store(args.db, must_exist=False) as store:
+    with open_store(args.db, args.vault_key, must_exist=False) as store:
         try:
             report = import_csv(
                 store,
@@ -77,7 +112,7 @@ def add_dead_letters(commands: Commands) -> None:
 def _run_dead_letters(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         letters = store.dead_letters(args.limit)
     rows = [
         [
@@ -102,7 +137,7 @@ def add_stats(commands: Commands) -> None:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         print(json.dumps(store.counts(), indent=2, sort_keys=True))
     return 0
 
@@ -123,7 +158,7 @@ def add_audit(commands: Commands) -> None:
 
 
 def _run_audit_verify(args: argparse.Namespace) -> int:
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         check = store.verify_audit()
     if check.ok:
         print(f"audit log intact: {check.entries} entries (head {check.head_hash})")
@@ -137,7 +172,7 @@ def _run_audit_verify(args: argparse.Namespace) -> int:
 def _run_audit_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         entries = store.audit_entries(args.limit)
     rows = [
         [
@@ -184,7 +219,7 @@ def add_purge(commands: Commands) -> None:
 
 def _run_purge(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         counts = purge_expired(store, now, args.retention_days)
     print(
         f"purged everything older than {format_rfc3339(retention_cutoff(now, args.retention_days))}"

@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
@@ -19,8 +20,9 @@ from typing import Any, TypeAlias
 
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
-from hub.store import SqliteStore, Store
+from hub.store import SqliteStore, Store, StoreError
 from hub.trace import MAX_DEPTH
+from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
 __all__ = [
     "EXIT_FORBIDDEN",
@@ -30,6 +32,7 @@ __all__ = [
     "db_parent",
     "depth_arg",
     "format_option",
+    "load_vault",
     "minutes_arg",
     "open_store",
     "period_options",
@@ -48,21 +51,50 @@ class UsageError(DoorscanError, ValueError):
     """The command line asks for something impossible; exit code 2."""
 
 
-def open_store(db: str, *, must_exist: bool) -> Store:
-    """Open the store named by `--db`: a path, or a ``sqlite:///path`` URL."""
+def load_vault(vault_key: Path | None) -> Vault:
+    """The vault named by ``--vault-key``, else by ``$DOORSCAN_HUB_VAULT_KEY``; no default.
+
+    A default key would be a key every hub shares, so a missing one is a usage error.
+    """
+    if vault_key is None:
+        from_env = os.environ.get(ENV_VAULT_KEY, "").strip()
+        if not from_env:
+            raise UsageError(
+                f"no vault key: give --vault-key FILE or set {ENV_VAULT_KEY} "
+                "(create one with `doorscan-hub init-vault FILE`)"
+            )
+        vault_key = Path(from_env)
+    try:
+        return Vault.load(vault_key)
+    except VaultKeyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> Store:
+    """Open the store named by `--db` (a path, or a ``sqlite:///path`` URL) with its vault."""
     if "://" in db:
         if not db.startswith("sqlite:///"):
             raise UsageError(f"--db {db!r}: only SQLite (a path or sqlite:///path) is supported")
         db = db.removeprefix("sqlite:///")
     if must_exist and db != ":memory:" and not Path(db).is_file():
         raise UsageError(f"no hub database at {db} (give its path with --db)")
-    return SqliteStore(db)
+    vault = load_vault(vault_key)
+    try:
+        return SqliteStore(db, vault=vault)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def db_parent() -> argparse.ArgumentParser:
-    """The options every command shares."""
+    """The options every command shares: the database and the vault key that opens it."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--db", default="hub.db", help="the hub database: a path (default: hub.db)")
+    parent.add_argument(
+        "--vault-key",
+        type=Path,
+        metavar="FILE",
+        help=f"the hub's vault key (default: ${ENV_VAULT_KEY}); it opens the identities",
+    )
     return parent
 
 

@@ -61,7 +61,7 @@ def _not_allowed(args: argparse.Namespace, exc: Forbidden) -> int:
 
 def _run_trace(args: argparse.Namespace) -> int:
     principal = _principal(args)
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         try:
             result = AccessControlledStore(store, principal).trace(
                 args.id,
@@ -124,7 +124,7 @@ def add_visitors(commands: Commands) -> None:
 
 def _run_visitors(args: argparse.Namespace) -> int:
     principal = _principal(args)
-    with open_store(args.db, must_exist=True) as store:
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
         try:
             listing = AccessControlledStore(store, principal).visitors(
                 args.venue, args.since, args.until, args.reason, datetime.now(UTC)

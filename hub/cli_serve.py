@@ -74,7 +74,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with open_store(args.db, must_exist=False) as store:
+    with open_store(args.db, args.vault_key, must_exist=False) as store:
         ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key)
         with HubService(
             ingestor, args.broker_host, args.broker_port, client_id=args.client_id, tls=tls

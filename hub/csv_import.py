@@ -19,9 +19,10 @@ The file::
 * An unknown venue refuses the row unless `add_venues`, which creates it with its id
   as its name. `device_id`, if present and a registered unit of that venue, links
   the scan to the unit; any other device (a guard's phone) is not recorded.
-* Every row gets a deterministic scan id from venue, time and person, so importing
-  the same file twice adds nothing (the second time, rows count as duplicates). A
-  scan that also arrived over MQTT has a different id and is stored twice.
+* Every row gets a deterministic scan id from venue, time and person (by pseudonym:
+  `hub.scan_ids`), so importing the same file twice adds nothing (the second time,
+  rows count as duplicates). A scan that also arrived over MQTT has a different id and
+  is stored twice.
 
 Cells that look like spreadsheet formulas (``=``, ``+``, ``-``, ``@``) are kept as
 plain text and never evaluated; error messages quote cells with `repr`, truncated.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import re
 from collections.abc import Iterator
@@ -44,6 +44,7 @@ from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
 from doorscan.timefmt import parse_rfc3339, to_ms
 from doorscan.wire import ID_PATTERN, VenueRecord
+from hub.scan_ids import csv_scan_id
 from hub.store import Store, StoredScan
 
 __all__ = ["HEADER", "HEADER_WITH_DEVICE", "ImportReport", "import_csv", "csv_scan_id"]
@@ -68,12 +69,6 @@ class ImportReport:
 
 class _RowError(Exception):
     """One row is refused; the message says why."""
-
-
-def csv_scan_id(venue_id: str, scanned_at_ms: int, person_key: str) -> str:
-    """The scan id of an imported row: the same row always gets the same id."""
-    digest = hashlib.sha256(f"{venue_id}\x1f{scanned_at_ms}\x1f{person_key}".encode()).hexdigest()
-    return "csv-" + digest[:32]
 
 
 def _show(value: str, limit: int = 60) -> str:
@@ -187,7 +182,7 @@ def _judge_row(
         unit_id = unit.unit_id if unit is not None else None
     at_ms = to_ms(scanned_at)
     return StoredScan(
-        scan_id=csv_scan_id(venue_id, at_ms, identity.person_key),
+        scan_id=csv_scan_id(venue_id, at_ms, store.pseudonym(identity.person_key)),
         unit_id=unit_id,
         venue_id=venue_id,
         scanned_at=scanned_at,

@@ -16,7 +16,11 @@ __all__ = ["HubProcess"]
 
 
 class HubProcess:
-    """`hub serve` in a child process; `stop()` ends it with SIGTERM (it finishes cleanly)."""
+    """`hub serve` in a child process; `stop()` ends it with SIGTERM (it finishes cleanly).
+
+    `vault_key` is the hub's vault key file (`python -m hub init-vault`): required, since
+    the hub has no default key.
+    """
 
     def __init__(
         self,
@@ -25,13 +29,23 @@ class HubProcess:
         port: int,
         log: Path,
         *,
+        vault_key: Path,
         card_keys: Sequence[Path] = (),
         seal_key: Path | None = None,
         env: dict[str, str] | None = None,
         timeout_s: float = 30.0,
     ) -> None:
         self.log = log
-        args = [sys.executable, "-m", "hub", "serve", "--db", str(db)]
+        args = [
+            sys.executable,
+            "-m",
+            "hub",
+            "serve",
+            "--db",
+            str(db),
+            "--vault-key",
+            str(vault_key),
+        ]
         args += ["--broker-host", host, "--broker-port", str(port)]
         for key in card_keys:
             args += ["--card-key", str(key)]

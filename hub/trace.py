@@ -24,7 +24,9 @@ check-in of a person just found it asks for the venue's check-ins in
     >>> [(c.degree, c.name) for c in result.contacts]               # doctest: +SKIP
 
 Every trace is written to the store's audit log with its reason before it runs:
-the hub holds identities, and reading them must leave a trace of its own.
+the hub holds identities, and reading them must leave a trace of its own. The log
+names the traced person by the store's pseudonym (`CheckinReader.pseudonym`), never
+by ID number.
 """
 
 from __future__ import annotations
@@ -121,16 +123,30 @@ class TraceParams:
     def window_ms(self) -> int:
         return self.window // timedelta(milliseconds=1)
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def _period(self) -> dict[str, Any]:
         minutes = self.window / timedelta(minutes=1)
         return {
-            "id": self.id_text or self.person_key,
-            "person_key": self.person_key,
             "since": format_rfc3339(self.since),
             "until": format_rfc3339(self.until),
             "window_minutes": int(minutes) if minutes.is_integer() else minutes,
             "depth": self.depth,
         }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The parameters as the tracer sees them, in the clear."""
+        return {
+            "id": self.id_text or self.person_key,
+            "person_key": self.person_key,
+            **self._period(),
+        }
+
+    def to_audit_dict(self, subject: str) -> dict[str, Any]:
+        """The parameters as the audit log keeps them: the person only as `subject`.
+
+        `subject` is the store's pseudonym of the person key; whoever holds the vault
+        can tell whether an ID was traced by blinding it, nobody else can.
+        """
+        return {"subject": subject, **self._period()}
 
 
 @dataclass(frozen=True)
@@ -289,6 +305,8 @@ def run_trace(
         depth=depth,
         id_text=id_text.strip(),
     )
-    # Before the work, so that a trace that fails half-way is still on the record.
-    store.record_audit("trace", reason, {**params.to_json_dict(), **(audit_extra or {})}, at)
+    # Before the work, so that a trace that fails half-way is still on the record. The
+    # subject is named by pseudonym: the audit log is read by admins, who see no identity.
+    audited = {**params.to_audit_dict(store.pseudonym(params.person_key)), **(audit_extra or {})}
+    store.record_audit("trace", reason, audited, at)
     return trace(store, params)

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a real Mosquitto per test, synthetic people."""
+"""Fixtures shared by the whole suite: a real Mosquitto per test, the hub's vault key."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from doorscan.localbroker import LocalBroker, find_mosquitto
+from hub.vault import ENV_VAULT_KEY
+from tests.hubstore import vault_key_file
 from tests.reliability import FiguresRecorder
 
 _FIGURES = FiguresRecorder()
@@ -21,6 +23,16 @@ def broker() -> Iterator[LocalBroker]:
         )
     with LocalBroker() as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _hub_vault_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `hub` command a test runs, in process or as a child, opens the run's vault.
+
+    The same key as `tests.hubstore.open_store`, so a file written by either opens in
+    the other. Tests of the missing-key refusal delete the variable themselves.
+    """
+    monkeypatch.setenv(ENV_VAULT_KEY, str(vault_key_file()))
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,13 @@ import os
 import threading
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
+from hub.cli_common import load_vault
 from hub.ingest import Ingestor
 from hub.service import HubService
 from hub.store import BatchKey, InsertResult, SqliteStore, StoredScan
+from hub.vault import Vault
 
 __all__ = ["DyingStore", "main"]
 
@@ -33,8 +36,8 @@ EXIT_CODE = 137  # 128 + SIGKILL, so the test can tell the planned death from a 
 class DyingStore(SqliteStore):
     """A real SqliteStore whose Nth `insert_scans` kills the process."""
 
-    def __init__(self, path: str, *, die_at: int, when: str) -> None:
-        super().__init__(path)
+    def __init__(self, path: str, *, vault: Vault, die_at: int, when: str) -> None:
+        super().__init__(path, vault=vault)
         self._die_at = die_at
         self._when = when
         self._calls = 0
@@ -59,8 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--broker-port", type=int, required=True)
     parser.add_argument("--die-at", type=int, required=True, help="the Nth insert_scans kills")
     parser.add_argument("--when", choices=("before", "after"), required=True)
+    parser.add_argument("--vault-key", type=Path, help="default: $DOORSCAN_HUB_VAULT_KEY")
     args = parser.parse_args(argv)
-    with DyingStore(args.db, die_at=args.die_at, when=args.when) as store:
+    # A child process: the test's vault reaches it as the key file, like the real hub's.
+    vault = load_vault(args.vault_key)
+    with DyingStore(args.db, vault=vault, die_at=args.die_at, when=args.when) as store:
         service = HubService(Ingestor(store), args.broker_host, args.broker_port)
         with service:
             if not service.wait_connected(30):

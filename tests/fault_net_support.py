@@ -29,6 +29,7 @@ from doorscan.synthetic import cccd_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import Scan, UnitRecord, VenueRecord
 from hub.store import SqliteStore
+from tests.hubstore import open_store, vault_key_file
 from tests.waiting import wait_for
 
 __all__ = [
@@ -69,7 +70,7 @@ def make_scan(unit_id: str, venue_id: str, i: int, at: datetime, person: int | N
 
 @contextmanager
 def registered_store(path: Path, units: dict[str, str]) -> Iterator[SqliteStore]:
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         for venue in sorted(set(units.values())):
             store.upsert_venue(VenueRecord(venue_id=venue, name=f"Venue {venue}"))
         for unit, venue in units.items():
@@ -111,6 +112,7 @@ def start_fault_hub(
     db: Path, broker: LocalBroker, when: str, die_at: int, log: Path
 ) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tests.fault_hub", "--db", str(db)]
+    args += ["--vault-key", str(vault_key_file())]
     args += ["--broker-port", str(broker.port), "--die-at", str(die_at), "--when", when]
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

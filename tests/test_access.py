@@ -26,6 +26,7 @@ from hub.access import (
 )
 from hub.cli import main
 from hub.store import SqliteStore, StoredScan
+from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
 P = make_people(5, seed=11)
@@ -66,14 +67,14 @@ def _fill(store: SqliteStore) -> None:
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         _fill(store)
     return str(path)
 
 
 @pytest.fixture
 def store(db: str) -> Iterator[SqliteStore]:
-    with SqliteStore(db) as opened:
+    with open_store(db) as opened:
         yield opened
 
 
@@ -165,7 +166,8 @@ def test_tracer_sees_full_identities_and_is_audited(store: SqliteStore) -> None:
     for entry in entries:
         assert entry.params["principal"] == {"role": "tracer", "venue_id": None}
     assert entries[-1].params["masked"] is False
-    assert entries[0].params["id"] == A.id_number and entries[0].reason == "ca F0 số 12"
+    assert entries[0].params["subject"] == store.pseudonym(A.person_key)
+    assert entries[0].reason == "ca F0 số 12"
 
 
 def test_venue_sees_its_own_venue_masked(store: SqliteStore) -> None:
@@ -258,7 +260,7 @@ def test_cli_venue_role_masks(db: str, capsys: pytest.CaptureFixture[str]) -> No
     assert main(cli_visitors(db, MARKET, "--role", "venue", "--as-venue", MARKET)) == 0
     table = capsys.readouterr().out
     assert "masked" in table and "Rơ Châm***" in table and B.id_number not in table
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         principals = [e.params["principal"] for e in store.audit_entries()]
     assert principals == [{"role": "venue", "venue_id": MARKET}] * 2
 
@@ -293,7 +295,7 @@ def test_cli_refusal_exits_3(
     assert captured.out == ""
     assert captured.err.startswith(f"doorscan-hub {command}: not allowed: ")
     assert captured.err.count("\n") == 1
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         assert store.audit_entries() == []
 
 

@@ -14,6 +14,7 @@ import pytest
 from hub.audit import GENESIS_HASH, entry_hash
 from hub.cli import main
 from hub.store import SqliteStore, StoreError
+from tests.hubstore import open_store
 
 T0 = datetime(2021, 8, 15, 2, 30, tzinfo=UTC)
 
@@ -31,7 +32,7 @@ def write_entries(store: SqliteStore, n: int, tag: str = "") -> None:
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         write_entries(store, 6)
     yield path
 
@@ -46,13 +47,13 @@ def tamper(path: Path, sql: str, *params: object) -> None:
 
 
 def verify(path: Path) -> tuple[bool, int | None, str | None]:
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         check = store.verify_audit()
     return check.ok, check.first_bad_id, check.problem
 
 
 def test_each_entry_chains_from_the_one_before(db: Path) -> None:
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         entries = list(reversed(store.audit_entries()))
         check = store.verify_audit()
     assert [e.id for e in entries] == [1, 2, 3, 4, 5, 6]
@@ -78,7 +79,7 @@ def test_the_encoding_keeps_field_boundaries() -> None:
 
 def test_two_threads_and_two_connections_do_not_fork_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as shared, SqliteStore(path) as other:
+    with open_store(path) as shared, open_store(path) as other:
         threads = [
             threading.Thread(target=write_entries, args=(s, 40, f"/{n}"))
             for n, s in enumerate([shared, shared, other])
@@ -152,7 +153,7 @@ def test_deleting_the_newest_entries_is_found_through_the_head(db: Path, deleted
 def test_a_deleted_head_is_found(db: Path) -> None:
     tamper(db, "DELETE FROM audit_head")
     assert verify(db)[0] is False
-    with SqliteStore(db) as store, pytest.raises(StoreError, match="audit_head"):
+    with open_store(db) as store, pytest.raises(StoreError, match="audit_head"):
         store.record_audit("trace", "r", {}, T0)
 
 
@@ -172,7 +173,7 @@ def test_a_file_at_the_previous_schema_is_chained_when_it_opens(tmp_path: Path) 
     raw.commit()
     raw.close()
 
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         assert store.verify_audit().entries == 3
         store.record_audit("visitors", "new", {}, T0)
         check = store.verify_audit()
@@ -184,7 +185,7 @@ def test_a_file_at_the_previous_schema_is_chained_when_it_opens(tmp_path: Path) 
 
 
 def test_an_empty_log_verifies(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "hub.db") as store:
+    with open_store(tmp_path / "hub.db") as store:
         check = store.verify_audit()
     assert (check.ok, check.entries, check.head_hash) == (True, 0, GENESIS_HASH)
 

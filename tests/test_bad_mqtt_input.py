@@ -31,7 +31,7 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.launcher import HubProcess
-from hub.store import SqliteStore
+from tests.hubstore import open_store, vault_key_file
 from tests.reliability import FiguresRecorder
 from tests.waiting import wait_for
 
@@ -87,7 +87,7 @@ def hub_db(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
         ),
     ):
         _pub(broker, topic, encode_message(record), tmp_path, retain=True)
-    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log")
+    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
     yield db
     assert hub.stop() == 0, hub.output()
     assert "Traceback" not in hub.output(), hub.output()
@@ -156,17 +156,17 @@ def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
         _pub(broker, topic, payload, tmp_path)
 
     def stored() -> int:
-        with SqliteStore(hub_db) as store:
+        with open_store(hub_db) as store:
             return store.counts()["scans"]
 
     def letters() -> int:
-        with SqliteStore(hub_db) as store:
+        with open_store(hub_db) as store:
             return store.counts()["dead_letters"]
 
     assert wait_for(lambda: stored() == 1), "the good batch after the bad ones was not stored"
     assert wait_for(lambda: letters() >= len(bad))
     time.sleep(0.5)  # anything more would be a bug: give it the time to show
-    with SqliteStore(hub_db) as store:
+    with open_store(hub_db) as store:
         letters = store.dead_letters(limit=100)
         [good_scan] = store.checkins_at("hospital", 0, 2**62)
     assert good_scan.scan_id == "s-good-0001"

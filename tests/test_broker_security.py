@@ -48,9 +48,9 @@ from doorscan.wire import (
 )
 from hub.ingest import Ingestor
 from hub.service import HubService, TlsFiles
-from hub.store import SqliteStore
 from provisioning.broker_pki import BrokerPKI
 from provisioning.cli import main
+from tests.hubstore import open_store
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
@@ -302,7 +302,7 @@ def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
     )
     tls = TlsFiles(*fleet.role_files("hub"))
     with (
-        SqliteStore(tmp_path / "hub.db") as store,
+        open_store(tmp_path / "hub.db") as store,
         HubService(Ingestor(store), HOST, fleet.port, tls=tls) as hub,
         ScanJournal(tmp_path / "journal.db") as journal,
     ):

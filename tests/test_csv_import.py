@@ -21,6 +21,7 @@ from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.csv_import import HEADER, HEADER_WITH_DEVICE, import_csv
 from hub.store import SqliteStore
+from tests.hubstore import open_store
 
 PEOPLE = make_people(6, seed=21)
 NOW = datetime(2022, 3, 15, 12, 0, tzinfo=UTC)
@@ -61,7 +62,7 @@ def to_cp1258(text: str) -> bytes:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "hub.db") as opened:
+    with open_store(tmp_path / "hub.db") as opened:
         opened.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         yield opened
 

@@ -41,6 +41,7 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.launcher import HubProcess
+from tests.hubstore import vault_key_file
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
@@ -77,7 +78,7 @@ def _publish_registry(broker: LocalBroker, venues: list[str], units: dict[str, s
 def hub(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
     """`python -m hub serve` on the test broker; yields the path of its database."""
     db = tmp_path / "hub.db"
-    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log")
+    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
     yield db
     assert hub.stop() == 0, hub.output()
     assert "Traceback" not in hub.output(), hub.output()

@@ -27,7 +27,7 @@ from doorscan.synthetic import blank_frame, cccd_text, make_people, render_frame
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import SqliteStore
+from tests.hubstore import open_store
 from tests.reliability import FiguresRecorder
 from tests.waiting import wait_for
 
@@ -40,7 +40,7 @@ SLACK = timedelta(seconds=15)  # network and processing delay between the unit a
 @pytest.fixture
 def hub(broker: LocalBroker, tmp_path: Path) -> Iterator[tuple[Path, HubService]]:
     db = tmp_path / "hub.db"
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         for unit_id in ("door-1", "door-2"):
             store.upsert_unit(UnitRecord(unit_id=unit_id, venue_id="hospital"))
@@ -126,7 +126,7 @@ def test_stale_then_jumping_clock(
         assert fast.sync.wait_connected(10)  # online, so the door shows plain green
         assert _show(fast, ahead, cccd_text(PEOPLE[4]), 1) == [Feedback.ACCEPTED]
         assert wait_for(lambda: fast.journal.backlog() == 0)
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         letters = store.dead_letters()
         assert [letter.code for letter in letters] == ["future_time"]
         assert store.counts()["scans"] == 4

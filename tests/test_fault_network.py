@@ -29,7 +29,6 @@ from doorscan.wire import Scan
 from hub.ingest import Ingestor
 from hub.launcher import HubProcess
 from hub.service import HubService
-from hub.store import SqliteStore
 from hub.trace import run_trace
 from tests.fault_net_support import (
     PEOPLE,
@@ -45,6 +44,7 @@ from tests.fault_net_support import (
     stored_ids,
     wait_for,
 )
+from tests.hubstore import open_store, vault_key_file
 
 pytestmark = pytest.mark.broker
 
@@ -120,7 +120,7 @@ def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
 
     expected = {f"{u}-{i:06d}" for u, n in recorded.items() for i in range(n)}
     assert len(expected) == total
-    with SqliteStore(tmp_path / "hub.db") as reopened:
+    with open_store(tmp_path / "hub.db") as reopened:
         stored = stored_ids(reopened, set(units.values()))
         replays = replays_only(reopened)
     assert len(stored) == total and set(stored) == expected
@@ -175,13 +175,15 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
                 u: stack.enter_context(make_sync(u, journals[u], broker, BATCH, 3.0)) for u in units
             }
             assert fault_hub.wait(60) == 137, (tmp_path / "fault-hub.log").read_text()
-            with SqliteStore(db) as dead_hubs_store:
+            with open_store(db) as dead_hubs_store:
                 committed_at_death = dead_hubs_store.counts()["scans"]
             for unit, journal in journals.items():  # the doors keep scanning with no hub
                 for i in range(300, 400):
                     journal.record(make_scan(unit, units[unit], i, t0 + timedelta(seconds=i)))
                 syncs[unit].notify()
-            hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log")
+            hub = HubProcess(
+                db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file()
+            )
             try:
                 drained = wait_for(lambda: all(j.backlog() == 0 for j in journals.values()), 90)
             finally:
@@ -200,7 +202,7 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
     # The fault struck where it was aimed: N-1 or N whole batches committed, no more.
     assert committed_at_death == BATCH * (DIE_AT - 1 if when == "before" else DIE_AT)
     expected = {f"{u}-{i:06d}" for u in units for i in range(400)}
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         stored = stored_ids(store, set(units.values()))
         replays = replays_only(store)
     assert len(stored) == len(expected) and set(stored) == expected
@@ -342,7 +344,7 @@ def test_arrival_order_does_not_change_what_the_hub_knows(
     results = []
     for run, mixed in (("ordered", False), ("mixed", True)):
         db = _deliver(broker, tmp_path, run, scans, mixed=mixed)
-        with SqliteStore(db) as store:
+        with open_store(db) as store:
             checkins = store.checkins_at("hospital", 0, 2**62)
             trace = run_trace(
                 store, PEOPLE[0].id_number, start - timedelta(hours=1), now(),

@@ -51,7 +51,7 @@ from doorscan.wire import (
     topic_registry_venue,
 )
 from hub.launcher import HubProcess
-from hub.store import SqliteStore
+from tests.hubstore import open_store, vault_key_file
 
 DAY = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)
 PEOPLE = make_people(30, seed=77)
@@ -250,7 +250,7 @@ def test_sigkill_at_random_moments_loses_no_green_scan(
 
     _publish_registry(broker)
     db = tmp_path / "hub.db"
-    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log")
+    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
     try:
         with contextlib.ExitStack() as stack:
             journals = [stack.enter_context(ScanJournal(d.journal)) for d in doors]
@@ -268,7 +268,7 @@ def test_sigkill_at_random_moments_loses_no_green_scan(
             assert [j.backlog() for j in journals] == [0, 0], "scans never acked"
     finally:
         assert hub.stop() == 0, hub.output()
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         counts = store.counts()
         stored = {c.scan_id for c in store.checkins_at("hospital", 0, 2**62)}
     assert counts["scans"] == len(kept) and counts["dead_letters"] == 0

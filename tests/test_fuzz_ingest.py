@@ -23,7 +23,7 @@ from doorscan.wire import (
     encode_message,
 )
 from hub.ingest import Ingestor
-from hub.store import SqliteStore
+from tests.hubstore import open_store
 
 NOW = datetime(2022, 1, 11, tzinfo=UTC)
 PEOPLE = make_people(5, seed=47)
@@ -94,7 +94,7 @@ def test_nearly_right_batches_are_split_exactly_into_stored_and_refused(
 
 
 def _check(messages: list[tuple[str, bytes]]) -> None:
-    with SqliteStore(":memory:") as store:
+    with open_store(":memory:") as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         ingestor = Ingestor(store, now=lambda: NOW)
@@ -123,7 +123,7 @@ def _check(messages: list[tuple[str, bytes]]) -> None:
 
 
 def test_a_valid_batch_still_goes_through_the_same_door() -> None:
-    with SqliteStore(":memory:") as store:
+    with open_store(":memory:") as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         scan = Scan(

@@ -17,7 +17,8 @@ from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.cli import main
-from hub.store import SqliteStore, StoredScan
+from hub.store import StoredScan
+from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
 PEOPLE = make_people(4, seed=5)
@@ -44,7 +45,7 @@ def db(tmp_path: Path) -> str:
         (C, "benh-vien", T0 + 150 * minutes),  # F2 through B
         (D, "benh-vien", T0 - 600 * minutes),  # nobody's contact
     ]
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_venue(VenueRecord(venue_id="benh-vien", name="Bệnh viện tỉnh"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
@@ -67,7 +68,7 @@ def trace_args(db: str, *extra: str) -> list[str]:
 
 
 def audit(db: str) -> list[tuple[str, str]]:
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         return [(e.action, e.reason) for e in store.audit_entries()]
 
 

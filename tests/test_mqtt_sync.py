@@ -25,6 +25,7 @@ from doorscan.wire import Scan, UnitRecord, UnitStatus, VenueRecord, decode_mess
 from hub.ingest import Ingestor
 from hub.service import HubService
 from hub.store import SqliteStore
+from tests.hubstore import open_store
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
@@ -49,7 +50,7 @@ def _record(journal: ScanJournal, count: int, start: int = 0) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "hub.db") as opened:
+    with open_store(tmp_path / "hub.db") as opened:
         opened.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         opened.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         yield opened

@@ -20,6 +20,7 @@ from doorscan.wire import UnitRecord, VenueRecord
 from hub.cli import main
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
 from hub.store import BatchKey, SqliteStore, StoredScan
+from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
 WHO = [parse_qr(cccd_text(p), today=TODAY) for p in make_people(3, seed=7)]
@@ -48,7 +49,7 @@ TIMES = {"old": OLD, "just_older": JUST_OLDER, "at_cutoff": AT_CUTOFF, "new": NE
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, TIMES)
@@ -57,11 +58,13 @@ def db(tmp_path: Path) -> Iterator[Path]:
 
 
 def remaining(path: Path) -> dict[str, list[str]]:
+    with open_store(path) as store:  # a dead letter's reason is sealed: read it opened
+        reasons = [letter.reason for letter in reversed(store.dead_letters(limit=1000))]
     raw = sqlite3.connect(path)
     try:
         return {
             "scans": [r[0] for r in raw.execute("SELECT scan_id FROM scans ORDER BY scan_id")],
-            "dead_letters": [r[0] for r in raw.execute("SELECT reason FROM dead_letters")],
+            "dead_letters": reasons,
             "batches": [r[0] for r in raw.execute("SELECT batch_id FROM batches")],
         }
     finally:
@@ -69,7 +72,7 @@ def remaining(path: Path) -> dict[str, list[str]]:
 
 
 def test_purge_deletes_only_what_is_older_than_the_cutoff(db: Path) -> None:
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         counts = store.purge_older_than(CUTOFF, at=NOW)
         assert store.counts()["scans"] == 2
     assert counts == {"scans": 2, "dead_letters": 2, "batches": 2}
@@ -81,7 +84,7 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(db: Path) -> None:
 
 
 def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: Path) -> None:
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         purge_expired(store, NOW, retention_days=28)
         entries = store.audit_entries()
         check = store.verify_audit()
@@ -100,7 +103,7 @@ def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: Path) -> N
 def test_a_second_purge_finds_nothing_and_a_scan_older_than_received_also_goes(
     db: Path,
 ) -> None:
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         store.purge_older_than(CUTOFF, at=NOW)
         assert store.purge_older_than(CUTOFF, at=NOW) == {
             "scans": 0,
@@ -126,7 +129,7 @@ def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(tmp_path: Pat
     path = tmp_path / "hub.db"
     now = datetime.now(UTC)
     cutoff = retention_cutoff(now, 28)
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, {"a": cutoff - timedelta(days=400), "b": cutoff - MS, "c": now})
@@ -164,7 +167,7 @@ def test_cli_purge(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["purge", "--db", str(db), "--retention-days", "7"]) == 0
     assert ": 0 scans, 0 dead letters, 0 batch ids" in capsys.readouterr().out
-    with SqliteStore(db) as store:
+    with open_store(db) as store:
         purges = [e for e in store.audit_entries() if e.action == "purge"]
     assert [e.reason for e in purges] == ["retention: 7 days", "retention: 28 days"]
 
@@ -178,7 +181,7 @@ def test_cli_purge_keeps_what_is_inside_the_period(
 ) -> None:
     path = tmp_path / "hub.db"
     now = datetime.now(UTC)
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, {"recent": now - timedelta(days=2), "old": now - timedelta(days=10)})

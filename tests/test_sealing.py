@@ -44,6 +44,7 @@ from hub.ingest import Ingestor
 from hub.service import HubService
 from hub.store import SqliteStore
 from provisioning.cli import main as prov_main
+from tests.hubstore import open_store
 from tests.waiting import wait_for
 
 T0 = datetime(2022, 1, 10, 2, 0, tzinfo=UTC)
@@ -161,7 +162,7 @@ def test_an_unsealed_unit_would_leak(tmp_path: Path) -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "hub.db") as opened:
+    with open_store(tmp_path / "hub.db") as opened:
         opened.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         opened.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         yield opened

@@ -15,6 +15,7 @@ from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.store import BatchConflict, BatchKey, SqliteStore, StoredScan, StoreError
+from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
 PEOPLE = make_people(5, seed=11)
@@ -39,7 +40,7 @@ def seed_registry(store: SqliteStore) -> None:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteStore]:
     """The suite runs on every backend; PostgreSQL joins this list when it exists."""
     path = ":memory:" if request.param == "memory" else tmp_path / "hub.db"
-    with SqliteStore(path) as opened:
+    with open_store(path) as opened:
         seed_registry(opened)
         yield opened
 
@@ -162,7 +163,7 @@ def test_venue_range_query_uses_the_index(store: SqliteStore) -> None:
 
 def test_file_store_is_wal_and_synchronous_full(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         conn = store._conn
         assert conn is not None
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -177,7 +178,7 @@ def test_file_store_is_wal_and_synchronous_full(tmp_path: Path) -> None:
 
 def test_a_second_store_on_the_file_reads_what_the_first_committed(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
-    with SqliteStore(path) as writer, SqliteStore(path) as reader:
+    with open_store(path) as writer, open_store(path) as reader:
         seed_registry(writer)
         writer.insert_scans([scan(1, WHO[0])], received_at=NOW)
         assert reader.counts()["scans"] == 1
@@ -210,32 +211,32 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw.commit()
     raw.close()
 
-    with SqliteStore(path) as store:
+    with open_store(path) as store:
         assert store.venue("cho-pleiku") is not None
         store.record_audit("trace", "why", {}, NOW)  # the table migration 2 adds
-    with SqliteStore(path) as store:  # an up-to-date file opens unchanged
+    with open_store(path) as store:  # an up-to-date file opens unchanged
         assert len(store.audit_entries()) == 1
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 4
+        assert version == len(SqliteStore.MIGRATIONS) == 5
     finally:
         raw.close()
 
 
 def test_a_file_from_a_newer_doorscan_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "hub.db"
-    SqliteStore(path).close()
+    open_store(path).close()
     raw = sqlite3.connect(path)
     raw.execute("PRAGMA user_version = 99")
     raw.commit()
     raw.close()
     with pytest.raises(StoreError, match="schema 99"):
-        SqliteStore(path)
+        open_store(path)
 
 
 def test_close_is_idempotent_and_a_closed_store_says_so() -> None:
-    store = SqliteStore(":memory:")
+    store = open_store(":memory:")
     store.close()
     store.close()
     with pytest.raises(StoreError, match="closed"):

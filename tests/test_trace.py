@@ -17,6 +17,7 @@ from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Checkin, SqliteStore, StoredScan
 from hub.trace import TraceParams, TraceResult, person_key_from_id, run_trace, trace
+from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
 PEOPLE = make_people(8, seed=3)
@@ -36,7 +37,7 @@ class Row:
 
 
 def build_store(rows: list[Row], identities: list[Identity] = WHO) -> SqliteStore:
-    store = SqliteStore(":memory:")
+    store = open_store(":memory:")
     for venue in VENUES:
         store.upsert_venue(VenueRecord(venue_id=venue, name=venue))
     store.insert_scans(
@@ -285,6 +286,9 @@ def test_the_trace_reads_only_the_windows_it_needs() -> None:
         def person(self, person_key: str) -> tuple[str, str] | None:
             return self.store.person(person_key)
 
+        def pseudonym(self, person_key: str) -> str:
+            return self.store.pseudonym(person_key)
+
     with build_store(rows) as store:
         reader = Counting(store)
         params = TraceParams(WHO[0].person_key, from_ms(at(-60)), from_ms(at(48 * 60)))
@@ -331,9 +335,9 @@ def test_run_trace_audits_and_refuses_without_reason() -> None:
         )
         (entry,) = store.audit_entries()
     assert (entry.action, entry.reason, entry.at) == ("trace", "ca F0 số 7", NOW)
+    # The audit names the subject by pseudonym only: no ID number, no person key.
     assert entry.params == {
-        "id": WHO[0].id_number,
-        "person_key": WHO[0].person_key,
+        "subject": store.pseudonym(WHO[0].person_key),
         "since": "2021-08-15T02:00:00.000Z",
         "until": "2021-08-15T04:00:00.000Z",
         "window_minutes": 60,

@@ -4,7 +4,7 @@ The ingest thread writes here; trace, visitors and reports read. The interface i
 `Store`, a union of four small protocols, so that a PostgreSQL backend can follow
 `SqliteStore` without touching its callers:
 
-    >>> with SqliteStore(tmp_path / "hub.db") as store:           # doctest: +SKIP
+    >>> with SqliteStore(tmp_path / "hub.db", vault=vault) as store:  # doctest: +SKIP
     ...     store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
     ...     result = store.insert_scans(scans, received_at=now)   # one transaction
     ...     result.new, result.duplicate                          # resent scans: duplicate
@@ -16,9 +16,13 @@ What is promised:
   resent scan is stored once and reported in `duplicate`. It returns only after the
   commit, with ``synchronous=FULL`` in WAL mode, so the commit is on disk: the hub
   acks a unit only after this returns, and the unit then forgets the scan.
+- Identities are sealed at rest and people are filed under a keyed pseudonym
+  (`hub.vault`): the store needs the hub's vault to open, refuses a file written with
+  another, and reads return clear values, so callers never see the difference. A
+  dead letter's payload and reason are sealed too; its code, source and topic are not.
 - Times are integer milliseconds since the epoch (`doorscan.timefmt.to_ms`), so that a
   trace is an integer range scan on ``(venue_id, scanned_at_ms)`` or
-  ``(person_key, scanned_at_ms)``.
+  ``(person_key, scanned_at_ms)`` (the key's pseudonym, in the store).
 - The schema version is ``PRAGMA user_version``; migrations are applied in order when
   the store opens, each in its own transaction. A file written by a newer doorscan is
   refused (`StoreError`) rather than read wrongly.
@@ -165,11 +169,16 @@ class ScanSink(Protocol):
 
 
 class CheckinReader(Protocol):
-    """What the trace engine needs: two indexed range queries and a name lookup."""
+    """What the trace engine needs: two indexed range queries, a name lookup, a pseudonym.
+
+    Callers speak in clear person keys; the store files people under `pseudonym`
+    (`hub.vault.Vault.blind`), which is also how the audit log names whom a trace was about.
+    """
 
     def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]: ...
     def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]: ...
     def person(self, person_key: str) -> tuple[str, str] | None: ...
+    def pseudonym(self, person_key: str) -> str: ...
 
 
 class AuditLog(Protocol):

@@ -3,15 +3,26 @@
 The promises of the interface are in `hub.store.base`; what is SQLite's own (the DDL,
 the PRAGMAs, the ``?`` placeholders, one connection behind a lock) lives here, so a
 PostgreSQL backend can sit next to this file without touching its callers.
+
+Identities at rest (schema 5, `hub.vault`): a scan row keeps its person key only as
+the vault's pseudonym (indexed, so traces stay range scans) and the identity as one
+sealed JSON blob bound to the row's scan id; the old clear columns (``id_number``,
+``name``, ``birth_date``, ``sex``, ``address``) stay in the table, empty, because
+SQLite cannot drop a column cheaply. Dead letters keep their payload and reason
+sealed, bound to the row's id. ``secure_delete`` is on, so deleted rows are zeroed
+rather than left in free pages; the migration that seals an older file's clear rows
+also vacuums it and empties the WAL, so no clear copy survives in the files.
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +31,7 @@ from typing import Any
 from doorscan.lifecycle import Closeable
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.audit import GENESIS_HASH, AuditHead, AuditRow, AuditVerification, entry_hash, verify_chain
+from hub.audit import AuditHead, AuditRow, AuditVerification, verify_chain
 from hub.store.base import (
     AuditEntry,
     BatchConflict,
@@ -31,121 +42,37 @@ from hub.store.base import (
     StoredScan,
     StoreError,
 )
+from hub.store.sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    VAULT_SCHEMA,
+    append_audit,
+    dead_letter_aad,
+    scan_aad,
+    seal_dead_letter,
+    seal_identity,
+)
+from hub.vault import SealedDataError, Vault
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 
-_CHECKIN_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, kind, id_number, name"
+_CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
 _AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
-
-# A migration step is SQL, or a function for what SQL cannot do (hashing existing rows).
-Step = str | Callable[[sqlite3.Connection], None]
-
-
-def _chain_existing_audit(conn: sqlite3.Connection) -> None:
-    """Hash the entries written before the chain existed, in id order, and set the head."""
-    prev_hash, last_id, count = GENESIS_HASH, None, 0
-    rows = conn.execute(
-        "SELECT id, at_ms, action, reason, params_json FROM audit ORDER BY id"
-    ).fetchall()
-    for id_, at_ms, action, reason, params_json in rows:
-        digest = entry_hash(id_, at_ms, action, reason, params_json, prev_hash)
-        conn.execute(
-            "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev_hash, digest, id_)
-        )
-        prev_hash, last_id, count = digest, id_, count + 1
-    conn.execute(
-        "INSERT INTO audit_head (one_row, last_id, last_hash, entries) VALUES (1, ?, ?, ?)",
-        (last_id, prev_hash, count),
-    )
-
-
-# Times are BIGINT: milliseconds overflow PostgreSQL's 32-bit INTEGER (SQLite does not care).
-_MIGRATIONS: tuple[tuple[Step, ...], ...] = (
-    # 1: registry, scans, dead letters.
-    (
-        """CREATE TABLE venues (
-            venue_id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            address TEXT NOT NULL DEFAULT '',
-            district TEXT NOT NULL DEFAULT ''
-        )""",
-        """CREATE TABLE units (
-            unit_id TEXT PRIMARY KEY,
-            venue_id TEXT NOT NULL REFERENCES venues (venue_id),
-            active BOOLEAN NOT NULL
-        )""",
-        """CREATE TABLE scans (
-            scan_id TEXT PRIMARY KEY,
-            unit_id TEXT NULL REFERENCES units (unit_id),
-            venue_id TEXT NOT NULL REFERENCES venues (venue_id),
-            scanned_at_ms BIGINT NOT NULL,
-            clock_trusted BOOLEAN NOT NULL,
-            person_key TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            id_number TEXT NOT NULL,
-            name TEXT NOT NULL,
-            birth_date TEXT,
-            sex TEXT,
-            address TEXT,
-            source TEXT NOT NULL CHECK (source IN ('mqtt', 'csv')),
-            received_at_ms BIGINT NOT NULL
-        )""",
-        "CREATE INDEX scans_by_venue_time ON scans (venue_id, scanned_at_ms)",
-        "CREATE INDEX scans_by_person_time ON scans (person_key, scanned_at_ms)",
-        """CREATE TABLE dead_letters (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            received_at_ms BIGINT NOT NULL,
-            source TEXT NOT NULL,
-            topic TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            code TEXT NOT NULL,
-            reason TEXT NOT NULL
-        )""",
-    ),
-    # 2: the access log: every read of identities (trace, visitor lists) with its reason.
-    (
-        """CREATE TABLE audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at_ms BIGINT NOT NULL,
-            action TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            params_json TEXT NOT NULL
-        )""",
-    ),
-    # 3: batch ids seen, to tell a copy of a batch (redelivered or replayed) from a new one.
-    (
-        """CREATE TABLE batches (
-            batch_id TEXT PRIMARY KEY,
-            unit_id TEXT NOT NULL,
-            digest TEXT NOT NULL,
-            received_at_ms BIGINT NOT NULL
-        )""",
-    ),
-    # 4: the audit log becomes a hash chain (hub.audit), with its head kept beside it so
-    # that deleting the newest entries shows too. Entries written before are chained here.
-    (
-        "ALTER TABLE audit ADD COLUMN prev_hash TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''",
-        """CREATE TABLE audit_head (
-            one_row INTEGER PRIMARY KEY CHECK (one_row = 1),
-            last_id BIGINT NULL,
-            last_hash TEXT NOT NULL,
-            entries BIGINT NOT NULL
-        )""",
-        _chain_existing_audit,
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 class SqliteStore(Closeable):
-    """`Store` on one SQLite file (or ``":memory:"`` for tests)."""
+    """`Store` on one SQLite file (or ``":memory:"`` for tests).
 
-    MIGRATIONS = _MIGRATIONS
+    `vault` is required and has no default: a default key would be a key everybody
+    has. A file written with another vault is refused (`StoreError`).
+    """
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+    MIGRATIONS = MIGRATIONS
+
+    def __init__(self, path: str | Path, *, vault: Vault, busy_timeout_ms: int = 10_000) -> None:
         self.path = str(path)
+        self._vault = vault
         self._lock = threading.RLock()
         is_new = self.path != ":memory:" and not Path(self.path).exists()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -168,6 +95,9 @@ class SqliteStore(Closeable):
         if mode not in ("wal", "memory"):
             raise StoreError(f"{self.path}: SQLite refused WAL mode ({mode}); a network drive?")
         conn.execute("PRAGMA synchronous = FULL")
+        # Deleted and overwritten rows are zeroed, not left readable in free space.
+        conn.execute("PRAGMA secure_delete = ON")
+        sealed_clear_file = False
         for number in range(1, len(self.MIGRATIONS) + 1):
             with self._transaction():
                 # Read inside the write lock: another process may be migrating the same file.
@@ -177,14 +107,33 @@ class SqliteStore(Closeable):
                         f"{self.path} has hub schema {version}; this doorscan knows up to "
                         f"{len(self.MIGRATIONS)} (was it written by a newer doorscan?)"
                     )
+                if version >= VAULT_SCHEMA:
+                    self._check_vault(conn)
                 if version >= number:
                     continue
                 for step in self.MIGRATIONS[number - 1]:
                     if isinstance(step, str):
                         conn.execute(step)
                     else:
-                        step(conn)
+                        step(conn, self._vault)
                 conn.execute(f"PRAGMA user_version = {number}")
+                sealed_clear_file = sealed_clear_file or (number == VAULT_SCHEMA and version > 0)
+        if sealed_clear_file:
+            # The clear rows just sealed may survive in pages SQLite has not reused and
+            # in the WAL's older frames: rebuild the file and empty the WAL. Once per file.
+            with self._lock:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _check_vault(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT check_value FROM vault_check WHERE one_row = 1").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: the vault_check row is missing")
+        if not hmac.compare_digest(str(row[0]), self._vault.check_value()):
+            raise StoreError(
+                f"{self.path}: this hub database was written with another vault key "
+                "(give the key it was created with: --vault-key or DOORSCAN_HUB_VAULT_KEY)"
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -291,10 +240,21 @@ class SqliteStore(Closeable):
                     replayed = True
             for scan in scans:
                 who = scan.identity
+                identity = {
+                    "person_key": who.person_key,
+                    "kind": who.kind,
+                    "id_number": who.id_number,
+                    "name": who.name,
+                    "birth_date": who.birth_date,
+                    "sex": who.sex,
+                    "address": who.address,
+                }
+                # The clear columns of schema 1 are written empty: the identity lives
+                # only in the sealed blob, the person only as its pseudonym.
                 cursor = conn.execute(
                     "INSERT INTO scans (scan_id, unit_id, venue_id, scanned_at_ms, clock_trusted, "
-                    "person_key, kind, id_number, name, birth_date, sex, address, source, "
-                    "received_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "person_key, kind, id_number, name, identity, source, received_at_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?) "
                     "ON CONFLICT (scan_id) DO NOTHING",
                     (
                         scan.scan_id,
@@ -302,13 +262,9 @@ class SqliteStore(Closeable):
                         scan.venue_id,
                         to_ms(scan.scanned_at),
                         scan.clock_trusted,
-                        who.person_key,
+                        self._vault.blind(who.person_key),
                         who.kind,
-                        who.id_number,
-                        who.name,
-                        who.birth_date,
-                        who.sex,
-                        who.address,
+                        seal_identity(self._vault, scan.scan_id, identity),
                         scan.source,
                         received_ms,
                     ),
@@ -319,35 +275,69 @@ class SqliteStore(Closeable):
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
     ) -> None:
+        """Keep a refused message; its payload and reason are sealed, bound to the row's id."""
         with self._transaction() as conn:
-            conn.execute(
+            # The row's id is known only after the insert, and the seal is bound to it.
+            cursor = conn.execute(
                 "INSERT INTO dead_letters (received_at_ms, source, topic, payload, code, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (to_ms(received_at), source, topic, bytes(payload), code, reason),
+                "VALUES (?, ?, ?, x'', ?, '')",
+                (to_ms(received_at), source, topic, code),
+            )
+            letter_id = int(cursor.lastrowid or 0)
+            conn.execute(
+                "UPDATE dead_letters SET payload = ? WHERE id = ?",
+                (seal_dead_letter(self._vault, letter_id, bytes(payload), reason), letter_id),
             )
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The newest `limit` dead letters, newest first."""
+        """The newest `limit` dead letters, newest first, opened."""
         rows = self._query(
-            "SELECT id, received_at_ms, source, topic, code, reason, payload FROM dead_letters "
+            "SELECT id, received_at_ms, source, topic, code, payload FROM dead_letters "
             "ORDER BY id DESC LIMIT ?",
             (int(limit),),
         )
-        return [
-            DeadLetter(id, from_ms(at_ms), source, topic, code, reason, bytes(payload))
-            for id, at_ms, source, topic, code, reason, payload in rows
-        ]
+        letters = []
+        for letter_id, at_ms, source, topic, code, sealed in rows:
+            envelope = json.loads(self._open(sealed, dead_letter_aad(letter_id), "dead letter"))
+            payload = base64.b64decode(envelope["payload"])
+            letters.append(
+                DeadLetter(
+                    letter_id, from_ms(at_ms), source, topic, code, envelope["reason"], payload
+                )
+            )
+        return letters
+
+    def _open(self, sealed: bytes | None, aad: bytes, what: str) -> bytes:
+        if sealed is None:
+            raise StoreError(f"{self.path}: a {what} has no sealed identity (a clear row?)")
+        try:
+            return self._vault.open(sealed, aad)
+        except SealedDataError as exc:
+            raise StoreError(
+                f"{self.path}: {what} {aad.decode('utf-8', 'replace')}: {exc}"
+            ) from None
+
+    def _checkin(self, row: Sequence[Any]) -> Checkin:
+        scan_id, venue_id, at_ms, sealed = row
+        who = json.loads(self._open(sealed, scan_aad(scan_id), "scan"))
+        return Checkin(
+            scan_id, who["person_key"], venue_id, at_ms, who["kind"], who["id_number"], who["name"]
+        )
 
     # -- reads for trace and visitor lists ----------------------------------------------
+
+    def pseudonym(self, person_key: str) -> str:
+        """The name the store files a person under (`Vault.blind`); the audit log uses it."""
+        return self._vault.blind(person_key)
 
     def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
         """The person's check-ins with since <= time <= until, oldest first."""
         rows = self._query(
             f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ? "  # noqa: S608
             "AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id",
-            (person_key, since_ms, until_ms),
+            (self._vault.blind(person_key), since_ms, until_ms),
         )
-        return [Checkin(*row) for row in rows]
+        return [self._checkin(row) for row in rows]
 
     def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]:
         """The venue's check-ins with start <= time <= end, oldest first."""
@@ -356,16 +346,19 @@ class SqliteStore(Closeable):
             "AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id",
             (venue_id, start_ms, end_ms),
         )
-        return [Checkin(*row) for row in rows]
+        return [self._checkin(row) for row in rows]
 
     def person(self, person_key: str) -> tuple[str, str] | None:
         """(id_number, name) from the person's latest scan, or None if never seen."""
         rows = self._query(
-            "SELECT id_number, name FROM scans WHERE person_key = ? "
+            f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ? "  # noqa: S608
             "ORDER BY scanned_at_ms DESC, scan_id DESC LIMIT 1",
-            (person_key,),
+            (self._vault.blind(person_key),),
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        if not rows:
+            return None
+        latest = self._checkin(rows[0])
+        return latest.id_number, latest.name
 
     # -- audit -----------------------------------------------------------------------
 
@@ -387,26 +380,10 @@ class SqliteStore(Closeable):
         params: dict[str, Any],
         at: datetime,
     ) -> int:
-        head = conn.execute("SELECT last_hash FROM audit_head WHERE one_row = 1").fetchone()
-        if head is None:
-            raise StoreError(f"{self.path}: the audit_head row is missing; run `audit verify`")
-        prev_hash = str(head[0])
-        at_ms = to_ms(at)
-        params_json = json.dumps(params, ensure_ascii=False, sort_keys=True)
-        cursor = conn.execute(
-            "INSERT INTO audit (at_ms, action, reason, params_json, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, '')",
-            (at_ms, action, reason, params_json, prev_hash),
-        )
-        entry_id = int(cursor.lastrowid or 0)
-        digest = entry_hash(entry_id, at_ms, action, reason, params_json, prev_hash)
-        conn.execute("UPDATE audit SET hash = ? WHERE id = ?", (digest, entry_id))
-        conn.execute(
-            "UPDATE audit_head SET last_id = ?, last_hash = ?, entries = entries + 1 "
-            "WHERE one_row = 1",
-            (entry_id, digest),
-        )
-        return entry_id
+        try:
+            return append_audit(conn, action, reason, params, at)
+        except StoreError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
 
     def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
         """The newest `limit` audit rows, newest first."""
