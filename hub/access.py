@@ -21,8 +21,9 @@ Roles:
 
 What is not promised: a role given on the command line is a claim, not a proof. Whoever
 can open ``hub.db`` can read everything; the roles become a boundary once the principal
-comes from an authenticated request (issue 5). Refused requests read nothing and leave no
-audit entry, as with a trace refused for a missing reason.
+comes from an authenticated request (issue 5). A request refused for its role reads
+nothing and leaves an audit entry ``refused`` (who, what, why; a person by pseudonym
+only); a request refused as malformed (no reason, an empty period) leaves none.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from doorscan.errors import DoorscanError, Refusal
 from doorscan.timefmt import format_rfc3339, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Store
-from hub.trace import TraceResult, run_trace
+from hub.trace import TraceResult, person_key_from_id, run_trace
 
 __all__ = [
     "AccessControlledStore",
@@ -176,6 +177,21 @@ class AccessControlledStore:
             action, reason, {**params, "principal": self.principal.to_audit()}, at
         )
 
+    def _refuse(self, action: str, why: str, reason: str, at: datetime, **params: Any) -> Forbidden:
+        """Write the refused request to the audit log, then return the error to raise.
+
+        A role asking for what it may not have is worth a record (a venue owner probing
+        other venues, an admin trying a trace); the entry names no identity: a traced
+        person appears by pseudonym only, like in a trace's own entry.
+        """
+        self._audit(
+            "refused",
+            " ".join(reason.split()) or "(no reason given)",
+            {"attempted": action, "why": why, **params},
+            at,
+        )
+        return Forbidden(why)
+
     # -- no identity: every role ----------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -202,11 +218,13 @@ class AccessControlledStore:
         """
         role = self.principal.role
         if role not in (Role.TRACER, Role.VENUE):
-            raise Forbidden(f"the {role} role sees counts only, not who visited a venue")
+            why = f"the {role} role sees counts only, not who visited a venue"
+            raise self._refuse("visitors", why, reason, at, venue_id=venue_id)
         if role is Role.VENUE and venue_id != self.principal.venue_id:
-            raise Forbidden(
+            why = (
                 f"a venue owner sees its own venue only ({self.principal.venue_id}), not {venue_id}"
             )
+            raise self._refuse("visitors", why, reason, at, venue_id=venue_id)
         reason = _clean_reason(reason, "a visitor list")
         if since > until:
             raise Refusal("empty_period", "since is after until")
@@ -245,10 +263,15 @@ class AccessControlledStore:
         checked and audited by `hub.trace.run_trace`, with the principal in the entry.
         """
         if self.principal.role is not Role.TRACER:
-            raise Forbidden(
+            why = (
                 f"the {self.principal.role} role may not trace; only the health service "
                 "(role tracer) may"
             )
+            try:
+                subject = self._store.pseudonym(person_key_from_id(id_text))
+            except Refusal:
+                subject = None  # not even a well-formed number: nothing to name
+            raise self._refuse("trace", why, reason, at, subject=subject)
         return run_trace(
             self._store,
             id_text,

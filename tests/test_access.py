@@ -197,7 +197,19 @@ def test_venue_is_refused_another_venue_and_trace(store: SqliteStore) -> None:
         visitors(r, "khong-co")
     with pytest.raises(Forbidden, match="may not trace"):
         trace(r)
-    assert store.audit_entries() == []
+    refused = store.audit_entries()[::-1]  # oldest first
+    assert [(e.action, e.params["attempted"]) for e in refused] == [
+        ("refused", "visitors"),
+        ("refused", "visitors"),
+        ("refused", "trace"),
+    ]
+    assert [e.params.get("venue_id") for e in refused[:2]] == [HOSPITAL, "khong-co"]
+    assert all(e.params["principal"] == {"role": "venue", "venue_id": MARKET} for e in refused)
+    # Whom it tried to trace, by pseudonym: no identity in the log.
+    assert refused[2].params["subject"] == store.pseudonym(f"id:{A.id_number}")
+    logged = repr([e.params for e in refused])
+    assert A.id_number not in logged and A.name not in logged
+    assert store.verify_audit().ok
 
 
 @pytest.mark.parametrize("role", [Role.REPORTER, Role.ADMIN])
@@ -208,7 +220,9 @@ def test_reporter_and_admin_get_no_identities(store: SqliteStore, role: Role) ->
     assert isinstance(refused.value, PermissionError)
     with pytest.raises(Forbidden):
         trace(r)
-    assert store.audit_entries() == []
+    entries = store.audit_entries()
+    assert [e.params["attempted"] for e in entries[::-1]] == ["visitors", "trace"]
+    assert {e.params["principal"]["role"] for e in entries} == {str(role)}
 
 
 @pytest.mark.parametrize(
@@ -296,7 +310,8 @@ def test_cli_refusal_exits_3(
     assert captured.err.startswith(f"doorscan-hub {command}: not allowed: ")
     assert captured.err.count("\n") == 1
     with open_store(db) as store:
-        assert store.audit_entries() == []
+        [entry] = store.audit_entries()
+        assert (entry.action, entry.params["attempted"]) == ("refused", command)
 
 
 @pytest.mark.parametrize(
