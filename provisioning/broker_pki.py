@@ -5,9 +5,9 @@ own CA; Mosquitto takes the certificate's CN as the user name
 (`use_identity_as_username`) and the ACL written here limits each name to its topics:
 
     a unit (CN = unit id)        writes  doorscan/v1/units/<own id>/scans and /status
-                                 reads   doorscan/v1/units/<own id>/ack
+                                 reads   doorscan/v1/units/<own id>/ack and /config
     doorscan-hub                 reads   every unit's scans and status, the registry
-                                 writes  every unit's ack
+                                 writes  every unit's ack and config
     doorscan-provisioning        writes  the registry (reads it back)
 
 The CA lives in the fleet home next to the card-signing key::
@@ -308,11 +308,14 @@ def acl_text() -> str:
         f"pattern write {units}/%u/scans\n"
         f"pattern write {units}/%u/status\n"
         f"pattern read {units}/%u/ack\n"
+        "# its own retained config from the hub (remote config arrives with issue 7)\n"
+        f"pattern read {units}/%u/config\n"
         "\n"
         f"user {HUB_CN}\n"
         f"topic read {units}/+/scans\n"
         f"topic read {units}/+/status\n"
         f"topic write {units}/+/ack\n"
+        f"topic write {units}/+/config\n"
         f"topic read {TOPIC_ROOT}/registry/#\n"
         "\n"
         f"user {PROVISIONING_CN}\n"

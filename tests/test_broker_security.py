@@ -36,6 +36,7 @@ from doorscan.localbroker import find_mosquitto, free_port
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
     SUB_ALL_SCANS,
+    TOPIC_ROOT,
     Scan,
     UnitRecord,
     VenueRecord,
@@ -275,6 +276,27 @@ def test_a_unit_cannot_write_or_read_another_units_topics(fleet: Fleet) -> None:
     finally:
         for listener in (hub, a, b):
             listener.close()
+
+
+def test_a_unit_reads_only_its_own_config_and_cannot_write_one(fleet: Fleet) -> None:
+    ca = fleet.broker_dir / "ca.pem"
+    own, other = f"{TOPIC_ROOT}/units/unit-a/config", f"{TOPIC_ROOT}/units/unit-b/config"
+    hub = _Listener(_client("hub-config", fleet.role_files("hub"), ca), fleet.port)
+    b = _Listener(_client("unit-b", fleet.unit_files("unit-b"), ca), fleet.port, other)
+    try:
+        a = _Listener(_client("unit-a", fleet.unit_files("unit-a"), ca), fleet.port, own, other)
+        try:
+            _publish(a, other, b"unit-a sets unit-b's config")
+            _publish(hub, other, b"hub config for b")
+            _publish(hub, own, b"hub config for a")
+            assert wait_for(lambda: a.payloads(own) == [b"hub config for a"])
+            assert wait_for(lambda: b.payloads(other) == [b"hub config for b"])
+            assert a.payloads(other) == []
+        finally:
+            a.close()
+    finally:
+        hub.close()
+        b.close()
 
 
 def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
