@@ -279,5 +279,42 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "ALTER TABLE scans ADD COLUMN identity BLOB NULL",
         _seal_existing_rows,
     ),
+    # 6: the people who use the hub's web pages and API, and their tokens (hub.auth).
+    # Staff, not visitors: their names are not sealed. A token is kept as its SHA-256
+    # only, so a copy of the database cannot be used to log in.
+    (
+        """CREATE TABLE users (
+            user_id TEXT PRIMARY KEY,
+            display_name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('tracer', 'venue', 'reporter', 'admin')),
+            venue_id TEXT NULL REFERENCES venues (venue_id),
+            password_hash TEXT NOT NULL,
+            active BOOLEAN NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            CHECK ((role = 'venue') = (venue_id IS NOT NULL))
+        )""",
+        """CREATE TABLE tokens (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (user_id),
+            kind TEXT NOT NULL CHECK (kind IN ('session', 'api')),
+            created_at_ms BIGINT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            revoked BOOLEAN NOT NULL DEFAULT FALSE
+        )""",
+        "CREATE INDEX tokens_by_user ON tokens (user_id)",
+    ),
+    # 7: each unit's latest status (retained on the broker, kept here for the units page),
+    # and a keyed index of folded names (hub.namefold), so "nguyen van an" finds
+    # "Nguyễn Văn An" while names stay sealed.
+    (
+        """CREATE TABLE unit_status (
+            unit_id TEXT PRIMARY KEY,
+            received_at_ms BIGINT NOT NULL,
+            online BOOLEAN NOT NULL,
+            status_json TEXT NOT NULL
+        )""",
+        "ALTER TABLE scans ADD COLUMN name_key TEXT NULL",
+        "CREATE INDEX scans_by_name_key ON scans (name_key, scanned_at_ms)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
