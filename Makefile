@@ -11,11 +11,13 @@ STAMP  := $(VENV)/.installed-stamp
 all: test
 
 # System packages: installed with apt-get when we are root, otherwise we stop and say how.
+# chromium is Debian's, for the dashboard's browser tests (Playwright drives it; no download).
 system-deps:
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing="$$missing libzbar0"; \
 	{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
 	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
