@@ -15,19 +15,15 @@ issued it, not in a QR anyone can photograph.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from doorscan.ed25519keys import Ed25519Keyring, Ed25519Signer, key_id_of
 from doorscan.errors import Refusal
 
 __all__ = [
@@ -57,12 +53,6 @@ class VisitorCard:
     key_id: str
 
 
-def key_id_of(public_key: Ed25519PublicKey) -> str:
-    """Short stable id of a card key (8 hex digits)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:8]
-
-
 def _check_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name).strip()
     if not name:
@@ -74,61 +64,15 @@ def _check_name(name: str) -> str:
     return name
 
 
-class CardKeyring:
+class CardKeyring(Ed25519Keyring):
     """The public keys a unit or the hub trusts for visitor cards."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
-        self._keys = {key_id_of(k): k for k in keys}
 
-    @classmethod
-    def from_pem_files(cls, paths: Iterable[Path]) -> CardKeyring:
-        keys = []
-        for path in paths:
-            key = serialization.load_pem_public_key(Path(path).read_bytes())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"{path}: not an Ed25519 public key")
-            keys.append(key)
-        return cls(keys)
-
-    def get(self, key_id: str) -> Ed25519PublicKey | None:
-        return self._keys.get(key_id)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class CardSigner:
+class CardSigner(Ed25519Signer):
     """Issues cards; lives with provisioning, never on a door unit."""
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        self._key = private_key
-        self.key_id = key_id_of(private_key.public_key())
-
-    @classmethod
-    def generate(cls) -> CardSigner:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_pem_file(cls, path: Path) -> CardSigner:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key")
-        return cls(key)
-
-    def private_pem(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def public_pem(self) -> bytes:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
     def keyring(self) -> CardKeyring:
-        return CardKeyring([self._key.public_key()])
+        return CardKeyring([self.public_key])
 
     def issue(self, name: str, issued: date, card_id: str | None = None) -> str:
         """Return the QR text of a new card for `name`."""
@@ -138,7 +82,7 @@ class CardSigner:
         if not _CARD_ID_RE.fullmatch(card_id):
             raise ValueError(f"card id {card_id!r} is not 10 Crockford base32 characters")
         body = f"{CARD_PREFIX}{self.key_id}|{card_id}|{name}|{issued:%Y%m%d}|"
-        signature = self._key.sign(body.encode("utf-8"))
+        signature = self.sign(body.encode("utf-8"))
         return body + base64.urlsafe_b64encode(signature).decode("ascii").rstrip("=")
 
 

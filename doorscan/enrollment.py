@@ -32,17 +32,13 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
-from doorscan.cards import key_id_of
+from doorscan.ed25519keys import Ed25519Keyring, Ed25519Signer
 from doorscan.errors import Refusal
 from doorscan.wire import ID_PATTERN
 
@@ -105,61 +101,15 @@ def code_digest(code: str) -> str:
     return hashlib.sha256(code.encode("ascii")).hexdigest()
 
 
-class EnrollmentKeyring:
+class EnrollmentKeyring(Ed25519Keyring):
     """The enrollment public keys a unit (or the server) trusts, by key id."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
-        self._keys = {key_id_of(k): k for k in keys}
 
-    @classmethod
-    def from_pem_files(cls, paths: Iterable[Path]) -> EnrollmentKeyring:
-        keys = []
-        for path in paths:
-            key = serialization.load_pem_public_key(Path(path).read_bytes())
-            if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"{path}: not an Ed25519 public key")
-            keys.append(key)
-        return cls(keys)
-
-    def get(self, key_id: str) -> Ed25519PublicKey | None:
-        return self._keys.get(key_id)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-class EnrollmentSigner:
+class EnrollmentSigner(Ed25519Signer):
     """Signs enrollment tokens; lives in the fleet home, never on a unit."""
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        self._key = private_key
-        self.key_id = key_id_of(private_key.public_key())
-
-    @classmethod
-    def generate(cls) -> EnrollmentSigner:
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_pem_file(cls, path: Path) -> EnrollmentSigner:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 private key")
-        return cls(key)
-
-    def private_pem(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def public_pem(self) -> bytes:
-        return self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
     def keyring(self) -> EnrollmentKeyring:
-        return EnrollmentKeyring([self._key.public_key()])
+        return EnrollmentKeyring([self.public_key])
 
     def issue(self, venue_id: str, expires_at: datetime, code: str | None = None) -> str:
         """The QR text of a new token for `venue_id`, valid until `expires_at`."""
