@@ -17,7 +17,11 @@ Roles:
 * ``venue`` (a venue owner): the visitor list of its own venue only, masked; no trace,
   because a trace names people met at other venues.
 * ``reporter`` (the information service's usage reports): counts only.
-* ``admin`` (operators of units and venues): counts and the venue registry, no identity.
+* ``admin`` (operators of units and venues): counts, the venue registry and the audit
+  log (which names people by pseudonym only), no identity.
+
+A person's timeline and the search by name are the tracer's too: both name a person
+and where they went, across venues.
 
 What is not promised: a role given on the command line is a claim, not a proof. Whoever
 can open ``hub.db`` can read everything; the roles become a boundary once the principal
@@ -33,20 +37,27 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from doorscan.errors import DoorscanError, Refusal
-from doorscan.timefmt import format_rfc3339, to_ms
+from doorscan.timefmt import format_rfc3339, from_ms, to_ms
 from doorscan.wire import VenueRecord
-from hub.store import Store
+from hub.audit import AuditVerification
+from hub.namefold import fold
+from hub.store import AuditEntry, Store
 from hub.trace import TraceResult, person_key_from_id, run_trace
 
 __all__ = [
     "AccessControlledStore",
+    "AuditLogView",
     "Forbidden",
+    "NameSearch",
+    "PersonMatch",
     "Principal",
     "PrincipalError",
     "Role",
+    "Timeline",
+    "TimelineVisit",
     "Visitor",
     "VisitorList",
     "add_role_options",
@@ -153,6 +164,49 @@ class VisitorList:
     until: datetime
     visitors: list[Visitor]
     masked: bool
+
+
+@dataclass(frozen=True)
+class TimelineVisit:
+    venue_id: str
+    venue_name: str | None  # None for a venue no longer in the registry
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One person's own check-ins in a period, oldest first (the tracer's view)."""
+
+    person_key: str
+    id_number: str
+    name: str | None  # None when the hub has never seen this person
+    since: datetime
+    until: datetime
+    visits: list[TimelineVisit]
+
+
+@dataclass(frozen=True)
+class PersonMatch:
+    """Someone whose scanned name folds to the searched one (`hub.namefold`)."""
+
+    person_key: str
+    id_number: str
+    name: str
+
+
+@dataclass(frozen=True)
+class AuditLogView:
+    """The newest audit entries and the check of the whole chain (the admin's view)."""
+
+    entries: list[AuditEntry]
+    verification: AuditVerification
+
+
+@runtime_checkable
+class NameSearch(Protocol):
+    """A store that can find people by folded name (``scans.name_key``, schema 7)."""
+
+    def person_keys_by_name(self, folded: str) -> list[str]: ...
 
 
 def _clean_reason(reason: str, what: str) -> str:
@@ -283,6 +337,78 @@ class AccessControlledStore:
             at,
             audit_extra={"principal": self.principal.to_audit()},
         )
+
+    def timeline(
+        self, id_text: str, since: datetime, until: datetime, reason: str, at: datetime
+    ) -> Timeline:
+        """The person's own check-ins with since <= time <= until, with venue names.
+
+        Tracer only: a timeline follows one person across venues, like a trace. The
+        audit entry names the person by pseudonym only.
+        """
+        if self.principal.role is not Role.TRACER:
+            why = f"the {self.principal.role} role may not read a person's timeline"
+            raise self._refuse("timeline", why, reason, at, subject=self._subject_or_none(id_text))
+        reason = _clean_reason(reason, "a timeline")
+        person_key = person_key_from_id(id_text)
+        if since.tzinfo is None or until.tzinfo is None:
+            raise Refusal("naive_time", "since and until must carry a UTC offset")
+        if since > until:
+            raise Refusal("empty_period", "since is after until")
+        params = {
+            "subject": self._store.pseudonym(person_key),
+            "since": format_rfc3339(since),
+            "until": format_rfc3339(until),
+        }
+        self._audit("timeline", reason, params, at)
+        names = {v.venue_id: v.name for v in self._store.venues()}
+        known = self._store.person(person_key)
+        visits = [
+            TimelineVisit(c.venue_id, names.get(c.venue_id), from_ms(c.at_ms))
+            for c in self._store.checkins_of(person_key, to_ms(since), to_ms(until))
+        ]
+        id_number = known[0] if known else person_key.split(":", 1)[-1]
+        return Timeline(person_key, id_number, known[1] if known else None, since, until, visits)
+
+    def find_people(self, name: str, reason: str, at: datetime) -> list[PersonMatch]:
+        """Everyone scanned under `name`, diacritics and case ignored; tracer only.
+
+        The audit entry names the searched name by its keyed pseudonym (the same keyed
+        hash as ``scans.name_key``), never in the clear: the audit log is read by admins.
+        """
+        folded = fold(name)
+        name_subject = self._store.pseudonym("name:" + folded) if folded else None
+        if self.principal.role is not Role.TRACER:
+            why = f"the {self.principal.role} role may not search people by name"
+            raise self._refuse("find_people", why, reason, at, name_subject=name_subject)
+        reason = _clean_reason(reason, "a search by name")
+        if not folded:
+            raise Refusal("no_name", "give a name to search for")
+        if not isinstance(self._store, NameSearch):
+            raise Refusal("no_name_index", "this store cannot search by name")
+        self._audit("find_people", reason, {"name_subject": name_subject}, at)
+        matches = []
+        for person_key in self._store.person_keys_by_name(folded):
+            known = self._store.person(person_key)
+            if known is not None:
+                matches.append(PersonMatch(person_key, known[0], known[1]))
+        return sorted(matches, key=lambda m: (m.name, m.id_number, m.person_key))
+
+    def audit_log(self, limit: int, at: datetime) -> AuditLogView:
+        """The newest `limit` audit entries and the chain's check; admin only.
+
+        Entries name people by pseudonym only; a refused attempt is itself audited.
+        """
+        if self.principal.role is not Role.ADMIN:
+            why = f"the {self.principal.role} role may not read the audit log; admins may"
+            raise self._refuse("audit_log", why, "", at)
+        return AuditLogView(self._store.audit_entries(limit), self._store.verify_audit())
+
+    def _subject_or_none(self, id_text: str) -> str | None:
+        try:
+            return self._store.pseudonym(person_key_from_id(id_text))
+        except Refusal:
+            return None  # not even a well-formed number: nothing to name
 
 
 # -- command-line options (kept here so every command builds principals the same way) ------

@@ -11,6 +11,9 @@
     doorscan-hub audit verify          # exit 1 if the audit log was tampered with
     doorscan-hub audit list --limit 20
     doorscan-hub purge --retention-days 28
+    doorscan-hub user add --id ytepleiku --name "Y tế Pleiku" --role tracer --password-stdin
+    doorscan-hub token create --user ytepleiku --days 90
+    doorscan-hub serve --http 127.0.0.1:8080 ...   # MQTT ingest and the web app, one process
 
 Every command but ``init-vault`` takes ``--db`` (default ``hub.db``; a path today, a
 URL once there is a PostgreSQL store) and ``--vault-key FILE`` (default
@@ -24,8 +27,9 @@ for the venue role, and read through `hub.access`, which refuses, masks (MoH dec
 (one line ``not allowed: ...`` on stderr; nothing was read).
 
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
-reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, stats, audit, purge), `hub.cli_serve`
-(serve), with what they share in `hub.cli_common`. To add a command, write
+reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, stats, audit, purge),
+`hub.cli_serve` (serve), `hub.cli_web` (web, user, token), with what they share in
+`hub.cli_common`. To add a command, write
 ``add_x(commands)`` that registers a parser with ``parents=[db_parent()]`` and
 ``set_defaults(run=...)`` (a function of the parsed arguments returning the exit code),
 and append it to `COMMANDS`.
@@ -49,6 +53,7 @@ from hub.cli_admin import (
 from hub.cli_common import Commands, UsageError
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
+from hub.cli_web import add_token, add_user, add_web
 from hub.store import StoreError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -64,6 +69,9 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_serve,
     add_audit,
     add_purge,
+    add_user,
+    add_token,
+    add_web,
 ]
 
 

@@ -1,4 +1,10 @@
-"""`serve`: run the hub's MQTT side until SIGTERM/SIGINT (see `hub.service`)."""
+"""`serve`: run the hub until SIGTERM/SIGINT: MQTT ingest (`hub.service`), and with
+``--http HOST:PORT`` the web app (`hub.web.app`) in a uvicorn thread of the same process.
+
+One process means one store object (one connection behind one lock) and one set of
+metrics for both: /metrics sees the ingest counters. On SIGTERM the web server stops
+taking requests and finishes those in flight, then MQTT stops, then the store closes.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from doorscan.cards import CardKeyring
 from doorscan.sealing import load_private_key
 from hub.cli_common import Commands, UsageError, db_parent, open_store
+from hub.cli_web import WebThread, http_address, where
 from hub.ingest import Ingestor, describe
 from hub.service import HubService, TlsFiles
+
+if TYPE_CHECKING:
+    from hub.web.metrics import HubMetrics
 
 __all__ = ["add_serve"]
 
@@ -47,6 +58,12 @@ def add_serve(commands: Commands) -> None:
         metavar="KEY",
         help="the hub's PRIVATE sealing key (PEM or 32 raw bytes): opens scans sent sealed",
     )
+    parser.add_argument(
+        "--http",
+        type=http_address,
+        metavar="HOST:PORT",
+        help="also serve the web API and dashboard here (e.g. 127.0.0.1:8080)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
     tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
@@ -75,16 +92,32 @@ def _run_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with open_store(args.db, args.vault_key, must_exist=False) as store:
-        ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key)
+        metrics = _metrics() if args.http else None
+        ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key, metrics=metrics)
         with HubService(
             ingestor, args.broker_host, args.broker_port, client_id=args.client_id, tls=tls
         ) as service:
-            if not service.wait_connected(30):
-                print("hub: no broker yet; retrying in the background", file=sys.stderr)
-            # Scripts (the demo, tests) wait for this line before they publish.
-            print(
-                f"hub ready: db={args.db} broker={args.broker_host}:{args.broker_port}", flush=True
-            )
-            stop.wait()
+            web = WebThread(store, args.http, metrics) if args.http else None
+            try:
+                if not service.wait_connected(30):
+                    print("hub: no broker yet; retrying in the background", file=sys.stderr)
+                if web is not None and not web.wait_started(30):
+                    raise UsageError(f"the web server did not start on {where(args.http)}")
+                # Scripts (the demo, tests) wait for this line before they publish.
+                http = f" http={where(args.http)}" if args.http else ""
+                print(
+                    f"hub ready: db={args.db} broker={args.broker_host}:{args.broker_port}{http}",
+                    flush=True,
+                )
+                stop.wait()
+            finally:
+                if web is not None:
+                    web.close()
         print(f"hub stopped: {describe(ingestor.counters)}", flush=True)
     return 0
+
+
+def _metrics() -> HubMetrics:
+    from hub.web.metrics import HubMetrics  # only with --http: prometheus_client is not free
+
+    return HubMetrics()

@@ -12,7 +12,13 @@ feeds it messages and publishes the ack it returns. The rules:
 * good scans are inserted in one transaction, idempotently: a resent scan is
   reported as stored, never stored twice;
 * refused scans of a batch are dead-lettered one by one, and named in the ack so
-  the unit can let go of them: the hub keeps them, with the reason.
+  the unit can let go of them: the hub keeps them, with the reason;
+* a unit's status (retained "online", or the broker's last will "offline") is kept,
+  the latest per unit, for the units page. A status from a unit the registry does not
+  know is kept too, because such a unit talking (installed before its registry record,
+  or provisioned with a wrong id) is exactly what an operator must see; the units page
+  flags it. It carries no identity, and the broker's ACL lets only that unit publish
+  on its status topic.
 
 The ack is built only after the commit; the caller publishes it.
 """
@@ -25,6 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -38,6 +45,7 @@ from doorscan.wire import (
     Scan,
     ScanBatch,
     UnitRecord,
+    UnitStatus,
     VenueRecord,
     decode_message,
     encode_message,
@@ -46,12 +54,27 @@ from doorscan.wire import (
 )
 from hub.store import BatchConflict, BatchKey, Store, StoredScan
 
-__all__ = ["IngestCounters", "Ingestor", "Reply"]
+if TYPE_CHECKING:
+    from hub.web.metrics import HubMetrics
+
+__all__ = ["IngestCounters", "Ingestor", "Reply", "StatusSink"]
 
 log = logging.getLogger(__name__)
 
 EARLIEST_SCAN = datetime(2020, 1, 1, tzinfo=UTC)
 """No doorscan scan can be older: a time before it is a Pi clock that never got set."""
+
+
+@runtime_checkable
+class StatusSink(Protocol):
+    """Where units' statuses go: every `SqliteStore` (`hub.store.sqlite_reports`).
+
+    Not yet part of `hub.store.Store`, so it is checked when the ingestor is made.
+    """
+
+    def upsert_unit_status(
+        self, unit_id: str, received_at: datetime, online: bool, status_json: str
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class IngestCounters:
     scans_duplicate: int = 0
     scans_refused: int = 0
     dead_letters: int = 0
+    statuses: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -83,9 +107,18 @@ class Ingestor:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         future_tolerance: timedelta = timedelta(minutes=5),
         sealing_key: X25519PrivateKey | None = None,
+        metrics: HubMetrics | None = None,
     ) -> None:
-        """`sealing_key` is the hub's private sealing key: it opens scans sent `sealed`."""
+        """`sealing_key` is the hub's private sealing key: it opens scans sent `sealed`.
+
+        `metrics` (`hub.web.metrics.HubMetrics`), if given, counts what is stored,
+        dead-lettered and acked, and the ingest lag.
+        """
         self._store = store
+        self._statuses = store if isinstance(store, StatusSink) else None
+        if self._statuses is None:
+            log.error("this store cannot keep unit statuses; the units page will lack them")
+        self._metrics = metrics
         self._sealing_key = sealing_key
         self._card_keys = card_keys
         self._now = now
@@ -98,12 +131,17 @@ class Ingestor:
         try:
             kind, entity_id = parse_topic(topic)
             if kind == "scans":
-                return self._handle_batch(topic, entity_id, payload)
+                reply = self._handle_batch(topic, entity_id, payload)
+                if self._metrics is not None:
+                    self._metrics.acks_sent.inc()
+                return reply
             if kind == "venue":
                 self._handle_venue(entity_id, payload)
             elif kind == "unit":
                 self._handle_unit(entity_id, payload)
-            # status and ack topics carry nothing the hub stores yet.
+            elif kind == "status":
+                self._handle_status(entity_id, payload)
+            # Ack topics are the hub's own words to the units: nothing to store.
             return None
         except Refusal as refusal:
             self._dead_letter(topic, payload, refusal)
@@ -128,6 +166,23 @@ class Ingestor:
         if self._store.venue(unit.venue_id) is None:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")
         self._store.upsert_unit(unit)
+
+    def _handle_status(self, unit_id: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained status: the unit was retired; keep its last word
+        status = decode_message(payload, UnitStatus)
+        if status.unit_id != unit_id:
+            raise Refusal(
+                "id_mismatch", f"status of {status.unit_id} published on {unit_id}'s topic"
+            )
+        if self._statuses is None:
+            return
+        # Stored as it came, re-encoded from the validated model: the units page reads
+        # backlog and version from it, and a field added later needs no migration.
+        self._statuses.upsert_unit_status(
+            unit_id, self._now(), status.online, encode_message(status).decode("utf-8")
+        )
+        self.counters.statuses += 1
 
     # -- scans --------------------------------------------------------------------------
 
@@ -157,6 +212,8 @@ class Ingestor:
             raise Refusal("replayed_batch", str(conflict)) from None
         self.counters.scans_stored += len(result.new)
         self.counters.scans_duplicate += len(result.duplicate)
+        if self._metrics is not None:
+            self._observe(good, set(result.new), now)
         # Written after the batch was accepted (a forged batch is kept whole instead) and
         # before the ack is returned: the unit forgets these once the ack names them.
         for refused_scan, why in refused:
@@ -176,6 +233,14 @@ class Ingestor:
             hub_time=now,
         )
         return Reply(topic_ack(unit_id), encode_message(ack))
+
+    def _observe(self, stored: list[StoredScan], new: set[str], now: datetime) -> None:
+        assert self._metrics is not None
+        self._metrics.scans_ingested.inc(len(new))
+        for scan in stored:
+            # An untrusted clock's time was set by the hub itself (`_dated`): no lag to see.
+            if scan.scan_id in new and scan.clock_trusted:
+                self._metrics.observe_lag((now - scan.scanned_at).total_seconds())
 
     @staticmethod
     def _dated(scan: Scan, batch: ScanBatch, now: datetime) -> Scan:
@@ -250,6 +315,8 @@ class Ingestor:
 
     def _dead_letter(self, topic: str, payload: bytes, refusal: Refusal) -> None:
         self.counters.dead_letters += 1
+        if self._metrics is not None:
+            self._metrics.dead_letters.inc()
         self.counters.refusals[refusal.code] = self.counters.refusals.get(refusal.code, 0) + 1
         log.warning("dead letter from %s: %s", topic[:200], refusal)
         self._store.add_dead_letter(

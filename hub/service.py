@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from doorscan.wire import SUB_ALL_SCANS, SUB_REGISTRY
+from doorscan.wire import SUB_ALL_SCANS, SUB_ALL_STATUS, SUB_REGISTRY
 from hub.ingest import Ingestor
 
 __all__ = ["HubService", "TlsFiles", "hub_client_factory"]
@@ -123,6 +123,8 @@ class HubService:
             log.error("broker refused the hub: %s", reason)
             return
         client.subscribe(SUB_REGISTRY, qos=1)
+        # Each unit's retained status and last will, for the units page (hub.reports).
+        client.subscribe(SUB_ALL_STATUS, qos=1)
         _, self._scans_mid = client.subscribe(SUB_ALL_SCANS, qos=1)
         log.info("hub connected to %s:%d", self._host, self._port)
 

@@ -42,16 +42,19 @@ from hub.store.base import (
     StoredScan,
     StoreError,
 )
+from hub.store.sqlite_reports import SqliteReports
 from hub.store.sqlite_schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     VAULT_SCHEMA,
     append_audit,
     dead_letter_aad,
+    name_key,
     scan_aad,
     seal_dead_letter,
     seal_identity,
 )
+from hub.store.sqlite_users import SqliteUsers
 from hub.vault import SealedDataError, Vault
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -61,7 +64,7 @@ _CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
 _AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
 
 
-class SqliteStore(Closeable):
+class SqliteStore(SqliteReports, SqliteUsers, Closeable):
     """`Store` on one SQLite file (or ``":memory:"`` for tests).
 
     `vault` is required and has no default: a default key would be a key everybody
@@ -250,11 +253,12 @@ class SqliteStore(Closeable):
                     "address": who.address,
                 }
                 # The clear columns of schema 1 are written empty: the identity lives
-                # only in the sealed blob, the person only as its pseudonym.
+                # only in the sealed blob, the person only as its pseudonym, the name
+                # only as its keyed folded hash for search (`name_key`).
                 cursor = conn.execute(
                     "INSERT INTO scans (scan_id, unit_id, venue_id, scanned_at_ms, clock_trusted, "
-                    "person_key, kind, id_number, name, identity, source, received_at_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?) "
+                    "person_key, kind, id_number, name, identity, source, received_at_ms, "
+                    "name_key) VALUES (?, ?, ?, ?, ?, ?, ?, '', '', ?, ?, ?, ?) "
                     "ON CONFLICT (scan_id) DO NOTHING",
                     (
                         scan.scan_id,
@@ -267,6 +271,7 @@ class SqliteStore(Closeable):
                         seal_identity(self._vault, scan.scan_id, identity),
                         scan.source,
                         received_ms,
+                        name_key(self._vault, who.name),
                     ),
                 )
                 (new if cursor.rowcount == 1 else duplicate).append(scan.scan_id)

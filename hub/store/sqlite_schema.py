@@ -21,6 +21,7 @@ from typing import Any
 
 from doorscan.timefmt import to_ms
 from hub.audit import GENESIS_HASH, entry_hash
+from hub.namefold import fold
 from hub.scan_ids import csv_scan_id
 from hub.store.base import StoreError
 from hub.vault import Vault
@@ -32,6 +33,7 @@ __all__ = [
     "Step",
     "append_audit",
     "dead_letter_aad",
+    "name_key",
     "scan_aad",
     "seal_dead_letter",
     "seal_identity",
@@ -64,6 +66,30 @@ def seal_dead_letter(vault: Vault, letter_id: int, payload: bytes, reason: str) 
     # refused code (a birth date, a province code), and a payload may be a clear QR text.
     envelope = {"payload": base64.b64encode(payload).decode("ascii"), "reason": reason}
     return vault.seal(json.dumps(envelope).encode("utf-8"), dead_letter_aad(letter_id))
+
+
+def name_key(vault: Vault, name: str) -> str | None:
+    """The keyed hash a scan's name is found by (``scans.name_key``); None for no name.
+
+    The name is folded first (`hub.namefold`: no diacritics, no case), so "nguyen van
+    an" finds "Nguyễn Văn An". The ``name:`` domain prefix keeps it apart from a person
+    key's pseudonym, which is the same keyed hash of ``id:...`` or ``card:...``: the two
+    can never be equal, so a name can never be taken for a person or the reverse.
+    """
+    folded = fold(name)
+    return vault.blind("name:" + folded) if folded else None
+
+
+def _fill_name_keys(conn: sqlite3.Connection, vault: Vault) -> None:
+    """Index the names of scans stored before schema 7 (each identity opened once)."""
+    rows = conn.execute(
+        "SELECT scan_id, identity FROM scans WHERE name_key IS NULL AND identity IS NOT NULL"
+    ).fetchall()
+    for scan_id, sealed in rows:
+        identity = json.loads(vault.open(bytes(sealed), scan_aad(scan_id)))
+        key = name_key(vault, str(identity.get("name") or ""))
+        if key is not None:
+            conn.execute("UPDATE scans SET name_key = ? WHERE scan_id = ?", (key, scan_id))
 
 
 def _chain_audit(conn: sqlite3.Connection) -> tuple[int | None, str, int]:
@@ -305,7 +331,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     ),
     # 7: each unit's latest status (retained on the broker, kept here for the units page),
     # and a keyed index of folded names (hub.namefold), so "nguyen van an" finds
-    # "Nguyễn Văn An" while names stay sealed.
+    # "Nguyễn Văn An" while names stay sealed; names of older scans are indexed here.
+    # Scans by unit and time, for each unit's last scan on the units page.
     (
         """CREATE TABLE unit_status (
             unit_id TEXT PRIMARY KEY,
@@ -315,6 +342,8 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )""",
         "ALTER TABLE scans ADD COLUMN name_key TEXT NULL",
         "CREATE INDEX scans_by_name_key ON scans (name_key, scanned_at_ms)",
+        "CREATE INDEX scans_by_unit_time ON scans (unit_id, scanned_at_ms)",
+        _fill_name_keys,
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

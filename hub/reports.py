@@ -1,0 +1,250 @@
+"""Usage reports and unit health, checked against the asking principal's role.
+
+Counts only: nothing here reads an identity, so no reason is asked and nothing is
+audited except a refusal. The rules:
+
+* ``admin``, ``reporter`` and ``tracer`` see every venue and every unit;
+* ``venue`` sees its own venue only: its counts, its units, whether it is quiet. Asking
+  for another venue by id is refused (`hub.access.Forbidden`) and the refusal is
+  audited like the access layer's, so probing other venues leaves a trace;
+* any other role is refused.
+
+Days are Vietnam days (UTC+7, no daylight saving): a scan at 17:30 UTC counts for
+the next day. A unit is *online* while its latest status message says so: the unit
+publishes a retained "online" on every connect and then every minute, and the broker
+publishes its last will "offline" when the connection drops without a goodbye, within
+1.5 keepalives. A unit is *silent* when the hub has heard nothing from it, neither a
+status nor a scan, for longer than the threshold (default 30 minutes), online or not:
+the minute's status is its heartbeat, so an "online" unit that stopped sending it (a
+wedged sender; or a unit older than the periodic status, which reports only on
+connect) is highlighted too. An offline unit is not silent until the threshold passes,
+so a short network blip shows as offline but is not highlighted.
+
+    >>> usage_per_day(store, Principal(Role.REPORTER), date(2026, 1, 1),  # doctest: +SKIP
+    ...               date(2026, 1, 31), by="district")
+    [UsageRow(day=datetime.date(2026, 1, 1), key='Thành phố Pleiku', scans=412), ...]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Literal, Protocol
+
+from doorscan.errors import Refusal
+from hub.access import Forbidden, Principal, Role
+from hub.store import Store
+from hub.store.sqlite_reports import ReportStore
+
+__all__ = [
+    "DEFAULT_SILENT",
+    "MAX_REPORT_DAYS",
+    "VIETNAM",
+    "QuietVenue",
+    "ReportsStore",
+    "UnitHealth",
+    "UsageRow",
+    "quiet_venues",
+    "units_overview",
+    "usage_per_day",
+    "vietnam_today",
+]
+
+VIETNAM = timezone(timedelta(hours=7), "ICT")
+DEFAULT_SILENT = timedelta(minutes=30)
+MAX_REPORT_DAYS = 366
+"""A usage report covers at most a year of days: longer asks are refused, not slow."""
+
+_ALL_VENUES = (Role.ADMIN, Role.REPORTER, Role.TRACER)
+
+
+class ReportsStore(Store, ReportStore, Protocol):
+    """A store with the report queries (every `SqliteStore`)."""
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: date  # Vietnam time
+    key: str  # the venue id or the district
+    scans: int
+
+
+@dataclass(frozen=True)
+class QuietVenue:
+    venue_id: str
+    name: str
+    district: str
+    last_scan: datetime | None  # None: never a scan
+
+
+@dataclass(frozen=True)
+class UnitHealth:
+    unit_id: str
+    venue_id: str | None  # None: the unit talks but is not registered
+    online: bool
+    last_seen: datetime | None  # when the hub got its latest status
+    last_scan: datetime | None
+    backlog: int | None
+    clock_trusted: bool | None  # from its status, else of its newest scan
+    version: str | None
+    silent: bool
+    registered: bool = True
+
+
+def vietnam_today(now: datetime) -> date:
+    return now.astimezone(VIETNAM).date()
+
+
+def _venue_scope(
+    store: ReportsStore, principal: Principal, venue_id: str | None, what: str, now: datetime
+) -> str | None:
+    """The one venue the answer is limited to, or None for all; refuse what the role may not."""
+    if principal.role in _ALL_VENUES:
+        return venue_id
+    if principal.role is Role.VENUE:
+        if venue_id is not None and venue_id != principal.venue_id:
+            why = f"a venue owner sees its own venue only ({principal.venue_id}), not {venue_id}"
+            store.record_audit(
+                "refused",
+                "(no reason given)",
+                {
+                    "attempted": what,
+                    "why": why,
+                    "venue_id": venue_id,
+                    "principal": principal.to_audit(),
+                },
+                now,
+            )
+            raise Forbidden(why)
+        return principal.venue_id
+    raise Forbidden(f"the {principal.role} role may not read {what}")
+
+
+def _as_day(value: date) -> date:
+    # A datetime is also a date: take its Vietnam day, not its UTC one.
+    return vietnam_today(value) if isinstance(value, datetime) else value
+
+
+def usage_per_day(
+    store: ReportsStore,
+    principal: Principal,
+    since: date,
+    until: date,
+    by: Literal["venue", "district"],
+    *,
+    venue_id: str | None = None,
+    now: datetime | None = None,
+) -> list[UsageRow]:
+    """Scans per Vietnam day (since..until, both included) per venue or per district.
+
+    Days without scans are not listed. The venue role gets its own venue's counts
+    (``by="district"`` then shows its venue's district only).
+    """
+    since, until = _as_day(since), _as_day(until)
+    if since > until:
+        raise Refusal("empty_period", "since is after until")
+    if (until - since).days + 1 > MAX_REPORT_DAYS:
+        raise Refusal("period_too_long", f"a report covers at most {MAX_REPORT_DAYS} days")
+    if by not in ("venue", "district"):
+        raise Refusal("bad_grouping", f"group by venue or district, not {str(by)[:40]!r}")
+    scope = _venue_scope(store, principal, venue_id, "usage", now or datetime.now(UTC))
+    rows = store.scans_per_day(since, until, by, venue_id=scope)
+    return [UsageRow(r.day, r.key, r.scans) for r in rows]
+
+
+def quiet_venues(
+    store: ReportsStore, principal: Principal, days: int, now: datetime
+) -> list[QuietVenue]:
+    """Venues with no scan in the last `days` days (or none ever), by venue id."""
+    if days < 1:
+        raise Refusal("bad_days", "days must be 1 or more")
+    scope = _venue_scope(store, principal, None, "quiet venues", now)
+    quiet = store.venues_last_scan(now - timedelta(days=days))
+    return [
+        QuietVenue(v.venue_id, v.name, v.district, v.last_scan)
+        for v in quiet
+        if scope is None or v.venue_id == scope
+    ]
+
+
+def units_overview(
+    store: ReportsStore,
+    principal: Principal,
+    now: datetime,
+    *,
+    silent_after: timedelta = DEFAULT_SILENT,
+) -> list[UnitHealth]:
+    """Every registered unit, and every unit that talks without being registered (flagged).
+
+    Sorted: unregistered first (they need an operator), then by unit id.
+    """
+    scope = _venue_scope(store, principal, None, "units", now)
+    statuses = {s.unit_id: s for s in store.unit_statuses()}
+    units: list[UnitHealth] = []
+    for summary in store.unit_scan_summaries():
+        status = statuses.pop(summary.unit_id, None)
+        units.append(
+            _health(
+                summary.unit_id,
+                summary.venue_id,
+                status,
+                summary.last_scan,
+                summary.last_clock_trusted,
+                now,
+                silent_after,
+            )
+        )
+    for unit_id, status in statuses.items():
+        # Kept by ingest: a unit that talks but is not registered is an operator's task.
+        units.append(_health(unit_id, None, status, None, None, now, silent_after))
+    if scope is not None:
+        units = [u for u in units if u.venue_id == scope]
+    return sorted(units, key=lambda u: (u.registered, u.unit_id))
+
+
+class _StatusRow(Protocol):
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def status_json(self) -> str: ...
+
+
+def _health(
+    unit_id: str,
+    venue_id: str | None,
+    status: _StatusRow | None,
+    last_scan: datetime | None,
+    clock_trusted: bool | None,
+    now: datetime,
+    silent_after: timedelta,
+) -> UnitHealth:
+    backlog: int | None = None
+    version: str | None = None
+    online = False
+    last_seen: datetime | None = None
+    if status is not None:
+        online, last_seen = status.online, status.received_at
+        # Ingest stored only statuses that passed the wire's validation.
+        data = json.loads(status.status_json)
+        backlog = data.get("backlog") if isinstance(data.get("backlog"), int) else None
+        version = data.get("software") if isinstance(data.get("software"), str) else None
+        if isinstance(data.get("clock_trusted"), bool):
+            # The unit's own word is current; a scan's flag may be hours old.
+            clock_trusted = data["clock_trusted"]
+    heard = [t for t in (last_seen, last_scan) if t is not None]
+    silent = not heard or now - max(heard) > silent_after
+    return UnitHealth(
+        unit_id=unit_id,
+        venue_id=venue_id,
+        online=online,
+        last_seen=last_seen,
+        last_scan=last_scan,
+        backlog=backlog,
+        clock_trusted=clock_trusted,
+        version=version,
+        silent=silent,
+        registered=venue_id is not None,
+    )

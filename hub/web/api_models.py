@@ -1,0 +1,170 @@
+"""The response and request models of the hub's identity API (`hub.web.api`).
+
+They are what the OpenAPI document shows each role: a venue owner's visitor list has
+masked fields and no person key; times are UTC (RFC 3339).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from hub.access import Role
+from hub.trace import MAX_DEPTH
+
+__all__ = [
+    "UserOut",
+    "LoginIn",
+    "TokenOut",
+    "VenueOut",
+    "VisitOut",
+    "IndexPersonOut",
+    "ContactOut",
+    "TraceIn",
+    "TraceOut",
+    "VisitorOut",
+    "VisitorListOut",
+    "TimelineOut",
+    "PersonMatchOut",
+    "SearchOut",
+    "AuditEntryOut",
+    "AuditVerificationOut",
+    "AuditOut",
+]
+
+MAX_WINDOW_MINUTES = 7 * 24 * 60
+"""A week: the longest contact window a trace may ask for."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserOut(_Out):
+    user_id: str
+    display_name: str
+    role: Role
+    venue_id: str | None = Field(description="the venue role's own venue; null for others")
+
+
+class LoginIn(_Out):
+    user_id: str = Field(min_length=1, max_length=63)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenOut(_Out):
+    token: str = Field(description="shown once; send it as `Authorization: Bearer <token>`")
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the scheme's name)
+    expires_at: datetime
+    user: UserOut
+
+
+class VenueOut(_Out):
+    venue_id: str
+    name: str
+    address: str
+    district: str
+
+
+class VisitOut(_Out):
+    venue_id: str
+    venue_name: str | None
+    at: datetime
+
+
+class IndexPersonOut(_Out):
+    person_key: str = Field(description="id:<number>, qid:<QID> or card:<card id>")
+    id_number: str
+    name: str | None = Field(description="null when the hub has never seen this person")
+    visits: list[VisitOut]
+
+
+class ContactOut(_Out):
+    person_key: str
+    id_number: str
+    name: str
+    degree: int = Field(description="1 for F1, 2 for F2, ...")
+    exposed_at: datetime
+    venue_id: str
+    venue_name: str | None
+    via: str = Field(description="id number of the person of one degree lower they met")
+
+
+class TraceIn(_Out):
+    id: str = Field(min_length=1, max_length=64, description="CCCD/CMND/passport or card id")
+    since: AwareDatetime
+    until: AwareDatetime
+    window_minutes: float = Field(60, ge=0, le=MAX_WINDOW_MINUTES)
+    depth: int = Field(2, ge=0, le=MAX_DEPTH)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TraceOut(_Out):
+    index: IndexPersonOut
+    contacts: list[ContactOut]
+    since: datetime
+    until: datetime
+    window_minutes: float
+    depth: int
+
+
+class VisitorOut(_Out):
+    at: datetime
+    kind: str
+    id_number: str = Field(description="masked (2666) for the venue role")
+    name: str = Field(description="masked (2666) for the venue role")
+
+
+class VisitorListOut(_Out):
+    venue_id: str
+    since: datetime
+    until: datetime
+    masked: bool
+    visitors: list[VisitorOut]
+
+
+class TimelineOut(_Out):
+    person_key: str
+    id_number: str
+    name: str | None
+    since: datetime
+    until: datetime
+    visits: list[VisitOut]
+
+
+class PersonMatchOut(_Out):
+    person_key: str
+    id_number: str
+    name: str
+
+
+class SearchOut(_Out):
+    matches: list[PersonMatchOut]
+
+
+class AuditEntryOut(_Out):
+    id: int
+    at: datetime
+    action: str
+    reason: str
+    params: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditVerificationOut(_Out):
+    ok: bool
+    entries: int
+    first_bad_id: int | None
+    problem: str | None
+    head_hash: str
+
+
+class AuditOut(_Out):
+    entries: list[AuditEntryOut]
+    verification: AuditVerificationOut
+
+
+# -- helpers ---------------------------------------------------------------------------------

@@ -1,0 +1,260 @@
+"""Every string the dashboard shows, in Vietnamese (the default) and English.
+
+The pages never hold words of their own: a template asks ``t("trace")`` and gets
+"Truy vết" or "Trace". Both catalogs have the same keys (a test holds them to it), so
+a page switched to English never shows a Vietnamese leftover or a bare key.
+
+    >>> t("trace", "vi"), t("trace", "en")
+    ('Truy vết', 'Trace')
+    >>> format_time(datetime(2021, 8, 15, 2, 30, tzinfo=timezone.utc), "vi")
+    '15/08/2021 09:30 (UTC+7)'
+
+Catalog values are plain text, never HTML: templates escape them like any other value,
+and a value with ``{name}`` fields is filled with `str.format` before it is escaped.
+
+Times are shown in Vietnam's zone (UTC+7, no daylight saving) with the zone written
+after them: tracers compare them with what people remember of their day, and a
+time without its zone is a time someone will read as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Final, Literal
+
+__all__ = [
+    "CATALOGS",
+    "DEFAULT_LANG",
+    "LANGS",
+    "VN_TZ",
+    "Lang",
+    "format_date",
+    "format_time",
+    "pick_lang",
+    "t",
+]
+
+Lang = Literal["vi", "en"]
+LANGS: Final[tuple[Lang, ...]] = ("vi", "en")
+DEFAULT_LANG: Final[Lang] = "vi"
+VN_TZ: Final = timezone(timedelta(hours=7), "UTC+7")
+"""Vietnam's only zone (Indochina Time); it has had no daylight saving since 1975."""
+
+_VI: Final[dict[str, str]] = {
+    "app_name": "doorscan — Trung tâm",
+    "lang_name": "Tiếng Việt",
+    "other_lang": "English",
+    "login": "Đăng nhập",
+    "logout": "Đăng xuất",
+    "user_id": "Tên đăng nhập",
+    "password": "Mật khẩu",
+    "login_failed": "Tên đăng nhập hoặc mật khẩu không đúng.",
+    "signed_in_as": "Đang đăng nhập: {name} ({role})",
+    "trace": "Truy vết",
+    "units": "Thiết bị",
+    "reports": "Báo cáo",
+    "forbidden_title": "Không được phép",
+    "forbidden_text": "Vai trò của bạn ({role}) không được xem trang này.",
+    "forbidden_origin": "Yêu cầu đến từ một trang khác; đã từ chối.",
+    "back_home": "Về trang chính",
+    "role_tracer": "truy vết",
+    "role_venue": "địa điểm",
+    "role_reporter": "báo cáo",
+    "role_admin": "quản trị",
+    "id_or_name": "Số CCCD/CMND hoặc họ tên",
+    "id_hint": "Gõ số, quét thẻ CCCD bằng máy quét, hoặc gõ họ tên (không cần dấu).",
+    "since": "Từ ngày",
+    "until": "Đến ngày",
+    "window_minutes": "Khoảng thời gian (phút)",
+    "depth": "Số cấp (F1, F2…)",
+    "reason": "Lý do",
+    "reason_hint": "Ví dụ: mã ca bệnh. Mỗi lần truy vết được ghi vào nhật ký.",
+    "run_trace": "Truy vết",
+    "pick_person": "Có nhiều người trùng tên; chọn một người:",
+    "no_match": "Không tìm thấy ai có tên này.",
+    "choose": "Chọn",
+    "index_person": "Người nguồn (F0)",
+    "unknown_person": "(chưa từng quét tại cửa)",
+    "visits": "Các lần đến",
+    "degree": "F{n}",
+    "no_contacts": "Không có người tiếp xúc trong khoảng thời gian này.",
+    "n_contacts": "{n} người",
+    "name": "Họ tên",
+    "id_number": "Số giấy tờ",
+    "venue": "Địa điểm",
+    "time": "Thời gian",
+    "through": "Tiếp xúc qua",
+    "timeline": "Dòng thời gian của người nguồn",
+    "timeline_visit": "Lần đến",
+    "timeline_contact": "Người tiếp xúc F1",
+    "export": "Xuất",
+    "export_csv": "Tải CSV",
+    "export_xlsx": "Tải XLSX",
+    "bad_input": "Dữ liệu không hợp lệ: {detail}",
+    "unit": "Thiết bị",
+    "status": "Trạng thái",
+    "online": "Trực tuyến",
+    "offline": "Mất kết nối",
+    "last_seen": "Lần báo gần nhất",
+    "last_scan": "Lần quét gần nhất",
+    "backlog": "Tồn đọng",
+    "clock_trusted": "Đồng hồ tin cậy",
+    "version": "Phiên bản",
+    "silent": "Im lặng quá lâu",
+    "unregistered": "Chưa đăng ký",
+    "silent_note": "Các thiết bị được đánh dấu đã im lặng quá lâu: cần kiểm tra.",
+    "yes": "Có",
+    "no": "Không",
+    "unknown": "—",
+    "no_units": "Chưa có thiết bị nào.",
+    "scans_per_day": "Lượt quét mỗi ngày",
+    "by_venue": "Theo địa điểm",
+    "by_district": "Theo quận/huyện",
+    "district": "Quận/huyện",
+    "day": "Ngày",
+    "scans": "Lượt quét",
+    "quiet_venues": "Địa điểm không có lượt quét trong {days} ngày",
+    "quiet_days": "Số ngày",
+    "no_quiet": "Không có địa điểm nào im lặng.",
+    "units_offline": "Thiết bị mất kết nối",
+    "no_offline": "Mọi thiết bị đều trực tuyến.",
+    "show": "Xem",
+    "no_data": "Không có dữ liệu trong khoảng thời gian này.",
+    "chart_total": "Tổng lượt quét mỗi ngày",
+    "times_in_zone": "Giờ Việt Nam (UTC+7).",
+}
+
+_EN: Final[dict[str, str]] = {
+    "app_name": "doorscan — Hub",
+    "lang_name": "English",
+    "other_lang": "Tiếng Việt",
+    "login": "Log in",
+    "logout": "Log out",
+    "user_id": "User id",
+    "password": "Password",
+    "login_failed": "Wrong user id or password.",
+    "signed_in_as": "Signed in: {name} ({role})",
+    "trace": "Trace",
+    "units": "Units",
+    "reports": "Reports",
+    "forbidden_title": "Not allowed",
+    "forbidden_text": "Your role ({role}) may not see this page.",
+    "forbidden_origin": "The request came from another site; refused.",
+    "back_home": "Back to your home page",
+    "role_tracer": "tracer",
+    "role_venue": "venue",
+    "role_reporter": "reporter",
+    "role_admin": "admin",
+    "id_or_name": "CCCD/CMND number or name",
+    "id_hint": "Type the number, scan the CCCD card with the scanner, or type a name "
+    "(diacritics optional).",
+    "since": "From",
+    "until": "To",
+    "window_minutes": "Window (minutes)",
+    "depth": "Degrees (F1, F2…)",
+    "reason": "Reason",
+    "reason_hint": "For example the case number. Every trace is written to the audit log.",
+    "run_trace": "Trace",
+    "pick_person": "Several people have this name; pick one:",
+    "no_match": "Nobody with this name was found.",
+    "choose": "Pick",
+    "index_person": "Index person (F0)",
+    "unknown_person": "(never scanned at a door)",
+    "visits": "Visits",
+    "degree": "F{n}",
+    "no_contacts": "No contacts in this period.",
+    "n_contacts": "{n} people",
+    "name": "Name",
+    "id_number": "ID number",
+    "venue": "Venue",
+    "time": "Time",
+    "through": "Met through",
+    "timeline": "Timeline of the index person",
+    "timeline_visit": "Visit",
+    "timeline_contact": "F1 contact",
+    "export": "Export",
+    "export_csv": "Download CSV",
+    "export_xlsx": "Download XLSX",
+    "bad_input": "Invalid input: {detail}",
+    "unit": "Unit",
+    "status": "Status",
+    "online": "Online",
+    "offline": "Offline",
+    "last_seen": "Last status",
+    "last_scan": "Last scan",
+    "backlog": "Backlog",
+    "clock_trusted": "Clock trusted",
+    "version": "Version",
+    "silent": "Silent too long",
+    "unregistered": "Not registered",
+    "silent_note": "Marked units have been silent too long: check them.",
+    "yes": "Yes",
+    "no": "No",
+    "unknown": "—",
+    "no_units": "No units yet.",
+    "scans_per_day": "Scans per day",
+    "by_venue": "By venue",
+    "by_district": "By district",
+    "district": "District",
+    "day": "Day",
+    "scans": "Scans",
+    "quiet_venues": "Venues with no scans for {days} days",
+    "quiet_days": "Days",
+    "no_quiet": "No quiet venues.",
+    "units_offline": "Units offline",
+    "no_offline": "Every unit is online.",
+    "show": "Show",
+    "no_data": "No data in this period.",
+    "chart_total": "Total scans per day",
+    "times_in_zone": "Vietnam time (UTC+7).",
+}
+
+CATALOGS: Final[dict[Lang, dict[str, str]]] = {"vi": _VI, "en": _EN}
+
+
+def t(key: str, lang: Lang = DEFAULT_LANG, **fields: object) -> str:
+    """The text of `key` in `lang`, with ``{field}`` places filled from `fields`.
+
+    A missing key is a programming error, raised at once (`KeyError`) rather than
+    shown to an operator as a bare id.
+    """
+    text = CATALOGS[lang][key]
+    return text.format(**fields) if fields else text
+
+
+def pick_lang(query: str | None, cookie: str | None) -> Lang:
+    """The page's language: ``?lang=`` first, then the ``lang`` cookie, else Vietnamese.
+
+    Anything but a known code is ignored, so a crafted value never reaches a page.
+    """
+    for value in (query, cookie):
+        if value == "vi":
+            return "vi"
+        if value == "en":
+            return "en"
+    return DEFAULT_LANG
+
+
+def format_time(value: datetime, lang: Lang) -> str:
+    """`value` in Vietnam time, minute precision, with the zone written after it.
+
+    Vietnamese pages write dates day first (15/08/2021), English pages ISO order, so
+    neither reader has to guess which number is the month.
+    """
+    local = value.astimezone(VN_TZ)
+    shown = f"{local:%d/%m/%Y %H:%M}" if lang == "vi" else f"{local:%Y-%m-%d %H:%M}"
+    return f"{shown} (UTC+7)"
+
+
+def format_date(value: date, lang: Lang) -> str:
+    """A calendar day (already a Vietnam day, as reports count them)."""
+    return f"{value:%d/%m/%Y}" if lang == "vi" else value.isoformat()
+
+
+def _check_catalogs() -> None:
+    # Cheap enough to run at import: a catalog that drifted fails the first request loudly.
+    if set(_VI) != set(_EN):
+        raise RuntimeError(f"i18n catalogs differ: {sorted(set(_VI) ^ set(_EN))}")
+
+
+_check_catalogs()

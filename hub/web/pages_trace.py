@@ -1,0 +1,217 @@
+"""The trace page: an ID number, a scanned CCCD text or a name in, contacts by degree out.
+
+A name search lists the matches to pick from (`AccessControlledStore.find_people`); a
+USB scanner typing a CCCD QR text into the ID field is reduced to its number. A trace
+reads identities and writes an audit entry, so it is a POST.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from markupsafe import Markup
+
+from doorscan.errors import Refusal
+from doorscan.payloads import parse_qr
+from hub.trace import DEFAULT_DEPTH, DEFAULT_WINDOW, MAX_DEPTH, Contact, TraceResult
+from hub.web.api_models import MAX_WINDOW_MINUTES
+from hub.web.deps import (
+    access_for,
+    get_now,
+)
+from hub.web.i18n import VN_TZ, Lang, format_time, t
+from hub.web.pages_common import (
+    forbidden_page,
+    guard,
+    int_field,
+    lang_of,
+    origin_ok,
+    period,
+    render,
+    venue_names,
+)
+from hub.web.svg import TimelineMark, timeline_svg
+
+__all__ = ["TRACE_DAYS", "router", "subject_from_text"]
+
+router = APIRouter(include_in_schema=False)
+
+TRACE_DAYS = 14
+"""Default trace period: the last 14 days, the incubation period tracers work with."""
+_CITIZEN_NUMBER = re.compile(r"\d{12}|\d{9}")
+
+
+# -- trace ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TraceForm:
+    subject: str = ""
+    reason: str = ""
+    since: str = ""
+    until: str = ""
+    window_minutes: str = str(DEFAULT_WINDOW // timedelta(minutes=1))
+    depth: str = str(DEFAULT_DEPTH)
+
+
+def subject_from_text(text: str) -> str | None:
+    """What the tracer typed or scanned, as an id for the trace; None means a name.
+
+    A USB scanner types a whole card text (``064090123456||Nguyễn Văn An|...``) and
+    Enter. It is parsed like at the door; when that fails the leading 12- or 9-digit
+    number is still taken, because keyboard-wedge scanners often mangle the accented
+    letters of the name while the digits come through. Text with a digit, or an
+    ``id:``/``qid:``/``card:`` key, is an id; anything else (letters and spaces) is a
+    name to search for.
+    """
+    value = text.strip()
+    if "|" in value:
+        try:
+            return parse_qr(value).person_key
+        except Refusal:
+            first = value.split("|", 1)[0].strip()
+            if _CITIZEN_NUMBER.fullmatch(first):
+                return first
+            raise
+    if value.startswith(("id:", "qid:", "card:")) or any(c.isdigit() for c in value):
+        return value
+    return None
+
+
+def _trace_defaults(now: datetime) -> TraceForm:
+    today = now.astimezone(VN_TZ).date()
+    return TraceForm(
+        since=(today - timedelta(days=TRACE_DAYS - 1)).isoformat(), until=today.isoformat()
+    )
+
+
+@router.get("/trace", response_class=HTMLResponse)
+def trace_page(request: Request) -> Response:
+    user, refused = guard(request, "/trace")
+    if refused is not None:
+        return refused
+    return render(
+        request,
+        "trace.html",
+        user,
+        "trace",
+        form=_trace_defaults(get_now(request)),
+        matches=None,
+        result=None,
+        max_depth=MAX_DEPTH,
+        max_window=MAX_WINDOW_MINUTES,
+    )
+
+
+@router.post("/trace", response_class=HTMLResponse)
+async def trace_submit(request: Request) -> Response:
+    user, refused = guard(request, "/trace")
+    if refused is not None:
+        return refused
+    assert user is not None  # _guard returned no refusal
+    if not origin_ok(request):
+        return forbidden_page(request, t("forbidden_origin", lang_of(request)))
+    lang = lang_of(request)
+    raw = await request.form()
+    form = TraceForm(**{k: str(raw.get(k, "")) for k in TraceForm.__dataclass_fields__})
+    reader = access_for(request, user)
+    now = get_now(request)
+    context: dict[str, Any] = {
+        "form": form,
+        "matches": None,
+        "result": None,
+        "max_depth": MAX_DEPTH,
+        "max_window": MAX_WINDOW_MINUTES,
+    }
+    try:
+        since, until = period(form.since, form.until)
+        window_minutes = int_field(form.window_minutes, "window")
+        if not 0 <= window_minutes <= MAX_WINDOW_MINUTES:
+            # The API's bound, so that the page's export links take what the page took.
+            raise Refusal("bad_window", f"the window must be 0..{MAX_WINDOW_MINUTES} minutes")
+        window = timedelta(minutes=window_minutes)
+        depth = int_field(form.depth, "depth")
+        subject = subject_from_text(form.subject)
+        if subject is None:
+            matches = reader.find_people(form.subject, form.reason, now)
+            if len(matches) != 1:
+                return render(
+                    request, "trace.html", user, "trace", **{**context, "matches": matches}
+                )
+            subject = matches[0].person_key
+        result = reader.trace(subject, since, until, window, depth, form.reason, now)
+    except Refusal as refusal:
+        return render(
+            request,
+            "trace.html",
+            user,
+            "trace",
+            status=400,
+            errors=[t("bad_input", lang, detail=refusal.reason)],
+            **context,
+        )
+    form.subject = result.index.id_number  # a scanned card text is shown as its number
+    names = venue_names(reader)
+    return render(
+        request,
+        "trace.html",
+        user,
+        "trace",
+        **{**context, **_result_context(result, form, names, lang)},
+    )
+
+
+def _result_context(
+    result: TraceResult, form: TraceForm, names: dict[str, str], lang: Lang
+) -> dict[str, Any]:
+    by_degree: dict[int, list[Contact]] = defaultdict(list)
+    for contact in result.contacts:
+        by_degree[contact.degree].append(contact)
+    people = {result.index.id_number: result.index.name or result.index.id_number}
+    people.update({c.id_number: c.name or c.id_number for c in result.contacts})
+
+    def venue_name(venue_id: str) -> str:
+        return names.get(venue_id, venue_id)
+
+    visits = [
+        TimelineMark(v.venue_id, v.at, f"{venue_name(v.venue_id)} — {format_time(v.at, lang)}")
+        for v in result.index.visits
+    ]
+    contacts = [
+        TimelineMark(c.venue_id, c.exposed_at, f"{c.name} — {format_time(c.exposed_at, lang)}")
+        for c in by_degree.get(1, [])
+    ]
+    timeline = timeline_svg(
+        visits,
+        contacts,
+        names,
+        title=t("timeline", lang),
+        lang=lang,
+        legend=(t("timeline_visit", lang), t("timeline_contact", lang)),
+    )
+    query = urlencode(
+        {
+            "id": result.params.person_key,
+            "since": result.params.since.isoformat(),
+            "until": result.params.until.isoformat(),
+            "window_minutes": form.window_minutes.strip(),
+            "depth": result.params.depth,
+            "reason": form.reason,
+        }
+    )
+    return {
+        "result": result,
+        "by_degree": sorted(by_degree.items()),
+        "venue_name": venue_name,
+        "via_name": lambda id_number: f"{people.get(id_number, id_number)} ({id_number})",
+        "timeline": Markup(timeline) if result.index.visits else None,  # noqa: S704 escaped in svg.py
+        "export_csv": f"/api/v1/exports/trace.csv?{query}",
+        "export_xlsx": f"/api/v1/exports/trace.xlsx?{query}",
+    }
