@@ -11,13 +11,15 @@ STAMP  := $(VENV)/.installed-stamp
 all: test
 
 # System packages: installed with apt-get when we are root, otherwise we stop and say how.
-# chromium is Debian's, for the dashboard's browser tests (Playwright drives it; no download).
+# chromium is Debian's, for the dashboard's browser tests (Playwright drives it; no download);
+# shellcheck checks deploy/install-unit.sh.
 system-deps:
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing="$$missing libzbar0"; \
 	{ command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
 	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

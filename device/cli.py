@@ -14,7 +14,14 @@ Commands:
 
 * ``run --config FILE [--max-frames N]``: run a door unit until SIGTERM/SIGINT (or
   until an image folder runs out). The pins come from gpiozero's usual choice, so
-  ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a machine without GPIO.
+  ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a machine without GPIO. Under systemd
+  (``Type=notify``) it says READY=1 once scanning and pets the watchdog from the frame
+  loop (`device.sdnotify`). With ``pins.button`` set, a button held for 3 s at boot runs
+  the self-test first.
+
+* ``selftest --config FILE [--seconds 10]``: the technician's walk through LEDs,
+  buzzer, camera, broker, clock and disk (`device.selftest`); a pass/fail table,
+  exit 1 if anything failed.
 
 * ``enroll --config BOOTSTRAP [--max-frames N]``: enrollment mode (`device.enroll`):
   wait for the technician's one-time QR, make this unit's key, get its certificate
@@ -45,12 +52,14 @@ from device.config import load_config
 from device.decoders import DecodedSymbol, DecoderError, make_decoder
 from device.enroll import enroll_unit, load_enrollment_config
 from device.frames import FrameSourceError, load_grey
+from device.sdnotify import SystemdNotifier
+from device.selftest import button_held, format_table, run_selftest
 from device.unit import Unit
 from doorscan.cards import CardKeyring
 from doorscan.errors import ConfigError, DoorscanError, Refusal
 from doorscan.payloads import parse_qr
 
-__all__ = ["build_parser", "cmd_decode", "cmd_run", "cmd_enroll", "main"]
+__all__ = ["build_parser", "cmd_decode", "cmd_run", "cmd_enroll", "cmd_selftest", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -110,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--max-frames", type=int, default=None, help="give up after N frames")
     enroll.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     enroll.set_defaults(handler=cmd_enroll)
+
+    selftest = commands.add_parser(
+        "selftest",
+        help="walk through LEDs, buzzer, camera, broker, clock and disk; a pass/fail table",
+        description="The technician's self-test; exit 1 if any check failed.",
+    )
+    selftest.add_argument("--config", type=Path, required=True, help="the unit's JSON config")
+    selftest.add_argument(
+        "--seconds", type=float, default=10.0, help="live camera decoding time (default 10)"
+    )
+    selftest.set_defaults(handler=cmd_selftest)
 
     take = commands.add_parser(
         "import-bundle",
@@ -174,14 +194,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"run: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with Unit(config) as unit:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: unit.stop())
-        print(f"unit {config.unit_id} at {config.venue_id}: running", flush=True)
-        frames = unit.run(max_frames=args.max_frames)
-        unit.indicators.wait_idle(2.0)
+    notifier = SystemdNotifier.from_environment()
+    try:
+        if config.pins.button is not None and button_held(config.pins.button):
+            print("button held at boot: self-test first", flush=True)
+            notifier.status("self-test (button held at boot)")
+            checks = run_selftest(config, say=_report)
+            print(format_table(checks), flush=True)
+        with Unit(config, notifier=notifier) as unit:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: unit.stop())
+            print(f"unit {config.unit_id} at {config.venue_id}: running", flush=True)
+            notifier.ready("scanning")
+            frames = unit.run(max_frames=args.max_frames)
+            notifier.stopping()
+            unit.indicators.wait_idle(2.0)
+    finally:
+        notifier.close()
     print(f"unit {config.unit_id}: stopped after {frames} frames", flush=True)
     return EXIT_OK
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """``selftest``: the pass/fail table; 0 when every check passed, 1 otherwise."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"selftest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    checks = run_selftest(config, seconds=args.seconds, say=_report)
+    print(format_table(checks), flush=True)
+    return EXIT_OK if all(check.ok for check in checks) else EXIT_FAILED
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:

@@ -53,17 +53,40 @@ class PinsConfig(_Strict):
     green_led: int = Field(17, ge=0, le=27, description="green LED (accepted)")
     red_led: int = Field(27, ge=0, le=27, description="red LED (refused, fault)")
     buzzer: int = Field(22, ge=0, le=27, description="active buzzer")
+    button: int | None = Field(
+        None,
+        ge=0,
+        le=27,
+        description="optional push button to ground; held 3 s at boot, it runs the self-test",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> PinsConfig:
-        if len({self.green_led, self.red_led, self.buzzer}) != 3:
-            raise ValueError("green_led, red_led and buzzer must be three different pins")
+        pins = [self.green_led, self.red_led, self.buzzer]
+        if self.button is not None:
+            pins.append(self.button)
+        if len(set(pins)) != len(pins):
+            raise ValueError("green_led, red_led, buzzer and button must be different pins")
         return self
 
 
 class FramesConfig(_Strict):
-    source: Literal["picamera2", "files"] = Field(
-        "picamera2", description="picamera2 on a Pi; files reads images (tests, demo, bench)"
+    source: Literal["picamera2", "opencv", "files"] = Field(
+        "picamera2",
+        description="picamera2 on a Pi; opencv for a USB webcam; files reads images (tests, demo)",
+    )
+    device_index: int = Field(
+        0, ge=0, le=63, description="for source=opencv: the webcam's index (/dev/videoN)"
+    )
+    autofocus: Literal["continuous", "fixed"] = Field(
+        "continuous",
+        description="picamera2 on a Camera Module 3: refocus continuously, or hold lens_position",
+    )
+    lens_position: float | None = Field(
+        None,
+        ge=0,
+        le=32,
+        description="for autofocus=fixed: lens position in dioptres (1/distance in m; 0=infinity)",
     )
     path: Path | None = Field(None, description="image file or folder, for source=files")
     loop: bool = Field(False, description="for source=files: start again after the last image")
@@ -78,6 +101,8 @@ class FramesConfig(_Strict):
     def _path_for_files(self) -> FramesConfig:
         if self.source == "files" and self.path is None:
             raise ValueError("frames.path is required when frames.source is 'files'")
+        if self.autofocus == "fixed" and self.lens_position is None:
+            raise ValueError("frames.lens_position is required when frames.autofocus is 'fixed'")
         return self
 
 

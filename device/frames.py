@@ -6,6 +6,8 @@ None when there are no more. Two are built in:
 * `Picamera2Source`: the Pi's camera through picamera2. The camera gives the decoder
   the Y (luma) plane of a YUV420 stream, which is already the grey image: no colour
   conversion runs on the Pi's CPU at 15 frames/s.
+* `OpenCvSource`: a USB webcam through OpenCV, for units without a camera module
+  (OpenCV is an optional extra, ``opencv-python-headless``, imported only here).
 * `ImageFileSource`: image files and folders, for tests, the demo and benchmarks.
 
     >>> with ImageFileSource(["photos/"], loop=False) as frames:   # doctest: +SKIP
@@ -43,8 +45,17 @@ __all__ = [
     "ImageFileSource",
     "Picamera2Source",
     "Picamera2Like",
+    "OpenCvSource",
+    "AF_MODE_MANUAL",
+    "AF_MODE_CONTINUOUS",
     "load_grey",
 ]
+
+# libcamera's AfModeEnum values (controls.AfModeEnum.Manual / .Continuous). The numbers
+# are libcamera's stable control ABI, so they are written here rather than importing
+# libcamera (which, like picamera2, exists only on Raspberry Pi OS).
+AF_MODE_MANUAL = 0
+AF_MODE_CONTINUOUS = 2
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm"})
 """What a folder given to `ImageFileSource` is read for (case-insensitive)."""
@@ -149,11 +160,23 @@ def open_frames(frames: FramesConfig) -> FrameSource:
         return ImageFileSource(
             [frames.path], loop=frames.loop, pace_fps=frames.fps if frames.pace else None
         )
-    return Picamera2Source(frames.width, frames.height, frames.fps)
+    if frames.source == "opencv":
+        return OpenCvSource(frames.device_index, frames.width, frames.height, frames.fps)
+    return Picamera2Source(
+        frames.width,
+        frames.height,
+        frames.fps,
+        lens_position=frames.lens_position if frames.autofocus == "fixed" else None,
+    )
 
 
 class Picamera2Like(Protocol):
     """The part of picamera2's `Picamera2` this module uses (what a fake must mirror)."""
+
+    @property
+    def camera_controls(self) -> dict[str, Any]:
+        """Control name -> (min, max, default) of what this camera supports."""
+        ...
 
     def create_video_configuration(
         self, main: dict[str, Any], lores: dict[str, Any], controls: dict[str, Any], queue: bool
@@ -188,6 +211,13 @@ class Picamera2Source(Closeable):
     a buffer while the last frame was decoded: the door judges what is in front of it
     now. Pass `camera_factory` (a callable returning a Picamera2-like object) to use
     another camera object; picamera2 itself is imported only when none is given.
+
+    Focus: a camera with autofocus (Camera Module 3) refocuses continuously, since
+    visitors hold cards and phones at any distance; with `lens_position` (dioptres,
+    1 / distance in metres) the lens is held there instead, for a door where the
+    card rests at a fixed distance and hunting focus would only cost frames. A camera
+    without autofocus (Camera Module 2, no ``AfMode`` in its ``camera_controls``) is
+    given no focus controls at all: libcamera would refuse them.
     """
 
     def __init__(
@@ -196,11 +226,13 @@ class Picamera2Source(Closeable):
         height: int,
         fps: float,
         *,
+        lens_position: float | None = None,
         camera_factory: Callable[[], Picamera2Like] | None = None,
     ) -> None:
         self.width = width
         self.height = height
         self.fps = fps
+        self.lens_position = lens_position
         self._lock = threading.Lock()  # close() from another thread waits for a read
         try:
             self._camera: Picamera2Like | None = (camera_factory or _picamera2)()
@@ -213,7 +245,7 @@ class Picamera2Source(Closeable):
                 main={"size": (width, height)},
                 # The lores stream is the decoder's: YUV420, whose first plane is grey.
                 lores={"size": (width, height), "format": "YUV420"},
-                controls={"FrameRate": fps},
+                controls=self._controls(self._camera),
                 queue=False,
             )
             self._camera.configure(camera_config)
@@ -222,6 +254,17 @@ class Picamera2Source(Closeable):
             with contextlib.suppress(Exception):  # the start-up error is the one to report
                 self.close()
             raise FrameSourceError(f"the camera did not start: {exc}") from exc
+
+    def _controls(self, camera: Picamera2Like) -> dict[str, Any]:
+        controls: dict[str, Any] = {"FrameRate": self.fps}
+        if "AfMode" not in camera.camera_controls:
+            return controls  # a fixed-focus module; lens_position has nothing to move
+        if self.lens_position is None:
+            controls["AfMode"] = AF_MODE_CONTINUOUS
+        else:
+            controls["AfMode"] = AF_MODE_MANUAL
+            controls["LensPosition"] = self.lens_position
+        return controls
 
     def read(self) -> np.ndarray | None:
         with self._lock:
@@ -246,3 +289,72 @@ class Picamera2Source(Closeable):
             camera.stop()
         finally:
             camera.close()
+
+
+def _cv2() -> Any:
+    try:
+        # Optional: only units with a USB webcam need OpenCV (a large wheel on a Pi).
+        import cv2  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise FrameSourceError(
+            "OpenCV is not installed (pip install opencv-python-headless);"
+            " it is needed only for frames.source = opencv"
+        ) from exc
+    return cv2
+
+
+class OpenCvSource(Closeable):
+    """Grey frames from a USB webcam through OpenCV, for units without a camera module.
+
+    A webcam gives BGR frames, so each one is converted to grey (`cv2.cvtColor`): this
+    costs CPU that the Pi camera's Y plane does not. The size and rate are asked for
+    and the webcam picks the nearest it has; the decoder takes whatever size comes.
+    The capture buffer is cut to one frame where the driver allows it, so a frame is
+    as fresh as the camera module's. `opencv` is the cv2 module (or a fake of its
+    VideoCapture, cvtColor and constants); cv2 is imported only when none is given.
+    """
+
+    def __init__(
+        self,
+        device_index: int,
+        width: int,
+        height: int,
+        fps: float,
+        *,
+        opencv: Any = None,
+    ) -> None:
+        self._cv2 = opencv if opencv is not None else _cv2()
+        self.device_index = device_index
+        self._lock = threading.Lock()
+        capture = self._cv2.VideoCapture(device_index)
+        if not capture.isOpened():
+            capture.release()
+            raise FrameSourceError(f"cannot open the webcam /dev/video{device_index}")
+        for prop, value in (
+            (self._cv2.CAP_PROP_FRAME_WIDTH, width),
+            (self._cv2.CAP_PROP_FRAME_HEIGHT, height),
+            (self._cv2.CAP_PROP_FPS, fps),
+            (self._cv2.CAP_PROP_BUFFERSIZE, 1),
+        ):
+            capture.set(prop, value)  # False when unsupported: the nearest mode is used
+        self._capture: Any = capture
+
+    def read(self) -> np.ndarray | None:
+        with self._lock:
+            if self._capture is None:
+                return None
+            ok, frame = self._capture.read()
+        if not ok or frame is None:
+            # A webcam that gives nothing has usually been unplugged: an outage, not an end.
+            raise FrameSourceError(f"the webcam /dev/video{self.device_index} gave no frame")
+        if frame.ndim == 2:
+            return np.ascontiguousarray(frame, dtype=np.uint8)
+        grey = self._cv2.cvtColor(frame, self._cv2.COLOR_BGR2GRAY)
+        return np.ascontiguousarray(grey, dtype=np.uint8)
+
+    def close(self) -> None:
+        """Release the webcam; idempotent."""
+        with self._lock:
+            capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()

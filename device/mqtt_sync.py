@@ -14,8 +14,12 @@ session is persistent (`clean_session=False`, client id = unit id) so acks the h
 sends while the unit is briefly away are queued for it by the broker.
 
 The unit's status topic carries a retained `UnitStatus(online=True)` after each
-connect and the broker publishes the retained last will `online=False` if the
-unit vanishes.
+connect, again every `status_every_s` (60 s) and whenever one of the health fields
+in `STATUS_CHANGE_FIELDS` (camera_ok, clock_trusted) changes; the broker publishes
+the retained last will `online=False` if the unit vanishes. The health figures
+(uptime, temperature, disk, decode rate) come from the `health` callable the unit
+passes in; the sender thread publishes them, so a stalled frame loop does not stop
+the status (it shows as camera_ok=false or a decode rate of 0 instead).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -48,9 +52,18 @@ from doorscan.wire import (
     topic_status,
 )
 
-__all__ = ["MqttSync", "Outbox", "paho_client_factory"]
+__all__ = [
+    "MqttSync",
+    "Outbox",
+    "STATUS_CHANGE_FIELDS",
+    "configure_client_auth",
+    "paho_client_factory",
+]
 
 log = logging.getLogger(__name__)
+
+STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted")
+"""Health fields whose change is published at once, not at the next minute."""
 
 
 class Outbox(Protocol):
@@ -74,6 +87,23 @@ def paho_client_factory(client_id: str) -> mqtt.Client:
         clean_session=False,
         protocol=mqtt.MQTTv311,
     )
+
+
+def configure_client_auth(client: mqtt.Client, broker: BrokerConfig) -> None:
+    """TLS and credentials from the unit's broker config (shared with the self-test)."""
+    if broker.ca_file is not None:
+        # Checks the broker's certificate against the fleet CA (and its host name);
+        # the client certificate is how the broker and its ACL know this unit.
+        client.tls_set(
+            ca_certs=str(broker.ca_file),
+            certfile=str(broker.cert_file) if broker.cert_file else None,
+            keyfile=str(broker.key_file) if broker.key_file else None,
+        )
+    if broker.username:
+        password = None
+        if broker.password_file:
+            password = broker.password_file.read_text(encoding="utf-8").strip()
+        client.username_pw_set(broker.username, password)
 
 
 @dataclass
@@ -100,7 +130,10 @@ class MqttSync:
         client_factory: ClientFactory = paho_client_factory,
         last_scan_at: Callable[[], datetime | None] = lambda: None,
         on_hub_time: Callable[[datetime], None] = lambda hub_time: None,
+        health: Callable[[], Mapping[str, Any]] = dict,
+        status_every_s: float = 60.0,
     ) -> None:
+        """`health` returns optional `UnitStatus` fields (uptime_s, camera_ok, ...)."""
         self.unit_id = unit_id
         self._outbox = outbox
         self._broker = broker
@@ -108,6 +141,11 @@ class MqttSync:
         self._clock = clock or SystemClock()
         self._last_scan_at = last_scan_at
         self._on_hub_time = on_hub_time
+        self._health = health
+        self._status_every_s = status_every_s
+        self._status_sent_at: float | None = None
+        self._status_key: tuple[Any, ...] | None = None
+        self.statuses_sent = 0
         self._client = client_factory(unit_id)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -194,19 +232,7 @@ class MqttSync:
         client.reconnect_delay_set(
             max(1, int(self._cfg.reconnect_min_s)), max(1, int(self._cfg.reconnect_max_s))
         )
-        if self._broker.ca_file is not None:
-            # Checks the broker's certificate against the fleet CA (and its host name);
-            # the client certificate is how the broker and its ACL know this unit.
-            client.tls_set(
-                ca_certs=str(self._broker.ca_file),
-                certfile=str(self._broker.cert_file) if self._broker.cert_file else None,
-                keyfile=str(self._broker.key_file) if self._broker.key_file else None,
-            )
-        if self._broker.username:
-            password = None
-            if self._broker.password_file:
-                password = self._broker.password_file.read_text(encoding="utf-8").strip()
-            client.username_pw_set(self._broker.username, password)
+        configure_client_auth(client, self._broker)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.message_callback_add(topic_ack(self.unit_id), self._on_ack)
@@ -218,7 +244,7 @@ class MqttSync:
             log.warning("broker refused the connection: %s", reason)
             return
         client.subscribe(topic_ack(self.unit_id), qos=1)
-        client.publish(topic_status(self.unit_id), self._status(online=True), qos=1, retain=True)
+        self.publish_status()
         with self._lock:
             # Whatever was in flight may never be acked (the broker may have lost it): resend.
             self._in_flight.clear()
@@ -266,6 +292,10 @@ class MqttSync:
             self._wake.clear()
             if self._stop.is_set() or not self._connected.is_set():
                 continue
+            try:
+                self._status_if_due()
+            except Exception:
+                log.exception("publishing the unit's status failed; trying again shortly")
             try:
                 self._expire_in_flight()
                 while self._send_one_batch():
@@ -316,7 +346,39 @@ class MqttSync:
             self.batches_sent += 1
         return True
 
-    def _status(self, *, online: bool) -> bytes:
+    def publish_status(self) -> mqtt.MQTTMessageInfo:
+        """Publish the retained status with the current health figures (thread-safe)."""
+        health = self._safe_health()
+        info = self._client.publish(
+            topic_status(self.unit_id), self._status(online=True, health=health), qos=1, retain=True
+        )
+        with self._lock:
+            self._status_sent_at = self._clock.monotonic()
+            self._status_key = tuple(health.get(name) for name in STATUS_CHANGE_FIELDS)
+            self.statuses_sent += 1
+        return info
+
+    def _status_if_due(self) -> None:
+        health = self._safe_health()
+        key = tuple(health.get(name) for name in STATUS_CHANGE_FIELDS)
+        with self._lock:
+            due = (
+                self._status_sent_at is None
+                or self._clock.monotonic() - self._status_sent_at >= self._status_every_s
+                or key != self._status_key
+            )
+        if due:
+            self.publish_status()
+
+    def _safe_health(self) -> dict[str, Any]:
+        try:
+            return dict(self._health())
+        except Exception:
+            # A broken figure must not silence the status itself.
+            log.exception("gathering the unit's health figures failed")
+            return {}
+
+    def _status(self, *, online: bool, health: Mapping[str, Any] | None = None) -> bytes:
         backlog: int | None
         try:
             backlog = self._outbox.backlog()
@@ -330,5 +392,6 @@ class MqttSync:
                 software=__version__,
                 backlog=backlog,
                 last_scan_at=self._last_scan_at(),
+                **(health or {}),
             )
         )

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -33,16 +36,35 @@ from device.indicators import Feedback, Indicators
 from device.journal import ScanJournal
 from device.mqtt_sync import ClientFactory, MqttSync, paho_client_factory
 from device.scanner import Scanner
+from device.sdnotify import SystemdNotifier
 from device.state import UnitState
 from doorscan.cards import CardKeyring
 from doorscan.sealing import load_public_key
 
-__all__ = ["Unit", "frame_source_for"]
+__all__ = ["Unit", "cpu_temp_c", "disk_free_mb", "frame_source_for"]
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_EVERY_S = 60.0
 KEEP_SETTLED = timedelta(days=1)
+DECODE_RATE_WINDOW_S = 10.0
+THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+def cpu_temp_c(path: Path = THERMAL_ZONE) -> float | None:
+    """The SoC temperature in °C from the kernel's thermal zone; None where there is none."""
+    try:
+        return round(int(path.read_text(encoding="ascii").strip()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def disk_free_mb(path: Path) -> int | None:
+    """Free space (MiB) on the file system holding `path`; None if it cannot be read."""
+    try:
+        return shutil.disk_usage(path).free // (1024 * 1024)
+    except OSError:
+        return None
 
 
 def frame_source_for(config: UnitConfig) -> FrameSource:
@@ -68,15 +90,23 @@ class Unit:
         retry_max_s: float = 30.0,
         stall_after_s: float = 10.0,
         sleep: Callable[[float], object] | None = None,
+        notifier: SystemdNotifier | None = None,
+        status_every_s: float = 60.0,
     ) -> None:
         """`frames` is used as given (never re-opened); `frames_factory` opens a source and
         is called again after a failure. With neither, the config's source is used, and a
         camera (not an image folder, whose next read simply moves past a bad file) is
         re-opened after a failure. `sleep` waits between retries (default: until stop()).
+        `notifier` is told when the loop turns (the systemd watchdog); default: none.
         """
         if not 0 < retry_min_s <= retry_max_s:
             raise ValueError("need 0 < retry_min_s <= retry_max_s")
         self.config = config
+        self.notifier = notifier or SystemdNotifier(None)
+        self._started_mono = time.monotonic()
+        self._rate_window_start = self._started_mono
+        self._rate_window_frames = 0
+        self.decode_rate_hz: float | None = None
         # Read before anything is opened: a missing key must not leave pins or files open.
         seal_key = load_public_key(config.seal_key) if config.seal_key else None
         # The real clock is trusted once NTP (or the hub) vouches for it. A clock that a
@@ -127,6 +157,8 @@ class Unit:
             client_factory=client_factory,
             last_scan_at=self.journal.last_scan_at,
             on_hub_time=self.clock.learn,
+            health=self.health,
+            status_every_s=status_every_s,
         )
         card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
         # Lives in memory only: digests of who was seen cannot be matched after a theft.
@@ -179,6 +211,8 @@ class Unit:
         """Scan until stopped, the frames run out, or `max_frames`; return frames seen."""
         seen = 0
         while not self._stop.is_set() and (max_frames is None or seen < max_frames):
+            # Once per turn: a read() that never returns stops this, and systemd restarts us.
+            self.notifier.watchdog()
             # Checked before the read: a camera outage of hours still flushes and purges.
             if self.clock.monotonic() >= self._next_housekeeping:
                 self.housekeeping()
@@ -194,8 +228,44 @@ class Unit:
                 continue
             self._frames_ok()
             self.scanner.process(frame)
+            self._count_decoded()
             seen += 1
         return seen
+
+    def _count_decoded(self) -> None:
+        self._rate_window_frames += 1
+        now = time.monotonic()
+        elapsed = now - self._rate_window_start
+        if elapsed >= DECODE_RATE_WINDOW_S:
+            self.decode_rate_hz = round(self._rate_window_frames / elapsed, 1)
+            self._rate_window_start, self._rate_window_frames = now, 0
+
+    def health(self) -> dict[str, object]:
+        """The optional `UnitStatus` figures, as of now (called from the sync's thread)."""
+        rate = self.decode_rate_hz
+        idle_s = time.monotonic() - self._rate_window_start
+        if rate is not None and idle_s > 2 * DECODE_RATE_WINDOW_S:
+            rate = 0.0  # no frame for two windows: the last rate would be a lie
+        return {
+            "uptime_s": int(time.monotonic() - self._started_mono),
+            "clock_trusted": self.clock.trusted(),
+            "cpu_temp_c": cpu_temp_c(),
+            "disk_free_mb": disk_free_mb(self.config.data_dir),
+            "camera_ok": self.camera_ok,
+            "decode_rate_hz": rate,
+        }
+
+    def _wait(self, delay_s: float) -> None:
+        """Sleep `delay_s` (cut short by stop()), petting the watchdog in between: a
+        backoff of 30 s must not look like a hang to a WatchdogSec of 30 s."""
+        step = self.notifier.watchdog_every_s
+        if step is None:
+            self._sleep(delay_s)
+            return
+        deadline = self.clock.monotonic() + delay_s
+        while not self._stop.is_set() and (left := deadline - self.clock.monotonic()) > 0:
+            self._sleep(min(left, step))
+            self.notifier.watchdog()
 
     def _frames_failed(self, exc: Exception) -> None:
         if self._outage_since is None:
@@ -206,6 +276,7 @@ class Unit:
             min(self._retry_delay_s * 2, self._retry_max_s),
         )
         log.debug("frame source failure %d; retrying in %.1f s", self._outage_failures, delay)
+        self.notifier.status(f"camera outage: retrying in {delay:.0f} s")
         if self._frames_factory is not None and self._frames is not None:
             # A camera that failed is often wedged; a fresh open is what recovers it.
             source, self._frames = self._frames, None
@@ -213,7 +284,7 @@ class Unit:
                 source.close()
             except Exception:
                 log.warning("closing the failed frame source failed too", exc_info=True)
-        self._sleep(delay)
+        self._wait(delay)
 
     def _no_frame(self) -> None:
         now = self.clock.monotonic()
@@ -221,7 +292,7 @@ class Unit:
             self._last_frame_at = now  # the wait is counted from the first empty read
         elif self._outage_since is None and now - self._last_frame_at >= self._stall_after_s:
             self._start_outage(f"no frame from the camera for {now - self._last_frame_at:.0f} s")
-        self._sleep(1 / self.config.frames.fps)
+        self._wait(1 / self.config.frames.fps)
 
     def _frames_ok(self) -> None:
         now = self.clock.monotonic()
@@ -235,6 +306,7 @@ class Unit:
             self._outage_since = None
             self._outage_failures = 0
             self._retry_delay_s = self._retry_min_s
+            self.notifier.status("scanning")
 
     def _start_outage(self, what: str, exc: Exception | None = None) -> None:
         # Once per outage: a camera that is away for an hour must not beep for an hour

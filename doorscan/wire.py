@@ -235,7 +235,11 @@ class Ack(_Message):
 
 
 class UnitStatus(_Message):
-    """Retained on the status topic; the broker publishes `online=False` as the last will."""
+    """Retained on the status topic; the broker publishes `online=False` as the last will.
+
+    Every field after `online` is optional: the last will carries none of the figures,
+    and a hub reads the status of units that predate the health fields.
+    """
 
     schema_: Literal["doorscan.unit-status"] = Field("doorscan.unit-status", alias="schema")
     unit_id: EntityId
@@ -244,6 +248,12 @@ class UnitStatus(_Message):
     software: str | None = Field(None, max_length=40)
     backlog: int | None = Field(None, ge=0)
     last_scan_at: UtcTime | None = None
+    uptime_s: int | None = Field(None, ge=0, description="seconds since the unit started")
+    clock_trusted: bool | None = Field(None, description="NTP or the hub vouches for the clock")
+    cpu_temp_c: float | None = Field(None, ge=-60, le=150, description="SoC temperature")
+    disk_free_mb: int | None = Field(None, ge=0, description="free space in the data folder")
+    camera_ok: bool | None = Field(None, description="frames are arriving")
+    decode_rate_hz: float | None = Field(None, ge=0, le=1000, description="frames decoded per s")
 
 
 class VenueRecord(_Message):

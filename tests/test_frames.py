@@ -5,15 +5,25 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import segno
 from PIL import Image
 
+from device.config import FramesConfig
 from device.decoders import ZxingDecoder
-from device.frames import FrameSourceError, ImageFileSource, Picamera2Source, load_grey
+from device.frames import (
+    AF_MODE_CONTINUOUS,
+    AF_MODE_MANUAL,
+    FrameSourceError,
+    ImageFileSource,
+    OpenCvSource,
+    Picamera2Source,
+    load_grey,
+    open_frames,
+)
 from doorscan.errors import DoorscanError
 
 
@@ -119,8 +129,27 @@ class FakePicamera2:
     with the Y plane on top, U and V below, and a stride wider than the image.
     """
 
-    def __init__(self, y_plane: np.ndarray, *, stride_padding: int = 64, fail_start: bool = False):
+    # What picamera2 lists for a Camera Module 3 (imx708): autofocus controls exist.
+    CM3_CONTROLS: ClassVar[dict[str, Any]] = {
+        "FrameRate": (1.0, 120.0, None),
+        "AfMode": (0, 2, 0),
+        "LensPosition": (0.0, 32.0, 1.0),
+    }
+    # A Camera Module 2 (imx219): fixed focus, no AfMode.
+    CM2_CONTROLS: ClassVar[dict[str, Any]] = {"FrameRate": (1.0, 120.0, None)}
+
+    def __init__(
+        self,
+        y_plane: np.ndarray,
+        *,
+        stride_padding: int = 64,
+        fail_start: bool = False,
+        camera_controls: dict[str, Any] | None = None,
+    ):
         self.calls: list[tuple[Any, ...]] = []
+        self.camera_controls = dict(
+            self.CM2_CONTROLS if camera_controls is None else camera_controls
+        )
         self.y_plane = y_plane
         self.stride_padding = stride_padding
         self.fail_start = fail_start
@@ -232,3 +261,144 @@ def test_a_paced_source_hands_out_frames_no_faster_than_asked(tmp_path: Path) ->
         elapsed = time.monotonic() - start
     # A lower bound only: sleeping can be late on a busy machine, never early.
     assert elapsed >= 8 / fps - 0.005
+
+
+@pytest.mark.parametrize(
+    ("controls", "lens_position", "expected"),
+    [
+        # Camera Module 3: continuous AF by default, manual at a fixed lens position.
+        (FakePicamera2.CM3_CONTROLS, None, {"FrameRate": 15.0, "AfMode": AF_MODE_CONTINUOUS}),
+        (
+            FakePicamera2.CM3_CONTROLS,
+            4.0,
+            {"FrameRate": 15.0, "AfMode": AF_MODE_MANUAL, "LensPosition": 4.0},
+        ),
+        # Camera Module 2 has no autofocus: no AF control is sent, whatever the config says.
+        (FakePicamera2.CM2_CONTROLS, None, {"FrameRate": 15.0}),
+        (FakePicamera2.CM2_CONTROLS, 4.0, {"FrameRate": 15.0}),
+    ],
+)
+def test_focus_controls_follow_the_camera(
+    controls: dict[str, Any], lens_position: float | None, expected: dict[str, Any]
+) -> None:
+    camera = FakePicamera2(camera_view("x"), camera_controls=controls)
+    with Picamera2Source(
+        640, 480, 15.0, lens_position=lens_position, camera_factory=lambda: camera
+    ) as source:
+        assert source.read() is not None
+    assert camera.calls[0][1]["controls"] == expected
+    assert camera.calls[0][1]["queue"] is False
+
+
+def test_libcamera_af_mode_numbers() -> None:
+    # libcamera's AfModeEnum: Manual = 0, Auto = 1, Continuous = 2 (control_ids_core.yaml).
+    assert (AF_MODE_MANUAL, AF_MODE_CONTINUOUS) == (0, 2)
+
+
+def test_focus_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="lens_position is required"):
+        FramesConfig(autofocus="fixed")
+    assert FramesConfig(autofocus="fixed", lens_position=2.5).lens_position == 2.5
+    with pytest.raises(ValueError, match="autofocs"):
+        FramesConfig.model_validate({"autofocs": "fixed"})
+
+
+def test_without_picamera2_the_error_says_what_to_install() -> None:
+    if importlib.util.find_spec("picamera2") is not None:
+        pytest.skip("picamera2 is installed here")
+    with pytest.raises(FrameSourceError, match="python3-picamera2"):
+        open_frames(FramesConfig())
+
+
+# --- OpenCvSource against a fake cv2 ----------------------------------------------
+
+
+class FakeVideoCapture:
+    """Mirrors cv2.VideoCapture's read()/set()/isOpened()/release(), recording calls."""
+
+    def __init__(self, frames: list[np.ndarray | None], *, opened: bool = True) -> None:
+        self.frames = list(frames)
+        self.opened = opened
+        self.calls: list[tuple[Any, ...]] = []
+
+    def isOpened(self) -> bool:
+        return self.opened
+
+    def set(self, prop: int, value: float) -> bool:
+        self.calls.append(("set", prop, value))
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.calls.append(("read",))
+        if not self.frames:
+            return False, None
+        frame = self.frames.pop(0)
+        return frame is not None, frame
+
+    def release(self) -> None:
+        self.calls.append(("release",))
+
+
+class FakeCv2:
+    """The part of the cv2 module OpenCvSource uses; cvtColor is ITU-R 601 luma, as cv2's."""
+
+    CAP_PROP_FRAME_WIDTH = 3
+    CAP_PROP_FRAME_HEIGHT = 4
+    CAP_PROP_FPS = 5
+    CAP_PROP_BUFFERSIZE = 38
+    COLOR_BGR2GRAY = 6
+
+    def __init__(self, capture: FakeVideoCapture) -> None:
+        self.capture = capture
+        self.opened_index: int | None = None
+        self.conversions: list[int] = []
+
+    def VideoCapture(self, index: int) -> FakeVideoCapture:
+        self.opened_index = index
+        return self.capture
+
+    def cvtColor(self, frame: np.ndarray, code: int) -> np.ndarray:
+        assert code == self.COLOR_BGR2GRAY and frame.ndim == 3 and frame.shape[2] == 3
+        self.conversions.append(code)
+        b, g, r = (frame[..., i].astype(np.float64) for i in range(3))
+        return np.rint(0.299 * r + 0.587 * g + 0.114 * b).astype(np.uint8)
+
+
+def test_opencv_source_gives_grey_from_bgr_and_decodes() -> None:
+    text = "064090123456||Nguyễn Văn An|01011990|Nam|Thôn 3|15082021"
+    grey = camera_view(text)
+    bgr = np.stack([grey, grey, grey], axis=2)
+    bgr[0, 0] = (255, 0, 0)  # pure blue in BGR order: luma 29, not red's 76
+    capture = FakeVideoCapture([bgr])
+    cv2 = FakeCv2(capture)
+    source = OpenCvSource(2, 1280, 720, 15.0, opencv=cv2)
+    assert cv2.opened_index == 2
+    assert ("set", FakeCv2.CAP_PROP_FRAME_WIDTH, 1280) in capture.calls
+    assert ("set", FakeCv2.CAP_PROP_FRAME_HEIGHT, 720) in capture.calls
+    assert ("set", FakeCv2.CAP_PROP_FPS, 15.0) in capture.calls
+    frame = source.read()
+    assert frame is not None and frame.ndim == 2 and frame.dtype == np.uint8
+    assert cv2.conversions == [FakeCv2.COLOR_BGR2GRAY]
+    assert frame[0, 0] == 29
+    assert texts_of(frame) == [text]
+    # The webcam unplugged: an error naming it (the unit's outage handling takes over).
+    with pytest.raises(FrameSourceError, match="video2"):
+        source.read()
+    source.close()
+    source.close()
+    assert capture.calls.count(("release",)) == 1
+    assert source.read() is None
+
+
+def test_opencv_source_refuses_a_webcam_that_does_not_open() -> None:
+    capture = FakeVideoCapture([], opened=False)
+    with pytest.raises(FrameSourceError, match="video0"):
+        OpenCvSource(0, 640, 480, 15.0, opencv=FakeCv2(capture))
+    assert capture.calls == [("release",)]
+
+
+def test_without_opencv_the_error_says_what_to_install() -> None:
+    if importlib.util.find_spec("cv2") is not None:
+        pytest.skip("OpenCV is installed here")
+    with pytest.raises(FrameSourceError, match="opencv-python-headless"):
+        open_frames(FramesConfig(source="opencv"))
