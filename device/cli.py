@@ -47,10 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.bundle import import_bundle
 from device.config import load_config
 from device.decoders import DecodedSymbol, DecoderError, make_decoder
-from device.enroll import enroll_unit, load_enrollment_config
 from device.frames import FrameSourceError, load_grey
 from device.sdnotify import SystemdNotifier
 from device.selftest import button_held, format_table, run_selftest
@@ -229,6 +227,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """``enroll``: 0 once enrolled; 1 when the frames or the deadline ran out first."""
+    # Imported here: `run`, started again after every crash or watchdog restart, does not
+    # need the enrollment client (x509, HTTPS) and should not wait for it.
+    from device.enroll import enroll_unit, load_enrollment_config
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -253,6 +255,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_import_bundle(args: argparse.Namespace) -> int:
     """``import-bundle``: 0 when imported or when there is none; 1 when refused."""
+    from device.bundle import import_bundle  # only this command needs it
+
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     try:
         imported = import_bundle(args.boot, args.into)
