@@ -315,7 +315,7 @@ def write_report(
         f"- versions: {versions}",
         f"- load average (1, 5, 15 min) at start: {_load(m['load_start'])}, at end:"
         f" {_load(m['load_end'])}"
-        " (other engineers' test runs share these 2 cores)",
+        " (the machine is shared: above 2, other work competed for its 2 cores)",
         "",
         "## Summary",
         "",
