@@ -22,7 +22,7 @@ so a short network blip shows as offline but is not highlighted.
 
     >>> usage_per_day(store, Principal(Role.REPORTER), date(2026, 1, 1),  # doctest: +SKIP
     ...               date(2026, 1, 31), by="district")
-    [UsageRow(day=datetime.date(2026, 1, 1), key='Thành phố Pleiku', scans=412), ...]
+    [DayCount(day=datetime.date(2026, 1, 1), key='Thành phố Pleiku', scans=412), ...]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Literal, Protocol
 from doorscan.errors import Refusal
 from hub.access import Forbidden, Principal, Role
 from hub.store import Store
-from hub.store.sqlite_reports import ReportStore
+from hub.store.sqlite_reports import DayCount, ReportStore, VenueLastScan
 
 __all__ = [
     "DEFAULT_SILENT",
@@ -63,19 +63,10 @@ class ReportsStore(Store, ReportStore, Protocol):
     """A store with the report queries (every `SqliteStore`)."""
 
 
-@dataclass(frozen=True)
-class UsageRow:
-    day: date  # Vietnam time
-    key: str  # the venue id or the district
-    scans: int
-
-
-@dataclass(frozen=True)
-class QuietVenue:
-    venue_id: str
-    name: str
-    district: str
-    last_scan: datetime | None  # None: never a scan
+UsageRow = DayCount
+"""Scans of one Vietnam day for one venue id or district (the store's row, as it is)."""
+QuietVenue = VenueLastScan
+"""A venue and its newest scan, None when it never had one (the store's row, as it is)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +141,7 @@ def usage_per_day(
         raise Refusal("bad_grouping", f"group by venue or district, not {str(by)[:40]!r}")
     scope = _venue_scope(store, principal, venue_id, "usage", now or datetime.now(UTC))
     rows = store.scans_per_day(since, until, by, venue_id=scope)
-    return [UsageRow(r.day, r.key, r.scans) for r in rows]
+    return rows
 
 
 def quiet_venues(
@@ -161,11 +152,7 @@ def quiet_venues(
         raise Refusal("bad_days", "days must be 1 or more")
     scope = _venue_scope(store, principal, None, "quiet venues", now)
     quiet = store.venues_last_scan(now - timedelta(days=days))
-    return [
-        QuietVenue(v.venue_id, v.name, v.district, v.last_scan)
-        for v in quiet
-        if scope is None or v.venue_id == scope
-    ]
+    return [v for v in quiet if scope is None or v.venue_id == scope]
 
 
 def units_overview(

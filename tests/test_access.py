@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import unicodedata
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from doorscan.errors import Refusal
-from doorscan.payloads import Identity, parse_qr
-from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.wire import VenueRecord
 from hub.access import (
     AccessControlledStore,
@@ -26,30 +22,24 @@ from hub.access import (
 )
 from hub.cli import main
 from hub.store import SqliteStore, StoredScan
+from tests.access_data import (
+    AT,
+    FULL_IDS,
+    FULL_NAMES,
+    HOSPITAL,
+    MARKET,
+    MIN,
+    SINCE,
+    UNTIL,
+    VISITS,
+    A,
+    B,
+    D,
+    H,
+    P,
+    U,
+)
 from tests.hubstore import open_store
-
-TODAY = date(2022, 1, 15)
-P = make_people(5, seed=11)
-A = parse_qr(cccd_text(P[0]), today=TODAY)
-B = parse_qr(cccd_text(dataclasses.replace(P[1], name="Rơ Châm H'Hen")), today=TODAY)
-H = parse_qr(health_text(P[2], masked=True), today=TODAY)  # keyed by QID, number masked
-U = parse_qr(cccd_text(dataclasses.replace(P[3], name="NGUYỄN THỊ MAI")), today=TODAY)
-D = parse_qr(cccd_text(P[4]), today=TODAY)
-T0 = datetime(2021, 8, 15, 3, 0, tzinfo=UTC)
-MIN = timedelta(minutes=1)
-SINCE, UNTIL = T0 - 60 * MIN, T0 + 600 * MIN
-AT = T0 + 700 * MIN
-MARKET, HOSPITAL = "cho-pleiku", "benh-vien"
-VISITS: list[tuple[Identity, str, datetime]] = [
-    (A, MARKET, T0),
-    (B, MARKET, T0 + 10 * MIN),
-    (H, MARKET, T0 + 20 * MIN),
-    (U, MARKET, T0 + 30 * MIN),
-    (B, HOSPITAL, T0 + 120 * MIN),
-    (D, HOSPITAL, T0 + 150 * MIN),  # F2 of A through B
-]
-FULL_NAMES = {A.name, B.name, H.name, U.name, D.name}
-FULL_IDS = {A.id_number, B.id_number, U.id_number, D.id_number}
 
 
 def _fill(store: SqliteStore) -> None:

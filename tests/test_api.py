@@ -12,7 +12,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +20,30 @@ import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 
-from doorscan.payloads import Identity, parse_qr
-from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.wire import VenueRecord
 from hub.access import Role
 from hub.auth import create_user, issue_api_token, login
 from hub.store import SqliteStore, StoredScan
 from hub.web.app import create_app
 from hub.web.deps import SESSION_COOKIE
+from tests.access_data import AT as NOW
+from tests.access_data import (
+    FULL_IDS,
+    FULL_NAMES,
+    HOSPITAL,
+    MARKET,
+    SINCE,
+    UNTIL,
+    VISITS,
+    A,
+    B,
+    D,
+    H,
+    P,
+    U,
+)
 from tests.hubstore import open_store
 
-TODAY = date(2022, 1, 15)
-P = make_people(5, seed=11)
-A = parse_qr(cccd_text(P[0]), today=TODAY)
-B = parse_qr(cccd_text(dataclasses.replace(P[1], name="Rơ Châm H'Hen")), today=TODAY)
-H = parse_qr(health_text(P[2], masked=True), today=TODAY)
-U = parse_qr(cccd_text(dataclasses.replace(P[3], name="NGUYỄN THỊ MAI")), today=TODAY)
-D = parse_qr(cccd_text(P[4]), today=TODAY)
-T0 = datetime(2021, 8, 15, 3, 0, tzinfo=UTC)
-MIN = timedelta(minutes=1)
-SINCE, UNTIL = T0 - 60 * MIN, T0 + 600 * MIN
-NOW = T0 + 700 * MIN
-MARKET, HOSPITAL = "cho-pleiku", "benh-vien"
-VISITS: list[tuple[Identity, str, datetime]] = [
-    (A, MARKET, T0),
-    (B, MARKET, T0 + 10 * MIN),
-    (H, MARKET, T0 + 20 * MIN),
-    (U, MARKET, T0 + 30 * MIN),
-    (B, HOSPITAL, T0 + 120 * MIN),
-    (D, HOSPITAL, T0 + 150 * MIN),
-]
-FULL_NAMES = {A.name, B.name, H.name, U.name, D.name}
-FULL_IDS = {A.id_number, B.id_number, U.id_number, D.id_number}
 PASSWORD = "mật khẩu đủ dài 2021"
 ROLES = ("tracer", "venue", "reporter", "admin")
 PERIOD = {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}
