@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from doorscan.localbroker import LocalBroker, find_mosquitto
 from hub.vault import ENV_VAULT_KEY
+from tests.hubdb import BACKENDS, pg_schema_url, sqlite_locator
 from tests.hubstore import vault_key_file
 from tests.reliability import FiguresRecorder
 
@@ -23,6 +25,15 @@ def broker() -> Iterator[LocalBroker]:
         )
     with LocalBroker() as running:
         yield running
+
+
+@pytest.fixture(params=BACKENDS)
+def hub_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The hub database, as a locator for `open_store` and ``--db``: once per backend."""
+    if request.param == "sqlite":
+        yield sqlite_locator(tmp_path)
+    else:
+        yield from pg_schema_url()
 
 
 @pytest.fixture(autouse=True)

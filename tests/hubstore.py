@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from hub.store import SqliteStore
+from hub.store.factory import open_hub_store
 from hub.vault import Vault
 
 __all__ = ["TEST_VAULT", "open_store", "vault_key_file"]
@@ -26,9 +27,10 @@ TEST_VAULT = Vault.generate()
 _key_file: Path | None = None
 
 
-def open_store(path: str | Path, *, busy_timeout_ms: int = 10_000) -> SqliteStore:
-    """A `SqliteStore` on `path` with the run's vault."""
-    return SqliteStore(path, vault=TEST_VAULT, busy_timeout_ms=busy_timeout_ms)
+def open_store(locator: str | Path, *, busy_timeout_ms: int = 10_000) -> SqliteStore:
+    """The store at `locator` (a SQLite path or a PostgreSQL URL, see the `hub_db`
+    fixture) with the run's vault."""
+    return open_hub_store(str(locator), vault=TEST_VAULT, busy_timeout_ms=busy_timeout_ms)
 
 
 def vault_key_file() -> Path:
