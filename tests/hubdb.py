@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 __all__ = ["BACKENDS", "PG_URL", "pg_schema_url", "sqlite_locator"]
 
-BACKENDS = ["sqlite"]  # "postgresql" joins once hub.store.postgres passes the suite
+# "postgresql" joins the default once hub.store.postgres passes the suite;
+# DOORSCAN_TEST_BACKENDS=sqlite,postgresql runs both before that.
+BACKENDS = os.environ.get("DOORSCAN_TEST_BACKENDS", "sqlite").split(",")
 
 PG_URL = os.environ.get("DOORSCAN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
