@@ -12,7 +12,9 @@ ignores every code that is not an enrollment QR, and for one that is:
    certificate against the fleet CA it was installed with;
 4. checks the answer (the certificate is for its own key and name), writes the
    certificate, the CA, the card and sealing keys and ``unit.json`` (a `UnitConfig` for
-   `python -m device run --config DATA_DIR/unit.json`), each atomically;
+   `python -m device run`), each atomically; ``unit.json`` goes to `config_file` when the
+   bootstrap names one (on a Pi, /etc/doorscan/unit.json, where the service reads it,
+   with absolute paths into `data_dir`), else beside the key in `data_dir`;
 5. shows `Feedback.ENROLLED`, the pattern the technician waits for.
 
 The private key is never sent: the CSR carries its public half and a signature.
@@ -22,7 +24,8 @@ the unit keeps looking until `deadline_s` or `--max-frames`, then exits non-zero
 The bootstrap file (strict, like `device.config`)::
 
     {"server_url": "https://hub.local:8443", "ca_file": "ca.pem",
-     "enroll_keys": ["enroll-signing.pub.pem"], "data_dir": "/var/lib/doorscan"}
+     "enroll_keys": ["enroll-signing.pub.pem"], "data_dir": "/var/lib/doorscan",
+     "config_file": "/etc/doorscan/unit.json"}
 """
 
 from __future__ import annotations
@@ -92,7 +95,11 @@ class EnrollmentConfig(_Strict):
     enroll_keys: list[Path] = Field(
         min_length=1, description="the fleet's enrollment public keys (PEM) to trust"
     )
-    data_dir: Path = Field(description="where the key, certificate and unit.json are written")
+    data_dir: Path = Field(description="where the key and certificate are written")
+    config_file: Path | None = Field(
+        None,
+        description="where unit.json is written for the service (default: data_dir/unit.json)",
+    )
     unit_id: str | None = Field(
         None,
         pattern=f"^{ID_PATTERN}$",
@@ -125,6 +132,7 @@ def load_enrollment_config(path: Path) -> EnrollmentConfig:
             "ca_file": base / config.ca_file,
             "enroll_keys": [base / p for p in config.enroll_keys],
             "data_dir": base / config.data_dir,
+            "config_file": base / config.config_file if config.config_file else None,
             "frames": config.frames.model_copy(
                 update={"path": base / config.frames.path if config.frames.path else None}
             ),
@@ -222,6 +230,14 @@ def _write_result(
     config: EnrollmentConfig, answer: EnrollResponse, ca_pem: bytes
 ) -> tuple[Path, Path]:
     out = config.data_dir
+    config_path = config.config_file or out / UNIT_CONFIG_NAME
+    # A unit.json kept elsewhere names the data folder's files by absolute path; one in
+    # the data folder names them relatively, so the folder can be moved whole.
+    here = out.resolve() if config.config_file else None
+
+    def name(file: str) -> str:
+        return str(here / file) if here else file
+
     unit_id = answer.unit_id
     cert_path = out / f"{unit_id}-cert.pem"
     write_atomic(cert_path, answer.certificate.encode("ascii"))
@@ -231,13 +247,13 @@ def _write_result(
     for key_id, pem in sorted(answer.config.card_keys.items()):
         if not re.fullmatch(r"[0-9a-f]{8}", key_id):
             raise EnrollmentError(f"the server sent a card key with a bad id {key_id!r}")
-        name = f"card-signing-{key_id}.pub.pem"
-        write_atomic(out / name, pem.encode("ascii"))
-        card_keys.append(name)
+        file = f"card-signing-{key_id}.pub.pem"
+        write_atomic(out / file, pem.encode("ascii"))
+        card_keys.append(name(file))
     settings: dict[str, Any] = {
         "unit_id": unit_id,
         "venue_id": answer.venue_id,
-        "data_dir": ".",
+        "data_dir": name("."),
         "decoder": config.decoder,
         "card_keys": card_keys,
         "pins": config.pins.model_dump(mode="json"),
@@ -245,21 +261,21 @@ def _write_result(
         "broker": {
             "host": answer.config.broker_host,
             "port": answer.config.broker_port,
-            "ca_file": "ca.pem",
-            "cert_file": cert_path.name,
-            "key_file": f"{unit_id}-key.pem",
+            "ca_file": name("ca.pem"),
+            "cert_file": name(cert_path.name),
+            "key_file": name(f"{unit_id}-key.pem"),
         },
     }
     if answer.config.seal_public_key is not None:
         write_atomic(out / "hub-seal.pub", answer.config.seal_public_key.encode("ascii"))
-        settings["seal_key"] = "hub-seal.pub"
+        settings["seal_key"] = name("hub-seal.pub")
     try:
         unit_config = UnitConfig.model_validate(settings)
     except ValidationError as exc:
         raise EnrollmentError(f"the server's settings make no valid unit config: {exc}") from None
     text = json.dumps(unit_config.model_dump(mode="json", exclude_unset=True), indent=2) + "\n"
-    config_path = out / UNIT_CONFIG_NAME
     # Last: a unit.json exists only when everything it names is on disk.
+    config_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(config_path, text.encode("utf-8"))
     return config_path, cert_path
 

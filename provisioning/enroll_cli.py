@@ -150,6 +150,7 @@ def _enroll_bootstrap(args: argparse.Namespace, home: FleetHome) -> int:
         "ca_file": "ca.pem",
         "enroll_keys": [public_path.name],
         "data_dir": args.data_dir,
+        "config_file": args.config_file,
     }
     try:
         EnrollmentConfig.model_validate(settings)
@@ -178,7 +179,12 @@ def _register_enroll_bootstrap(commands: Commands) -> None:
     cmd.add_argument(
         "--data-dir",
         default="/var/lib/doorscan",
-        help="where the unit keeps its key and config (default %(default)s)",
+        help="where the unit keeps its key and certificate (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--config-file",
+        default="/etc/doorscan/unit.json",
+        help="where enrollment writes unit.json, the file the service reads (default %(default)s)",
     )
     cmd.set_defaults(handler=_enroll_bootstrap)
 

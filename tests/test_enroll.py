@@ -184,7 +184,10 @@ def test_device_enroll_reads_the_qr_makes_its_key_and_gets_a_certificate(
     visitor = cccd_text(make_people(1, seed=4)[0])
     # A visitor's code first: enrollment mode ignores it (no refusal, nothing sent).
     frames = _qr_folder(tmp_path / "frames", visitor, issued.text)
-    bootstrap = _bootstrap(server, tmp_path, frames, unit_id="v1-door-7")
+    # As on a Pi: keys in the data folder, unit.json where the service reads it.
+    bootstrap = _bootstrap(
+        server, tmp_path, frames, unit_id="v1-door-7", config_file="etc/doorscan/unit.json"
+    )
     done = subprocess.run(
         [sys.executable, "-m", "device", "enroll", "--config", str(bootstrap)],
         env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
@@ -230,8 +233,11 @@ def test_device_enroll_reads_the_qr_makes_its_key_and_gets_a_certificate(
         unit = registry.unit("v1-door-7")
     assert unit is not None and unit.venue_id == "v1" and unit.active
     assert server.service is not None and server.service.ledger.spent_count() >= 1
-    config = load_config(data / "unit.json")
+    assert not (data / "unit.json").exists()
+    config = load_config(tmp_path / "etc" / "doorscan" / "unit.json")
     assert config.unit_id == "v1-door-7" and config.venue_id == "v1"
+    assert config.broker.key_file == key_path.resolve()
+    assert config.data_dir == data.resolve()
     assert config.broker.port == server.fleet.broker_port
     assert config.broker.key_file == key_path
     assert config.seal_key is not None and config.seal_key.read_bytes() == (
@@ -681,6 +687,9 @@ def test_enroll_bootstrap_writes_what_a_unit_image_carries(
     )
     config = load_enrollment_config(out / "bootstrap.json")
     assert config.server_url == server.url
+    # The service reads /etc/doorscan/unit.json: enrollment writes it there.
+    assert config.config_file == Path("/etc/doorscan/unit.json")
+    assert config.data_dir == Path("/var/lib/doorscan")
     assert config.ca_file.read_bytes() == server.fleet.ca.read_bytes()
     assert [p.read_bytes() for p in config.enroll_keys] == [
         enroll_key_paths(server.fleet.home)[1].read_bytes()
