@@ -110,7 +110,11 @@ def _check_name(text: str) -> str:
     # Letters (with their combining marks), spaces and the few marks names use: H'Hen, Rơ Châm.
     for c in name:
         if not (unicodedata.category(c)[0] in "LM" or c in " '’.-"):
-            raise Refusal("name_character", f"the name holds {c!r}, which no name has")
+            raise Refusal(
+                "name_character",
+                f"the name holds a character of Unicode class {unicodedata.category(c)}, "
+                "which no name has",
+            )
     if not any(unicodedata.category(c)[0] == "L" for c in name):
         raise Refusal("name_character", "the name has no letter")
     return " ".join(name.split())
@@ -118,12 +122,12 @@ def _check_name(text: str) -> str:
 
 def _ddmmyyyy(text: str, what: str) -> date:
     if not _DDMMYYYY.fullmatch(text):
-        raise Refusal(f"{what}_format", f"the {what.replace('_', ' ')} {text!r} is not ddmmyyyy")
+        raise Refusal(f"{what}_format", f"the {what.replace('_', ' ')} is not ddmmyyyy")
     try:
         return date(int(text[4:]), int(text[2:4]), int(text[:2]))
     except ValueError:
         raise Refusal(
-            f"{what}_invalid", f"the {what.replace('_', ' ')} {text!r} is not a real date"
+            f"{what}_invalid", f"the {what.replace('_', ' ')} is not a real date"
         ) from None
 
 
@@ -150,16 +154,19 @@ def parse_cccd(text: str, *, today: date | None = None) -> Identity:
     issued = _ddmmyyyy(issued_text, "issue_date")
     sex = {"nam": "Nam", "nữ": "Nữ"}.get(sex_text.strip().casefold())
     if sex is None:
-        raise Refusal("cccd_sex", f"the sex field must be Nam or Nữ, not {sex_text!r}")
+        raise Refusal("cccd_sex", "the sex field must be Nam or Nữ")
     address = _clean(address_text, "address", MAX_ADDRESS_CHARS, allow_empty=True)
 
     if birth.year < 1900 or birth > today:
-        raise Refusal("birth_date_invalid", f"the birth date {birth_text} is impossible")
+        raise Refusal("birth_date_invalid", "the birth date is before 1900 or in the future")
     if issued < birth or issued.year < 2016 or issued > today + timedelta(days=1):
-        raise Refusal("issue_date_invalid", f"the issue date {issued_text} is impossible")
+        raise Refusal(
+            "issue_date_invalid",
+            "the issue date is before 2016, before the birth date or in the future",
+        )
     # The number encodes where and when: province, then century and sex, then the year.
     if id_number[:3] not in PROVINCE_CODES:
-        raise Refusal("cccd_number", f"{id_number[:3]} is not a province code")
+        raise Refusal("cccd_number", "the CCCD number does not start with a province code")
     century_sex = int(id_number[3])
     century = 1900 + 100 * (century_sex // 2)
     if century + int(id_number[4:6]) != birth.year:
@@ -191,12 +198,10 @@ def _health_birth(text: str) -> str | None:
             try:
                 return datetime.strptime(text, fmt).date().isoformat()
             except ValueError:
-                raise Refusal(
-                    "birth_date_invalid", f"the birth date {text!r} is not a real date"
-                ) from None
+                raise Refusal("birth_date_invalid", "the birth date is not a real date") from None
     if re.fullmatch(r"\d{4}", text) and 1900 <= int(text) <= 2100:
         return text  # only the year is known
-    raise Refusal("birth_date_format", f"the birth date {text!r} is in no known format")
+    raise Refusal("birth_date_format", "the birth date is in no known format")
 
 
 def parse_health_qr(text: str) -> Identity:

@@ -84,6 +84,17 @@ def test_bad_codes_refused_with_reason(text: str, code: str) -> None:
         parse_qr(text, today=TODAY)
     assert refused.value.code == code
     assert refused.value.reason  # a sentence a technician can read
+    _assert_quotes_nothing_personal(text, refused.value.reason)
+
+
+def _assert_quotes_nothing_personal(text: str, reason: str) -> None:
+    """A reason is logged and sent back in acks: it names the rule, never the person's data."""
+    for field in (f.strip() for f in text.split("|")):
+        if field in ("Nam", "Nữ") or len(field) < 3:
+            continue  # the rule itself names these words
+        pieces = [field, field[:3]] if field[:3].isdigit() else [field]
+        for piece in pieces:
+            assert piece not in reason, (piece, reason)
 
 
 def test_health_qr_unmasked_is_the_same_person_as_the_cccd() -> None:
@@ -117,6 +128,7 @@ def test_bad_health_codes_refused(text: str, code: str) -> None:
     with pytest.raises(Refusal) as refused:
         parse_qr(text)
     assert refused.value.code == code
+    _assert_quotes_nothing_personal(text, refused.value.reason)
 
 
 def test_health_ext_with_separators_is_kept_whole() -> None:
