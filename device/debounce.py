@@ -72,6 +72,19 @@ class Debounce:
             self._marks.move_to_end(digest)
             self._prune(now)
 
+    def set_window(self, window_s: float) -> None:
+        """Change the window while scanning (remote config): the next `is_recent()` uses it.
+
+        Marks already made are kept and judged by the new window; with ``0`` they are
+        dropped (a window of 0 keeps no marks at all).
+        """
+        if window_s < 0:
+            raise ValueError("window_s cannot be negative")
+        with self._lock:
+            self.window_s = float(window_s)
+            if self.window_s == 0:
+                self._marks.clear()
+
     def forget_older(self) -> int:
         """Drop everyone whose window has passed; return how many. `mark()` does it too."""
         now = self._monotonic()

@@ -25,7 +25,11 @@ the person in front of it now.
 
 Wiring (BCM numbers, see `device.config.PinsConfig`): each LED from its GPIO through
 a 330 Ω resistor to ground; an *active* buzzer (it beeps on DC) from GPIO 22 to
-ground, through a transistor if it draws more than ~15 mA.
+ground, through a transistor if it draws more than ~15 mA. An active buzzer has its
+own oscillator and one loudness, so gpiozero's on/off `Buzzer` drives it: the remote
+config's `feedback_volume` 0 silences it and any other value sounds it (PWM on an
+active buzzer chops its tone rather than making it quieter; a real volume needs a
+passive buzzer on a `TonalBuzzer`, which these units do not have).
 
     >>> from gpiozero.pins.mock import MockFactory                 # doctest: +SKIP
     >>> with Indicators(pin_factory=MockFactory()) as leds:
@@ -39,6 +43,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +121,9 @@ class Indicators(Closeable):
 
     `pin_factory` goes to each gpiozero device (None: gpiozero's default, the real
     pins on a Pi), so tests pass a `MockFactory` without touching global state.
+    `sound_allowed` is asked once at the start of each pattern (in the player thread):
+    False plays the pattern with the buzzer silent and the LEDs as usual (remote config:
+    volume 0, quiet hours). It may be replaced at any time.
     """
 
     def __init__(
@@ -125,7 +133,9 @@ class Indicators(Closeable):
         buzzer_pin: int = 22,
         *,
         pin_factory: Any = None,
+        sound_allowed: Callable[[], bool] | None = None,
     ) -> None:
+        self.sound_allowed: Callable[[], bool] = sound_allowed or (lambda: True)
         devices: list[Any] = []
         try:
             devices.append(LED(green_pin, pin_factory=pin_factory))
@@ -188,7 +198,7 @@ class Indicators(Closeable):
                 self._busy = True
             assert feedback is not None
             try:
-                self._play(PATTERNS[feedback])
+                self._play(PATTERNS[feedback], self._sound())
             except Exception:
                 # A pin fault must not kill the player: the next feedback may still work.
                 log.exception("playing %s failed", feedback.name)
@@ -203,9 +213,17 @@ class Indicators(Closeable):
                     self._busy = False
                     self._cond.notify_all()
 
-    def _play(self, steps: tuple[Step, ...]) -> None:
+    def _sound(self) -> bool:
+        try:
+            return bool(self.sound_allowed())
+        except Exception:
+            # The beep is part of the answer to the visitor: when in doubt, beep.
+            log.exception("deciding whether the buzzer may sound failed; it sounds")
+            return True
+
+    def _play(self, steps: tuple[Step, ...], sound: bool = True) -> None:
         for step in steps:
-            self._set(step.green, step.red, step.buzzer)
+            self._set(step.green, step.red, step.buzzer and sound)
             with self._cond:
                 if self._cond.wait_for(
                     lambda: self._closing or self._pending is not None, step.duration_s

@@ -20,6 +20,11 @@ the retained last will `online=False` if the unit vanishes. The health figures
 (uptime, temperature, disk, decode rate) come from the `health` callable the unit
 passes in; the sender thread publishes them, so a stalled frame loop does not stop
 the status (it shows as camera_ok=false or a decode rate of 0 instead).
+
+With `on_config`, the unit also subscribes to its retained config topic and hands
+each payload to it (`device.remote_config`); when it answers True (applied or
+refused) the status goes out at once, so the hub sees `config_version` or
+`config_error` without waiting for the minute.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from doorscan.wire import (
     decode_message,
     encode_message,
     topic_ack,
+    topic_config,
     topic_scans,
     topic_status,
 )
@@ -132,8 +138,10 @@ class MqttSync:
         on_hub_time: Callable[[datetime], None] = lambda hub_time: None,
         health: Callable[[], Mapping[str, Any]] = dict,
         status_every_s: float = 60.0,
+        on_config: Callable[[bytes], bool] | None = None,
     ) -> None:
         """`health` returns optional `UnitStatus` fields (uptime_s, camera_ok, ...)."""
+        self._on_config_payload = on_config
         self.unit_id = unit_id
         self._outbox = outbox
         self._broker = broker
@@ -236,6 +244,8 @@ class MqttSync:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.message_callback_add(topic_ack(self.unit_id), self._on_ack)
+        if self._on_config_payload is not None:
+            client.message_callback_add(topic_config(self.unit_id), self._on_config)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -243,7 +253,10 @@ class MqttSync:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
-        client.subscribe(topic_ack(self.unit_id), qos=1)
+        topics = [(topic_ack(self.unit_id), 1)]
+        if self._on_config_payload is not None:
+            topics.append((topic_config(self.unit_id), 1))
+        client.subscribe(topics)
         self.publish_status()
         with self._lock:
             # Whatever was in flight may never be acked (the broker may have lost it): resend.
@@ -283,6 +296,16 @@ class MqttSync:
             self._in_flight.pop(ack.batch_id, None)
             self.acks_received += 1
         self._wake.set()
+
+    def _on_config(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self._on_config_payload is not None
+        try:
+            changed = self._on_config_payload(bytes(message.payload))
+        except Exception:
+            log.exception("handling the remote config failed; the current config stays")
+            return
+        if changed:
+            self.publish_status()
 
     # -- the sender thread -------------------------------------------------------------
 

@@ -12,6 +12,11 @@ the camera is re-opened with exponential backoff (`retry_min_s` doubling up to
 (`read()` returns None) is waited for, never taken as the end; after `stall_after_s`
 without a frame that too is an outage. A `read()` that blocks forever cannot be seen
 from this loop: the systemd watchdog (``WatchdogSec``, issue 7) restarts the unit then.
+
+The hub's remote config (`device.remote_config`) is applied live: the debounce window
+is changed in place, the buzzer asks it before each pattern (volume 0, quiet hours),
+and with a `frame_rate` the loop paces itself to at most that many frames a second
+(deadlines on the unit's monotonic clock, so decoding time does not slow the rate).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from device.frames import FrameSource, open_frames
 from device.indicators import Feedback, Indicators
 from device.journal import ScanJournal
 from device.mqtt_sync import ClientFactory, MqttSync, paho_client_factory
+from device.remote_config import RemoteConfig, Settings
 from device.scanner import Scanner
 from device.sdnotify import SystemdNotifier
 from device.state import UnitState
@@ -146,6 +152,17 @@ class Unit:
         self._outage_failures = 0
         self._last_frame_at: float | None = None
         self.decoder = decoder if decoder is not None else make_decoder(config.decoder)
+        # Lives in memory only: digests of who was seen cannot be matched after a theft.
+        boot_key = secrets.token_bytes(32)
+        self.debounce = Debounce(config.debounce_s, self.clock.monotonic, key=boot_key)
+        self._frame_period_s: float | None = None
+        self._frame_due: float | None = None
+        self.remote_config = RemoteConfig(config, self.state, self._apply_settings)
+        # Read before the broker is reached: a reboot with no network keeps the settings.
+        self.remote_config.restore()
+        self.indicators.sound_allowed = lambda: self.remote_config.settings.sound_allowed(
+            self.clock.now()
+        )
         self.sync = MqttSync(
             config.unit_id,
             self.journal,
@@ -159,17 +176,16 @@ class Unit:
             on_hub_time=self.clock.learn,
             health=self.health,
             status_every_s=status_every_s,
+            on_config=self.remote_config.receive,
         )
         card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
-        # Lives in memory only: digests of who was seen cannot be matched after a theft.
-        boot_key = secrets.token_bytes(32)
         self.scanner = Scanner(
             unit_id=config.unit_id,
             venue_id=config.venue_id,
             decoder=self.decoder,
             journal=self.journal,
             indicators=self.indicators,
-            debounce=Debounce(config.debounce_s, self.clock.monotonic, key=boot_key),
+            debounce=self.debounce,
             clock=self.clock,
             card_keys=card_keys,
             repeat_hold_s=config.repeat_hold_s,
@@ -230,7 +246,27 @@ class Unit:
             self.scanner.process(frame)
             self._count_decoded()
             seen += 1
+            self._pace()
         return seen
+
+    def _apply_settings(self, settings: Settings) -> None:
+        """Put remote settings into effect (called from the MQTT thread, or at start)."""
+        self.debounce.set_window(settings.debounce_s)
+        # One assignment: the frame loop reads it once per frame, no lock needed.
+        self._frame_period_s = 1 / settings.frame_rate if settings.frame_rate else None
+
+    def _pace(self) -> None:
+        """With a remote `frame_rate`, wait for the next frame's deadline."""
+        period = self._frame_period_s
+        if period is None:
+            self._frame_due = None
+            return
+        now = self.clock.monotonic()
+        # Deadlines, not sleeps of one period; a late frame is not followed by a burst.
+        due = max(self._frame_due if self._frame_due is not None else now, now - period) + period
+        self._frame_due = due
+        if due > now:
+            self._wait(due - now)
 
     def _count_decoded(self) -> None:
         self._rate_window_frames += 1
@@ -253,6 +289,7 @@ class Unit:
             "disk_free_mb": disk_free_mb(self.config.data_dir),
             "camera_ok": self.camera_ok,
             "decode_rate_hz": rate,
+            **self.remote_config.status_fields(),
         }
 
     def _wait(self, delay_s: float) -> None:

@@ -9,6 +9,7 @@ Topics (``{unit}`` and ``{venue}`` are ids matching `ID_PATTERN`)::
     doorscan/v1/units/{unit}/scans       unit -> hub     QoS 1               ScanBatch
     doorscan/v1/units/{unit}/ack         hub -> unit     QoS 1               Ack
     doorscan/v1/units/{unit}/status      unit -> all     QoS 1, retained     UnitStatus (+ will)
+    doorscan/v1/units/{unit}/config      hub -> unit     QoS 1, retained     UnitConfigUpdate
     doorscan/v1/registry/venues/{venue}  provisioning    QoS 1, retained     VenueRecord
     doorscan/v1/registry/units/{unit}    provisioning    QoS 1, retained     UnitRecord
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, time, timedelta, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -49,12 +50,17 @@ __all__ = [
     "RefusedScan",
     "Scan",
     "ScanBatch",
+    "CONFIG_SETTINGS",
+    "QUIET_HOURS_TZ",
+    "UnitConfigUpdate",
     "UnitRecord",
     "UnitStatus",
     "VenueRecord",
     "decode_message",
     "encode_message",
     "topic_ack",
+    "topic_config",
+    "parse_quiet_hours",
     "topic_scans",
     "topic_status",
     "topic_registry_unit",
@@ -115,6 +121,11 @@ def topic_ack(unit_id: str) -> str:
 
 def topic_status(unit_id: str) -> str:
     return _topic("units", unit_id) + "/status"
+
+
+def topic_config(unit_id: str) -> str:
+    """The unit's retained remote config; only the hub may write it (broker ACL)."""
+    return _topic("units", unit_id) + "/config"
 
 
 def topic_registry_venue(venue_id: str) -> str:
@@ -254,6 +265,78 @@ class UnitStatus(_Message):
     disk_free_mb: int | None = Field(None, ge=0, description="free space in the data folder")
     camera_ok: bool | None = Field(None, description="frames are arriving")
     decode_rate_hz: float | None = Field(None, ge=0, le=1000, description="frames decoded per s")
+    config_version: int | None = Field(
+        None, ge=1, description="version of the remote config (UnitConfigUpdate) applied"
+    )
+    config_error: str | None = Field(
+        None, max_length=300, description="why the last remote config was refused, with its version"
+    )
+
+
+CONFIG_SETTINGS = ("debounce_s", "feedback_volume", "frame_rate", "quiet_hours")
+"""The settings a `UnitConfigUpdate` may carry (`hub unit-config UNIT key=value`)."""
+
+QUIET_HOURS_TZ = timezone(timedelta(hours=7), "ICT")
+"""Quiet hours are Vietnam's local time (UTC+7 all year: Vietnam has no daylight saving)."""
+
+_QUIET_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+def parse_quiet_hours(text: str) -> tuple[time, time]:
+    """``"22:00-06:00"`` -> (start, end), Vietnam local time; the span may cross midnight."""
+    match = _QUIET_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"quiet hours {text[:40]!r} are not HH:MM-HH:MM (24 h, Vietnam time)")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = time(h1, m1), time(h2, m2)
+    if start == end:
+        raise ValueError("quiet hours start and end at the same minute")
+    return start, end
+
+
+def _quiet_hours(text: str) -> str:
+    parse_quiet_hours(text)
+    return text
+
+
+class UnitConfigUpdate(_Message):
+    """The hub's remote config for one unit, retained on its config topic.
+
+    Each setting left out (None) means "as the unit's own config file says". A unit
+    applies a version only if it is above the one it has applied (a retained message
+    is delivered again at every connect), and refuses a message it cannot validate,
+    keeping what it had and reporting `config_error` in its status. Only the hub may
+    write this topic: the broker ACL (`provisioning.broker_pki.acl_text`) is the
+    guarantee of origin, so the message carries no signature.
+    """
+
+    schema_: Literal["doorscan.unit-config"] = Field("doorscan.unit-config", alias="schema")
+    unit_id: EntityId
+    version: int = Field(ge=1, le=2**53, description="goes up by one with each change")
+    issued_at: UtcTime
+    debounce_s: float | None = Field(
+        None, ge=0, le=86400, description="same person within this time: 'already in', no record"
+    )
+    feedback_volume: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="buzzer loudness in percent; the active buzzer is on/off: 0 silent, >0 on",
+    )
+    frame_rate: float | None = Field(
+        None, ge=1, le=30, description="frames decoded per second at most"
+    )
+    quiet_hours: Annotated[str, AfterValidator(_quiet_hours)] | None = Field(
+        None,
+        max_length=11,
+        description="HH:MM-HH:MM Vietnam time: the buzzer is silent, the LEDs still show",
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this message sets (those left out are not in the dict)."""
+        return {
+            name: value for name in CONFIG_SETTINGS if (value := getattr(self, name)) is not None
+        }
 
 
 class VenueRecord(_Message):
@@ -295,6 +378,7 @@ def _format_times(data: Any) -> None:
                 "hub_time",
                 "at",
                 "last_scan_at",
+                "issued_at",
             ):
                 data[key] = format_rfc3339(parse_rfc3339(value))
             else:

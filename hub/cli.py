@@ -14,21 +14,23 @@
     doorscan-hub user add --id ytepleiku --name "Y tế Pleiku" --role tracer --password-stdin
     doorscan-hub token create --user ytepleiku --days 90
     doorscan-hub serve --http 127.0.0.1:8080 ...   # MQTT ingest and the web app, one process
+    doorscan-hub unit-config door-1 debounce_s=120 quiet_hours=22:00-06:00   # remote config
 
-Every command but ``init-vault`` takes ``--db`` (default ``hub.db``; a path today, a
-URL once there is a PostgreSQL store) and ``--vault-key FILE`` (default
-``$DOORSCAN_HUB_VAULT_KEY``; there is no default key): the database keeps identities
-sealed with that key (`hub.vault`) and refuses to open with another. Commands that
-read identities (trace, visitors) require a reason and are written to the audit log;
-they take ``--role tracer|venue|reporter|admin`` (default tracer) and ``--as-venue V``
-for the venue role, and read through `hub.access`, which refuses, masks (MoH decision
-2666/QĐ-BYT) and audits. Exit codes: 0 done, 1 done with refused input (import-csv),
-2 bad arguments (also: no vault key, or the wrong one), 3 not allowed for the role
-(one line ``not allowed: ...`` on stderr; nothing was read).
+Every command but ``init-vault`` and ``unit-config`` (broker only) takes ``--db``
+(default ``hub.db``; a path today, a URL once there is a PostgreSQL store) and
+``--vault-key FILE`` (default ``$DOORSCAN_HUB_VAULT_KEY``; there is no default key): the
+database keeps identities sealed with that key (`hub.vault`) and refuses to open with
+another. Commands that read identities (trace, visitors) require a reason and are
+written to the audit log; they take ``--role tracer|venue|reporter|admin`` (default
+tracer) and ``--as-venue V`` for the venue role, and read through `hub.access`, which
+refuses, masks (MoH decision 2666/QĐ-BYT) and audits. Exit codes: 0 done, 1 done with
+refused input (import-csv), 2 bad arguments (also: no vault key, or the wrong one), 3
+not allowed for the role (one line ``not allowed: ...`` on stderr; nothing was read).
 
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
 reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, stats, audit, purge),
-`hub.cli_serve` (serve), `hub.cli_web` (web, user, token), with what they share in
+`hub.cli_serve` (serve), `hub.cli_web` (web, user, token), `hub.cli_unitconfig`
+(unit-config), with what they share in
 `hub.cli_common`. To add a command, write
 ``add_x(commands)`` that registers a parser with ``parents=[db_parent()]`` and
 ``set_defaults(run=...)`` (a function of the parsed arguments returning the exit code),
@@ -53,6 +55,7 @@ from hub.cli_admin import (
 from hub.cli_common import Commands, UsageError
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
+from hub.cli_unitconfig import add_unit_config
 from hub.cli_web import add_token, add_user, add_web
 from hub.store import StoreError
 
@@ -72,6 +75,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_user,
     add_token,
     add_web,
+    add_unit_config,
 ]
 
 

@@ -100,6 +100,8 @@ def test_status_carries_the_health_fields_and_a_camera_outage_is_published_at_on
         assert first.disk_free_mb is not None and first.disk_free_mb > 0
         assert first.cpu_temp_c == cpu_temp_c()  # None on a machine with no thermal zone
         assert first.backlog == 0
+        # No remote config yet: the unit runs on its file, and has refused nothing.
+        assert first.config_version is None and first.config_error is None
         unit.run()
         # The change came without waiting for the (hour-long here) periodic status.
         outage = [s for s in watcher.statuses() if s.camera_ok is False]

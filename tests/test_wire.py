@@ -37,7 +37,14 @@ def test_every_example_in_docs_validates_against_its_model() -> None:
     text = DOC.read_text(encoding="utf-8")
     examples = re.findall(r"<!-- model: (\w+) -->\n```json\n(.*?)\n```", text, re.S)
     names = {name for name, _ in examples}
-    assert names == {"ScanBatch", "Ack", "UnitStatus", "VenueRecord", "UnitRecord"}
+    assert names == {
+        "ScanBatch",
+        "Ack",
+        "UnitStatus",
+        "UnitConfigUpdate",
+        "VenueRecord",
+        "UnitRecord",
+    }
     for name, body in examples:
         model = getattr(wire, name)
         message = decode_message(body.encode("utf-8"), model)
@@ -108,3 +115,53 @@ def test_topics_round_trip_and_refuse_strangers() -> None:
 def test_ack_lists_default_empty() -> None:
     ack = Ack(batch_id="batch-0001", unit_id="u1", hub_time=datetime.now(UTC))
     assert decode_message(encode_message(ack), Ack).stored == []
+
+
+def _config_update(**changes: object) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "v": 1,
+        "schema": "doorscan.unit-config",
+        "unit_id": "u1",
+        "version": 2,
+        "issued_at": "2021-08-15T02:31:00.000Z",
+    }
+    fields.update(changes)
+    return fields
+
+
+def test_a_unit_config_round_trips_and_names_only_what_it_sets() -> None:
+    payload = json.dumps(_config_update(frame_rate=5, quiet_hours="22:00-06:00")).encode()
+    update = decode_message(payload, wire.UnitConfigUpdate)
+    assert update.frame_rate == 5.0 and update.debounce_s is None
+    assert update.settings() == {"frame_rate": 5.0, "quiet_hours": "22:00-06:00"}
+    assert decode_message(encode_message(update), wire.UnitConfigUpdate) == update
+    assert wire.topic_config("u1") == "doorscan/v1/units/u1/config"
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"colour": "red"}, "colour"),
+        ({"feedback_volume": 101}, "feedback_volume"),
+        ({"feedback_volume": "50"}, "feedback_volume"),  # strict: text is not a number
+        ({"frame_rate": 0.5}, "frame_rate"),
+        ({"frame_rate": 31}, "frame_rate"),
+        ({"debounce_s": -1}, "debounce_s"),
+        ({"quiet_hours": "22:00-24:00"}, "quiet_hours"),
+        ({"quiet_hours": "07:00-07:00"}, "quiet_hours"),
+        ({"version": 0}, "version"),
+        ({"unit_id": "U/1"}, "unit_id"),
+    ],
+)
+def test_a_bad_unit_config_is_refused_by_name(changes: dict[str, object], where: str) -> None:
+    with pytest.raises(Refusal) as caught:
+        decode_message(json.dumps(_config_update(**changes)).encode(), wire.UnitConfigUpdate)
+    assert caught.value.code == "schema" and caught.value.reason.startswith(where)
+
+
+def test_status_carries_the_config_version_and_error() -> None:
+    status = wire.UnitStatus(
+        unit_id="u1", online=True, config_version=4, config_error="version 5 refused: x"
+    )
+    again = decode_message(encode_message(status), wire.UnitStatus)
+    assert again.config_version == 4 and again.config_error == "version 5 refused: x"

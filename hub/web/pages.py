@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from doorscan.errors import Refusal
+from doorscan.wire import UnitStatus, decode_message
 from hub import reports
 from hub.access import Forbidden
 from hub.auth import login, logout
@@ -162,9 +163,32 @@ def units_page(request: Request) -> Response:
     except Forbidden:
         return forbidden_page(request)
     units = sorted(units, key=lambda u: not u.silent)  # stable: keeps the module's order
+    details = unit_details(report_store(request), {u.unit_id for u in units})
     return render(
-        request, "units.html", user, "units", units=units, venue_name=lambda v: names.get(v, v)
+        request,
+        "units.html",
+        user,
+        "units",
+        units=units,
+        details=details,
+        venue_name=lambda v: names.get(v, v),
     )
+
+
+def unit_details(store: reports.ReportsStore, unit_ids: set[str]) -> dict[str, UnitStatus]:
+    """The latest status of each of `unit_ids` (health figures, remote config), by unit.
+
+    Only units the role already sees are asked for, so nothing leaks past the venue scope.
+    """
+    details: dict[str, UnitStatus] = {}
+    for stored in store.unit_statuses():
+        if stored.unit_id not in unit_ids:
+            continue
+        try:
+            details[stored.unit_id] = decode_message(stored.status_json.encode(), UnitStatus)
+        except Refusal:
+            continue  # ingest kept only valid statuses; an old row is shown without figures
+    return details
 
 
 @dataclass(frozen=True)
