@@ -26,7 +26,7 @@ from pydantic import AwareDatetime
 
 from doorscan.errors import Refusal
 from hub.access import Timeline, VisitorList
-from hub.auth import User, login, logout
+from hub.auth import User, logout
 from hub.exports import Cell, to_csv, to_xlsx
 from hub.trace import MAX_DEPTH, TraceResult
 from hub.web.api_models import (
@@ -59,6 +59,7 @@ from hub.web.deps import (
     current_user,
     get_now,
     get_store,
+    throttled_login,
 )
 
 __all__ = ["router"]
@@ -157,10 +158,16 @@ def _trace_out(result: TraceResult, names: dict[str, str]) -> TraceOut:
 # -- sign-in ---------------------------------------------------------------------------------
 
 
-@router.post("/login", response_model=TokenOut, tags=["auth"])
+@router.post(
+    "/login",
+    response_model=TokenOut,
+    tags=["auth"],
+    responses={429: {"model": ErrorOut, "description": "too many failed logins: wait"}},
+)
 def api_login(body: LoginIn, request: Request) -> TokenOut:
-    """A session token (12 h) for a user id and password; 401 for any wrong pair."""
-    issued = login(get_store(request), body.user_id, body.password, get_now(request))
+    """A session token (12 h) for a user id and password; 401 for any wrong pair, 429
+    (with Retry-After) after 5 failures for the user id in 15 minutes."""
+    issued = throttled_login(request, body.user_id, body.password)
     if issued is None:
         raise NotAuthenticated("wrong user id or password (or the user is disabled)")
     return TokenOut(token=issued.token, expires_at=issued.expires_at, user=_user_out(issued.user))

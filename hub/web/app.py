@@ -29,7 +29,8 @@ from fastapi.staticfiles import StaticFiles
 
 from doorscan.errors import Refusal
 from hub.access import Forbidden
-from hub.web.deps import NotAuthenticated, WebStore, is_api_path
+from hub.login_throttle import LoginThrottle
+from hub.web.deps import NotAuthenticated, TooManyLogins, WebStore, is_api_path
 
 __all__ = ["API_TITLE", "create_app", "error_body"]
 
@@ -48,8 +49,10 @@ def create_app(
     *,
     now: Callable[[], datetime] | None = None,
     metrics: Any | None = None,
+    login_throttle: LoginThrottle | None = None,
 ) -> FastAPI:
-    """The app on `store`; `now` is the clock (default UTC now), `metrics` a `HubMetrics`."""
+    """The app on `store`; `now` is the clock (default UTC now), `metrics` a `HubMetrics`,
+    `login_throttle` how failed logins are slowed (default: 5 per user per 15 min)."""
     # Here, so that importing this module stays cheap for the CLI.
     from hub.web import api, api_reports, pages
 
@@ -63,6 +66,7 @@ def create_app(
     app.state.store = store
     app.state.now = now
     app.state.metrics = metrics
+    app.state.login_throttle = login_throttle or LoginThrottle()
     app.include_router(api.router)
     app.include_router(api_reports.router)
     app.include_router(pages.router)
@@ -83,6 +87,15 @@ def _add_error_handlers(app: FastAPI) -> None:
             )
         target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
         return RedirectResponse(f"/login?next={target}", status_code=303)
+
+    @app.exception_handler(TooManyLogins)
+    async def too_many_logins(request: Request, exc: TooManyLogins) -> Response:
+        # The API's answer; the login page catches it and shows its own (hub.web.pages).
+        return JSONResponse(
+            error_body("too_many_logins", str(exc)),
+            status_code=429,
+            headers={"Retry-After": exc.retry_after_header()},
+        )
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:

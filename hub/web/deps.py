@@ -15,6 +15,7 @@ redirect to the login page elsewhere.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -24,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from doorscan.errors import DoorscanError
 from hub.access import AccessControlledStore
-from hub.auth import IssuedToken, User, authenticate
+from hub.auth import IssuedToken, User, authenticate, login
+from hub.login_throttle import LoginThrottle
 from hub.store import Store
 from hub.store.sqlite_users import UserStore
 
@@ -33,6 +35,7 @@ __all__ = [
     "SESSION_COOKIE",
     "ErrorOut",
     "NotAuthenticated",
+    "TooManyLogins",
     "WebStore",
     "access_for",
     "bearer_or_cookie",
@@ -42,6 +45,7 @@ __all__ = [
     "get_store",
     "is_api_path",
     "optional_user",
+    "throttled_login",
     "set_session_cookie",
 ]
 
@@ -68,6 +72,19 @@ class NotAuthenticated(DoorscanError, PermissionError):
     """No token, or one that is unknown, expired or revoked: log in first."""
 
 
+class TooManyLogins(DoorscanError, PermissionError):
+    """Too many failed logins for this user id or from this address: wait `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        minutes = max(1, round(retry_after_s / 60))
+        super().__init__(f"too many failed logins; try again in {minutes} min")
+        self.retry_after_s = retry_after_s
+
+    def retry_after_header(self) -> str:
+        """Whole seconds, rounded up, for an HTTP ``Retry-After`` header."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
 class WebStore(Store, UserStore, Protocol):
     """The store the web app runs on: the hub's `Store` plus users and tokens."""
 
@@ -80,6 +97,26 @@ def get_now(request: Request) -> datetime:
     """The app's clock (``app.state.now``, a callable; tests fix it), default UTC now."""
     now: Callable[[], datetime] | None = getattr(request.app.state, "now", None)
     return now() if now is not None else datetime.now(UTC)
+
+
+def throttled_login(request: Request, user_id: str, password: str) -> IssuedToken | None:
+    """`hub.auth.login` behind the app's `LoginThrottle`; `TooManyLogins` while locked.
+
+    A locked attempt is refused before the password is checked, so guessing gains nothing
+    from it. The address is the TCP peer: behind a reverse proxy, the proxy's.
+    """
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    now = get_now(request)
+    wait = throttle.retry_after(user_id, address, now)
+    if wait > 0:
+        raise TooManyLogins(wait)
+    issued = login(get_store(request), user_id, password, now)
+    if issued is None:
+        throttle.failed(user_id, address, now)
+    else:
+        throttle.succeeded(user_id, address)
+    return issued
 
 
 def is_api_path(path: str) -> bool:

@@ -40,15 +40,17 @@ from doorscan.errors import Refusal
 from doorscan.wire import UnitStatus, decode_message
 from hub import reports
 from hub.access import Forbidden
-from hub.auth import login, logout
+from hub.auth import logout
 from hub.web.deps import (
     SESSION_COOKIE,
+    TooManyLogins,
     access_for,
     clear_session_cookie,
     get_now,
     get_store,
     optional_user,
     set_session_cookie,
+    throttled_login,
 )
 from hub.web.i18n import VN_TZ, t
 from hub.web.pages_common import (
@@ -110,7 +112,22 @@ async def login_submit(request: Request) -> Response:
     form = await request.form()
     user_id = str(form.get("user_id", "")).strip()
     password = str(form.get("password", ""))
-    issued = login(get_store(request), user_id, password, get_now(request))
+    try:
+        issued = throttled_login(request, user_id, password)
+    except TooManyLogins as locked:
+        minutes = max(1, round(locked.retry_after_s / 60))
+        page = render(
+            request,
+            "login.html",
+            None,
+            "login",
+            status=429,
+            errors=[t("login_locked", lang_of(request), minutes=minutes)],
+            user_id=user_id,
+            next=_safe_next(str(form.get("next", ""))),
+        )
+        page.headers["Retry-After"] = locked.retry_after_header()
+        return page
     if issued is None:
         # One message for an unknown user and a wrong password: no guessing who exists.
         return render(
