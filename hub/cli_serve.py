@@ -4,15 +4,25 @@
 One process means one store object (one connection behind one lock) and one set of
 metrics for both: /metrics sees the ingest counters. On SIGTERM the web server stops
 taking requests and finishes those in flight, then MQTT stops, then the store closes.
+
+``--workers N`` (N > 1) makes this process a supervisor of N worker processes that
+share the scans through an MQTT shared subscription (`hub.workers`). Each worker is
+this same command with a hidden ``--worker-index``. ``--http`` stays with one process
+(run ``doorscan-hub web`` beside the workers), and so does TLS for now: the provisioned
+listener makes every client id the certificate's CN (``use_username_as_clientid``),
+so workers sharing the hub's certificate would all be ``doorscan-hub`` and throw each
+other off; N workers need N certificates first.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +30,15 @@ from doorscan.cards import CardKeyring
 from doorscan.sealing import load_private_key
 from hub.cli_common import Commands, UsageError, db_parent, open_store
 from hub.cli_web import WebThread, http_address, where
-from hub.ingest import Ingestor, describe
-from hub.service import HubService, TlsFiles
+from hub.ingest import IngestCounters, Ingestor, describe
+from hub.service import (
+    SHARED_GROUP,
+    HubService,
+    TlsFiles,
+    hub_client_factory,
+    worker_client_factory,
+)
+from hub.workers import WorkerPool, ready_line, supervisor_gone
 
 if TYPE_CHECKING:
     from hub.web.metrics import HubMetrics
@@ -64,6 +81,22 @@ def add_serve(commands: Commands) -> None:
         metavar="HOST:PORT",
         help="also serve the web API and dashboard here (e.g. 127.0.0.1:8080)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="N worker processes sharing the scans (MQTT shared subscription; default 1)",
+    )
+    parser.add_argument(
+        "--report-every-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="log the ingest counters every S seconds when they moved (0: never; default 60)",
+    )
+    # Set by the supervisor on the workers it starts; not for people.
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
     tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
@@ -81,9 +114,27 @@ def _serve_tls(args: argparse.Namespace) -> TlsFiles | None:
     return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
+    return int(text)
+
+
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.workers > 1 and args.worker_index is None:
+        return _run_supervisor(args)
+    return _run_hub(args)
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    """One hub process: the whole hub (``--workers 1``) or one worker of several."""
+    worker = args.worker_index
+    name = "hub" if worker is None else f"hub worker {worker}"
+    # A worker names itself in each line: N workers write to one supervisor's output.
+    who = "" if worker is None else f"{name} "
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
     card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
     sealing_key = load_private_key(args.seal_key) if args.seal_key else None
@@ -91,30 +142,119 @@ def _run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # The whole hub keeps its persistent session and plain subscription; a worker
+    # takes a clean session in the share group (hub.workers says why).
+    client_id, client_factory, group = (
+        (args.client_id, hub_client_factory, None)
+        if worker is None
+        else (f"{args.client_id}-{worker}", worker_client_factory, SHARED_GROUP)
+    )
     with open_store(args.db, args.vault_key, must_exist=False) as store:
         metrics = _metrics() if args.http else None
         ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key, metrics=metrics)
         with HubService(
-            ingestor, args.broker_host, args.broker_port, client_id=args.client_id, tls=tls
+            ingestor,
+            args.broker_host,
+            args.broker_port,
+            client_id=client_id,
+            client_factory=client_factory,
+            tls=tls,
+            shared_group=group,
         ) as service:
             web = WebThread(store, args.http, metrics) if args.http else None
             try:
                 if not service.wait_connected(30):
-                    print("hub: no broker yet; retrying in the background", file=sys.stderr)
+                    print(f"{name}: no broker yet; retrying in the background", file=sys.stderr)
                 if web is not None and not web.wait_started(30):
                     raise UsageError(f"the web server did not start on {where(args.http)}")
-                # Scripts (the demo, tests) wait for this line before they publish.
+                # Scripts (the demo, tests) and the supervisor wait for this line.
                 http = f" http={where(args.http)}" if args.http else ""
+                ready = "hub ready" if worker is None else ready_line(worker)
                 print(
-                    f"hub ready: db={args.db} broker={args.broker_host}:{args.broker_port}{http}",
+                    f"{ready}: db={args.db} broker={args.broker_host}:{args.broker_port}{http}",
                     flush=True,
                 )
-                stop.wait()
+                _wait(stop, ingestor.counters, name, args.report_every_s, worker is not None)
             finally:
                 if web is not None:
                     web.close()
-        print(f"hub stopped: {describe(ingestor.counters)}", flush=True)
+        print(f"{name} stopped: {describe(ingestor.counters)}", flush=True)
     return 0
+
+
+def _wait(
+    stop: threading.Event, counters: IngestCounters, name: str, every_s: float, worker: bool
+) -> None:
+    """Until `stop`: report the counters when due and moved; a worker also watches its
+    supervisor, and stops if it is gone (nobody would restart or stop it otherwise)."""
+    parent = os.getppid()
+    last = describe(counters)
+    due = time.monotonic() + every_s
+    while True:
+        # Polled, never stop.wait(timeout): see hub.workers.WorkerPool.run (the signal
+        # handler's stop.set() would deadlock on the event's lock held by this thread).
+        time.sleep(min(0.2, every_s) if every_s > 0 else 0.2)
+        if stop.is_set():
+            return
+        if worker and supervisor_gone(parent):
+            logging.getLogger(__name__).error("the supervisor is gone; this worker stops")
+            return
+        if every_s > 0 and time.monotonic() >= due:
+            due = time.monotonic() + every_s
+            # The paho thread moves these counters; describe() copies them in C under
+            # the GIL, so a half-updated dict is never printed.
+            now = describe(counters)
+            if now != last:
+                last = now
+                print(f"{name} counters: {now}", flush=True)
+
+
+def _run_supervisor(args: argparse.Namespace) -> int:
+    """`--workers N`: start N workers of this command and keep them running."""
+    if args.http:
+        raise UsageError(
+            "--http runs in one process: with --workers, run `doorscan-hub web --http ...` "
+            "beside the workers"
+        )
+    if _serve_tls(args) is not None:
+        raise UsageError(
+            "--workers with TLS needs one certificate per worker (the broker makes the "
+            "certificate's CN the client id); run one worker per certificate for now"
+        )
+    # Opened (and migrated) once here, before N workers race to do it, and so that a
+    # wrong --db or vault key is one clear error instead of N crash-looping workers.
+    with open_store(args.db, args.vault_key, must_exist=False):
+        pass
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pool = WorkerPool(lambda index: _worker_argv(args, index), args.workers)
+
+    def announce() -> None:
+        pool.say(
+            f"hub ready: db={args.db} broker={args.broker_host}:{args.broker_port} "
+            f"workers={args.workers}"
+        )
+
+    code = pool.run(stop, announce)
+    pool.say(f"hub stopped: workers={args.workers} restarts={pool.restarts}")
+    return code
+
+
+def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """This `serve` command as worker `index` runs it. Every serve option but --http and
+    --workers must be passed on here (the vault key also reaches it by the environment)."""
+    argv = [sys.executable, "-m", "hub", "serve", "--worker-index", str(index)]
+    argv += ["--db", args.db, "--broker-host", args.broker_host]
+    argv += ["--broker-port", str(args.broker_port), "--client-id", args.client_id]
+    argv += ["--report-every-s", str(args.report_every_s), "--log-level", args.log_level]
+    if args.vault_key is not None:
+        argv += ["--vault-key", str(args.vault_key)]
+    for key in args.card_keys:
+        argv += ["--card-key", str(key)]
+    if args.seal_key is not None:
+        argv += ["--seal-key", str(args.seal_key)]
+    return argv
 
 
 def _metrics() -> HubMetrics:

@@ -1,7 +1,8 @@
 """Start `python -m hub serve` as a child process and wait until it is subscribed.
 
-Used by `make demo` and the end-to-end tests. The child writes to a log file, not a
-pipe: nobody may read a pipe for a while, and a full pipe would stall the hub.
+Used by `make demo` and the end-to-end tests; ``workers=N`` starts the supervisor of N
+workers (`hub.workers`), ready once every worker is. The child writes to a log file, not
+a pipe: nobody may read a pipe for a while, and a full pipe would stall the hub.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class HubProcess:
 
     def __init__(
         self,
-        db: Path,
+        db: Path | str,
         host: str,
         port: int,
         log: Path,
@@ -34,7 +35,10 @@ class HubProcess:
         seal_key: Path | None = None,
         env: dict[str, str] | None = None,
         timeout_s: float = 30.0,
+        workers: int = 1,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """`db` is a path or a locator (``postgresql://...``); `extra_args` go on the end."""
         self.log = log
         args = [
             sys.executable,
@@ -51,10 +55,13 @@ class HubProcess:
             args += ["--card-key", str(key)]
         if seal_key is not None:
             args += ["--seal-key", str(seal_key)]
+        if workers != 1:
+            args += ["--workers", str(workers)]
+        args += extra_args
         with log.open("w") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
-        while "hub ready" not in self.output() and self.proc.poll() is None:
+        while not self._ready() and self.proc.poll() is None:
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"hub did not become ready:\n{self.output()}")
@@ -62,18 +69,25 @@ class HubProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"hub exited at start:\n{self.output()}")
 
+    def _ready(self) -> bool:
+        # A line that starts so: workers' own lines ("hub worker 2 ready") do not count.
+        return any(line.startswith("hub ready") for line in self.output().splitlines())
+
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def ready_line(self) -> str:
-        return next(line for line in self.output().splitlines() if "hub ready" in line)
+        return next(line for line in self.output().splitlines() if line.startswith("hub ready"))
 
     def stop(self) -> int:
-        """SIGTERM, then SIGKILL after 10 s; returns the exit code."""
+        """SIGTERM, then SIGKILL after 30 s; returns the exit code.
+
+        30 s: a supervisor gives its workers 20 s to stop before it kills them.
+        """
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)

@@ -11,6 +11,12 @@ Two promises meet here:
 Registry topics are subscribed before scan topics: the broker sends retained
 registry messages as it handles each SUBSCRIBE, so after a restart the hub knows
 every unit before the first queued scan arrives.
+
+Several workers (`hub.workers`, ``serve --workers N``) each run one `HubService`
+with ``shared_group`` set: scans then come through the shared subscription
+`shared_scans_topic` and the broker hands each batch to one worker of the group.
+Such a worker's session is clean (`worker_client_factory`), on purpose: see
+`hub.workers` for what the broker does with a dead worker's messages.
 """
 
 from __future__ import annotations
@@ -28,11 +34,27 @@ from paho.mqtt.enums import CallbackAPIVersion
 from doorscan.wire import SUB_ALL_SCANS, SUB_ALL_STATUS, SUB_REGISTRY
 from hub.ingest import Ingestor
 
-__all__ = ["HubService", "TlsFiles", "hub_client_factory"]
+__all__ = [
+    "SHARED_GROUP",
+    "HubService",
+    "TlsFiles",
+    "hub_client_factory",
+    "shared_scans_topic",
+    "worker_client_factory",
+]
 
 log = logging.getLogger(__name__)
 
 ClientFactory = Callable[[str], mqtt.Client]
+
+SHARED_GROUP = "doorscan-hub"
+"""The share name the hub's workers use: one group, so each batch goes to one worker."""
+
+
+def shared_scans_topic(group: str = SHARED_GROUP) -> str:
+    """Every unit's scans as a shared subscription (MQTT 5 ``$share``; Mosquitto takes
+    it from MQTT 3.1.1 clients too): ``$share/doorscan-hub/doorscan/v1/units/+/scans``."""
+    return f"$share/{group}/{SUB_ALL_SCANS}"
 
 
 def hub_client_factory(client_id: str) -> mqtt.Client:
@@ -41,6 +63,21 @@ def hub_client_factory(client_id: str) -> mqtt.Client:
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=False,
+        protocol=mqtt.MQTTv311,
+        manual_ack=True,
+    )
+
+
+def worker_client_factory(client_id: str) -> mqtt.Client:
+    """One worker of several: a clean session, messages still acked by hand after commit.
+
+    Clean, because Mosquitto keeps a disconnected persistent session in the share
+    group and keeps handing it batches; a clean one leaves the group when it dies.
+    """
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
         protocol=mqtt.MQTTv311,
         manual_ack=True,
     )
@@ -67,8 +104,13 @@ class HubService:
         client_factory: ClientFactory = hub_client_factory,
         keepalive_s: int = 30,
         tls: TlsFiles | None = None,
+        shared_group: str | None = None,
     ) -> None:
+        """`shared_group`: take scans through that share group (one worker of several)."""
         self.ingestor = ingestor
+        self._scans_topic = (
+            SUB_ALL_SCANS if shared_group is None else shared_scans_topic(shared_group)
+        )
         self._host = host
         self._port = port
         self._keepalive_s = keepalive_s
@@ -122,10 +164,15 @@ class HubService:
         if reason.is_failure:
             log.error("broker refused the hub: %s", reason)
             return
+        # Registry and status are never shared, even with several workers: they live
+        # in retained messages, which a broker sends on a plain subscribe but not on a
+        # $share one (MQTT 5, 4.8.2; Mosquitto from 2.0.13, ChangeLog), so a shared
+        # registry would never reach a new hub's empty store. Handling them is an
+        # idempotent upsert, so every worker taking every one of them is harmless.
         client.subscribe(SUB_REGISTRY, qos=1)
         # Each unit's retained status and last will, for the units page (hub.reports).
         client.subscribe(SUB_ALL_STATUS, qos=1)
-        _, self._scans_mid = client.subscribe(SUB_ALL_SCANS, qos=1)
+        _, self._scans_mid = client.subscribe(self._scans_topic, qos=1)
         log.info("hub connected to %s:%d", self._host, self._port)
 
     def _on_subscribe(
