@@ -20,7 +20,8 @@ from typing import Any, TypeAlias
 
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
-from hub.store import SqliteStore, Store, StoreError
+from hub.store import HubStore, StoreError
+from hub.store.factory import is_postgres, open_hub_store, sqlite_path
 from hub.trace import MAX_DEPTH
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
@@ -70,17 +71,21 @@ def load_vault(vault_key: Path | None) -> Vault:
         raise UsageError(str(exc)) from None
 
 
-def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> Store:
-    """Open the store named by `--db` (a path, or a ``sqlite:///path`` URL) with its vault."""
-    if "://" in db:
-        if not db.startswith("sqlite:///"):
-            raise UsageError(f"--db {db!r}: only SQLite (a path or sqlite:///path) is supported")
-        db = db.removeprefix("sqlite:///")
-    if must_exist and db != ":memory:" and not Path(db).is_file():
-        raise UsageError(f"no hub database at {db} (give its path with --db)")
+def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> HubStore:
+    """Open the store named by `--db` (a path, ``sqlite:///path`` or ``postgresql://...``).
+
+    `must_exist` applies to a SQLite file only: a PostgreSQL database is created by its
+    administrator, and the store makes its tables on first open.
+    """
+    if not is_postgres(db):
+        path = sqlite_path(db)
+        if path is None:
+            raise UsageError(f"--db {db!r}: give a path, sqlite:///path or a postgresql://... URL")
+        if must_exist and path != ":memory:" and not Path(path).is_file():
+            raise UsageError(f"no hub database at {path} (give its path with --db)")
     vault = load_vault(vault_key)
     try:
-        return SqliteStore(db, vault=vault)
+        return open_hub_store(db, vault=vault)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
 
@@ -88,7 +93,11 @@ def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> Store:
 def db_parent() -> argparse.ArgumentParser:
     """The options every command shares: the database and the vault key that opens it."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--db", default="hub.db", help="the hub database: a path (default: hub.db)")
+    parent.add_argument(
+        "--db",
+        default="hub.db",
+        help="the hub database: a path or postgresql://... URL (default: hub.db)",
+    )
     parent.add_argument(
         "--vault-key",
         type=Path,

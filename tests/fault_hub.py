@@ -2,9 +2,10 @@
 
     python -m tests.fault_hub --db hub.db --broker-port 1883 --die-at 3 --when after
 
-It runs the production `HubService` + `Ingestor` + `SqliteStore`; only the store is
-wrapped, so that on the Nth `insert_scans` the process ends with `os._exit(137)`
-(what a SIGKILL or the OOM killer leaves: no finally blocks, no clean disconnect):
+It runs the production `HubService` + `Ingestor` + the store ``--db`` names (SQLite or
+PostgreSQL); only the store's `insert_scans` is wrapped, so that on the Nth call the
+process ends with `os._exit(137)` (what a SIGKILL or the OOM killer leaves: no finally
+blocks, no clean disconnect):
 
 * ``--when before``: before delegating, so the batch is not committed;
 * ``--when after``: after the delegate committed, before the ack goes out and before
@@ -16,6 +17,7 @@ The fault lives here, in test code; production code has no hook for it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -25,34 +27,33 @@ from pathlib import Path
 from hub.cli_common import load_vault
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import BatchKey, InsertResult, SqliteStore, StoredScan
-from hub.vault import Vault
+from hub.store import BatchKey, HubStore, InsertResult, StoredScan
+from hub.store.factory import open_hub_store
 
-__all__ = ["DyingStore", "main"]
+__all__ = ["make_dying", "main"]
 
 EXIT_CODE = 137  # 128 + SIGKILL, so the test can tell the planned death from a crash
 
 
-class DyingStore(SqliteStore):
-    """A real SqliteStore whose Nth `insert_scans` kills the process."""
-
-    def __init__(self, path: str, *, vault: Vault, die_at: int, when: str) -> None:
-        super().__init__(path, vault=vault)
-        self._die_at = die_at
-        self._when = when
-        self._calls = 0
+def make_dying(store: HubStore, *, die_at: int, when: str) -> None:
+    """Make the `die_at`th `insert_scans` of this real store end the process."""
+    real = store.insert_scans
+    calls = itertools.count(1)
 
     def insert_scans(
-        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+        scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
     ) -> InsertResult:
-        self._calls += 1
-        dying = self._calls == self._die_at
-        if dying and self._when == "before":
+        dying = next(calls) == die_at
+        if dying and when == "before":
             os._exit(EXIT_CODE)
-        result = super().insert_scans(scans, received_at, batch)
+        result = real(scans, received_at, batch)
         if dying:
             os._exit(EXIT_CODE)
         return result
+
+    # Set on this one object, whichever backend's class it is: no class, and no
+    # production code, carries the fault.
+    store.insert_scans = insert_scans  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A child process: the test's vault reaches it as the key file, like the real hub's.
     vault = load_vault(args.vault_key)
-    with DyingStore(args.db, vault=vault, die_at=args.die_at, when=args.when) as store:
+    with open_hub_store(args.db, vault=vault) as store:
+        make_dying(store, die_at=args.die_at, when=args.when)
         service = HubService(Ingestor(store), args.broker_host, args.broker_port)
         with service:
             if not service.wait_connected(30):

@@ -1,8 +1,8 @@
 """Helpers for tests/test_fault_network.py: scans, a registered hub store, runners, RSS.
 
 Kept apart so the test file reads as the faults it injects. Nothing here fakes a
-component: the store is a real SqliteStore, the syncs real MqttSyncs, the runners
-(tests/fault_hub.py, tests/drain_unit.py) real processes.
+component: the store is a real store of the test's backend (`hub_db`), the syncs real
+MqttSyncs, the runners (tests/fault_hub.py, tests/drain_unit.py) real processes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from doorscan.localbroker import LocalBroker
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import Scan, UnitRecord, VenueRecord
-from hub.store import SqliteStore
+from hub.store import HubStore
+from hub.store.factory import is_postgres
 from tests.hubstore import open_store, vault_key_file
 from tests.waiting import wait_for
 
@@ -43,6 +44,7 @@ __all__ = [
     "stored_ids",
     "replays_only",
     "figures",
+    "figure_name",
     "start_fault_hub",
     "offline_backlog",
     "drain_in_subprocess",
@@ -69,8 +71,8 @@ def make_scan(unit_id: str, venue_id: str, i: int, at: datetime, person: int | N
 
 
 @contextmanager
-def registered_store(path: Path, units: dict[str, str]) -> Iterator[SqliteStore]:
-    with open_store(path) as store:
+def registered_store(db: str, units: dict[str, str]) -> Iterator[HubStore]:
+    with open_store(db) as store:
         for venue in sorted(set(units.values())):
             store.upsert_venue(VenueRecord(venue_id=venue, name=f"Venue {venue}"))
         for unit, venue in units.items():
@@ -87,15 +89,20 @@ def make_sync(
     return MqttSync(unit_id, journal, BrokerConfig(host=broker.host, port=broker.port), config)
 
 
-def stored_ids(store: SqliteStore, venues: set[str]) -> list[str]:
+def stored_ids(store: HubStore, venues: set[str]) -> list[str]:
     return [c.scan_id for v in sorted(venues) for c in store.checkins_at(v, 0, 2**62)]
 
 
-def replays_only(store: SqliteStore) -> int:
+def replays_only(store: HubStore) -> int:
     """Dead letters after a fault may only be batches redelivered whole; return how many."""
     letters = store.dead_letters(100_000)
     assert {d.code for d in letters} <= {"replayed_batch"}, [(d.code, d.reason) for d in letters]
     return len(letters)
+
+
+def figure_name(name: str, db: str) -> str:
+    """The name a test's figures go under: a PostgreSQL run is a row of its own."""
+    return f"{name}, PostgreSQL" if is_postgres(db) else name
 
 
 def figures(request: pytest.FixtureRequest, name: str, **figures: int | float | str) -> None:
@@ -109,9 +116,9 @@ def figures(request: pytest.FixtureRequest, name: str, **figures: int | float | 
 
 
 def start_fault_hub(
-    db: Path, broker: LocalBroker, when: str, die_at: int, log: Path
+    db: str, broker: LocalBroker, when: str, die_at: int, log: Path
 ) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "tests.fault_hub", "--db", str(db)]
+    args = [sys.executable, "-m", "tests.fault_hub", "--db", db]
     args += ["--vault-key", str(vault_key_file())]
     args += ["--broker-port", str(broker.port), "--die-at", str(die_at), "--when", when]
     with log.open("w") as out:

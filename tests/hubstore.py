@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hub.store import SqliteStore
+from hub.store import HubStore
 from hub.store.factory import open_hub_store
 from hub.vault import Vault
 
@@ -27,7 +27,7 @@ TEST_VAULT = Vault.generate()
 _key_file: Path | None = None
 
 
-def open_store(locator: str | Path, *, busy_timeout_ms: int = 10_000) -> SqliteStore:
+def open_store(locator: str | Path, *, busy_timeout_ms: int = 10_000) -> HubStore:
     """The store at `locator` (a SQLite path or a PostgreSQL URL, see the `hub_db`
     fixture) with the run's vault."""
     return open_hub_store(str(locator), vault=TEST_VAULT, busy_timeout_ms=busy_timeout_ms)

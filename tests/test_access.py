@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ from hub.access import (
     mask_name,
 )
 from hub.cli import main
-from hub.store import SqliteStore, StoredScan
+from hub.store import HubStore, StoredScan
 from tests.access_data import (
     AT,
     FULL_IDS,
@@ -42,7 +41,7 @@ from tests.access_data import (
 from tests.hubstore import open_store
 
 
-def _fill(store: SqliteStore) -> None:
+def _fill(store: HubStore) -> None:
     store.upsert_venue(VenueRecord(venue_id=MARKET, name="Chợ Pleiku"))
     store.upsert_venue(VenueRecord(venue_id=HOSPITAL, name="Bệnh viện tỉnh"))
     store.insert_scans(
@@ -55,20 +54,19 @@ def _fill(store: SqliteStore) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    path = tmp_path / "hub.db"
-    with open_store(path) as store:
+def db(hub_db: str) -> str:
+    with open_store(hub_db) as store:
         _fill(store)
-    return str(path)
+    return hub_db
 
 
 @pytest.fixture
-def store(db: str) -> Iterator[SqliteStore]:
+def store(db: str) -> Iterator[HubStore]:
     with open_store(db) as opened:
         yield opened
 
 
-def reader(store: SqliteStore, role: Role, venue_id: str | None = None) -> AccessControlledStore:
+def reader(store: HubStore, role: Role, venue_id: str | None = None) -> AccessControlledStore:
     return AccessControlledStore(store, Principal(role, venue_id))
 
 
@@ -136,7 +134,7 @@ def test_principal_validation() -> None:
 # -- what each role may read ---------------------------------------------------------------
 
 
-def test_tracer_sees_full_identities_and_is_audited(store: SqliteStore) -> None:
+def test_tracer_sees_full_identities_and_is_audited(store: HubStore) -> None:
     r = reader(store, Role.TRACER)
     assert visitors(r) == [
         ("cccd", A.id_number, A.name),
@@ -160,7 +158,7 @@ def test_tracer_sees_full_identities_and_is_audited(store: SqliteStore) -> None:
     assert entries[0].reason == "ca F0 số 12"
 
 
-def test_venue_sees_its_own_venue_masked(store: SqliteStore) -> None:
+def test_venue_sees_its_own_venue_masked(store: HubStore) -> None:
     listing = reader(store, Role.VENUE, MARKET).visitors(MARKET, SINCE, UNTIL, "kiểm tra", AT)
     assert listing.masked
     assert [(v.kind, v.id_number, v.name) for v in listing.visitors] == [
@@ -178,7 +176,7 @@ def test_venue_sees_its_own_venue_masked(store: SqliteStore) -> None:
     assert entry.params["masked"] is True
 
 
-def test_venue_is_refused_another_venue_and_trace(store: SqliteStore) -> None:
+def test_venue_is_refused_another_venue_and_trace(store: HubStore) -> None:
     r = reader(store, Role.VENUE, MARKET)
     with pytest.raises(Forbidden, match="own venue"):
         visitors(r, HOSPITAL)
@@ -203,7 +201,7 @@ def test_venue_is_refused_another_venue_and_trace(store: SqliteStore) -> None:
 
 
 @pytest.mark.parametrize("role", [Role.REPORTER, Role.ADMIN])
-def test_reporter_and_admin_get_no_identities(store: SqliteStore, role: Role) -> None:
+def test_reporter_and_admin_get_no_identities(store: HubStore, role: Role) -> None:
     r = reader(store, role)
     with pytest.raises(Forbidden) as refused:
         visitors(r)
@@ -219,18 +217,18 @@ def test_reporter_and_admin_get_no_identities(store: SqliteStore, role: Role) ->
     ("role", "venue_id"),
     [(Role.TRACER, None), (Role.VENUE, MARKET), (Role.REPORTER, None), (Role.ADMIN, None)],
 )
-def test_counts_for_every_role(store: SqliteStore, role: Role, venue_id: str | None) -> None:
+def test_counts_for_every_role(store: HubStore, role: Role, venue_id: str | None) -> None:
     counts = reader(store, role, venue_id).counts()
     assert (counts["scans"], counts["people"], counts["venues"]) == (len(VISITS), 5, 2)
     assert store.audit_entries() == []  # counts read no identity
 
 
-def test_venue_registry_reads(store: SqliteStore) -> None:
+def test_venue_registry_reads(store: HubStore) -> None:
     assert [v.venue_id for v in reader(store, Role.ADMIN).venues()] == [HOSPITAL, MARKET]
     assert [v.venue_id for v in reader(store, Role.VENUE, HOSPITAL).venues()] == [HOSPITAL]
 
 
-def test_bad_requests_are_refused_before_the_audit(store: SqliteStore) -> None:
+def test_bad_requests_are_refused_before_the_audit(store: HubStore) -> None:
     r = reader(store, Role.VENUE, "chua-dang-ky")  # its own venue, never registered
     with pytest.raises(Refusal, match="unknown venue"):
         visitors(r, "chua-dang-ky")

@@ -1,6 +1,6 @@
 """The hub's JSON API (`hub.web.api`) for every role: allowed, refused, masked, audited.
 
-A real store in tmp_path, real users and tokens (`hub.auth`), the real app through
+A real store on each backend (`hub_db`), real users and tokens (`hub.auth`), the real app through
 Starlette's TestClient. The people and visits are those of tests/test_access.py: A at
 the market with B, H and U; B then at the hospital with D (A's F2).
 """
@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import shutil
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +20,9 @@ from openpyxl import load_workbook
 
 from doorscan.wire import VenueRecord
 from hub.access import Role
-from hub.auth import create_user, issue_api_token, login
-from hub.store import SqliteStore, StoredScan
+from hub.auth import create_user, hash_token, issue_api_token, login
+from hub.store import HubStore, StoredScan
+from hub.store.base import StoredToken, StoredUser
 from hub.web.app import create_app
 from hub.web.deps import SESSION_COOKIE
 from tests.access_data import AT as NOW
@@ -53,7 +52,7 @@ REASON = "ca F0 số 12"
 @dataclasses.dataclass
 class Hub:
     client: TestClient
-    store: SqliteStore
+    store: HubStore
     tokens: dict[str, str]
 
     def as_(self, role: str | None) -> dict[str, str]:
@@ -69,41 +68,60 @@ class Hub:
         return self.store.audit_entries()[::-1]  # oldest first
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """The hub's file with venues, scans, one user per role and their tokens, made once.
+@dataclasses.dataclass(frozen=True)
+class Accounts:
+    """One user per role and an API token each, as the store keeps them, with the tokens."""
 
-    Each test gets its own copy (scrypt makes creating users slow on purpose).
+    users: list[StoredUser]
+    stored_tokens: list[StoredToken]
+    tokens: dict[str, str]
+
+
+def fill_registry_and_visits(store: HubStore) -> None:
+    store.upsert_venue(VenueRecord(venue_id=MARKET, name="Chợ Pleiku", district="Pleiku"))
+    store.upsert_venue(VenueRecord(venue_id=HOSPITAL, name="Bệnh viện tỉnh"))
+    store.insert_scans(
+        [
+            StoredScan(f"scan-{n:04d}", None, venue, at, True, who, "csv")
+            for n, (who, venue, at) in enumerate(VISITS)
+        ],
+        received_at=NOW,
+    )
+
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory: pytest.TempPathFactory) -> Accounts:
+    """The users and tokens, made once through `hub.auth` (scrypt is slow on purpose).
+
+    Each test's store gets the same rows (`hub`), whatever its backend.
     """
     path = tmp_path_factory.mktemp("template") / "hub.db"
     tokens = {}
     with open_store(path) as store:
-        store.upsert_venue(VenueRecord(venue_id=MARKET, name="Chợ Pleiku", district="Pleiku"))
-        store.upsert_venue(VenueRecord(venue_id=HOSPITAL, name="Bệnh viện tỉnh"))
-        store.insert_scans(
-            [
-                StoredScan(f"scan-{n:04d}", None, venue, at, True, who, "csv")
-                for n, (who, venue, at) in enumerate(VISITS)
-            ],
-            received_at=NOW,
-        )
+        fill_registry_and_visits(store)
         for role in ROLES:
             venue = MARKET if role == "venue" else None
             create_user(store, f"u-{role}", f"User {role}", Role(role), venue, PASSWORD, NOW)
             tokens[role] = issue_api_token(store, f"u-{role}", 30, NOW).token
+        users = [store.user(f"u-{role}") for role in ROLES]
+        stored = [store.token(hash_token(token)) for token in tokens.values()]
     assert not path.with_name("hub.db-wal").exists()  # closed cleanly: one file holds it all
-    return path, tokens
+    assert all(users) and all(stored)
+    return Accounts(
+        [u for u in users if u is not None], [t for t in stored if t is not None], tokens
+    )
 
 
 @pytest.fixture
-def hub(tmp_path: Path, template: tuple[Path, dict[str, str]]) -> Iterator[Hub]:
-    source, tokens = template
-    shutil.copy(source, tmp_path / "hub.db")
-    with (
-        open_store(tmp_path / "hub.db") as store,
-        TestClient(create_app(store, now=lambda: NOW)) as client,
-    ):
-        yield Hub(client, store, dict(tokens))
+def hub(hub_db: str, accounts: Accounts) -> Iterator[Hub]:
+    with open_store(hub_db) as store:
+        fill_registry_and_visits(store)
+        for user in accounts.users:
+            store.add_user(user)
+        for token in accounts.stored_tokens:
+            store.add_token(token)
+        with TestClient(create_app(store, now=lambda: NOW)) as client:
+            yield Hub(client, store, dict(accounts.tokens))
 
 
 def _visitors_path(venue: str = MARKET) -> str:

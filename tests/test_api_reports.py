@@ -10,7 +10,6 @@ import csv
 import io
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,9 +44,9 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
+def api(hub_db: str) -> Iterator[Api]:
     clock = Clock(NOW)
-    with open_store(tmp_path / "hub.db") as store:
+    with open_store(hub_db) as store:
         hub = Hub(store, clock, Ingestor(store, now=clock))
         hub.register()
         hostile = VenueRecord(venue_id="cho-pleiku", name=HOSTILE_NAME, district="@SUM(1)")

@@ -13,13 +13,14 @@ import pytest
 
 from hub.audit import GENESIS_HASH, entry_hash
 from hub.cli import main
-from hub.store import SqliteStore, StoreError
+from hub.store import HubStore, SqliteStore, StoreError
+from tests.hubdb import raw_sql
 from tests.hubstore import open_store
 
 T0 = datetime(2021, 8, 15, 2, 30, tzinfo=UTC)
 
 
-def write_entries(store: SqliteStore, n: int, tag: str = "") -> None:
+def write_entries(store: HubStore, n: int, tag: str = "") -> None:
     for i in range(n):
         store.record_audit(
             "trace",
@@ -30,29 +31,24 @@ def write_entries(store: SqliteStore, n: int, tag: str = "") -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "hub.db"
-    with open_store(path) as store:
+def db(hub_db: str) -> Iterator[str]:
+    with open_store(hub_db) as store:
         write_entries(store, 6)
-    yield path
+    yield hub_db
 
 
-def tamper(path: Path, sql: str, *params: object) -> None:
-    raw = sqlite3.connect(path)
-    try:
-        assert raw.execute(sql, params).rowcount >= 1
-        raw.commit()
-    finally:
-        raw.close()
+def tamper(db: str, sql: str, *params: object) -> None:
+    """Edit rows behind the store's back, as someone with the database in hand could."""
+    assert raw_sql(db, sql + " RETURNING 1", *params)  # it changed something
 
 
-def verify(path: Path) -> tuple[bool, int | None, str | None]:
+def verify(path: str) -> tuple[bool, int | None, str | None]:
     with open_store(path) as store:
         check = store.verify_audit()
     return check.ok, check.first_bad_id, check.problem
 
 
-def test_each_entry_chains_from_the_one_before(db: Path) -> None:
+def test_each_entry_chains_from_the_one_before(db: str) -> None:
     with open_store(db) as store:
         entries = list(reversed(store.audit_entries()))
         check = store.verify_audit()
@@ -77,9 +73,8 @@ def test_the_encoding_keeps_field_boundaries() -> None:
     )
 
 
-def test_two_threads_and_two_connections_do_not_fork_the_chain(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    with open_store(path) as shared, open_store(path) as other:
+def test_two_threads_and_two_connections_do_not_fork_the_chain(hub_db: str) -> None:
+    with open_store(hub_db) as shared, open_store(hub_db) as other:
         threads = [
             threading.Thread(target=write_entries, args=(s, 40, f"/{n}"))
             for n, s in enumerate([shared, shared, other])
@@ -96,61 +91,56 @@ def test_two_threads_and_two_connections_do_not_fork_the_chain(tmp_path: Path) -
     ("column", "value"),
     [("reason", "nothing to see"), ("params_json", '{"depth": 9}'), ("at_ms", 0)],
 )
-def test_an_edited_entry_is_named(db: Path, column: str, value: object) -> None:
+def test_an_edited_entry_is_named(db: str, column: str, value: object) -> None:
     tamper(db, f"UPDATE audit SET {column} = ? WHERE id = 4", value)
     ok, bad_id, problem = verify(db)
     assert (ok, bad_id) == (False, 4)
     assert problem is not None and "edited" in problem
 
 
-def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(db: Path) -> None:
-    raw = sqlite3.connect(db)
-    at_ms, params, prev = raw.execute(
-        "SELECT at_ms, params_json, prev_hash FROM audit WHERE id = 3"
-    ).fetchone()
-    raw.execute(
-        "UPDATE audit SET reason = 'x', hash = ? WHERE id = 3",
-        (entry_hash(3, at_ms, "trace", "x", params, prev),),
+def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(db: str) -> None:
+    ((at_ms, params, prev),) = raw_sql(
+        db, "SELECT at_ms, params_json, prev_hash FROM audit WHERE id = 3"
     )
-    raw.commit()
-    raw.close()
+    tamper(
+        db,
+        "UPDATE audit SET reason = 'x', hash = ? WHERE id = 3",
+        entry_hash(3, at_ms, "trace", "x", params, prev),
+    )
     assert verify(db)[:2] == (False, 4)
 
 
-def test_a_deleted_middle_entry_is_found(db: Path) -> None:
+def test_a_deleted_middle_entry_is_found(db: str) -> None:
     tamper(db, "DELETE FROM audit WHERE id = 3")
     ok, bad_id, problem = verify(db)
     assert (ok, bad_id) == (False, 4)
     assert problem is not None and "entry 3 is missing" in problem
 
 
-def test_reordered_entries_are_found(db: Path) -> None:
+def test_reordered_entries_are_found(db: str) -> None:
     # Swap the contents (hashes included) of entries 2 and 5: each keeps a valid-looking
     # hash of itself, but not under its id nor in its place in the chain.
-    raw = sqlite3.connect(db)
     cols = "at_ms, action, reason, params_json, prev_hash, hash"
-    two = raw.execute(f"SELECT {cols} FROM audit WHERE id = 2").fetchone()
-    five = raw.execute(f"SELECT {cols} FROM audit WHERE id = 5").fetchone()
+    (two,) = raw_sql(db, f"SELECT {cols} FROM audit WHERE id = 2")
+    (five,) = raw_sql(db, f"SELECT {cols} FROM audit WHERE id = 5")
     update = (
         "UPDATE audit SET at_ms = ?, action = ?, reason = ?, params_json = ?, prev_hash = ?, "
         "hash = ? WHERE id = ?"
     )
-    raw.execute(update, (*five, 2))
-    raw.execute(update, (*two, 5))
-    raw.commit()
-    raw.close()
+    tamper(db, update, *five, 2)
+    tamper(db, update, *two, 5)
     assert verify(db)[:2] == (False, 2)
 
 
 @pytest.mark.parametrize("deleted", [1, 2])
-def test_deleting_the_newest_entries_is_found_through_the_head(db: Path, deleted: int) -> None:
+def test_deleting_the_newest_entries_is_found_through_the_head(db: str, deleted: int) -> None:
     tamper(db, "DELETE FROM audit WHERE id > ?", 6 - deleted)
     ok, bad_id, problem = verify(db)
     assert (ok, bad_id) == (False, 7 - deleted)
     assert problem is not None and "newest entries were deleted" in problem
 
 
-def test_a_deleted_head_is_found(db: Path) -> None:
+def test_a_deleted_head_is_found(db: str) -> None:
     tamper(db, "DELETE FROM audit_head")
     assert verify(db)[0] is False
     with open_store(db) as store, pytest.raises(StoreError, match="audit_head"):
@@ -158,6 +148,7 @@ def test_a_deleted_head_is_found(db: Path) -> None:
 
 
 def test_a_file_at_the_previous_schema_is_chained_when_it_opens(tmp_path: Path) -> None:
+    # SQLite-only: a file written by an older doorscan, before the chain existed.
     path = tmp_path / "hub.db"
     raw = sqlite3.connect(path)
     for migration in SqliteStore.MIGRATIONS[:3]:
@@ -180,31 +171,31 @@ def test_a_file_at_the_previous_schema_is_chained_when_it_opens(tmp_path: Path) 
         oldest = store.audit_entries()[-1]
     assert (check.ok, check.entries) == (True, 4)
     assert (oldest.reason, oldest.prev_hash) == ("old 0", GENESIS_HASH)
-    tamper(path, "UPDATE audit SET reason = 'rewritten' WHERE id = 2")
-    assert verify(path)[:2] == (False, 2)
+    tamper(str(path), "UPDATE audit SET reason = 'rewritten' WHERE id = 2")
+    assert verify(str(path))[:2] == (False, 2)
 
 
-def test_an_empty_log_verifies(tmp_path: Path) -> None:
-    with open_store(tmp_path / "hub.db") as store:
+def test_an_empty_log_verifies(hub_db: str) -> None:
+    with open_store(hub_db) as store:
         check = store.verify_audit()
     assert (check.ok, check.entries, check.head_hash) == (True, 0, GENESIS_HASH)
 
 
-def test_cli_verify_and_list(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["audit", "verify", "--db", str(db)]) == 0
+def test_cli_verify_and_list(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "verify", "--db", db]) == 0
     assert capsys.readouterr().out.startswith("audit log intact: 6 entries")
 
-    assert main(["audit", "list", "--db", str(db), "--limit", "2"]) == 0
+    assert main(["audit", "list", "--db", db, "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 audit entries (newest first)"
     assert lines[2].split()[:3] == ["6", "2021-08-15T02:35:00.000Z", "trace"]
     assert "ca F0 số 5" in lines[2] and "ca F0 số 3" not in "\n".join(lines)
 
     tamper(db, "UPDATE audit SET reason = 'x' WHERE id = 5")
-    assert main(["audit", "verify", "--db", str(db)]) == 1
+    assert main(["audit", "verify", "--db", db]) == 1
     out = capsys.readouterr().out
     assert out.startswith("audit log BROKEN at entry 5: its contents do not match its hash")
     assert "4 entries check good" in out
 
-    assert main(["audit", "verify", "--db", str(db.with_name("none.db"))]) == 2
-    assert main(["audit", "list", "--db", str(db), "--limit", "0"]) == 2
+    assert main(["audit", "verify", "--db", str(tmp_path / "none.db")]) == 2
+    assert main(["audit", "list", "--db", db, "--limit", "0"]) == 2

@@ -32,7 +32,7 @@ from hub.auth import (
     verify_password,
 )
 from hub.cli import main
-from hub.store import SqliteStore
+from hub.store import HubStore
 from hub.store.sqlite_users import UserExists
 from tests.hubstore import open_store
 from tests.waiting import wait_for
@@ -42,8 +42,8 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "hub.db") as opened:
+def store(hub_db: str) -> Iterator[HubStore]:
+    with open_store(hub_db) as opened:
         opened.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         yield opened
 
@@ -59,7 +59,7 @@ def test_password_hash_is_salted_self_describing_and_verifies() -> None:
     assert not verify_password(PASSWORD, "bcrypt$1$2$3$AAAA$AAAA")
 
 
-def test_login_gives_a_session_that_authenticates_as_the_user(store: SqliteStore) -> None:
+def test_login_gives_a_session_that_authenticates_as_the_user(store: HubStore) -> None:
     user = create_user(store, "ytepleiku", "Y tế  Pleiku", Role.TRACER, None, PASSWORD, NOW)
     assert user == User("ytepleiku", "Y tế Pleiku", Role.TRACER, None)
     issued = login(store, "ytepleiku", PASSWORD, NOW)
@@ -69,7 +69,7 @@ def test_login_gives_a_session_that_authenticates_as_the_user(store: SqliteStore
     assert user.principal() == Principal(Role.TRACER)
 
 
-def test_wrong_password_and_unknown_user_get_nothing(store: SqliteStore) -> None:
+def test_wrong_password_and_unknown_user_get_nothing(store: HubStore) -> None:
     create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
     assert login(store, "ytepleiku", "wrong password here", NOW) is None
     assert login(store, "nobody", PASSWORD, NOW) is None
@@ -77,7 +77,7 @@ def test_wrong_password_and_unknown_user_get_nothing(store: SqliteStore) -> None
     assert login(store, "ytepleiku", PASSWORD, NOW) is not None  # control
 
 
-def test_session_expires_after_12_hours(store: SqliteStore) -> None:
+def test_session_expires_after_12_hours(store: HubStore) -> None:
     create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
     issued = login(store, "ytepleiku", PASSWORD, NOW)
     assert issued is not None
@@ -86,7 +86,7 @@ def test_session_expires_after_12_hours(store: SqliteStore) -> None:
     assert authenticate(store, issued.token, NOW + timedelta(hours=SESSION_HOURS)) is None
 
 
-def test_api_token_lives_its_days_and_logout_revokes(store: SqliteStore) -> None:
+def test_api_token_lives_its_days_and_logout_revokes(store: HubStore) -> None:
     create_user(store, "bot", "Script", Role.REPORTER, None, PASSWORD, NOW)
     issued = issue_api_token(store, "bot", 90, NOW)
     assert issued.expires_at == NOW + timedelta(days=90)
@@ -104,7 +104,7 @@ def test_api_token_lives_its_days_and_logout_revokes(store: SqliteStore) -> None
         issue_api_token(store, "ghost", 10, NOW)
 
 
-def test_inactive_user_can_neither_log_in_nor_use_a_token(store: SqliteStore) -> None:
+def test_inactive_user_can_neither_log_in_nor_use_a_token(store: HubStore) -> None:
     create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
     issued = login(store, "ytepleiku", PASSWORD, NOW)
     assert issued is not None and authenticate(store, issued.token, NOW) is not None
@@ -117,12 +117,12 @@ def test_inactive_user_can_neither_log_in_nor_use_a_token(store: SqliteStore) ->
     assert authenticate(store, issued.token, NOW) is not None  # control: the same token again
 
 
-def test_garbage_tokens_are_refused(store: SqliteStore) -> None:
+def test_garbage_tokens_are_refused(store: HubStore) -> None:
     for token in ("", "x", "a" * 10_000, "ünïcode"):
         assert authenticate(store, token, NOW) is None
 
 
-def test_user_rules(store: SqliteStore) -> None:
+def test_user_rules(store: HubStore) -> None:
     with pytest.raises(Refusal, match="not a user id"):
         create_user(store, "Bad Id", "X", Role.ADMIN, None, PASSWORD, NOW)
     with pytest.raises(Refusal, match="needs the venue"):
@@ -140,9 +140,9 @@ def test_user_rules(store: SqliteStore) -> None:
     assert [u.user_id for u in store.users()] == ["owner"]
 
 
-def test_a_copy_of_the_database_holds_no_password_or_token(
-    store: SqliteStore, tmp_path: Path
-) -> None:
+def test_a_copy_of_the_database_holds_no_password_or_token(tmp_path: Path) -> None:
+    # SQLite-only: it reads the bytes of a copy of the file and its -wal and -shm.
+    store = open_store(tmp_path / "hub.db")
     create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
     session = login(store, "ytepleiku", PASSWORD, NOW)
     api = issue_api_token(store, "ytepleiku", 30, NOW)
@@ -173,20 +173,19 @@ def test_a_copy_of_the_database_holds_no_password_or_token(
 # -- command line: user add, token create, web, serve --http ---------------------------------
 
 
-def _hub_db(tmp_path: Path) -> Path:
-    db = tmp_path / "cli.db"
+def _with_a_venue(db: str) -> str:
     with open_store(db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
     return db
 
 
 def test_cli_user_add_and_token_create(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    hub_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = _hub_db(tmp_path)
+    db = _with_a_venue(hub_db)
     secret = tmp_path / "pw.txt"
     secret.write_text(PASSWORD + "\n", encoding="utf-8")
-    base = ["--db", str(db)]
+    base = ["--db", db]
     add = ["user", "add", *base, "--id", "ytepleiku", "--name", "Y tế Pleiku", "--role", "tracer"]
     assert main([*add, "--password-file", str(secret)]) == 0
     assert "user ytepleiku added: tracer" in capsys.readouterr().out
@@ -217,27 +216,25 @@ def test_cli_user_add_and_token_create(
     ],
 )
 def test_cli_refusals_are_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    hub_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    db = _hub_db(tmp_path)
+    db = _with_a_venue(hub_db)
     with open_store(db) as store:
         create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
     secret = tmp_path / "pw.txt"
     secret.write_text(PASSWORD, encoding="utf-8")
     extra = ["--password-file", str(secret)] if argv[:2] == ["user", "add"] else []
-    assert main([*argv[:2], "--db", str(db), *argv[2:], *extra]) == 2
+    assert main([*argv[:2], "--db", db, *argv[2:], *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_cli_user_disable_stops_its_tokens(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    db = _hub_db(tmp_path)
+def test_cli_user_disable_stops_its_tokens(hub_db: str) -> None:
+    db = _with_a_venue(hub_db)
     with open_store(db) as store:
         create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
         token = issue_api_token(store, "ytepleiku", 30, NOW).token
-    assert main(["user", "disable", "--db", str(db), "--id", "ytepleiku"]) == 0
+    assert main(["user", "disable", "--db", db, "--id", "ytepleiku"]) == 0
     with open_store(db) as store:
         assert authenticate(store, token, NOW) is None
 
@@ -269,13 +266,13 @@ def _me(port: int, token: str) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{port}/api/v1/me", headers=headers, timeout=10)
 
 
-def test_cli_web_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -> None:
-    db = _hub_db(tmp_path)
+def test_cli_web_serves_the_api_and_stops_on_sigterm(hub_db: str, tmp_path: Path) -> None:
+    db = _with_a_venue(hub_db)
     with open_store(db) as store:
         create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
         token = issue_api_token(store, "ytepleiku", 30, datetime.now(UTC)).token
     port, log = free_port(), tmp_path / "web.log"
-    proc = _child(["web", "--db", str(db), "--http", f"127.0.0.1:{port}"], log)
+    proc = _child(["web", "--db", db, "--http", f"127.0.0.1:{port}"], log)
     try:
         _wait_for_line(log, "hub web ready", proc)
         assert _me(port, token).json()["user_id"] == "ytepleiku"
@@ -285,13 +282,15 @@ def test_cli_web_serves_the_api_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
-def test_cli_serve_runs_ingest_and_web_in_one_process(broker: LocalBroker, tmp_path: Path) -> None:
-    db = _hub_db(tmp_path)
+def test_cli_serve_runs_ingest_and_web_in_one_process(
+    hub_db: str, broker: LocalBroker, tmp_path: Path
+) -> None:
+    db = _with_a_venue(hub_db)
     with open_store(db) as store:
         create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
         token = issue_api_token(store, "ytepleiku", 30, datetime.now(UTC)).token
     port, log = free_port(), tmp_path / "serve.log"
-    args = ["serve", "--db", str(db), "--broker-host", broker.host]
+    args = ["serve", "--db", db, "--broker-host", broker.host]
     args += ["--broker-port", str(broker.port), "--http", f"127.0.0.1:{port}"]
     proc = _child(args, log)
     try:

@@ -31,6 +31,7 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.launcher import HubProcess
+from tests.fault_net_support import figure_name
 from tests.hubstore import open_store, vault_key_file
 from tests.reliability import FiguresRecorder
 from tests.waiting import wait_for
@@ -75,8 +76,9 @@ def _pub(
 
 
 @pytest.fixture
-def hub_db(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
-    db = tmp_path / "hub.db"
+def hub(broker: LocalBroker, hub_db: str, tmp_path: Path) -> Iterator[str]:
+    """`python -m hub serve` on the registry below; yields its database (`hub_db`)."""
+    db = hub_db
     for topic, record in (
         (topic_registry_venue("hospital"), VenueRecord(venue_id="hospital", name="Hospital")),
         (topic_registry_venue("market"), VenueRecord(venue_id="market", name="Market")),
@@ -94,7 +96,7 @@ def hub_db(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
-    broker: LocalBroker, hub_db: Path, tmp_path: Path, reliability_figures: FiguresRecorder
+    broker: LocalBroker, hub: str, tmp_path: Path, reliability_figures: FiguresRecorder
 ) -> None:
     scans = topic_scans("door-1")
     future = (datetime.now(UTC) + timedelta(days=2)).isoformat().replace("+00:00", "Z")
@@ -156,17 +158,17 @@ def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
         _pub(broker, topic, payload, tmp_path)
 
     def stored() -> int:
-        with open_store(hub_db) as store:
+        with open_store(hub) as store:
             return store.counts()["scans"]
 
-    def letters() -> int:
-        with open_store(hub_db) as store:
+    def letter_count() -> int:
+        with open_store(hub) as store:
             return store.counts()["dead_letters"]
 
     assert wait_for(lambda: stored() == 1), "the good batch after the bad ones was not stored"
-    assert wait_for(lambda: letters() >= len(bad))
+    assert wait_for(lambda: letter_count() >= len(bad))
     time.sleep(0.5)  # anything more would be a bug: give it the time to show
-    with open_store(hub_db) as store:
+    with open_store(hub) as store:
         letters = store.dead_letters(limit=100)
         [good_scan] = store.checkins_at("hospital", 0, 2**62)
     assert good_scan.scan_id == "s-good-0001"
@@ -177,7 +179,7 @@ def test_every_kind_of_bad_message_is_dead_lettered_and_the_hub_goes_on(
     non_utf8 = next(letter for letter in letters if letter.code == "not_utf8")
     assert non_utf8.payload == bad[4][2]
     reliability_figures.record(
-        "bad MQTT messages (mosquitto_pub)",
+        figure_name("bad MQTT messages (mosquitto_pub)", hub),
         runs=1,
         bad_inputs_tried=len(bad),
         bad_inputs_refused=len(letters),

@@ -11,6 +11,9 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_trace import brute_force
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,7 @@ def test_the_journal_benchmark_writes_a_report_with_numbers(tmp_path: Path) -> N
     markdown = (out / "benchmarks.md").read_text(encoding="utf-8")
     assert "| figure | value | baseline (same run) | ratio | goal | met? |" in markdown
     assert "ScanJournal.record(), backlog 50,000, median" in markdown
-    assert "Not measured yet" in markdown  # the hub's place is kept, and says so
+    assert "## Hub: not in this run" in markdown  # the hub's place is kept, and says so
     # Control: a subject that was not asked for is not in the report.
     assert "## Decode speed" not in markdown
 
@@ -59,3 +62,76 @@ def test_an_unknown_benchmark_is_refused_without_a_traceback(tmp_path: Path) -> 
     assert "invalid choice: 'hub'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "benchmarks.md").exists()
+
+
+def _run_quick(tmp_path: Path, name: str, *extra: str) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--only", name, *extra]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--tmp", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "benchmarks.json").read_text(encoding="utf-8"))
+    return report, (out / "benchmarks.md").read_text(encoding="utf-8")
+
+
+def test_the_hub_ingest_benchmark_measures_the_hub_against_the_broker(tmp_path: Path) -> None:
+    report, markdown = _run_quick(tmp_path, "hub-ingest")
+    figures = {f["name"]: f for f in report["figures"]}
+    loopback = figures["bare subscriber, single-scan messages (loopback)"]
+    single = figures["hub, single-scan messages, SQLite"]
+    batched = figures["hub, 500-scan batches, SQLite"]
+    for figure in (loopback, single, batched):
+        assert math.isfinite(figure["value"]) and figure["value"] > 0, figure
+    # The hub's rows stand next to the loopback rate measured in the same run.
+    assert single["baseline"] == loopback["value"] and single["ratio"] > 0
+    assert batched["baseline"] > 0 and {single["met"], batched["met"]} <= {True, False}
+    raw = report["raw"]["hub-ingest"]
+    assert raw["single"]["scans"] == 100 and raw["batched"]["scans"] == 1000
+    pg = raw["postgres"]
+    if "scans_per_s" in pg:
+        assert set(pg["scans_per_s"]) == {"1", "2"}
+        assert "hub, 500-scan batches, PostgreSQL, 2 workers" in figures
+    else:
+        # Not measured must be said, with the reason, never left out silently.
+        assert pg["missing"] and "PostgreSQL rows: **not measured in this run**" in markdown
+    assert "## Hub ingest through Mosquitto" in markdown
+    assert "## Hub trace" not in markdown and "Hub: not in this run" in markdown
+
+
+def test_the_trace_benchmark_checks_the_engine_and_reuses_its_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    report, markdown = _run_quick(tmp_path, "trace", "--cache", str(cache))
+    raw = report["raw"]["trace"]
+    assert raw["spec"]["scans"] == 5000
+    assert raw["sqlite"]["generation_s"] > 0  # generated in this run
+    # The engine's answers were compared with the brute force's and found equal.
+    assert raw["sqlite"]["checked_equal"] == 2
+    assert len(raw["sqlite"]["f1_ms"]) == len(raw["sqlite"]["f2_ms"]) > 0
+    p95 = [f for f in report["figures"] if f["name"].startswith(("F1 p95", "F2 p95"))]
+    assert p95 and all(f["baseline"] > 0 and f["met"] in (True, False) for f in p95)
+    assert len(list(cache.glob("trace-*sqlite*/hub.db"))) == 1
+    assert "## Hub trace" in markdown
+    again, _ = _run_quick(tmp_path, "trace", "--cache", str(cache))
+    assert again["raw"]["trace"]["sqlite"]["generation_s"] is None  # from the cache
+
+
+def test_the_brute_force_trace_follows_the_exposure_rule() -> None:
+    minute = 60_000
+    rows = [
+        ("v1", 0, "index"),
+        ("v1", 30 * minute, "b"),  # F1, exposed at 30 min
+        ("v2", -60 * minute, "b"),
+        ("v2", -90 * minute, "c"),  # met b before b was exposed: not F2
+        ("v3", 120 * minute, "b"),
+        ("v3", 150 * minute, "e"),  # met b after: F2 at 150 min
+        ("v3", 300 * minute, "far"),  # outside the window
+    ]
+    f1, f2 = brute_force(rows, "index", 60 * minute, 2)
+    assert f1 == {"b": (1, 30 * minute)}
+    assert f2 == {"b": (1, 30 * minute), "e": (2, 150 * minute)}

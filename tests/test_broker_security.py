@@ -300,7 +300,7 @@ def test_a_unit_reads_only_its_own_config_and_cannot_write_one(fleet: Fleet) -> 
 
 
 def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, hub_db: str, tmp_path: Path
 ) -> None:
     ca = fleet.broker_dir / "ca.pem"
     provisioning = _Listener(
@@ -324,7 +324,7 @@ def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
     )
     tls = TlsFiles(*fleet.role_files("hub"))
     with (
-        open_store(tmp_path / "hub.db") as store,
+        open_store(hub_db) as store,
         HubService(Ingestor(store), HOST, fleet.port, tls=tls) as hub,
         ScanJournal(tmp_path / "journal.db") as journal,
     ):

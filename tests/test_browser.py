@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium: log in, trace, switch language, units, export.
 
-A real uvicorn serves `create_app` on a real `SqliteStore` (filled through the real
+A real uvicorn serves `create_app` on a real store of each backend (filled through the real
 ingest, `tests.test_pages.fill_store`) on a free loopback port, in a thread; Playwright
 drives Debian's Chromium (``/usr/bin/chromium``; no browser is ever downloaded). The
 screenshots under ``docs/screenshots/`` are written by this test, with stable names,
@@ -41,11 +41,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def base_url(tmp_path: Path) -> Iterator[str]:
+def base_url(hub_db: str) -> Iterator[str]:
     """The dashboard served by a real uvicorn in a thread; stopped and joined after."""
     from hub.web.app import create_app
 
-    with open_store(tmp_path / "hub.db") as store:
+    with open_store(hub_db) as store:
         fill_store(store)
         port = _free_port()
         config = uvicorn.Config(

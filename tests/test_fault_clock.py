@@ -9,7 +9,6 @@ changes nothing. A scan dated in the future beyond the tolerance is refused.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,8 @@ from doorscan.synthetic import blank_frame, cccd_text, make_people, render_frame
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.ingest import Ingestor
 from hub.service import HubService
+from tests.fault_net_support import figure_name
+from tests.hubdb import raw_sql
 from tests.hubstore import open_store
 from tests.reliability import FiguresRecorder
 from tests.waiting import wait_for
@@ -38,8 +39,8 @@ SLACK = timedelta(seconds=15)  # network and processing delay between the unit a
 
 
 @pytest.fixture
-def hub(broker: LocalBroker, tmp_path: Path) -> Iterator[tuple[Path, HubService]]:
-    db = tmp_path / "hub.db"
+def hub(broker: LocalBroker, hub_db: str) -> Iterator[tuple[str, HubService]]:
+    db = hub_db
     with open_store(db) as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         for unit_id in ("door-1", "door-2"):
@@ -72,15 +73,14 @@ def _show(unit: Unit, base: ManualClock, text: str, after_s: float) -> list[Feed
     return feedback
 
 
-def _stored(db: Path) -> dict[str, tuple[datetime, bool]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT scan_id, scanned_at_ms, clock_trusted FROM scans").fetchall()
+def _stored(db: str) -> dict[str, tuple[datetime, bool]]:
+    rows = raw_sql(db, "SELECT scan_id, scanned_at_ms, clock_trusted FROM scans")
     return {sid: (datetime.fromtimestamp(ms / 1000, UTC), bool(t)) for sid, ms, t in rows}
 
 
 def test_stale_then_jumping_clock(
     broker: LocalBroker,
-    hub: tuple[Path, HubService],
+    hub: tuple[str, HubService],
     tmp_path: Path,
     reliability_figures: FiguresRecorder,
 ) -> None:
@@ -131,7 +131,7 @@ def test_stale_then_jumping_clock(
         assert [letter.code for letter in letters] == ["future_time"]
         assert store.counts()["scans"] == 4
     reliability_figures.record(
-        "stale clock, +1 year, -1 hour",
+        figure_name("stale clock, +1 year, -1 hour", db),
         runs=1,
         faults_injected=4,
         scans_sent=5,

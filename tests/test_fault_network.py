@@ -1,10 +1,10 @@
 """Faults across the network: the broker and the hub die, a unit comes back after 48 h.
 
-Everything is real (Mosquitto with persistence off, paho, SQLite journals and hub
-store, `HubService` + `Ingestor`); only the faults are test code: `broker.kill()`
-(SIGKILL), and tests/fault_hub.py, a real hub whose store calls `os._exit(137)` just
-before or just after its Nth commit. The promise under test: every scan a journal
-recorded ends in the hub exactly once, however often it travelled.
+Everything is real (Mosquitto with persistence off, paho, SQLite journals, the hub
+store of each backend (`hub_db`), `HubService` + `Ingestor`); only the faults are test
+code: `broker.kill()` (SIGKILL), and tests/fault_hub.py, a real hub whose store calls
+`os._exit(137)` just before or just after its Nth commit. The promise under test: every
+scan a journal recorded ends in the hub exactly once, however often it travelled.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import random
 import re
-import sqlite3
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,12 @@ from doorscan.wire import Scan
 from hub.ingest import Ingestor
 from hub.launcher import HubProcess
 from hub.service import HubService
+from hub.store.factory import is_postgres
 from hub.trace import run_trace
 from tests.fault_net_support import (
     PEOPLE,
     drain_in_subprocess,
+    figure_name,
     figures,
     make_scan,
     make_sync,
@@ -44,6 +45,7 @@ from tests.fault_net_support import (
     stored_ids,
     wait_for,
 )
+from tests.hubdb import pg_schema_url, raw_sql
 from tests.hubstore import open_store, vault_key_file
 
 pytestmark = pytest.mark.broker
@@ -53,7 +55,7 @@ pytestmark = pytest.mark.broker
 
 @pytest.mark.slow
 def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
-    broker: LocalBroker, tmp_path: Path, request: pytest.FixtureRequest
+    broker: LocalBroker, hub_db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     units = {"door-a": "hospital", "door-b": "market", "door-c": "school"}
     total = 10_000
@@ -89,7 +91,7 @@ def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
             thread.join()
 
     with ExitStack() as stack:
-        store = stack.enter_context(registered_store(tmp_path / "hub.db", units))
+        store = stack.enter_context(registered_store(hub_db, units))
         ingestor = Ingestor(store)
         hub = stack.enter_context(HubService(ingestor, broker.host, broker.port))
         assert hub.wait_connected(10)
@@ -120,7 +122,7 @@ def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
 
     expected = {f"{u}-{i:06d}" for u, n in recorded.items() for i in range(n)}
     assert len(expected) == total
-    with open_store(tmp_path / "hub.db") as reopened:
+    with open_store(hub_db) as reopened:
         stored = stored_ids(reopened, set(units.values()))
         replays = replays_only(reopened)
     assert len(stored) == total and set(stored) == expected
@@ -130,7 +132,7 @@ def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
     assert recorded_while_down >= phases[1]
     figures(
         request,
-        "broker SIGKILLed mid-stream (10 000 scans, 3 units)",
+        figure_name("broker SIGKILLed mid-stream (10 000 scans, 3 units)", hub_db),
         runs=1,
         faults_injected=1,
         scans_sent=total,
@@ -156,10 +158,10 @@ DIE_AT = 4
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
-    broker: LocalBroker, tmp_path: Path, request: pytest.FixtureRequest, when: str
+    broker: LocalBroker, hub_db: str, tmp_path: Path, request: pytest.FixtureRequest, when: str
 ) -> None:
     units = {"door-a": "hospital", "door-b": "market", "door-c": "school"}
-    db = tmp_path / "hub.db"
+    db = hub_db
     started = time.monotonic()
     t0 = now() - timedelta(hours=2)
     with registered_store(db, units):
@@ -212,7 +214,7 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
         assert counters["scans_duplicate"] >= BATCH
     figures(
         request,
-        f"hub killed {when} its commit",
+        figure_name(f"hub killed {when} its commit", db),
         runs=1,
         faults_injected=1,
         scans_sent=len(expected),
@@ -231,7 +233,7 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
 
 @pytest.mark.slow
 def test_48h_offline_backlog_drains_in_batches_with_bounded_memory(
-    broker: LocalBroker, tmp_path: Path, request: pytest.FixtureRequest
+    broker: LocalBroker, hub_db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     units = {"door-small": "market", "door-big": "hospital"}
     sizes = {"door-small": 5_000, "door-big": 50_000}
@@ -241,7 +243,7 @@ def test_48h_offline_backlog_drains_in_batches_with_bounded_memory(
     reports: dict[str, dict[str, Any]] = {}
     rss: dict[str, tuple[int, int]] = {}
     with (
-        registered_store(tmp_path / "hub.db", units) as store,
+        registered_store(hub_db, units) as store,
         HubService(Ingestor(store), broker.host, broker.port) as hub,
     ):
         assert hub.wait_connected(10)
@@ -264,7 +266,7 @@ def test_48h_offline_backlog_drains_in_batches_with_bounded_memory(
     assert ratio < 1.5, rss
     figures(
         request,
-        "unit back after 48 h offline (50 000-scan backlog)",
+        figure_name("unit back after 48 h offline (50 000-scan backlog)", hub_db),
         runs=1,
         faults_injected=1,
         scans_sent=sizes["door-big"],
@@ -285,15 +287,20 @@ def test_48h_offline_backlog_drains_in_batches_with_bounded_memory(
 
 
 def _deliver(
-    broker: LocalBroker, tmp_path: Path, run: str, scans: dict[str, list[Scan]], *, mixed: bool
-) -> Path:
-    """Send `scans` through real journals, syncs and a hub; return the hub's database.
+    broker: LocalBroker,
+    db: str,
+    tmp_path: Path,
+    run: str,
+    scans: dict[str, list[Scan]],
+    *,
+    mixed: bool,
+) -> None:
+    """Send `scans` through real journals, syncs and a hub storing into `db` (empty).
 
     In order: each unit's scans recorded oldest first, one unit drained after the other.
     Mixed: each journal recorded in a shuffled order and both units draining at once in
     small batches, so the hub sees times jump back and forth between two doors.
     """
-    db = tmp_path / f"hub-{run}.db"
     rng = random.Random(7)
     with (
         registered_store(db, dict.fromkeys(scans, "hospital")) as store,
@@ -310,12 +317,22 @@ def _deliver(
             if not mixed:
                 assert wait_for(lambda u=unit: journals[u].backlog() == 0, 60)  # type: ignore[misc]
         assert wait_for(lambda: all(j.backlog() == 0 for j in journals.values()), 60)
-    return db
+
+
+def _arrival_order(db: str) -> list[str]:
+    """The scan ids in the order the hub stored them."""
+    if is_postgres(db):
+        # No rowid: the batch's receipt time, then the id within one batch (a batch of
+        # the mixed run is a shuffled draw, so this order is still not time order).
+        sql = "SELECT scan_id FROM scans ORDER BY received_at_ms, scan_id"
+    else:
+        sql = "SELECT scan_id FROM scans ORDER BY rowid"
+    return [row[0] for row in raw_sql(db, sql)]
 
 
 @pytest.mark.slow
 def test_arrival_order_does_not_change_what_the_hub_knows(
-    broker: LocalBroker, tmp_path: Path
+    broker: LocalBroker, hub_db: str, tmp_path: Path
 ) -> None:
     """A unit back from days offline sends old scans after newer ones from another door.
 
@@ -342,20 +359,21 @@ def test_arrival_order_does_not_change_what_the_hub_knows(
         ],
     }
     results = []
-    for run, mixed in (("ordered", False), ("mixed", True)):
-        db = _deliver(broker, tmp_path, run, scans, mixed=mixed)
-        with open_store(db) as store:
-            checkins = store.checkins_at("hospital", 0, 2**62)
-            trace = run_trace(
-                store, PEOPLE[0].id_number, start - timedelta(hours=1), now(),
-                timedelta(minutes=30), 2, "order test", now(),
-            )  # fmt: skip
-        conn = sqlite3.connect(db)
-        try:
-            rows = conn.execute("SELECT scan_id FROM scans ORDER BY rowid").fetchall()
-        finally:
-            conn.close()
-        results.append((checkins, trace.to_json_dict()["contacts"], [r[0] for r in rows]))
+    with ExitStack() as databases:
+        # The second run needs a database of its own, on the same backend.
+        if is_postgres(hub_db):
+            second = databases.enter_context(contextmanager(pg_schema_url)())
+        else:
+            second = str(tmp_path / "hub-mixed.db")
+        for run, mixed, db in (("ordered", False, hub_db), ("mixed", True, second)):
+            _deliver(broker, db, tmp_path, run, scans, mixed=mixed)
+            with open_store(db) as store:
+                checkins = store.checkins_at("hospital", 0, 2**62)
+                trace = run_trace(
+                    store, PEOPLE[0].id_number, start - timedelta(hours=1), now(),
+                    timedelta(minutes=30), 2, "order test", now(),
+                )  # fmt: skip
+            results.append((checkins, trace.to_json_dict()["contacts"], _arrival_order(db)))
     (ordered, ordered_contacts, _), (mixed_checkins, mixed_contacts, mixed_arrival) = results
     assert len(ordered) == 800 and ordered == mixed_checkins
     assert ordered_contacts and ordered_contacts == mixed_contacts

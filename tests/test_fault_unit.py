@@ -51,6 +51,7 @@ from doorscan.wire import (
     topic_registry_venue,
 )
 from hub.launcher import HubProcess
+from tests.fault_net_support import figure_name
 from tests.hubstore import open_store, vault_key_file
 
 DAY = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)
@@ -227,7 +228,7 @@ def _kill_repeatedly(door: str, tmp_path: Path, broker: LocalBroker, kills: int)
 @pytest.mark.slow
 @pytest.mark.broker
 def test_sigkill_at_random_moments_loses_no_green_scan(
-    broker: LocalBroker, tmp_path: Path, request: pytest.FixtureRequest
+    broker: LocalBroker, hub_db: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # No hub during the kills: nothing is settled, so the journal's pending list is all
     # the unit ever recorded, and the last step proves the whole backlog still reaches
@@ -249,7 +250,7 @@ def test_sigkill_at_random_moments_loses_no_green_scan(
     assert sum(d.runs_with_green for d in doors) >= KILLS // 2
 
     _publish_registry(broker)
-    db = tmp_path / "hub.db"
+    db = hub_db
     hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
     try:
         with contextlib.ExitStack() as stack:
@@ -276,7 +277,7 @@ def test_sigkill_at_random_moments_loses_no_green_scan(
     figures = _figures(request)
     if figures is not None:
         figures.record(
-            "unit SIGKILLed while scanning",
+            figure_name("unit SIGKILLed while scanning", db),
             runs=KILLS,
             faults_injected=KILLS,
             scans_sent=len(kept),

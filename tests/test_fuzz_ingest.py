@@ -6,9 +6,14 @@ and never raises; every message it does not store whole is in the dead-letter ta
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +28,7 @@ from doorscan.wire import (
     encode_message,
 )
 from hub.ingest import Ingestor
+from hub.store import HubStore
 from tests.hubstore import open_store
 
 NOW = datetime(2022, 1, 11, tzinfo=UTC)
@@ -79,51 +85,106 @@ topics = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+Shared = tuple[HubStore, Iterator[int]]
+
+
+@pytest.fixture
+def shared_store(hub_db: str) -> Iterator[Shared]:
+    """One store for all the examples of a test (a fresh one each would be a fresh
+    PostgreSQL schema each), and a counter that keeps their ids apart (`_own_ids`)."""
+    with open_store(hub_db) as store:
+        yield store, itertools.count()
+
+
+# The store is shared by the examples on purpose; `_check` keeps them independent.
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@FUZZ
 @given(messages=st.lists(st.tuples(topics, payloads), min_size=1, max_size=5))
-def test_ingest_never_raises_and_keeps_what_it_refuses(messages: list[tuple[str, bytes]]) -> None:
-    _check(messages)
+def test_ingest_never_raises_and_keeps_what_it_refuses(
+    shared_store: Shared, messages: list[tuple[str, bytes]]
+) -> None:
+    _check(shared_store, messages)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@FUZZ
 @given(batches=st.lists(near_batches, min_size=1, max_size=5))
 def test_nearly_right_batches_are_split_exactly_into_stored_and_refused(
-    batches: list[bytes],
+    shared_store: Shared, batches: list[bytes]
 ) -> None:
-    _check([("doorscan/v1/units/door-1/scans", batch) for batch in batches])
+    _check(shared_store, [("doorscan/v1/units/door-1/scans", batch) for batch in batches])
 
 
-def _check(messages: list[tuple[str, bytes]]) -> None:
-    with open_store(":memory:") as store:
-        store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
-        store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
-        ingestor = Ingestor(store, now=lambda: NOW)
-        for topic, payload in messages:
-            before = store.counts()
-            reply = ingestor.handle(topic, payload)
-            after = store.counts()
-            if reply is not None:
-                ack = decode_message(reply.payload, Ack)
-                event(f"acked: {len(ack.stored)} stored, {len(ack.refused)} refused")
-                batch = json.loads(payload)
-                sent = {s["scan_id"] for s in batch["scans"]}
-                # Every scan of an acked batch is named once: stored or refused.
-                named = [*ack.stored, *(r.scan_id for r in ack.refused)]
-                assert sorted(named) == sorted(sent)
-                added = after["dead_letters"] - before["dead_letters"]
-                if added == len(ack.refused) + 1:  # a copy of a batch already committed
-                    assert store.dead_letters(limit=1)[0].code == "replayed_batch"
-                else:
-                    assert added == len(ack.refused)
-            elif topic.endswith("/scans"):
-                event("batch dead-lettered whole")
-                # A batch refused whole is kept whole.
-                assert after["dead_letters"] == before["dead_letters"] + 1
-                assert store.dead_letters(limit=1)[0].payload == payload
+_VALID_ID = re.compile(r"[A-Za-z0-9_-]{8,56}")
 
 
-def test_a_valid_batch_still_goes_through_the_same_door() -> None:
-    with open_store(":memory:") as store:
+def _own_ids(payload: bytes, example: int) -> bytes:
+    """`payload` with its valid batch and scan ids made unique to this example.
+
+    Scan ids are unique forever, so an id stored by an earlier example would make a
+    later one a duplicate. Ids that are not valid stay as they are (a prefix could
+    make them valid), as does anything that is not a UTF-8 JSON object.
+    """
+    try:
+        message = json.loads(payload.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError is one
+        return payload
+    if not isinstance(message, dict):
+        return payload
+
+    def own(value: Any) -> Any:
+        if isinstance(value, str) and _VALID_ID.fullmatch(value):
+            return f"e{example:05d}-{value}"
+        return value
+
+    if "batch_id" in message:
+        message["batch_id"] = own(message["batch_id"])
+    if isinstance(message.get("scans"), list):
+        for scan in message["scans"]:
+            if isinstance(scan, dict) and "scan_id" in scan:
+                scan["scan_id"] = own(scan["scan_id"])
+    return json.dumps(message).encode()
+
+
+def _check(shared: Shared, messages: list[tuple[str, bytes]]) -> None:
+    store, examples = shared
+    example = next(examples)
+    # Registry messages of an earlier example may have changed these: start from them.
+    store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
+    store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
+    ingestor = Ingestor(store, now=lambda: NOW)
+    for topic, original in messages:
+        payload = _own_ids(original, example)
+        before = store.counts()
+        reply = ingestor.handle(topic, payload)
+        after = store.counts()
+        if reply is not None:
+            ack = decode_message(reply.payload, Ack)
+            event(f"acked: {len(ack.stored)} stored, {len(ack.refused)} refused")
+            batch = json.loads(payload)
+            sent = {s["scan_id"] for s in batch["scans"]}
+            # Every scan of an acked batch is named once: stored or refused.
+            named = [*ack.stored, *(r.scan_id for r in ack.refused)]
+            assert sorted(named) == sorted(sent)
+            added = after["dead_letters"] - before["dead_letters"]
+            if added == len(ack.refused) + 1:  # a copy of a batch already committed
+                assert store.dead_letters(limit=1)[0].code == "replayed_batch"
+            else:
+                assert added == len(ack.refused)
+        elif topic.endswith("/scans"):
+            event("batch dead-lettered whole")
+            # A batch refused whole is kept whole.
+            assert after["dead_letters"] == before["dead_letters"] + 1
+            assert store.dead_letters(limit=1)[0].payload == payload
+
+
+def test_a_valid_batch_still_goes_through_the_same_door(hub_db: str) -> None:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         scan = Scan(

@@ -34,8 +34,7 @@ BAD_PAYLOAD = b'{"v":1,"scans":[\x00\n\x1b[31m' + bytes([0xFF, 0xFE]) + b"Nguy\x
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    path = tmp_path / "hub.db"
+def db(hub_db: str) -> str:
     minutes = timedelta(minutes=1)
     visits: list[tuple[Identity, str, datetime]] = [
         (A, "cho-pleiku", T0),
@@ -45,7 +44,7 @@ def db(tmp_path: Path) -> str:
         (C, "benh-vien", T0 + 150 * minutes),  # F2 through B
         (D, "benh-vien", T0 - 600 * minutes),  # nobody's contact
     ]
-    with open_store(path) as store:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_venue(VenueRecord(venue_id="benh-vien", name="Bệnh viện tỉnh"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
@@ -60,7 +59,7 @@ def db(tmp_path: Path) -> str:
         )
         store.add_dead_letter("mqtt", "doorscan/v1/units/u1/scans", BAD_PAYLOAD, "not_json",
                               "message is not JSON", T0)  # fmt: skip
-    return str(path)
+    return hub_db
 
 
 def trace_args(db: str, *extra: str) -> list[str]:

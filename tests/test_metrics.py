@@ -48,10 +48,10 @@ def samples(text: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[Hub, HubMetrics]]:
+def hub(hub_db: str) -> Iterator[tuple[Hub, HubMetrics]]:
     clock = Clock(NOW)
     metrics = HubMetrics()
-    with open_store(tmp_path / "hub.db") as store:
+    with open_store(hub_db) as store:
         hub = Hub(store, clock, Ingestor(store, now=clock, metrics=metrics))
         hub.register()
         yield hub, metrics
@@ -123,7 +123,7 @@ def test_the_metrics_endpoint_serves_the_app_metrics(
 
 @pytest.mark.broker
 def test_a_unit_status_and_its_last_will_reach_the_units_table(
-    broker: LocalBroker, tmp_path: Path
+    broker: LocalBroker, hub_db: str, tmp_path: Path
 ) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -142,7 +142,7 @@ def test_a_unit_status_and_its_last_will_reach_the_units_table(
         )
     )
     metrics = HubMetrics()
-    with open_store(tmp_path / "hub.db") as store:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="hospital", name="Bệnh viện"))
         store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         ingestor = Ingestor(store, metrics=metrics)

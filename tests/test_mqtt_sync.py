@@ -1,6 +1,6 @@
 """mqtt_sync against a real Mosquitto and the real hub ingest: nothing is forgotten early.
 
-The hub here runs in-process (`HubService` + `Ingestor` + `SqliteStore`) so a test can
+The hub here runs in-process (`HubService` + `Ingestor` + the store of `hub_db`) so a test can
 start it late, stop it, and look at its store; the broker is a real Mosquitto that the
 tests kill and restart.
 """
@@ -24,7 +24,7 @@ from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import Scan, UnitRecord, UnitStatus, VenueRecord, decode_message, topic_status
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import SqliteStore
+from hub.store import HubStore
 from tests.hubstore import open_store
 from tests.waiting import wait_for
 
@@ -49,14 +49,14 @@ def _record(journal: ScanJournal, count: int, start: int = 0) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "hub.db") as opened:
+def store(hub_db: str) -> Iterator[HubStore]:
+    with open_store(hub_db) as opened:
         opened.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         opened.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         yield opened
 
 
-def _hub(store: SqliteStore, broker: LocalBroker) -> HubService:
+def _hub(store: HubStore, broker: LocalBroker) -> HubService:
     return HubService(
         Ingestor(store, now=lambda: T0 + timedelta(days=1)), broker.host, broker.port
     ).start()
@@ -73,7 +73,7 @@ def _sync(journal: ScanJournal, broker: LocalBroker, **sync: float) -> MqttSync:
 
 
 def test_backlog_recorded_offline_drains_when_the_broker_comes(
-    broker: LocalBroker, store: SqliteStore, tmp_path: Path
+    broker: LocalBroker, store: HubStore, tmp_path: Path
 ) -> None:
     broker.stop()
     with ScanJournal(tmp_path / "journal.db") as journal:
@@ -90,7 +90,7 @@ def test_backlog_recorded_offline_drains_when_the_broker_comes(
 
 
 def test_a_broker_puback_alone_settles_nothing(
-    broker: LocalBroker, store: SqliteStore, tmp_path: Path
+    broker: LocalBroker, store: HubStore, tmp_path: Path
 ) -> None:
     with ScanJournal(tmp_path / "journal.db") as journal:
         _record(journal, 30)
@@ -107,7 +107,7 @@ def test_a_broker_puback_alone_settles_nothing(
 
 
 def test_broker_killed_mid_stream_loses_and_doubles_nothing(
-    broker: LocalBroker, store: SqliteStore, tmp_path: Path
+    broker: LocalBroker, store: HubStore, tmp_path: Path
 ) -> None:
     with ScanJournal(tmp_path / "journal.db") as journal:
         with _hub(store, broker) as hub, _sync(journal, broker, batch_size=20).start() as sync:
@@ -129,7 +129,9 @@ def test_status_is_retained_online_then_offline_on_close(
 
     def watch() -> mqtt.Client:
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="watch")
-        client.on_message = lambda c, u, m: seen.append(decode_message(m.payload, UnitStatus))
+        client.on_message = lambda c, u, m: seen.append(
+            decode_message(bytes(m.payload), UnitStatus)
+        )
         client.connect(broker.host, broker.port)
         client.subscribe(topic_status("door-1"), qos=1)
         client.loop_start()

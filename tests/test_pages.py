@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import unescape as html_unescape
-from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
@@ -37,7 +35,8 @@ from hub.access import Role
 from hub.auth import create_user
 from hub.ingest import Ingestor
 from hub.namefold import fold
-from hub.store import SqliteStore
+from hub.store import HubStore
+from hub.store.base import StoredUser
 from hub.web.app import create_app
 from hub.web.deps import SESSION_COOKIE
 from hub.web.i18n import CATALOGS, format_time, pick_lang, t
@@ -78,7 +77,14 @@ VISITS: list[tuple[Person, str, datetime]] = [
 ]
 
 
-def fill_store(store: SqliteStore, now: datetime = NOW) -> None:
+def fill_store(store: HubStore, now: datetime = NOW) -> None:
+    """Registry, statuses and visits (`fill_ingested`), and the users of `USERS`."""
+    fill_ingested(store, now)
+    for user_id, (role, own_venue) in USERS.items():
+        create_user(store, user_id, f"Người dùng {user_id}", role, own_venue, PASSWORD, now)
+
+
+def fill_ingested(store: HubStore, now: datetime = NOW) -> None:
     """Registry, one status per unit (door-xss never reported) and the visits, via ingest."""
     ingestor = Ingestor(store, now=lambda: now)
     for venue in VENUES:
@@ -102,29 +108,30 @@ def fill_store(store: SqliteStore, now: datetime = NOW) -> None:
         reply = ingestor.handle(topic_scans(unit_of[venue_id]), encode_message(batch))
         assert reply is not None and b"scan-" in reply.payload
     assert store.counts()["scans"] == len(VISITS), store.dead_letters()
-    for user_id, (role, own_venue) in USERS.items():
-        create_user(store, user_id, f"Người dùng {user_id}", role, own_venue, PASSWORD, now)
 
 
 @pytest.fixture(scope="module")
-def filled_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One filled database per module (scrypt for four users is slow by design); closed."""
-    path = tmp_path_factory.mktemp("pages") / "hub.db"
-    with open_store(path) as opened:
+def users(tmp_path_factory: pytest.TempPathFactory) -> list[StoredUser]:
+    """The users of `USERS` as the store keeps them, made once (scrypt is slow by design)."""
+    with open_store(tmp_path_factory.mktemp("pages") / "hub.db") as opened:
         fill_store(opened)
-    return path
+        made = [opened.user(user_id) for user_id in USERS]
+    assert None not in made
+    return [user for user in made if user is not None]
 
 
 @pytest.fixture
-def store(filled_db: Path, tmp_path: Path) -> Iterator[SqliteStore]:
-    """A fresh copy for each test: tests log in, trace and audit, so none shares a file."""
-    shutil.copyfile(filled_db, tmp_path / "hub.db")
-    with open_store(tmp_path / "hub.db") as opened:
+def store(hub_db: str, users: list[StoredUser]) -> Iterator[HubStore]:
+    """A fresh store for each test: tests log in, trace and audit, so none shares one."""
+    with open_store(hub_db) as opened:
+        fill_ingested(opened)
+        for user in users:
+            opened.add_user(user)
         yield opened
 
 
 @pytest.fixture
-def client(store: SqliteStore) -> Iterator[TestClient]:
+def client(store: HubStore) -> Iterator[TestClient]:
     with TestClient(create_app(store, now=lambda: NOW), follow_redirects=False) as test_client:
         yield test_client
 
@@ -265,7 +272,7 @@ def test_each_role_lands_on_its_home(client: TestClient, user_id: str, home: str
 
 @pytest.mark.parametrize("user_id", ["venue", "reporter", "admin"])
 def test_a_role_that_may_not_trace_gets_the_not_allowed_page(
-    client: TestClient, store: SqliteStore, user_id: str
+    client: TestClient, store: HubStore, user_id: str
 ) -> None:
     log_in(client, user_id)
     page = client.get("/trace")
@@ -288,7 +295,7 @@ def test_logout_revokes_the_session(client: TestClient) -> None:
     assert client.get("/units").status_code == 303
 
 
-def test_a_post_from_another_origin_is_refused(client: TestClient, store: SqliteStore) -> None:
+def test_a_post_from_another_origin_is_refused(client: TestClient, store: HubStore) -> None:
     log_in(client, "tracer")
     audit_before = len(store.audit_entries(1000))
     foreign = client.post(
@@ -370,7 +377,7 @@ def test_language_switch_is_remembered_in_a_cookie(client: TestClient) -> None:
 
 
 def test_trace_by_number_shows_degrees_timeline_and_exports(
-    client: TestClient, store: SqliteStore
+    client: TestClient, store: HubStore
 ) -> None:
     log_in(client, "tracer")
     audit_before = len(store.audit_entries(1000))

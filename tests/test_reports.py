@@ -34,8 +34,9 @@ from hub.access import Forbidden, Principal, Role
 from hub.ingest import Ingestor
 from hub.namefold import fold
 from hub.reports import quiet_venues, units_overview, usage_per_day
-from hub.store import SqliteStore
+from hub.store import HubStore, SqliteStore
 from hub.store.sqlite_schema import seal_identity
+from tests.hubdb import raw_sql
 from tests.hubstore import TEST_VAULT, open_store
 
 NOW = datetime(2026, 3, 20, 5, 0, tzinfo=UTC)
@@ -62,7 +63,7 @@ class Clock:
 class Hub:
     """A store and the ingestor that feeds it, with small helpers to send it messages."""
 
-    def __init__(self, store: SqliteStore, clock: Clock, ingestor: Ingestor) -> None:
+    def __init__(self, store: HubStore, clock: Clock, ingestor: Ingestor) -> None:
         self.store, self.clock, self.ingestor = store, clock, ingestor
         self._n = 0
 
@@ -99,9 +100,9 @@ class Hub:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
+def hub(hub_db: str) -> Iterator[Hub]:
     clock = Clock(NOW)
-    with open_store(tmp_path / "hub.db") as store:
+    with open_store(hub_db) as store:
         hub = Hub(store, clock, Ingestor(store, now=clock))
         hub.register()
         yield hub
@@ -330,13 +331,12 @@ def test_name_search_ignores_diacritics_and_case(hub: Hub) -> None:
     assert hub.store.person_keys_by_name("") == []
 
 
-def test_name_keys_are_kept_apart_from_person_pseudonyms(hub: Hub) -> None:
+def test_name_keys_are_kept_apart_from_person_pseudonyms(hub: Hub, hub_db: str) -> None:
     # Both are the vault's keyed hash; the "name:" domain keeps a name key from ever
     # being a person key's pseudonym ("id:..." or "card:..."), whatever the name.
     person = make_people(1, seed=7)[0]
     hub.scan("cho-pleiku", NOW - timedelta(hours=1), person)
-    with sqlite3.connect(hub.store.path) as raw:
-        ((name_key, pseudonym),) = raw.execute("SELECT name_key, person_key FROM scans")
+    ((name_key, pseudonym),) = raw_sql(hub_db, "SELECT name_key, person_key FROM scans")
     assert name_key == TEST_VAULT.blind("name:" + fold(person.name))
     assert name_key != TEST_VAULT.blind(fold(person.name))
     assert pseudonym == TEST_VAULT.blind(person.person_key) != name_key
@@ -349,6 +349,7 @@ class SchemaSixStore(SqliteStore):
 
 
 def test_migration_7_indexes_the_names_of_an_older_file(tmp_path: Path) -> None:
+    # SQLite-only: a file written at schema 6, its user_version and SQLite's query plan.
     db = tmp_path / "old.db"
     an, other = _named("Nguyễn Văn An", 201), _named("Trần Thị Bình", 202)
     with SchemaSixStore(db, vault=TEST_VAULT) as old:

@@ -6,7 +6,6 @@ still inside the period, and is kept; one millisecond older goes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,9 @@ from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.cli import main
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
-from hub.store import BatchKey, SqliteStore, StoredScan
+from hub.store import BatchKey, HubStore, StoredScan
+from hub.store.factory import is_postgres
+from tests.hubdb import raw_sql
 from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
@@ -32,7 +33,7 @@ OLD, AT_CUTOFF, NEW = CUTOFF - timedelta(days=3), CUTOFF, CUTOFF + timedelta(day
 JUST_OLDER = CUTOFF - MS
 
 
-def fill(store: SqliteStore, times: dict[str, datetime]) -> None:
+def fill(store: HubStore, times: dict[str, datetime]) -> None:
     """One scan, one dead letter and one batch id per named time, each dated at it."""
     for n, (name, at) in enumerate(times.items()):
         store.insert_scans(
@@ -47,31 +48,26 @@ TIMES = {"old": OLD, "just_older": JUST_OLDER, "at_cutoff": AT_CUTOFF, "new": NE
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "hub.db"
-    with open_store(path) as store:
+def db(hub_db: str) -> Iterator[str]:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, TIMES)
         store.record_audit("trace", "ca F0 số 1", {}, OLD)  # old, and kept
-    yield path
+    yield hub_db
 
 
-def remaining(path: Path) -> dict[str, list[str]]:
-    with open_store(path) as store:  # a dead letter's reason is sealed: read it opened
+def remaining(db: str) -> dict[str, list[str]]:
+    with open_store(db) as store:  # a dead letter's reason is sealed: read it opened
         reasons = [letter.reason for letter in reversed(store.dead_letters(limit=1000))]
-    raw = sqlite3.connect(path)
-    try:
-        return {
-            "scans": [r[0] for r in raw.execute("SELECT scan_id FROM scans ORDER BY scan_id")],
-            "dead_letters": reasons,
-            "batches": [r[0] for r in raw.execute("SELECT batch_id FROM batches")],
-        }
-    finally:
-        raw.close()
+    return {
+        "scans": [r[0] for r in raw_sql(db, "SELECT scan_id FROM scans ORDER BY scan_id")],
+        "dead_letters": reasons,
+        "batches": sorted(r[0] for r in raw_sql(db, "SELECT batch_id FROM batches")),
+    }
 
 
-def test_purge_deletes_only_what_is_older_than_the_cutoff(db: Path) -> None:
+def test_purge_deletes_only_what_is_older_than_the_cutoff(db: str) -> None:
     with open_store(db) as store:
         counts = store.purge_older_than(CUTOFF, at=NOW)
         assert store.counts()["scans"] == 2
@@ -83,7 +79,7 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(db: Path) -> None:
     }
 
 
-def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: Path) -> None:
+def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: str) -> None:
     with open_store(db) as store:
         purge_expired(store, NOW, retention_days=28)
         entries = store.audit_entries()
@@ -101,7 +97,7 @@ def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: Path) -> N
 
 
 def test_a_second_purge_finds_nothing_and_a_scan_older_than_received_also_goes(
-    db: Path,
+    db: str,
 ) -> None:
     with open_store(db) as store:
         store.purge_older_than(CUTOFF, at=NOW)
@@ -134,66 +130,79 @@ KEPT_PAST_RETENTION = {
 }
 
 
-def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(tmp_path: Path) -> None:
+def ms_columns(db: str) -> list[tuple[str, str]]:
+    """(table, column) for every *_ms column of every table; partitions count as their parent."""
+    if is_postgres(db):
+        rows = raw_sql(
+            db,
+            "SELECT c.relname, a.attname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid"
+            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
+            " AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+    else:
+        tables = [r[0] for r in raw_sql(db, "SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = [(t, r[1]) for t in tables for r in raw_sql(db, f"PRAGMA table_info({t})")]
+    return [(table, column) for table, column in rows if column.endswith("_ms")]
+
+
+def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(hub_db: str) -> None:
     """Every *_ms column of every table is checked, so a table added later is covered too."""
-    path = tmp_path / "hub.db"
     now = datetime.now(UTC)
     cutoff = retention_cutoff(now, 28)
-    with open_store(path) as store:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, {"a": cutoff - timedelta(days=400), "b": cutoff - MS, "c": now})
         purge_expired(store, now)
-    raw = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        checked = []
-        for table in tables:
-            if table in KEPT_PAST_RETENTION:
-                continue
-            for column in [r[1] for r in raw.execute(f"PRAGMA table_info({table})")]:
-                if column.endswith("_ms"):
-                    oldest = raw.execute(f"SELECT min({column}) FROM {table}").fetchone()[0]
-                    assert oldest is None or oldest >= to_ms(cutoff), (table, column)
-                    checked.append(f"{table}.{column}")
-    finally:
-        raw.close()
+    checked = []
+    for table, column in ms_columns(hub_db):
+        if table in KEPT_PAST_RETENTION:
+            continue
+        ((oldest,),) = raw_sql(hub_db, f"SELECT min({column}) FROM {table}")
+        assert oldest is None or oldest >= to_ms(cutoff), (table, column)
+        checked.append(f"{table}.{column}")
+    # PostgreSQL keeps scan ids in a table of their own (a partitioned table's unique
+    # keys must hold the partition key), dated so that retention forgets them too.
+    own_ids = ["scan_ids.scanned_at_ms"] if is_postgres(hub_db) else []
     assert sorted(checked) == [
         "batches.received_at_ms",
         "dead_letters.received_at_ms",
+        *own_ids,
         "scans.received_at_ms",
         "scans.scanned_at_ms",
     ]
 
 
-def test_cli_purge(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_purge(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The fixture's rows are from 2021, so with the real clock and a 28-day period all go.
-    assert main(["purge", "--db", str(db)]) == 0
+    assert main(["purge", "--db", db]) == 0
     out = capsys.readouterr().out
     assert out.startswith("purged everything older than ")
     assert ": 4 scans, 4 dead letters, 4 batch ids (the audit log is kept)" in out
     assert remaining(db) == {"scans": [], "dead_letters": [], "batches": []}
 
-    assert main(["purge", "--db", str(db), "--retention-days", "7"]) == 0
+    assert main(["purge", "--db", db, "--retention-days", "7"]) == 0
     assert ": 0 scans, 0 dead letters, 0 batch ids" in capsys.readouterr().out
     with open_store(db) as store:
         purges = [e for e in store.audit_entries() if e.action == "purge"]
     assert [e.reason for e in purges] == ["retention: 7 days", "retention: 28 days"]
 
-    assert main(["purge", "--db", str(db), "--retention-days", "0"]) == 2
-    assert main(["purge", "--db", str(db), "--retention-days", "x"]) == 2
-    assert main(["purge", "--db", str(db.with_name("none.db"))]) == 2
+    assert main(["purge", "--db", db, "--retention-days", "0"]) == 2
+    assert main(["purge", "--db", db, "--retention-days", "x"]) == 2
+    assert main(["purge", "--db", str(tmp_path / "none.db")]) == 2
 
 
 def test_cli_purge_keeps_what_is_inside_the_period(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "hub.db"
+    path = hub_db
     now = datetime.now(UTC)
     with open_store(path) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
         fill(store, {"recent": now - timedelta(days=2), "old": now - timedelta(days=10)})
-    assert main(["purge", "--db", str(path), "--retention-days", "5"]) == 0
+    assert main(["purge", "--db", path, "--retention-days", "5"]) == 0
     assert ": 1 scans, 1 dead letters, 1 batch ids" in capsys.readouterr().out
     assert remaining(path)["scans"] == ["scan-recent"]

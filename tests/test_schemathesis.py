@@ -35,11 +35,10 @@ NOW = datetime(2021, 8, 15, 12, 0, tzinfo=UTC)
 EXAMPLES = int(os.environ.get("DOORSCAN_FUZZ_EXAMPLES", "20"))
 
 
-@pytest.fixture(scope="module")
-def hub_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
-    path = tmp_path_factory.mktemp("fuzz") / "hub.db"
+@pytest.fixture
+def hub_app(hub_db: str) -> Iterator[tuple[Any, str]]:
     people = [parse_qr(cccd_text(p), today=date(2022, 1, 15)) for p in make_people(6, seed=5)]
-    with open_store(path) as store:
+    with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.insert_scans(
             [

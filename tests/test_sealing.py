@@ -42,7 +42,7 @@ from doorscan.wire import (
 )
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import SqliteStore
+from hub.store import HubStore
 from provisioning.cli import main as prov_main
 from tests.hubstore import open_store
 from tests.waiting import wait_for
@@ -161,8 +161,8 @@ def test_an_unsealed_unit_would_leak(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with open_store(tmp_path / "hub.db") as opened:
+def store(hub_db: str) -> Iterator[HubStore]:
+    with open_store(hub_db) as opened:
         opened.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
         opened.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
         yield opened
@@ -170,7 +170,7 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 @pytest.mark.broker
 def test_sealed_scans_reach_the_hub_and_trace(
-    broker: LocalBroker, store: SqliteStore, tmp_path: Path, hub_key: X25519PrivateKey
+    broker: LocalBroker, store: HubStore, tmp_path: Path, hub_key: X25519PrivateKey
 ) -> None:
     ingestor = Ingestor(store, now=lambda: T0.replace(hour=3), sealing_key=hub_key)
     with (
@@ -191,7 +191,7 @@ def test_sealed_scans_reach_the_hub_and_trace(
 
 
 def test_a_hub_without_the_right_key_refuses_sealed_scans(
-    store: SqliteStore, hub_key: X25519PrivateKey
+    store: HubStore, hub_key: X25519PrivateKey
 ) -> None:
     scan = Scan(
         scan_id="sealed-0001",

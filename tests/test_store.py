@@ -8,14 +8,15 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.store import BatchConflict, BatchKey, SqliteStore, StoredScan, StoreError
-from tests.hubstore import open_store
+from hub.store import BatchConflict, BatchKey, HubStore, SqliteStore, StoredScan, StoreError
+from tests.hubstore import TEST_VAULT, open_store
 
 TODAY = date(2022, 1, 15)
 PEOPLE = make_people(5, seed=11)
@@ -30,22 +31,21 @@ def scan(
     return StoredScan(f"scan-{n:06d}", unit, venue, at, True, who, "mqtt")
 
 
-def seed_registry(store: SqliteStore) -> None:
+def seed_registry(store: HubStore) -> None:
     store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
     store.upsert_venue(VenueRecord(venue_id="benh-vien", name="Bệnh viện tỉnh"))
     store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
 
 
-@pytest.fixture(params=["memory", "file"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteStore]:
-    """The suite runs on every backend; PostgreSQL joins this list when it exists."""
-    path = ":memory:" if request.param == "memory" else tmp_path / "hub.db"
-    with open_store(path) as opened:
+@pytest.fixture
+def store(hub_db: str) -> Iterator[HubStore]:
+    """The suite runs on every backend of `hub_db`."""
+    with open_store(hub_db) as opened:
         seed_registry(opened)
         yield opened
 
 
-def test_same_scan_twice_is_stored_once_and_reported_duplicate(store: SqliteStore) -> None:
+def test_same_scan_twice_is_stored_once_and_reported_duplicate(store: HubStore) -> None:
     first = store.insert_scans([scan(1, WHO[0]), scan(2, WHO[1])], received_at=NOW)
     assert (first.new, first.duplicate) == (["scan-000001", "scan-000002"], [])
     again = store.insert_scans([scan(2, WHO[1]), scan(3, WHO[2])], received_at=NOW)
@@ -56,10 +56,10 @@ def test_same_scan_twice_is_stored_once_and_reported_duplicate(store: SqliteStor
     assert store.counts()["scans"] == 4
 
 
-def test_a_batch_is_all_or_nothing(store: SqliteStore) -> None:
+def test_a_batch_is_all_or_nothing(store: HubStore) -> None:
     good = scan(1, WHO[0])
     bad = scan(2, WHO[1], venue="no-such-venue")  # breaks the venue foreign key
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.insert_scans([good, bad], received_at=NOW)
     assert store.counts()["scans"] == 0
     assert store.checkins_of(WHO[0].person_key, 0, 2**62) == []
@@ -67,7 +67,7 @@ def test_a_batch_is_all_or_nothing(store: SqliteStore) -> None:
     assert store.insert_scans([good], received_at=NOW).new == [good.scan_id]
 
 
-def test_checkin_queries_are_inclusive_and_ordered(store: SqliteStore) -> None:
+def test_checkin_queries_are_inclusive_and_ordered(store: HubStore) -> None:
     minute = timedelta(minutes=1)
     store.insert_scans(
         [
@@ -94,7 +94,7 @@ def test_checkin_queries_are_inclusive_and_ordered(store: SqliteStore) -> None:
     assert (first.kind, first.id_number, first.name) == ("cccd", WHO[0].id_number, WHO[0].name)
 
 
-def test_person_is_the_latest_known_identity(store: SqliteStore) -> None:
+def test_person_is_the_latest_known_identity(store: HubStore) -> None:
     health = parse_qr(health_text(PEOPLE[0]))  # same number: the same person, name in capitals
     assert health.person_key == WHO[0].person_key
     store.insert_scans(
@@ -104,7 +104,7 @@ def test_person_is_the_latest_known_identity(store: SqliteStore) -> None:
     assert store.person("id:000000000000") is None
 
 
-def test_dead_letters_round_trip_bytes_exactly(store: SqliteStore) -> None:
+def test_dead_letters_round_trip_bytes_exactly(store: HubStore) -> None:
     payloads = [bytes(range(256)), b"", b"\xff\xfe not utf-8 \x00", "Nguyễn".encode()]
     for n, payload in enumerate(payloads):
         store.add_dead_letter("mqtt", f"t/{n}", payload, "schema", f"reason {n}", NOW)
@@ -115,7 +115,7 @@ def test_dead_letters_round_trip_bytes_exactly(store: SqliteStore) -> None:
     assert len(store.dead_letters(limit=2)) == 2
 
 
-def test_registry_upsert_replaces(store: SqliteStore) -> None:
+def test_registry_upsert_replaces(store: HubStore) -> None:
     store.upsert_unit(UnitRecord(unit_id="u1", venue_id="benh-vien", active=False))
     assert store.unit("u1") == UnitRecord(unit_id="u1", venue_id="benh-vien", active=False)
     store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ mới", district="Pleiku"))
@@ -125,7 +125,7 @@ def test_registry_upsert_replaces(store: SqliteStore) -> None:
     assert store.unit("nope") is None and store.venue("nope") is None
 
 
-def test_audit_and_counts(store: SqliteStore) -> None:
+def test_audit_and_counts(store: HubStore) -> None:
     store.insert_scans([scan(1, WHO[0]), scan(2, WHO[0]), scan(3, WHO[1])], received_at=NOW)
     store.add_dead_letter("csv", "f.csv", b"x", "c", "r", NOW)
     store.record_audit("trace", "ca F0 số 12", {"id": "064", "depth": 2}, NOW)
@@ -145,25 +145,28 @@ def test_audit_and_counts(store: SqliteStore) -> None:
     }
 
 
-def test_venue_range_query_uses_the_index(store: SqliteStore) -> None:
+def test_venue_range_query_uses_the_index(tmp_path: Path) -> None:
+    # SQLite's own query plan; tests/test_postgres_store.py checks PostgreSQL's.
     statements: list[str] = []
-    conn = store._conn
-    assert conn is not None
-    conn.set_trace_callback(statements.append)
-    store.checkins_at("cho-pleiku", 0, 10)
-    store.checkins_of("id:1", 0, 10)
-    conn.set_trace_callback(None)
-    plans = [
-        " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
-        for sql in statements
-    ]
+    with SqliteStore(tmp_path / "hub.db", vault=TEST_VAULT) as store:
+        conn = store._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        store.checkins_at("cho-pleiku", 0, 10)
+        store.checkins_of("id:1", 0, 10)
+        conn.set_trace_callback(None)
+        plans = [
+            " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
+            for sql in statements
+        ]
     assert "USING INDEX scans_by_venue_time" in plans[0], plans
     assert "USING INDEX scans_by_person_time" in plans[1], plans
 
 
 def test_file_store_is_wal_and_synchronous_full(tmp_path: Path) -> None:
+    # SQLite-only: the PRAGMAs of the file itself.
     path = tmp_path / "hub.db"
-    with open_store(path) as store:
+    with SqliteStore(path, vault=TEST_VAULT) as store:
         conn = store._conn
         assert conn is not None
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -176,16 +179,15 @@ def test_file_store_is_wal_and_synchronous_full(tmp_path: Path) -> None:
             other.close()
 
 
-def test_a_second_store_on_the_file_reads_what_the_first_committed(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    with open_store(path) as writer, open_store(path) as reader:
+def test_a_second_store_on_the_file_reads_what_the_first_committed(hub_db: str) -> None:
+    with open_store(hub_db) as writer, open_store(hub_db) as reader:
         seed_registry(writer)
         writer.insert_scans([scan(1, WHO[0])], received_at=NOW)
         assert reader.counts()["scans"] == 1
         assert reader.person(WHO[0].person_key) == (WHO[0].id_number, WHO[0].name)
 
 
-def test_threads_share_one_store(store: SqliteStore) -> None:
+def test_threads_share_one_store(store: HubStore) -> None:
     def insert(worker: int) -> None:
         for n in range(20):
             store.insert_scans([scan(worker * 100 + n, WHO[worker])], received_at=NOW)
@@ -200,6 +202,7 @@ def test_threads_share_one_store(store: SqliteStore) -> None:
 
 
 def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
+    # SQLite-only: an old SQLite file and its user_version.
     path = tmp_path / "hub.db"
     # A file left by a doorscan that knew only the first migration, with data in it.
     raw = sqlite3.connect(path)
@@ -225,6 +228,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
 
 
 def test_a_file_from_a_newer_doorscan_is_refused(tmp_path: Path) -> None:
+    # SQLite-only: the version lives in the file's user_version.
     path = tmp_path / "hub.db"
     open_store(path).close()
     raw = sqlite3.connect(path)
@@ -235,15 +239,15 @@ def test_a_file_from_a_newer_doorscan_is_refused(tmp_path: Path) -> None:
         open_store(path)
 
 
-def test_close_is_idempotent_and_a_closed_store_says_so() -> None:
-    store = open_store(":memory:")
+def test_close_is_idempotent_and_a_closed_store_says_so(hub_db: str) -> None:
+    store = open_store(hub_db)
     store.close()
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.counts()
 
 
-def test_a_batch_id_is_remembered_with_its_scans(store: SqliteStore) -> None:
+def test_a_batch_id_is_remembered_with_its_scans(store: HubStore) -> None:
     scans = [scan(0, WHO[0]), scan(1, WHO[1])]
     key = BatchKey("batch-0001", "u1", "digest-a")
     assert not store.insert_scans(scans, NOW, batch=key).replayed

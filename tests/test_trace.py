@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -15,7 +17,7 @@ from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
-from hub.store import Checkin, SqliteStore, StoredScan
+from hub.store import Checkin, HubStore, StoredScan
 from hub.trace import TraceParams, TraceResult, person_key_from_id, run_trace, trace
 from tests.hubstore import open_store
 
@@ -36,14 +38,20 @@ class Row:
     at_ms: int
 
 
-def build_store(rows: list[Row], identities: list[Identity] = WHO) -> SqliteStore:
-    store = open_store(":memory:")
+def build_store(locator: str, rows: list[Row], identities: list[Identity] = WHO) -> HubStore:
+    return fill(open_store(locator), rows, identities)
+
+
+def fill(
+    store: HubStore, rows: list[Row], identities: list[Identity] = WHO, batch: int = 0
+) -> HubStore:
+    """Add `rows` to `store`; `batch` keeps the scan ids of one example apart from another's."""
     for venue in VENUES:
         store.upsert_venue(VenueRecord(venue_id=venue, name=venue))
     store.insert_scans(
         [
             StoredScan(
-                f"scan-{n:06d}",
+                f"scan-{batch:04d}-{n:06d}",
                 None,
                 VENUES[r.venue],
                 from_ms(r.at_ms),
@@ -108,7 +116,7 @@ def as_found(result: TraceResult) -> dict[str, tuple[int, int, str, str]]:
 
 
 def run(
-    store: SqliteStore, index: int, since: int, until: int, window: int, depth: int = 2
+    store: HubStore, index: int, since: int, until: int, window: int, depth: int = 2
 ) -> TraceResult:
     params = TraceParams(
         person_key=WHO[index].person_key,
@@ -148,14 +156,37 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Row], int, int, int, int, int]:
     return rows, draw(st.integers(0, people - 1)), since, until, window, depth
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+@pytest.fixture
+def shared_store(hub_db: str) -> Iterator[tuple[HubStore, Iterator[int]]]:
+    """One store for all the examples of a property test, and a counter to keep them apart."""
+    with open_store(hub_db) as store:
+        yield store, itertools.count()
+
+
+# A scenario spans under an hour; each example gets its own two hours of the store, so
+# the period of one never holds another's check-ins.
+EXAMPLE_SPACING_MS = 120 * MINUTE
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    # The store is shared on purpose: opened once, examples kept apart by time and id.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(scenario=scenarios())
 def test_trace_matches_the_brute_force_oracle(
+    shared_store: tuple[HubStore, Iterator[int]],
     scenario: tuple[list[Row], int, int, int, int, int],
 ) -> None:
+    store, examples = shared_store
+    example = next(examples)
+    shift = example * EXAMPLE_SPACING_MS
     rows, index, since, until, window, depth = scenario
-    with build_store(rows) as store:
-        result = run(store, index, since, until, window, depth)
+    rows = [Row(r.person, r.venue, r.at_ms + shift) for r in rows]
+    since, until = since + shift, until + shift
+    fill(store, rows, batch=example)
+    result = run(store, index, since, until, window, depth)
     expected, seen = oracle(rows, index, since, until, window, depth)
     for label in ("window edge", "across exposure", "before exposure", "degree 2+"):
         target(float(seen[label]), label=label)
@@ -172,9 +203,9 @@ def at(minutes: float) -> int:
     return T0_MS + round(minutes * MINUTE)
 
 
-def test_a_window_that_touches_exactly_counts_one_ms_more_does_not() -> None:
+def test_a_window_that_touches_exactly_counts_one_ms_more_does_not(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(60)), Row(2, 0, at(60) + 1), Row(3, 0, at(-60))]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-120), at(120), 60 * MINUTE, depth=1)
     assert {c.person_key: c.exposed_at for c in result.contacts} == {
         WHO[1].person_key: from_ms(at(60)),
@@ -182,16 +213,16 @@ def test_a_window_that_touches_exactly_counts_one_ms_more_does_not() -> None:
     }
 
 
-def test_since_and_until_are_inclusive() -> None:
+def test_since_and_until_are_inclusive(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(30))]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         assert len(run(store, 0, at(0), at(30), 60 * MINUTE).contacts) == 1
         assert run(store, 0, at(0), at(30) - 1, 60 * MINUTE).contacts == []
         late = run(store, 0, at(0) + 1, at(30), 60 * MINUTE)
         assert late.contacts == [] and late.index.visits == []
 
 
-def test_a_meeting_before_the_f1_was_exposed_makes_no_f2() -> None:
+def test_a_meeting_before_the_f1_was_exposed_makes_no_f2(hub_db: str) -> None:
     rows = [
         Row(0, 0, at(120)),  # index at v0, 12:00 (T0 + 2h)
         Row(1, 0, at(150)),  # F1, exposed at +150
@@ -205,7 +236,7 @@ def test_a_meeting_before_the_f1_was_exposed_makes_no_f2() -> None:
         Row(1, 2, at(100)),  # the F1 at v2 at +100, before exposure ...
         Row(6, 2, at(150)),  # ... person 6 exactly at the exposure time: F2 at +150
     ]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-300), at(300), 60 * MINUTE)
     assert as_found(result) == {
         WHO[1].person_key: (1, at(150), "v0", WHO[0].person_key),
@@ -215,20 +246,23 @@ def test_a_meeting_before_the_f1_was_exposed_makes_no_f2() -> None:
     }
 
 
-def test_nobody_is_their_own_contact() -> None:
+def test_nobody_is_their_own_contact(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(0, 0, at(5)), Row(1, 1, at(0)), Row(1, 0, at(500))]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         assert run(store, 0, at(-10), at(600), 60 * MINUTE).contacts == []
+
+
+def test_an_f1_meeting_itself_or_the_index_again_is_no_f2(hub_db: str) -> None:
     # The F1 checked in twice at a venue where nobody else was: no F2 from itself,
     # and the index it meets again is not an F2 either.
     rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(1, 1, at(60)), Row(1, 1, at(61))]
     rows += [Row(1, 2, at(100)), Row(0, 2, at(100))]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-10), at(600), 60 * MINUTE, depth=4)
     assert as_found(result) == {WHO[1].person_key: (1, at(0), "v0", WHO[0].person_key)}
 
 
-def test_ties_are_broken_by_via_person_key_then_venue() -> None:
+def test_ties_are_broken_by_via_person_key_then_venue(hub_db: str) -> None:
     rows = [
         Row(0, 1, at(0)),
         Row(0, 0, at(0)),  # the index at v0 and v1 at the same time ...
@@ -239,7 +273,7 @@ def test_ties_are_broken_by_via_person_key_then_venue() -> None:
         Row(1, 2, at(90)),
         Row(2, 2, at(90)),
     ]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-10), at(600), 60 * MINUTE)
     found = as_found(result)
     assert found[WHO[1].person_key] == (1, at(30), "v0", WHO[0].person_key)
@@ -247,30 +281,30 @@ def test_ties_are_broken_by_via_person_key_then_venue() -> None:
     assert found[WHO[3].person_key] == (2, at(90), "v2", via)
 
 
-def test_the_earliest_event_over_all_f1s_wins() -> None:
+def test_the_earliest_event_over_all_f1s_wins(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(2, 0, at(0))]
     rows += [Row(1, 1, at(100)), Row(2, 1, at(70)), Row(3, 1, at(70))]  # via 2 at +70
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-10), at(600), 60 * MINUTE)
     assert as_found(result)[WHO[3].person_key] == (2, at(70), "v1", WHO[2].person_key)
 
 
-def test_depth_limits_the_degrees() -> None:
+def test_depth_limits_the_degrees(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(0)), Row(1, 1, at(60)), Row(2, 1, at(60))]
     rows += [Row(2, 2, at(120)), Row(3, 2, at(120))]
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         degrees = {
             d: [c.degree for c in run(store, 0, 0, at(999), 0, d).contacts] for d in range(4)
         }
     assert degrees == {0: [], 1: [1], 2: [1, 2], 3: [1, 2, 3]}
 
 
-def test_the_trace_reads_only_the_windows_it_needs() -> None:
+def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(20))]
     rows += [Row(2 + n % 6, 0, at(24 * 60 + n)) for n in range(600)]  # the next day, same venue
 
     class Counting:
-        def __init__(self, store: SqliteStore) -> None:
+        def __init__(self, store: HubStore) -> None:
             self.store, self.rows = store, 0
 
         def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
@@ -289,7 +323,7 @@ def test_the_trace_reads_only_the_windows_it_needs() -> None:
         def pseudonym(self, person_key: str) -> str:
             return self.store.pseudonym(person_key)
 
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         reader = Counting(store)
         params = TraceParams(WHO[0].person_key, from_ms(at(-60)), from_ms(at(48 * 60)))
         result = trace(reader, params)
@@ -297,17 +331,17 @@ def test_the_trace_reads_only_the_windows_it_needs() -> None:
     assert reader.rows < 10
 
 
-def test_an_unknown_person_gives_an_empty_trace() -> None:
-    with build_store([Row(1, 0, at(0))]) as store:
+def test_an_unknown_person_gives_an_empty_trace(hub_db: str) -> None:
+    with build_store(hub_db, [Row(1, 0, at(0))]) as store:
         result = trace(store, TraceParams("id:079201000001", from_ms(at(-10)), from_ms(at(10))))
     assert result.index.name is None and result.index.id_number == "079201000001"
     assert result.contacts == [] and result.index.visits == []
 
 
-def test_a_masked_health_qr_person_is_traced_by_qid() -> None:
+def test_a_masked_health_qr_person_is_traced_by_qid(hub_db: str) -> None:
     masked = parse_qr(health_text(PEOPLE[1], masked=True))
     identities = [WHO[0], masked]
-    with build_store([Row(0, 0, at(0)), Row(1, 0, at(5))], identities) as store:
+    with build_store(hub_db, [Row(0, 0, at(0)), Row(1, 0, at(5))], identities) as store:
         since, until = from_ms(at(-10)), from_ms(at(10))
         result = run_trace(store, masked.person_key, since, until, timedelta(0), 1, "x", NOW)
         assert result.index.visits and result.contacts == []
@@ -317,10 +351,10 @@ def test_a_masked_health_qr_person_is_traced_by_qid() -> None:
     assert result.index.id_number.startswith("******")
 
 
-def test_run_trace_audits_and_refuses_without_reason() -> None:
+def test_run_trace_audits_and_refuses_without_reason(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(10))]
     since, until = from_ms(at(-60)), from_ms(at(60))
-    with build_store(rows) as store:
+    with build_store(hub_db, rows) as store:
         for reason in ("", "   \n"):
             with pytest.raises(Refusal) as refused:
                 run_trace(store, WHO[0].id_number, since, until, timedelta(hours=1), 2, reason, NOW)

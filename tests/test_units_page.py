@@ -22,7 +22,7 @@ from doorscan.wire import (
 from hub.access import Role
 from hub.auth import create_user
 from hub.ingest import Ingestor
-from hub.store import SqliteStore
+from hub.store import HubStore
 from hub.web.app import create_app
 from tests.hubstore import open_store
 
@@ -43,7 +43,7 @@ STATUSES = [
 
 
 @pytest.fixture
-def store(hub_db: str) -> Iterator[SqliteStore]:
+def store(hub_db: str) -> Iterator[HubStore]:
     with open_store(hub_db) as opened:
         ingestor = Ingestor(opened, now=lambda: NOW)
         for venue_id, unit_id in (("cho-pleiku", "door-cho"), ("bv-pleiku", "door-bv")):
@@ -58,7 +58,7 @@ def store(hub_db: str) -> Iterator[SqliteStore]:
         yield opened
 
 
-def _units_page(store: SqliteStore, user_id: str) -> dict[str, list[str]]:
+def _units_page(store: HubStore, user_id: str) -> dict[str, list[str]]:
     """Each unit's row on the English page, as the cells' visible text."""
     with TestClient(create_app(store, now=lambda: NOW), follow_redirects=False) as client:
         login = client.post("/login", data={"user_id": user_id, "password": PASSWORD})
@@ -77,7 +77,7 @@ def _units_page(store: SqliteStore, user_id: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_the_units_page_shows_health_figures_and_the_applied_config(store: SqliteStore) -> None:
+def test_the_units_page_shows_health_figures_and_the_applied_config(store: HubStore) -> None:
     rows = _units_page(store, "admin")
     assert set(rows) == {"door-cho", "door-bv"}
     cho, bv = rows["door-cho"], rows["door-bv"]
@@ -87,7 +87,7 @@ def test_the_units_page_shows_health_figures_and_the_applied_config(store: Sqlit
     assert bv[7:] == ["1.5.0", "No", "—", "—", "0.0", "2"]
 
 
-def test_a_venue_owner_sees_the_figures_of_its_own_units_only(store: SqliteStore) -> None:
+def test_a_venue_owner_sees_the_figures_of_its_own_units_only(store: HubStore) -> None:
     rows = _units_page(store, "cho")
     assert set(rows) == {"door-cho"}
     assert rows["door-cho"][-1].startswith("4 Config refused")

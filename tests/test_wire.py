@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,13 +82,14 @@ def test_bad_payloads_are_refused_with_a_code(payload: bytes, code: str) -> None
 
 def test_wrong_types_and_unknown_keys_are_refused() -> None:
     good = json.loads(encode_message(_batch()))
-    for mutate in (
+    mutations: tuple[Callable[[Any], None], ...] = (
         lambda d: d.update(extra=1),
         lambda d: d["scans"][0].update(clock_trusted="yes"),
         lambda d: d["scans"][0].update(scanned_at="2021-08-15T02:30:00"),  # no offset
         lambda d: d.update(unit_id="u1/../u2"),
         lambda d: d.update(scans=[]),
-    ):
+    )
+    for mutate in mutations:
         data = json.loads(json.dumps(good))
         mutate(data)
         with pytest.raises(Refusal):

@@ -1,6 +1,8 @@
-"""The hub's store: the interface (`base`) and its backends (`sqlite`; PostgreSQL next).
+"""The hub's store: the interface (`base`) and its backends, SQLite and PostgreSQL.
 
-Callers import from here: ``from hub.store import SqliteStore, Store, StoredScan``.
+Callers import from here: ``from hub.store import HubStore, Store, StoredScan``, and open
+a store with `hub.store.factory.open_hub_store` (a path or a ``postgresql://`` URL).
+`PostgresStore` is not imported here, so that a SQLite hub runs without psycopg.
 """
 
 from hub.store.base import (
@@ -11,14 +13,24 @@ from hub.store.base import (
     BatchKey,
     Checkin,
     CheckinReader,
+    DayCount,
     DeadLetter,
+    HubStore,
     InsertResult,
     Registry,
+    ReportStore,
     Retention,
     ScanSink,
     Store,
     StoredScan,
+    StoredToken,
+    StoredUnitStatus,
+    StoredUser,
     StoreError,
+    UnitScanSummary,
+    UserExists,
+    UserStore,
+    VenueLastScan,
 )
 from hub.store.sqlite import SqliteStore
 
@@ -30,13 +42,23 @@ __all__ = [
     "BatchKey",
     "Checkin",
     "CheckinReader",
+    "DayCount",
     "DeadLetter",
+    "HubStore",
     "InsertResult",
     "Registry",
+    "ReportStore",
     "Retention",
     "ScanSink",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoredScan",
+    "StoredToken",
+    "StoredUnitStatus",
+    "StoredUser",
+    "UnitScanSummary",
+    "UserExists",
+    "UserStore",
+    "VenueLastScan",
 ]

@@ -1,10 +1,11 @@
 """The hub's store interface: every scan once, the registry, dead letters, the access log.
 
 The ingest thread writes here; trace, visitors and reports read. The interface is
-`Store`, a union of four small protocols, so that a PostgreSQL backend can follow
-`SqliteStore` without touching its callers:
+`Store`, a union of small protocols; `HubStore` adds the operators (`UserStore`) and
+the reports (`ReportStore`). `SqliteStore` and `PostgresStore` both are one, opened
+by `hub.store.factory.open_hub_store` from a path or a ``postgresql://`` URL:
 
-    >>> with SqliteStore(tmp_path / "hub.db", vault=vault) as store:  # doctest: +SKIP
+    >>> with open_hub_store("hub.db", vault=vault) as store:  # doctest: +SKIP
     ...     store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
     ...     result = store.insert_scans(scans, received_at=now)   # one transaction
     ...     result.new, result.duplicate                          # resent scans: duplicate
@@ -15,7 +16,8 @@ What is promised:
 - `insert_scans()` is one transaction, all or nothing, and idempotent on `scan_id`: a
   resent scan is stored once and reported in `duplicate`. It returns only after the
   commit, with ``synchronous=FULL`` in WAL mode, so the commit is on disk: the hub
-  acks a unit only after this returns, and the unit then forgets the scan.
+  acks a unit only after this returns, and the unit then forgets the scan
+  (PostgreSQL: ``synchronous_commit`` on).
 - Identities are sealed at rest and people are filed under a keyed pseudonym
   (`hub.vault`): the store needs the hub's vault to open, refuses a file written with
   another, and reads return clear values, so callers never see the difference. A
@@ -23,29 +25,29 @@ What is promised:
 - Times are integer milliseconds since the epoch (`doorscan.timefmt.to_ms`), so that a
   trace is an integer range scan on ``(venue_id, scanned_at_ms)`` or
   ``(person_key, scanned_at_ms)`` (the key's pseudonym, in the store).
-- The schema version is ``PRAGMA user_version``; migrations are applied in order when
-  the store opens, each in its own transaction. A file written by a newer doorscan is
-  refused (`StoreError`) rather than read wrongly.
+- Migrations are versioned and applied in order when the store opens, each in its
+  own transaction. A database written by a newer doorscan is refused (`StoreError`)
+  rather than read wrongly.
 - The audit log is a hash chain with its head kept beside it (`hub.audit`):
   `record_audit()` chains inside its insert transaction, `verify_audit()` finds an
   edited, deleted, moved or cut-off entry. `purge_older_than()` forgets scans, dead
   letters and batch ids older than a cutoff, never the audit log (`hub.retention`).
 
-Threads and processes: one connection (``check_same_thread=False``) behind one lock
-per store object, because the MQTT ingest thread writes while the process may also
-read. Other processes (the `doorscan-hub` commands) open their own store; WAL lets
-them read while ingest writes, and ``busy_timeout`` makes writers wait their turn.
+Threads and processes: one connection behind one lock per store object, because the
+MQTT ingest thread writes while the process may also read. Other processes (the
+`doorscan-hub` commands, other hub workers) open their own store.
 
-Portability: queries are plain SQL that PostgreSQL also runs (``ON CONFLICT DO
-NOTHING``, ``BIGINT`` times, no SQLite functions); only the DDL, the PRAGMAs and the
-``?`` placeholders are SQLite's, and they live in `SqliteStore`.
+Portability: queries are plain SQL that both backends run (``ON CONFLICT DO NOTHING``,
+``RETURNING``, ``BIGINT`` times, no engine functions); they live once, in
+`hub.store.common_store` and its neighbours. Each backend keeps only its DDL, its
+connection handling, and how scans are filed and purged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
@@ -70,6 +72,16 @@ __all__ = [
     "AuditVerification",
     "Retention",
     "Store",
+    "UserExists",
+    "StoredUser",
+    "StoredToken",
+    "UserStore",
+    "StoredUnitStatus",
+    "UnitScanSummary",
+    "DayCount",
+    "VenueLastScan",
+    "ReportStore",
+    "HubStore",
 ]
 
 
@@ -207,3 +219,110 @@ class Store(Registry, ScanSink, CheckinReader, AuditLog, Retention, Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+# -- the hub's operators (hub.auth) ------------------------------------------------------------
+
+
+class UserExists(StoreError, ValueError):
+    """A user id that is already taken."""
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    """A ``users`` row as stored: the password only as its self-describing hash."""
+
+    user_id: str
+    display_name: str
+    role: str
+    venue_id: str | None
+    password_hash: str
+    active: bool
+    created_at_ms: int
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """A ``tokens`` row: the token itself is never stored, only its SHA-256 hex."""
+
+    token_hash: str
+    user_id: str
+    kind: str  # "session" or "api"
+    created_at_ms: int
+    expires_at_ms: int
+    revoked: bool
+
+
+class UserStore(Protocol):
+    """What `hub.auth` needs from a store."""
+
+    def add_user(self, user: StoredUser) -> None: ...
+    def user(self, user_id: str) -> StoredUser | None: ...
+    def users(self) -> list[StoredUser]: ...
+    def set_user_active(self, user_id: str, active: bool) -> bool: ...
+    def add_token(self, token: StoredToken) -> None: ...
+    def token(self, token_hash: str) -> StoredToken | None: ...
+    def revoke_token(self, token_hash: str) -> bool: ...
+
+
+# -- counts and unit health (hub.reports, the units page, the name search) ---------------------
+
+
+@dataclass(frozen=True)
+class StoredUnitStatus:
+    """A ``unit_status`` row: the unit's latest status message, as it came (JSON)."""
+
+    unit_id: str
+    received_at: datetime
+    online: bool
+    status_json: str
+
+
+@dataclass(frozen=True)
+class UnitScanSummary:
+    """A registered unit and what its scans say about it."""
+
+    unit_id: str
+    venue_id: str
+    active: bool
+    last_scan: datetime | None
+    last_clock_trusted: bool | None  # of the newest scan; None without scans
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: date  # Vietnam time
+    key: str  # a venue id or a district
+    scans: int
+
+
+@dataclass(frozen=True)
+class VenueLastScan:
+    venue_id: str
+    name: str
+    district: str
+    last_scan: datetime | None
+
+
+class ReportStore(Protocol):
+    """What `hub.reports`, the metrics and the name search need from a store."""
+
+    def upsert_unit_status(
+        self, unit_id: str, received_at: datetime, online: bool, status_json: str
+    ) -> None: ...
+    def unit_statuses(self) -> list[StoredUnitStatus]: ...
+    def unit_scan_summaries(self) -> list[UnitScanSummary]: ...
+    def units_online(self) -> int: ...
+    def scans_per_day(
+        self,
+        since: date,
+        until: date,
+        by: Literal["venue", "district"],
+        venue_id: str | None = None,
+    ) -> list[DayCount]: ...
+    def venues_last_scan(self, before: datetime) -> list[VenueLastScan]: ...
+    def person_keys_by_name(self, folded: str) -> list[str]: ...
+
+
+class HubStore(Store, UserStore, ReportStore, Protocol):
+    """Everything the hub asks of its database: what `open_hub_store` returns."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.store.base import StoreError
+from hub.store.base import HubStore, StoreError
 from hub.store.sqlite import SqliteStore
 from hub.vault import Vault
 
@@ -33,13 +33,17 @@ def sqlite_path(locator: str) -> str | None:
     return locator
 
 
-def open_hub_store(locator: str, *, vault: Vault, busy_timeout_ms: int = 10_000) -> SqliteStore:
-    """The store at `locator`, migrated to the current schema, opened with `vault`."""
+def open_hub_store(locator: str, *, vault: Vault, busy_timeout_ms: int = 10_000) -> HubStore:
+    """The store at `locator`, migrated to the current schema, opened with `vault`.
+
+    `busy_timeout_ms` is SQLite's wait for another writer; PostgreSQL's writers queue
+    on row and table locks without a timeout.
+    """
     if is_postgres(locator):
         # Imported here on purpose: psycopg is needed only by a PostgreSQL hub.
         from hub.store.postgres import PostgresStore
 
-        return PostgresStore(locator, vault=vault)  # type: ignore[return-value]
+        return PostgresStore(locator, vault=vault)
     path = sqlite_path(locator)
     if path is None:
         raise StoreError(

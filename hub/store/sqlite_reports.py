@@ -1,36 +1,20 @@
-"""Counts and unit health on SQLite: the `SqliteReports` mixin and its protocol `ReportStore`.
+"""Counts and unit health on SQLite: kept so that older imports keep working.
 
-What the units page, the usage reports and the name search read. No identity leaves
-this room except through `person_keys_by_name`, which returns person keys for the
-access layer to audit and resolve (`hub.access`); every other answer is a count, a
-time or a unit's own status.
-
-Portability: the SQL is plain (no SQLite date functions). A day in Vietnam time
-(UTC+7, no daylight saving) is computed on the integer milliseconds as
-``(scanned_at_ms + 25200000) / 86400000``: integer division in SQLite and in
-PostgreSQL alike, and times are after 2020 so the quotient is never negative (where
-the two would round differently). "Last scan" per unit and per venue is a correlated
-``MAX`` on an index that starts with the unit (``scans_by_unit_time``, migration 7) or
-the venue (``scans_by_venue_time``), so it costs one index probe per unit or venue,
-not a pass over the scans.
-
-The mixin uses `SqliteStore`'s `_transaction()`, `_query()` and vault; it is one of
-`SqliteStore`'s bases.
+The rows and `ReportStore` are in `hub.store.base`, the SQL (shared with PostgreSQL)
+in `hub.store.common_reports`, the day helpers in `hub.store.common`.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any, Literal, Protocol
-
-from doorscan.timefmt import from_ms, to_ms
-from hub.store.sqlite_schema import name_key, scan_aad
-from hub.vault import Vault
+from hub.store.base import (
+    DayCount,
+    ReportStore,
+    StoredUnitStatus,
+    UnitScanSummary,
+    VenueLastScan,
+)
+from hub.store.common import DAY_MS, VIETNAM_OFFSET_MS, day_of_number, day_start_ms
+from hub.store.common_reports import SqlReports
 
 __all__ = [
     "DAY_MS",
@@ -45,206 +29,4 @@ __all__ = [
     "day_start_ms",
 ]
 
-VIETNAM_OFFSET_MS = 7 * 3600 * 1000
-"""Vietnam is UTC+7 all year (no daylight saving): a report's day starts at 17:00 UTC."""
-DAY_MS = 86_400_000
-_EPOCH = date(1970, 1, 1)
-
-
-def day_start_ms(day: date) -> int:
-    """The first millisecond of `day` in Vietnam time."""
-    return (day - _EPOCH).days * DAY_MS - VIETNAM_OFFSET_MS
-
-
-def day_of_number(number: int) -> date:
-    """The Vietnam date of a day number computed by the SQL above."""
-    return _EPOCH + timedelta(days=number)
-
-
-@dataclass(frozen=True)
-class StoredUnitStatus:
-    """A ``unit_status`` row: the unit's latest status message, as it came (JSON)."""
-
-    unit_id: str
-    received_at: datetime
-    online: bool
-    status_json: str
-
-
-@dataclass(frozen=True)
-class UnitScanSummary:
-    """A registered unit and what its scans say about it."""
-
-    unit_id: str
-    venue_id: str
-    active: bool
-    last_scan: datetime | None
-    last_clock_trusted: bool | None  # of the newest scan; None without scans
-
-
-@dataclass(frozen=True)
-class DayCount:
-    day: date  # Vietnam time
-    key: str  # a venue id or a district
-    scans: int
-
-
-@dataclass(frozen=True)
-class VenueLastScan:
-    venue_id: str
-    name: str
-    district: str
-    last_scan: datetime | None
-
-
-class ReportStore(Protocol):
-    """What `hub.reports`, the metrics and the name search need from a store."""
-
-    def upsert_unit_status(
-        self, unit_id: str, received_at: datetime, online: bool, status_json: str
-    ) -> None: ...
-    def unit_statuses(self) -> list[StoredUnitStatus]: ...
-    def unit_scan_summaries(self) -> list[UnitScanSummary]: ...
-    def units_online(self) -> int: ...
-    def scans_per_day(
-        self,
-        since: date,
-        until: date,
-        by: Literal["venue", "district"],
-        venue_id: str | None = None,
-    ) -> list[DayCount]: ...
-    def venues_last_scan(self, before: datetime) -> list[VenueLastScan]: ...
-    def person_keys_by_name(self, folded: str) -> list[str]: ...
-
-
-_DAY_SQL = f"(s.scanned_at_ms + {VIETNAM_OFFSET_MS}) / {DAY_MS}"
-
-
-class SqliteReports:
-    """`ReportStore` for `SqliteStore` (a mixin: the connection, lock and vault are the store's)."""
-
-    # Provided by SqliteStore; declared so that mypy checks the mixin on its own.
-    _vault: Vault
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        raise NotImplementedError
-
-    # -- unit status ------------------------------------------------------------------
-
-    def upsert_unit_status(
-        self, unit_id: str, received_at: datetime, online: bool, status_json: str
-    ) -> None:
-        """Keep the unit's latest status; the same message again does not move its time.
-
-        The broker hands the retained status to the hub again on every (re)subscribe;
-        that copy says nothing new, so ``received_at`` keeps the time the hub first got
-        it, and "last seen" stays the time the unit spoke.
-        """
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO unit_status (unit_id, received_at_ms, online, status_json) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (unit_id) DO UPDATE SET "
-                "received_at_ms = excluded.received_at_ms, online = excluded.online, "
-                "status_json = excluded.status_json "
-                "WHERE unit_status.status_json <> excluded.status_json",
-                (unit_id, to_ms(received_at), online, status_json),
-            )
-
-    def unit_statuses(self) -> list[StoredUnitStatus]:
-        rows = self._query(
-            "SELECT unit_id, received_at_ms, online, status_json FROM unit_status ORDER BY unit_id"
-        )
-        return [StoredUnitStatus(u, from_ms(ms), bool(on), text) for u, ms, on, text in rows]
-
-    def units_online(self) -> int:
-        """Units whose latest status says online (the broker's last will says otherwise)."""
-        return int(self._query("SELECT COUNT(*) FROM unit_status WHERE online")[0][0])
-
-    def unit_scan_summaries(self) -> list[UnitScanSummary]:
-        """Every registered unit with its newest scan's time and clock flag."""
-        rows = self._query(
-            "SELECT u.unit_id, u.venue_id, u.active, "
-            "(SELECT MAX(s.scanned_at_ms) FROM scans s WHERE s.unit_id = u.unit_id), "
-            "(SELECT s.clock_trusted FROM scans s WHERE s.unit_id = u.unit_id "
-            " ORDER BY s.scanned_at_ms DESC LIMIT 1) "
-            "FROM units u ORDER BY u.unit_id"
-        )
-        return [
-            UnitScanSummary(
-                unit_id,
-                venue_id,
-                bool(active),
-                None if last_ms is None else from_ms(last_ms),
-                None if trusted is None else bool(trusted),
-            )
-            for unit_id, venue_id, active, last_ms, trusted in rows
-        ]
-
-    # -- usage ------------------------------------------------------------------------
-
-    def scans_per_day(
-        self,
-        since: date,
-        until: date,
-        by: Literal["venue", "district"],
-        venue_id: str | None = None,
-    ) -> list[DayCount]:
-        """Scans per Vietnam day from `since` to `until` (both included), per venue or district.
-
-        With `venue_id`, only that venue's scans are counted (the venue role's view).
-        """
-        if by not in ("venue", "district"):
-            raise ValueError(f"by must be 'venue' or 'district', not {by!r}")
-        key = "s.venue_id" if by == "venue" else "v.district"
-        params: list[Any] = [day_start_ms(since), day_start_ms(until + timedelta(days=1))]
-        where = "s.scanned_at_ms >= ? AND s.scanned_at_ms < ?"
-        if venue_id is not None:
-            where += " AND s.venue_id = ?"
-            params.append(venue_id)
-        rows = self._query(
-            f"SELECT {_DAY_SQL} AS day_number, {key} AS report_key, COUNT(*) "  # noqa: S608
-            "FROM scans s JOIN venues v ON v.venue_id = s.venue_id "
-            f"WHERE {where} GROUP BY day_number, report_key ORDER BY day_number, report_key",
-            params,
-        )
-        return [DayCount(day_of_number(int(n)), str(k), int(c)) for n, k, c in rows]
-
-    def venues_last_scan(self, before: datetime) -> list[VenueLastScan]:
-        """Venues whose newest scan is older than `before`, or that have none, by id."""
-        rows = self._query(
-            "SELECT venue_id, name, district, last_ms FROM ("
-            "SELECT v.venue_id, v.name, v.district, "
-            "(SELECT MAX(s.scanned_at_ms) FROM scans s WHERE s.venue_id = v.venue_id) AS last_ms "
-            "FROM venues v) q WHERE last_ms IS NULL OR last_ms < ? ORDER BY venue_id",
-            (to_ms(before),),
-        )
-        return [
-            VenueLastScan(v, name, district, None if ms is None else from_ms(ms))
-            for v, name, district, ms in rows
-        ]
-
-    # -- name search ------------------------------------------------------------------
-
-    def person_keys_by_name(self, folded: str) -> list[str]:
-        """Person keys of everyone scanned with this name, diacritics and case ignored.
-
-        The index holds only a keyed hash of the folded name (`name_key`), so the file
-        alone does not tell who is in it; one scan per person is opened to read the key.
-        """
-        key = name_key(self._vault, folded)
-        if key is None:
-            return []
-        rows = self._query(
-            "SELECT s.scan_id, s.identity FROM scans s JOIN ("
-            "SELECT MAX(scan_id) AS scan_id FROM scans WHERE name_key = ? GROUP BY person_key"
-            ") m ON m.scan_id = s.scan_id",
-            (key,),
-        )
-        keys = {
-            str(json.loads(self._vault.open(sealed, scan_aad(scan_id)))["person_key"])
-            for scan_id, sealed in rows
-        }
-        return sorted(keys)
+SqliteReports = SqlReports

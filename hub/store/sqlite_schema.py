@@ -6,24 +6,27 @@ step is SQL, or a function for what SQL cannot do (hashing or sealing existing r
 called with the connection and the store's vault. Migrations are never edited once
 released: a change is a new migration.
 
-The sealing helpers live here too because migration 5 seals the rows an older file
-holds in the clear exactly as `SqliteStore` seals new ones.
+Migration 5 seals the rows an older file holds in the clear exactly as the store seals
+new ones, with the helpers of `hub.store.common` (re-exported here for older imports).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from doorscan.timefmt import to_ms
 from hub.audit import GENESIS_HASH, entry_hash
-from hub.namefold import fold
 from hub.scan_ids import csv_scan_id
-from hub.store.base import StoreError
+from hub.store.common import (
+    append_audit,
+    dead_letter_aad,
+    name_key,
+    scan_aad,
+    seal_dead_letter,
+    seal_identity,
+)
 from hub.vault import Vault
 
 __all__ = [
@@ -45,39 +48,6 @@ VAULT_SCHEMA = 5
 # A migration step is SQL, or a function for what SQL cannot do (hashing or sealing
 # existing rows); a function gets the store's vault.
 Step = str | Callable[[sqlite3.Connection, Vault], None]
-
-
-def scan_aad(scan_id: str) -> bytes:
-    """Binds a scan's sealed identity to its row: moved to another row, it does not open."""
-    return b"scan:" + scan_id.encode("utf-8")
-
-
-def dead_letter_aad(letter_id: int) -> bytes:
-    return b"dead-letter:%d" % letter_id
-
-
-def seal_identity(vault: Vault, scan_id: str, identity: dict[str, Any]) -> bytes:
-    plain = json.dumps(identity, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    return vault.seal(plain, scan_aad(scan_id))
-
-
-def seal_dead_letter(vault: Vault, letter_id: int, payload: bytes, reason: str) -> bytes:
-    # The reason is sealed with the payload: some refusal reasons quote a field of the
-    # refused code (a birth date, a province code), and a payload may be a clear QR text.
-    envelope = {"payload": base64.b64encode(payload).decode("ascii"), "reason": reason}
-    return vault.seal(json.dumps(envelope).encode("utf-8"), dead_letter_aad(letter_id))
-
-
-def name_key(vault: Vault, name: str) -> str | None:
-    """The keyed hash a scan's name is found by (``scans.name_key``); None for no name.
-
-    The name is folded first (`hub.namefold`: no diacritics, no case), so "nguyen van
-    an" finds "Nguyễn Văn An". The ``name:`` domain prefix keeps it apart from a person
-    key's pseudonym, which is the same keyed hash of ``id:...`` or ``card:...``: the two
-    can never be equal, so a name can never be taken for a person or the reverse.
-    """
-    folded = fold(name)
-    return vault.blind("name:" + folded) if folded else None
 
 
 def _fill_name_keys(conn: sqlite3.Connection, vault: Vault) -> None:
@@ -113,31 +83,6 @@ def _chain_existing_audit(conn: sqlite3.Connection, _vault: Vault) -> None:
         "INSERT INTO audit_head (one_row, last_id, last_hash, entries) VALUES (1, ?, ?, ?)",
         _chain_audit(conn),
     )
-
-
-def append_audit(
-    conn: sqlite3.Connection, action: str, reason: str, params: dict[str, Any], at: datetime
-) -> int:
-    """Append one entry and move the head; the caller holds the write transaction."""
-    head = conn.execute("SELECT last_hash FROM audit_head WHERE one_row = 1").fetchone()
-    if head is None:
-        raise StoreError("the audit_head row is missing; run `audit verify`")
-    prev_hash = str(head[0])
-    at_ms = to_ms(at)
-    params_json = json.dumps(params, ensure_ascii=False, sort_keys=True)
-    cursor = conn.execute(
-        "INSERT INTO audit (at_ms, action, reason, params_json, prev_hash, hash) "
-        "VALUES (?, ?, ?, ?, ?, '')",
-        (at_ms, action, reason, params_json, prev_hash),
-    )
-    entry_id = int(cursor.lastrowid or 0)
-    digest = entry_hash(entry_id, at_ms, action, reason, params_json, prev_hash)
-    conn.execute("UPDATE audit SET hash = ? WHERE id = ?", (digest, entry_id))
-    conn.execute(
-        "UPDATE audit_head SET last_id = ?, last_hash = ?, entries = entries + 1 WHERE one_row = 1",
-        (entry_id, digest),
-    )
-    return entry_id
 
 
 def _seal_existing_rows(conn: sqlite3.Connection, vault: Vault) -> None:

@@ -1,0 +1,204 @@
+"""What both hub store backends share: sealing, pseudonyms, day numbers, the audit append.
+
+Nothing here knows SQLite or PostgreSQL. SQL shared by the two is written with ``?``
+placeholders, SQLite's; the PostgreSQL store runs it through `to_format_params` (``%s``),
+so one constant serves both and the two backends cannot drift apart.
+
+A connection is anything with ``execute(sql, params) -> cursor`` (`SqlConnection`):
+a `sqlite3.Connection` is one, and the PostgreSQL store hands its own adapter.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Protocol
+
+from doorscan.payloads import Identity
+from doorscan.timefmt import to_ms
+from hub.audit import entry_hash
+from hub.namefold import fold
+from hub.store.base import StoredScan, StoreError
+from hub.vault import Vault
+
+__all__ = [
+    "AUDIT_INSERT",
+    "DAY_MS",
+    "SCAN_COLUMNS",
+    "VIETNAM_OFFSET_MS",
+    "SqlConnection",
+    "SqlCursor",
+    "append_audit",
+    "day_of_number",
+    "day_start_ms",
+    "dead_letter_aad",
+    "identity_fields",
+    "name_key",
+    "scan_aad",
+    "scan_row",
+    "seal_dead_letter",
+    "seal_identity",
+    "to_format_params",
+]
+
+VIETNAM_OFFSET_MS = 7 * 3600 * 1000
+"""Vietnam is UTC+7 all year (no daylight saving): a report's day starts at 17:00 UTC."""
+DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+
+
+class SqlCursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class SqlConnection(Protocol):
+    """``execute`` with ``?`` placeholders: a `sqlite3.Connection`, or the PostgreSQL adapter."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> SqlCursor: ...
+
+
+@lru_cache(maxsize=256)
+def to_format_params(sql: str) -> str:
+    """The shared SQL with psycopg's placeholders: ``?`` -> ``%s``, a literal ``%`` doubled.
+
+    Safe because no shared statement has a ``?`` inside a string literal.
+    """
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def day_start_ms(day: date) -> int:
+    """The first millisecond of `day` in Vietnam time."""
+    return (day - _EPOCH).days * DAY_MS - VIETNAM_OFFSET_MS
+
+
+def day_of_number(number: int) -> date:
+    """The Vietnam date of a day number, ``(ms + VIETNAM_OFFSET_MS) // DAY_MS``."""
+    return _EPOCH + timedelta(days=number)
+
+
+# -- sealing and pseudonyms ------------------------------------------------------------------
+
+
+def scan_aad(scan_id: str) -> bytes:
+    """Binds a scan's sealed identity to its row: moved to another row, it does not open."""
+    return b"scan:" + scan_id.encode("utf-8")
+
+
+def dead_letter_aad(letter_id: int) -> bytes:
+    return b"dead-letter:%d" % letter_id
+
+
+def identity_fields(who: Identity) -> dict[str, Any]:
+    """The identity as it is sealed (JSON keys are part of the stored format)."""
+    return {
+        "person_key": who.person_key,
+        "kind": who.kind,
+        "id_number": who.id_number,
+        "name": who.name,
+        "birth_date": who.birth_date,
+        "sex": who.sex,
+        "address": who.address,
+    }
+
+
+def seal_identity(vault: Vault, scan_id: str, identity: dict[str, Any]) -> bytes:
+    plain = json.dumps(identity, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return vault.seal(plain, scan_aad(scan_id))
+
+
+def seal_dead_letter(vault: Vault, letter_id: int, payload: bytes, reason: str) -> bytes:
+    # The reason is sealed with the payload: some refusal reasons quote a field of the
+    # refused code (a birth date, a province code), and a payload may be a clear QR text.
+    envelope = {"payload": base64.b64encode(payload).decode("ascii"), "reason": reason}
+    return vault.seal(json.dumps(envelope).encode("utf-8"), dead_letter_aad(letter_id))
+
+
+def name_key(vault: Vault, name: str) -> str | None:
+    """The keyed hash a scan's name is found by (``scans.name_key``); None for no name.
+
+    The name is folded first (`hub.namefold`: no diacritics, no case), so "nguyen van
+    an" finds "Nguyễn Văn An". The ``name:`` domain prefix keeps it apart from a person
+    key's pseudonym, which is the same keyed hash of ``id:...`` or ``card:...``: the two
+    can never be equal, so a name can never be taken for a person or the reverse.
+    """
+    folded = fold(name)
+    return vault.blind("name:" + folded) if folded else None
+
+
+SCAN_COLUMNS = (
+    "scan_id, unit_id, venue_id, scanned_at_ms, clock_trusted, person_key, kind, identity, "
+    "source, received_at_ms, name_key"
+)
+"""The columns `scan_row` fills, in its order; both backends' ``scans`` have them."""
+
+
+def scan_row(vault: Vault, scan: StoredScan, received_ms: int) -> tuple[Any, ...]:
+    """A scan as stored: the person only as its pseudonym, the identity sealed to the row,
+    the name only as its keyed folded hash for search (`name_key`)."""
+    who = scan.identity
+    return (
+        scan.scan_id,
+        scan.unit_id,
+        scan.venue_id,
+        to_ms(scan.scanned_at),
+        scan.clock_trusted,
+        vault.blind(who.person_key),
+        who.kind,
+        seal_identity(vault, scan.scan_id, identity_fields(who)),
+        scan.source,
+        received_ms,
+        name_key(vault, who.name),
+    )
+
+
+# -- the audit chain -------------------------------------------------------------------------
+
+AUDIT_INSERT = (
+    "INSERT INTO audit (at_ms, action, reason, params_json, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, '') RETURNING id"
+)
+"""The entry's id comes from the table (SQLite's AUTOINCREMENT); see `append_audit`."""
+
+
+def append_audit(
+    conn: SqlConnection,
+    action: str,
+    reason: str,
+    params: dict[str, Any],
+    at: datetime,
+    *,
+    insert_sql: str = AUDIT_INSERT,
+) -> int:
+    """Append one entry and move the head; the caller holds the write transaction.
+
+    The head row is updated first, so that on PostgreSQL its row lock makes a second
+    appender wait here rather than chain from the same entry (SQLite's write lock
+    already does). `insert_sql` takes the same parameters as `AUDIT_INSERT` and
+    returns the new id; PostgreSQL's numbers entries without a sequence (a sequence
+    leaves a gap on rollback, which `verify_audit` would take for a deleted entry).
+    """
+    head = conn.execute(
+        "UPDATE audit_head SET entries = entries + 1 WHERE one_row = 1 RETURNING last_hash"
+    ).fetchall()
+    if not head:
+        raise StoreError("the audit_head row is missing; run `audit verify`")
+    prev_hash = str(head[0][0])
+    at_ms = to_ms(at)
+    params_json = json.dumps(params, ensure_ascii=False, sort_keys=True)
+    # fetchall: a RETURNING statement is finished (and its cursor done) before the next.
+    ((entry_id,),) = conn.execute(
+        insert_sql, (at_ms, action, reason, params_json, prev_hash)
+    ).fetchall()
+    digest = entry_hash(int(entry_id), at_ms, action, reason, params_json, prev_hash)
+    conn.execute("UPDATE audit SET hash = ? WHERE id = ?", (digest, entry_id))
+    conn.execute(
+        "UPDATE audit_head SET last_id = ?, last_hash = ? WHERE one_row = 1", (entry_id, digest)
+    )
+    return int(entry_id)

@@ -1,0 +1,331 @@
+"""`SqlStore`: the body of a hub store that both backends share (`hub.store.base.HubStore`).
+
+Everything here is plain SQL with ``?`` placeholders (`hub.store.common`). A backend
+subclass gives the connection handling and the few things that differ:
+
+- `_transaction()` (a write transaction, under the store's lock), `_query()` (one
+  read), `_snapshot()` (several reads that see one state of the database);
+- `_file_scans()`: put new scans in ``scans`` and say which were new;
+- `_purge_scans()`: forget scans older than a cutoff, say how many;
+- `_where`: how error messages name the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from doorscan.lifecycle import Closeable
+from doorscan.timefmt import format_rfc3339, from_ms, to_ms
+from doorscan.wire import UnitRecord, VenueRecord
+from hub.audit import AuditHead, AuditRow, AuditVerification, verify_chain
+from hub.store.base import (
+    AuditEntry,
+    BatchConflict,
+    BatchKey,
+    Checkin,
+    DeadLetter,
+    InsertResult,
+    StoredScan,
+    StoreError,
+)
+from hub.store.common import (
+    AUDIT_INSERT,
+    SqlConnection,
+    append_audit,
+    dead_letter_aad,
+    scan_aad,
+    scan_row,
+    seal_dead_letter,
+)
+from hub.store.common_reports import SqlReports
+from hub.store.common_users import SqlUsers
+from hub.vault import SealedDataError, Vault
+
+__all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SqlStore"]
+
+_CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
+_AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
+_ORDER_BY_TIME = " AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id"
+
+# The two trace queries, public so that a test can EXPLAIN exactly what the store runs.
+CHECKINS_OF_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ?{_ORDER_BY_TIME}"  # noqa: S608
+"""Parameters: the person's pseudonym, since_ms, until_ms."""
+CHECKINS_AT_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
+"""Parameters: venue_id, start_ms, end_ms."""
+
+
+class SqlStore(SqlReports, SqlUsers, Closeable):
+    """The shared body of `SqliteStore` and `PostgresStore`; not opened on its own."""
+
+    _vault: Vault
+    _where: str
+    _audit_insert = AUDIT_INSERT
+
+    # -- what a backend provides ---------------------------------------------------------
+
+    def _snapshot(self) -> AbstractContextManager[SqlConnection]:
+        raise NotImplementedError
+
+    def _file_scans(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> list[bool]:
+        """Insert the rows (`scan_row`) unless their scan id is stored; True for each new."""
+        raise NotImplementedError
+
+    def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
+        """Delete scans scanned or received before the cutoff; return how many."""
+        raise NotImplementedError
+
+    # -- registry --------------------------------------------------------------------
+
+    def upsert_venue(self, venue: VenueRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO venues (venue_id, name, address, district) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (venue_id) DO UPDATE SET name = excluded.name, "
+                "address = excluded.address, district = excluded.district",
+                (venue.venue_id, venue.name, venue.address, venue.district),
+            )
+
+    def upsert_unit(self, unit: UnitRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO units (unit_id, venue_id, active) VALUES (?, ?, ?) "
+                "ON CONFLICT (unit_id) DO UPDATE SET venue_id = excluded.venue_id, "
+                "active = excluded.active",
+                (unit.unit_id, unit.venue_id, unit.active),
+            )
+
+    def venue(self, venue_id: str) -> VenueRecord | None:
+        rows = self._query(
+            "SELECT venue_id, name, address, district FROM venues WHERE venue_id = ?", (venue_id,)
+        )
+        return _venue(rows[0]) if rows else None
+
+    def unit(self, unit_id: str) -> UnitRecord | None:
+        rows = self._query(
+            "SELECT unit_id, venue_id, active FROM units WHERE unit_id = ?", (unit_id,)
+        )
+        if not rows:
+            return None
+        unit_id, venue_id, active = rows[0]
+        return UnitRecord(unit_id=unit_id, venue_id=venue_id, active=bool(active))
+
+    def venues(self) -> list[VenueRecord]:
+        rows = self._query("SELECT venue_id, name, address, district FROM venues ORDER BY venue_id")
+        return [_venue(row) for row in rows]
+
+    # -- scans and dead letters --------------------------------------------------------
+
+    def insert_scans(
+        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+    ) -> InsertResult:
+        """Store every scan in one transaction; a scan_id already stored is a duplicate.
+
+        With `batch`, the batch id is recorded in the same transaction. The same batch
+        arriving again (the broker redelivers after a hub crash, or someone replays it)
+        is reported as `replayed`; the same id with other scans raises `BatchConflict`
+        and stores nothing. Raises (and stores nothing) if any scan breaks a
+        constraint, e.g. names an unknown venue or unit.
+        """
+        received_ms = to_ms(received_at)
+        # Sealed before the transaction: the write lock is not held while hashing.
+        rows = [scan_row(self._vault, scan, received_ms) for scan in scans]
+        replayed = False
+        with self._transaction() as conn:
+            if batch is not None:
+                cursor = conn.execute(
+                    "INSERT INTO batches (batch_id, unit_id, digest, received_at_ms) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
+                    (batch.batch_id, batch.unit_id, batch.digest, received_ms),
+                )
+                if cursor.rowcount != 1:
+                    (unit_id, digest) = conn.execute(
+                        "SELECT unit_id, digest FROM batches WHERE batch_id = ?", (batch.batch_id,)
+                    ).fetchone()
+                    if (unit_id, digest) != (batch.unit_id, batch.digest):
+                        raise BatchConflict(
+                            f"batch {batch.batch_id} was received before with other scans"
+                        )
+                    replayed = True
+            is_new = self._file_scans(conn, rows) if rows else []
+        new = [scan.scan_id for scan, fresh in zip(scans, is_new, strict=True) if fresh]
+        duplicate = [scan.scan_id for scan, fresh in zip(scans, is_new, strict=True) if not fresh]
+        return InsertResult(new, duplicate, replayed)
+
+    def add_dead_letter(
+        self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
+    ) -> None:
+        """Keep a refused message; its payload and reason are sealed, bound to the row's id."""
+        with self._transaction() as conn:
+            # The row's id is known only after the insert, and the seal is bound to it.
+            ((letter_id,),) = conn.execute(
+                "INSERT INTO dead_letters (received_at_ms, source, topic, payload, code, reason) "
+                "VALUES (?, ?, ?, ?, ?, '') RETURNING id",
+                (to_ms(received_at), source, topic, b"", code),
+            ).fetchall()
+            conn.execute(
+                "UPDATE dead_letters SET payload = ? WHERE id = ?",
+                (seal_dead_letter(self._vault, letter_id, bytes(payload), reason), letter_id),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest `limit` dead letters, newest first, opened."""
+        rows = self._query(
+            "SELECT id, received_at_ms, source, topic, code, payload FROM dead_letters "
+            "ORDER BY id DESC LIMIT ?",
+            (int(limit),),
+        )
+        letters = []
+        for letter_id, at_ms, source, topic, code, sealed in rows:
+            envelope = json.loads(self._open(sealed, dead_letter_aad(letter_id), "dead letter"))
+            payload = base64.b64decode(envelope["payload"])
+            letters.append(
+                DeadLetter(
+                    letter_id, from_ms(at_ms), source, topic, code, envelope["reason"], payload
+                )
+            )
+        return letters
+
+    def _open(self, sealed: bytes | None, aad: bytes, what: str) -> bytes:
+        if sealed is None:
+            raise StoreError(f"{self._where}: a {what} has no sealed identity (a clear row?)")
+        try:
+            return self._vault.open(bytes(sealed), aad)
+        except SealedDataError as exc:
+            raise StoreError(
+                f"{self._where}: {what} {aad.decode('utf-8', 'replace')}: {exc}"
+            ) from None
+
+    def _checkin(self, row: Sequence[Any]) -> Checkin:
+        scan_id, venue_id, at_ms, sealed = row
+        who = json.loads(self._open(sealed, scan_aad(scan_id), "scan"))
+        return Checkin(
+            scan_id, who["person_key"], venue_id, at_ms, who["kind"], who["id_number"], who["name"]
+        )
+
+    # -- reads for trace and visitor lists ----------------------------------------------
+
+    def pseudonym(self, person_key: str) -> str:
+        """The name the store files a person under (`Vault.blind`); the audit log uses it."""
+        return self._vault.blind(person_key)
+
+    def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
+        """The person's check-ins with since <= time <= until, oldest first."""
+        rows = self._query(CHECKINS_OF_SQL, (self._vault.blind(person_key), since_ms, until_ms))
+        return [self._checkin(row) for row in rows]
+
+    def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]:
+        """The venue's check-ins with start <= time <= end, oldest first."""
+        rows = self._query(CHECKINS_AT_SQL, (venue_id, start_ms, end_ms))
+        return [self._checkin(row) for row in rows]
+
+    def person(self, person_key: str) -> tuple[str, str] | None:
+        """(id_number, name) from the person's latest scan, or None if never seen."""
+        rows = self._query(
+            f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ? "  # noqa: S608
+            "ORDER BY scanned_at_ms DESC, scan_id DESC LIMIT 1",
+            (self._vault.blind(person_key),),
+        )
+        if not rows:
+            return None
+        latest = self._checkin(rows[0])
+        return latest.id_number, latest.name
+
+    # -- audit -----------------------------------------------------------------------
+
+    def record_audit(self, action: str, reason: str, params: dict[str, Any], at: datetime) -> int:
+        """Append an entry to the chain; return its id.
+
+        The head is read and moved inside the insert's write transaction, so two
+        writers, threads or processes, cannot both chain from the same entry.
+        """
+        with self._transaction() as conn:
+            return self._append_audit(conn, action, reason, params, at)
+
+    def _append_audit(
+        self, conn: SqlConnection, action: str, reason: str, params: dict[str, Any], at: datetime
+    ) -> int:
+        try:
+            return append_audit(conn, action, reason, params, at, insert_sql=self._audit_insert)
+        except StoreError as exc:
+            raise StoreError(f"{self._where}: {exc}") from None
+
+    def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` audit rows, newest first."""
+        rows = self._query(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (int(limit),),
+        )
+        return [
+            AuditEntry(id, from_ms(at_ms), action, reason, json.loads(params), prev, digest)
+            for id, at_ms, action, reason, params, prev, digest in rows
+        ]
+
+    def verify_audit(self) -> AuditVerification:
+        """Check the whole chain and its head (`hub.audit.verify_chain`).
+
+        Detects an edited entry, a deleted one (a gap in ids or a broken link), one
+        moved to another place, and deleted newest entries (through ``audit_head``).
+        A chain alone cannot see a truncated tail; the head can. Neither stops someone
+        who rewrites every hash: compare `head_hash` with one noted elsewhere.
+        """
+        # One snapshot: the rows and the head agree even while ingest appends.
+        with self._snapshot() as conn:
+            head_row = conn.execute(
+                "SELECT last_id, last_hash, entries FROM audit_head WHERE one_row = 1"
+            ).fetchone()
+            cursor = conn.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id")  # noqa: S608
+            head = None if head_row is None else AuditHead(*head_row)
+            return verify_chain((AuditRow(*row) for row in cursor), head)
+
+    # -- retention -------------------------------------------------------------------
+
+    def purge_older_than(
+        self, cutoff: datetime, *, at: datetime | None = None, reason: str = "retention"
+    ) -> dict[str, int]:
+        """Delete what is older than `cutoff` (strictly: a row at exactly `cutoff` stays).
+
+        Scans go by ``scanned_at`` and also by ``received_at``, so that no time in
+        the database is older than the cutoff (the two differ only for a scan dated up
+        to 5 minutes ahead of the hub's clock); dead letters and batch ids by
+        ``received_at``. One transaction, which also writes a ``purge`` audit entry
+        (at `at`, default now) with the cutoff and the counts: a purge without its
+        record cannot happen. The audit log itself is kept; see docs/decisions.md.
+        """
+        cutoff_ms = to_ms(cutoff)
+        with self._transaction() as conn:
+            counts = {
+                "scans": self._purge_scans(conn, cutoff_ms),
+                "dead_letters": conn.execute(
+                    "DELETE FROM dead_letters WHERE received_at_ms < ?", (cutoff_ms,)
+                ).rowcount,
+                "batches": conn.execute(
+                    "DELETE FROM batches WHERE received_at_ms < ?", (cutoff_ms,)
+                ).rowcount,
+            }
+            params: dict[str, Any] = {"cutoff": format_rfc3339(cutoff), "deleted": counts}
+            self._append_audit(conn, "purge", reason, params, at or datetime.now(UTC))
+        return counts
+
+    def counts(self) -> dict[str, int]:
+        with self._snapshot() as conn:
+
+            def one(sql: str) -> int:
+                return int(conn.execute(sql).fetchone()[0])
+
+            return {
+                "scans": one("SELECT COUNT(*) FROM scans"),
+                "people": one("SELECT COUNT(DISTINCT person_key) FROM scans"),
+                "venues": one("SELECT COUNT(*) FROM venues"),
+                "units": one("SELECT COUNT(*) FROM units"),
+                "dead_letters": one("SELECT COUNT(*) FROM dead_letters"),
+            }
+
+
+def _venue(row: Sequence[Any]) -> VenueRecord:
+    venue_id, name, address, district = row
+    return VenueRecord(venue_id=venue_id, name=name, address=address, district=district)

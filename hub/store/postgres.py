@@ -1,0 +1,282 @@
+"""`PostgresStore`: the hub's store on PostgreSQL, for a province's load and many hub workers.
+
+    >>> store = PostgresStore("postgresql://hub@db.example/doorscan", vault=vault)  # doctest: +SKIP
+
+It keeps every promise of `hub.store.base` exactly as `SqliteStore` does; the queries
+are the same ones (`hub.store.common_store`). What is PostgreSQL's own:
+
+- Migrations (`hub.store.postgres_schema`) are numbered in ``schema_version`` and run
+  on open, each in its own transaction under an advisory lock, so workers starting
+  together take turns; a newer database is refused, another vault key too.
+- ``scans`` is partitioned by range of ``scanned_at_ms``, one partition per **Vietnam
+  day** (UTC+7, no daylight saving; ``scans_YYYYMMDD``): the day the hub's people, its
+  reports (`hub.store.common_reports`) and its retention think in, so a day's report
+  reads one partition. A partition is made when the first scan of its day arrives, in
+  a short transaction of its own under the advisory lock, before the insert's (done
+  inside the insert's, its lock on ``scans`` could deadlock with another worker's
+  insert); tomorrow's is made a day early when that is quick (`_prepare_tomorrow`).
+  Retention drops whole days (`purge_older_than`).
+- A partitioned table cannot have ``scan_id`` alone as its key, so the small
+  ``scan_ids`` table carries it: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` there
+  decides, in one statement per batch, which scans are new, even between workers.
+- Traces are btree range scans on ``(venue_id, scanned_at_ms)`` and ``(person_key,
+  scanned_at_ms)`` in each day's partition, pruned to the days asked. A plain btree
+  on the integer time serves the trace's ``BETWEEN`` as well as a GiST on a
+  ``tstzrange`` would, without the ``btree_gist`` extension (which needs a superuser
+  to install) and with cheaper inserts.
+- One connection per store object behind an `RLock`, autocommit off: every method is
+  one explicit transaction, committed or rolled back before the lock is released.
+  ``synchronous_commit`` is set on, whatever the server's default: a commit returned
+  is on disk, and the hub acks a unit only after it.
+- Identities at rest: as in SQLite, sealed (``identity``, ``BYTEA``), people filed
+  under their pseudonym, names only as a keyed hash; there is no clear column at all.
+
+Retention by ``received_at`` (a scan dated ahead of the hub's clock, kept by SQLite's
+rule too) reads a partial index of only such scans, not every day kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from doorscan.timefmt import to_ms
+from hub.store.base import BatchKey, InsertResult, StoredScan, StoreError
+from hub.store.common import (
+    DAY_MS,
+    SCAN_COLUMNS,
+    SqlConnection,
+    SqlCursor,
+    day_start_ms,
+    to_format_params,
+)
+from hub.store.common_store import SqlStore
+from hub.store.postgres_schema import (
+    AUDIT_INSERT_PG,
+    LOCK_SQL,
+    SCHEMA_VERSION,
+    ensure_partitions,
+    migrate,
+    partition_day,
+    partitions,
+)
+from hub.vault import Vault
+
+__all__ = ["DELETE_DATED_AHEAD", "SCHEMA_VERSION", "PostgresStore"]
+
+_INSERT_SCAN = to_format_params(
+    f"INSERT INTO scans ({SCAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+)
+DELETE_DATED_AHEAD = (
+    "DELETE FROM scans WHERE scanned_at_ms > received_at_ms AND received_at_ms < ? "
+    "AND scanned_at_ms >= ? RETURNING scan_id"
+)
+"""Retention's scans received before the cutoff but dated after it (``scans_dated_ahead``).
+
+Parameters: the cutoff twice."""
+_TRY_AHEAD_EVERY_S = 60.0
+_TRY_AHEAD_LOCK_TIMEOUT_MS = 200
+
+# In id order: two workers claiming overlapping batches lock the ids in the same order,
+# so one waits for the other instead of the two deadlocking.
+_CLAIM_IDS = (
+    "INSERT INTO scan_ids (scan_id, scanned_at_ms) "
+    "SELECT * FROM unnest(?::text[], ?::bigint[]) AS claim (scan_id, scanned_at_ms) "
+    "ORDER BY scan_id ON CONFLICT (scan_id) DO NOTHING RETURNING scan_id"
+)
+
+
+class _Connection:
+    """A psycopg connection that speaks the shared SQL (``?`` placeholders)."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> SqlCursor:
+        return self.raw.execute(to_format_params(sql), parameters)
+
+
+class PostgresStore(SqlStore):
+    """`HubStore` on a PostgreSQL database, in the schema its URL's search_path names.
+
+    `vault` is required: a database written with another vault is refused (`StoreError`).
+    """
+
+    def __init__(self, url: str, *, vault: Vault) -> None:
+        self.url = url
+        self._vault = vault
+        self._lock = threading.RLock()
+        self._audit_insert = AUDIT_INSERT_PG
+        self._days: set[date] = set()  # partitions known to exist (made or seen)
+        self._next_try_ahead = 0.0  # time.monotonic() of the next `_prepare_tomorrow`
+        self._where = "PostgreSQL"
+        self._closed = False
+        self._raw: psycopg.Connection[Any] | None = None
+        try:
+            self._where = self._setup()
+            migrate(self._transaction, vault, self._where)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> str:
+        with self._transaction() as conn:
+            database, schema = conn.execute(
+                "SELECT current_database(), current_schema()"
+            ).fetchone()
+        if schema is None:
+            raise StoreError(f"database {database}: no schema of the search_path exists")
+        return f"PostgreSQL {database}/{schema}"
+
+    # -- lifecycle and transactions -----------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
+
+    def _db(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise StoreError(f"the store {self._where} is closed")
+        if self._raw is None or self._raw.closed:
+            # First use, or the server went away (a restart, a failover): the call that
+            # saw it failed and committed nothing; this one starts on a new connection.
+            try:
+                raw = psycopg.connect(self.url, autocommit=False)
+                # A commit must be durable before the hub acks, whatever the server's default.
+                raw.execute("SET synchronous_commit = on")
+                raw.commit()
+            except psycopg.OperationalError as exc:
+                why = " ".join(str(exc).split())  # one line: the CLI prints it as one
+                raise StoreError(f"cannot connect to the hub database: {why}") from None
+            self._raw = raw
+        return self._raw
+
+    @contextmanager
+    def _transaction(self) -> Iterator[SqlConnection]:
+        # psycopg begins the transaction at the first statement; it ends here, either way.
+        with self._lock:
+            raw = self._db()
+            try:
+                yield _Connection(raw)
+            except BaseException:
+                if not raw.closed:
+                    raw.rollback()
+                raise
+            raw.commit()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._transaction() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[SqlConnection]:
+        with self._transaction() as conn:
+            # Several reads, one snapshot (READ COMMITTED would take one per statement).
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    # -- scans ----------------------------------------------------------------------------
+
+    def insert_scans(
+        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+    ) -> InsertResult:
+        """`hub.store.base.ScanSink.insert_scans`, after making the partitions it needs."""
+        days = {partition_day(to_ms(scan.scanned_at)) for scan in scans}
+        self._ensure_days(days)
+        self._prepare_tomorrow(partition_day(to_ms(received_at)) + timedelta(days=1))
+        try:
+            return super().insert_scans(scans, received_at, batch)
+        except psycopg.errors.CheckViolation:
+            # "No partition for the row": another worker's purge dropped a day this
+            # store had seen. Nothing was stored; make the day again and retry once.
+            with self._lock:
+                self._days.clear()
+            if not self._ensure_days(days):
+                raise
+            return super().insert_scans(scans, received_at, batch)
+
+    def _ensure_days(self, days: set[date]) -> bool:
+        """Make the partitions of `days` this store has not seen; True if one was missing."""
+        with self._lock:  # `_days` is shared by the store's threads
+            missing = days - self._days
+            if not missing:
+                return False
+            with self._transaction() as conn:
+                conn.execute(LOCK_SQL)
+                before = set(partitions(conn))
+                ensure_partitions(conn, missing - before)
+            self._days |= missing
+            return bool(missing - before)
+
+    def _prepare_tomorrow(self, day: date) -> None:
+        """Make the next day's partition before its first scan, if that can be done quickly.
+
+        Hazard: creating a partition takes an ACCESS EXCLUSIVE lock on ``scans``, so it
+        waits for every running read of it (a long report) while every insert queues
+        behind it. A day early it is tried under a short ``lock_timeout`` and given up
+        (tried again a minute later) rather than stall ingest; only if every try failed
+        does the day's first scan make it, and wait.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if day in self._days or now < self._next_try_ahead:
+                return
+            self._next_try_ahead = now + _TRY_AHEAD_EVERY_S
+            try:
+                with self._transaction() as conn:
+                    conn.execute(f"SET LOCAL lock_timeout = '{_TRY_AHEAD_LOCK_TIMEOUT_MS}ms'")
+                    conn.execute(LOCK_SQL)
+                    ensure_partitions(conn, {day} - set(partitions(conn)))
+            except psycopg.errors.LockNotAvailable:
+                return
+            self._days.add(day)
+
+    def _file_scans(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> list[bool]:
+        # One statement claims every id; the rows whose id it returned are new. A scan id
+        # twice in one batch is claimed once: its first row is new, the next a duplicate.
+        claimed = {
+            scan_id
+            for (scan_id,) in conn.execute(
+                _CLAIM_IDS, ([row[0] for row in rows], [row[3] for row in rows])
+            ).fetchall()
+        }
+        fresh = []
+        for row in rows:
+            fresh.append(row[0] in claimed)
+            claimed.discard(row[0])
+        new_rows = [row for row, is_new in zip(rows, fresh, strict=True) if is_new]
+        if new_rows:
+            with self._db().cursor() as cursor:
+                cursor.executemany(_INSERT_SCAN, new_rows)
+        return fresh
+
+    def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
+        # Under the DDL lock: no worker makes a partition while days are dropped.
+        conn.execute(LOCK_SQL)
+        deleted = 0
+        for day, name in sorted(partitions(conn).items()):
+            if day_start_ms(day) + DAY_MS > cutoff_ms:  # the day has rows at the cutoff
+                continue
+            table = pgsql.Identifier(name)
+            count = self._db().execute(pgsql.SQL("SELECT COUNT(*) FROM {}").format(table))
+            deleted += int(count.fetchall()[0][0])
+            self._db().execute(pgsql.SQL("DROP TABLE {}").format(table))
+            self._days.discard(day)
+        # The day straddling the cutoff (pruned to its partition), then the scans dated
+        # ahead of their reception (found through the small partial index).
+        straddling = conn.execute("DELETE FROM scans WHERE scanned_at_ms < ?", (cutoff_ms,))
+        conn.execute("DELETE FROM scan_ids WHERE scanned_at_ms < ?", (cutoff_ms,))
+        ahead = conn.execute(DELETE_DATED_AHEAD, (cutoff_ms, cutoff_ms)).fetchall()
+        if ahead:
+            conn.execute("DELETE FROM scan_ids WHERE scan_id = ANY(?)", ([i for (i,) in ahead],))
+        return deleted + straddling.rowcount + len(ahead)

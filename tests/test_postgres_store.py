@@ -1,0 +1,345 @@
+"""What only the PostgreSQL store has: day partitions, its migrations, its plans, its dump.
+
+Everything a store promises is tested once for both backends by the suites that take
+`hub_db`; these tests look at what is PostgreSQL's own, against the real server
+(`tests.hubdb.PG_URL`), each in a fresh schema of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from doorscan.payloads import parse_qr
+from doorscan.synthetic import cccd_text
+from doorscan.timefmt import to_ms
+from doorscan.wire import UnitRecord, VenueRecord
+from hub.access import AccessControlledStore, Principal, Role
+from hub.store import StoredScan, StoreError
+from hub.store.common_store import CHECKINS_AT_SQL, CHECKINS_OF_SQL
+from hub.store.postgres import DELETE_DATED_AHEAD, PostgresStore
+from hub.store.postgres_schema import SCHEMA_VERSION
+from hub.vault import Vault
+from tests.hubdb import PG_URL, pg_schema_url, raw_sql
+from tests.hubstore import TEST_VAULT
+from tests.test_vault import PEOPLE, leaks
+
+# Vietnam days: 2022-01-09 (VN) runs from 2022-01-08T17:00Z to 2022-01-09T17:00Z.
+DAY1 = datetime(2022, 1, 7, 17, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+DAY3 = DAY2 + timedelta(days=1)
+NOW = DAY3 + timedelta(days=2)
+TODAY = NOW.date()
+DAYS = ["scans_20220108", "scans_20220109", "scans_20220110"]
+TOMORROW = "scans_20220113"  # NOW is the first instant of 2022-01-12 in Vietnam
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from pg_schema_url()
+
+
+def _schema(url: str) -> str:
+    ((schema,),) = raw_sql(url, "SELECT current_schema()")
+    return str(schema)
+
+
+def _open(url: str, vault: Vault = TEST_VAULT) -> PostgresStore:
+    return PostgresStore(url, vault=vault)
+
+
+def _registry(store: PostgresStore, venues: int = 1) -> None:
+    for n in range(venues):
+        store.upsert_venue(VenueRecord(venue_id=f"v{n}", name=f"Chợ {n}"))
+        store.upsert_unit(UnitRecord(unit_id=f"u{n}", venue_id=f"v{n}"))
+
+
+def _scan(scan_id: str, at: datetime, person: int = 0, venue: int = 0) -> StoredScan:
+    who = parse_qr(cccd_text(PEOPLE[person % len(PEOPLE)]), today=TODAY)
+    return StoredScan(scan_id, f"u{venue}", f"v{venue}", at, True, who, "mqtt")
+
+
+def _partitions(url: str) -> list[str]:
+    rows = raw_sql(
+        url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'scans'::regclass ORDER BY 1",
+    )
+    return [str(name) for (name,) in rows]
+
+
+# -- partitions --------------------------------------------------------------------------------
+
+
+def test_each_vietnam_day_gets_its_partition_and_purge_drops_whole_days(pg_url: str) -> None:
+    ms = timedelta(milliseconds=1)
+    cutoff = DAY2 + timedelta(hours=12)
+    with _open(pg_url) as store, _open(pg_url) as other:
+        _registry(store)
+        assert _partitions(pg_url) == []
+        result = store.insert_scans(
+            [
+                _scan("d1-first", DAY1),
+                _scan("d1-last", DAY2 - ms),  # 16:59:59.999 UTC: still the first Vietnam day
+                _scan("d2-morning", DAY2 + timedelta(hours=2)),
+                _scan("d2-evening", DAY2 + timedelta(hours=20)),
+                _scan("d3", DAY3 + timedelta(hours=1)),
+            ],
+            received_at=NOW,
+        )
+        assert len(result.new) == 5
+        # Dated ahead of its reception (a unit's clock running fast): purged by received_at.
+        store.insert_scans([_scan("ahead", cutoff + 2 * ms)], received_at=cutoff - ms)
+        assert _partitions(pg_url) == [*DAYS, TOMORROW]
+        placed = raw_sql(pg_url, "SELECT scan_id, tableoid::regclass::text FROM scans")
+        assert sorted(placed) == [
+            ("ahead", "scans_20220109"),
+            ("d1-first", "scans_20220108"),
+            ("d1-last", "scans_20220108"),
+            ("d2-evening", "scans_20220109"),
+            ("d2-morning", "scans_20220109"),
+            ("d3", "scans_20220110"),
+        ]
+        other.insert_scans([_scan("d1-other", DAY1 + timedelta(hours=3))], received_at=NOW)
+
+        counts = store.purge_older_than(cutoff, at=NOW, reason="test")
+
+        assert counts == {"scans": 5, "dead_letters": 0, "batches": 0}
+        assert _partitions(pg_url) == [*DAYS[1:], TOMORROW]
+        assert sorted(raw_sql(pg_url, "SELECT scan_id FROM scan_ids")) == [
+            ("d2-evening",),
+            ("d3",),
+        ]
+        assert store.counts()["scans"] == 2
+        [purge] = [e for e in store.audit_entries() if e.action == "purge"]
+        assert purge.params["deleted"] == counts
+        assert store.verify_audit().ok
+        # The purged ids are forgotten: sent again, they are new. `other` still believes
+        # the first day's partition exists (it made a scan there); it makes it again.
+        again = other.insert_scans([_scan("d1-first", DAY1), _scan("d3", DAY3)], received_at=NOW)
+        assert (again.new, again.duplicate) == (["d1-first"], ["d3"])
+        assert _partitions(pg_url)[0] == "scans_20220108"
+
+
+def test_workers_sharing_new_days_and_the_same_scans_store_each_once(pg_url: str) -> None:
+    """Four workers at once: each makes the same three days and sends the same scans, half
+    of them in the opposite order (which deadlocks if ids are claimed in the order given)."""
+    with _open(pg_url) as first:
+        _registry(first)
+    # Batches large enough that the workers' claims overlap in time.
+    shared = [_scan(f"s{k:04d}", DAY1 + timedelta(days=k % 3, seconds=k)) for k in range(3000)]
+    new: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker(n: int) -> None:
+        try:
+            with _open(pg_url) as store:
+                start.wait()
+                for chunk in range(0, 3000, 1000):
+                    batch = shared[chunk : chunk + 1000]
+                    result = store.insert_scans(batch[:: 1 if n % 2 else -1], received_at=NOW)
+                    new.extend(result.new)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert _partitions(pg_url) == [*DAYS, TOMORROW]
+    assert sorted(new) == [scan.scan_id for scan in shared]
+    assert raw_sql(pg_url, "SELECT COUNT(*), COUNT(DISTINCT scan_id) FROM scans") == [(3000, 3000)]
+
+
+def test_tomorrow_is_made_ahead_unless_a_long_read_holds_the_table(pg_url: str) -> None:
+    with _open(pg_url) as store:
+        _registry(store)
+        store.insert_scans([_scan("s1", DAY1)], received_at=DAY1)
+    assert _partitions(pg_url) == DAYS[:2]  # the scan's day and the day after it
+    with psycopg.connect(pg_url) as reader, _open(pg_url) as store:
+        # A report still reading: making a partition would wait for it, and so would
+        # every insert queued behind that. The insert goes ahead and tomorrow waits.
+        reader.execute("SELECT COUNT(*) FROM scans").fetchall()
+        done = threading.Event()
+
+        def insert() -> None:
+            store.insert_scans([_scan("s2", DAY1 + timedelta(hours=1))], received_at=DAY2)
+            done.set()
+
+        thread = threading.Thread(target=insert)
+        thread.start()
+        thread.join(30)
+        finished = done.is_set()
+        reader.rollback()
+        thread.join(30)
+        assert finished, "the insert waited for the reader"
+        assert _partitions(pg_url) == DAYS[:2]
+        assert store.counts()["scans"] == 2
+
+
+# -- migrations and the vault ------------------------------------------------------------------
+
+
+def test_migrations_are_numbered_and_a_newer_database_is_refused(pg_url: str) -> None:
+    _open(pg_url).close()
+    assert raw_sql(pg_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    _open(pg_url).close()  # opening again migrates nothing
+    assert raw_sql(pg_url, "SELECT COUNT(*) FROM audit_head") == [(1,)]
+    raw_sql(pg_url, "UPDATE schema_version SET version = version + 1")
+    with pytest.raises(StoreError, match="newer doorscan"):
+        _open(pg_url)
+
+
+def test_workers_opening_a_new_database_at_once_all_succeed(pg_url: str) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def open_it() -> None:
+        try:
+            start.wait()
+            _open(pg_url).close()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert raw_sql(pg_url, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert raw_sql(pg_url, "SELECT COUNT(*) FROM vault_check") == [(1,)]
+
+
+def test_another_vault_key_is_refused(pg_url: str) -> None:
+    with _open(pg_url) as store:
+        _registry(store)
+        store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
+    with pytest.raises(StoreError, match="another vault key"):
+        _open(pg_url, Vault.generate())
+    with _open(pg_url) as store:  # the right key still opens it
+        assert store.counts()["scans"] == 1
+
+
+# -- the trace is an index range scan ----------------------------------------------------------
+
+
+def test_trace_queries_are_index_scans_on_the_days_asked(pg_url: str) -> None:
+    with _open(pg_url) as store:
+        _registry(store, venues=40)
+        for day in range(3):
+            scans = [
+                _scan(f"s{day}-{n}", DAY1 + timedelta(days=day, seconds=17 * n), n % 97, n % 40)
+                for n in range(2000)
+            ]
+            store.insert_scans(scans, received_at=NOW)
+        pseudonym = store.pseudonym(PEOPLE[5].person_key)
+    raw_sql(pg_url, "ANALYZE scans")
+
+    def plan(sql: str, *params: object) -> str:
+        rows = raw_sql(pg_url, "EXPLAIN " + sql, *params)  # raw_sql takes ? placeholders
+        return "\n".join(str(row[0]) for row in rows)
+
+    def seq_scans(text: str) -> list[str]:
+        # Of the days that hold rows: tomorrow's partition is empty, and an empty table
+        # is rightly read without its index.
+        return [day for day in DAYS if f"Seq Scan on {day} " in text]
+
+    hour = DAY2 + timedelta(hours=3)
+    at_venue = plan(CHECKINS_AT_SQL, "v7", to_ms(hour), to_ms(hour + timedelta(hours=1)))
+    assert not seq_scans(at_venue), at_venue
+    assert "scans_20220109_venue_id_scanned_at_ms_idx" in at_venue, at_venue
+    assert "scans_20220108" not in at_venue and "scans_20220110" not in at_venue, at_venue
+
+    of_person = plan(CHECKINS_OF_SQL, pseudonym, to_ms(DAY1), to_ms(DAY3 + timedelta(days=1)))
+    assert not seq_scans(of_person), of_person
+    for name in ("20220108", "20220109", "20220110"):
+        assert f"scans_{name}_person_key_scanned_at_ms_idx" in of_person, of_person
+
+    # Retention's search for scans dated ahead of their reception reads the partial index.
+    dated_ahead = plan(DELETE_DATED_AHEAD, to_ms(DAY2), to_ms(DAY2))
+    assert not seq_scans(dated_ahead), dated_ahead
+    assert "scans_20220110_received_at_ms_idx" in dated_ahead, dated_ahead
+
+
+# -- nothing in the clear ----------------------------------------------------------------------
+
+
+def _dump(url: str, into: Path) -> Path:
+    """``pg_dump`` of the store's schema: what a stolen backup would hold."""
+    dump = subprocess.run(
+        ["pg_dump", "--schema", _schema(url), "--dbname", PG_URL],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    ).stdout
+    into.write_bytes(dump)
+    return into
+
+
+def _hex_leaks(dump: Path) -> list[str]:
+    """Names and ID numbers as ``bytea`` shows them in a dump (hex of their UTF-8)."""
+    text = dump.read_bytes()
+    return [
+        person.id_number
+        for person in PEOPLE
+        if any(v.encode().hex().encode() in text for v in (person.name, person.id_number))
+    ]
+
+
+def test_a_dump_of_the_database_holds_no_name_and_no_id_number(pg_url: str, tmp_path: Path) -> None:
+    with _open(pg_url) as store:
+        _registry(store, venues=3)
+        scans = [
+            _scan(f"scan-{n:04d}", DAY1 + timedelta(minutes=7 * n), n, n % 3)
+            for n in range(len(PEOPLE))
+        ]
+        assert len(store.insert_scans(scans, received_at=NOW).new) == 100
+        # A refused code, kept as it came, with a reason that quotes it.
+        qr = cccd_text(PEOPLE[0]).encode()
+        store.add_dead_letter("mqtt", "t", qr, "bad", f"not {PEOPLE[0].name}", NOW)
+        tracer = AccessControlledStore(store, Principal(Role.TRACER))
+        found = tracer.trace(PEOPLE[3].id_number, DAY1, NOW, timedelta(minutes=60), 2, "ca 1", NOW)
+        assert found.index.name == PEOPLE[3].name
+        assert store.person_keys_by_name(PEOPLE[4].name) == [PEOPLE[4].person_key]
+
+    clean = _dump(pg_url, tmp_path / "clean.sql")
+    assert b"scan-0099" in clean.read_bytes()  # the dump does hold the rows
+    assert leaks([clean], PEOPLE) == []
+    assert _hex_leaks(clean) == []
+
+    # The control: the same searches find a name written in the clear, as text and as bytes.
+    raw_sql(pg_url, "UPDATE venues SET name = ? WHERE venue_id = 'v1'", PEOPLE[7].name)
+    raw_sql(pg_url, "UPDATE dead_letters SET payload = convert_to(?, 'UTF8')", PEOPLE[9].name)
+    planted = _dump(pg_url, tmp_path / "planted.sql")
+    assert leaks([planted], PEOPLE) == [f"{PEOPLE[7].name!r} of {PEOPLE[7].id_number}"]
+    assert _hex_leaks(planted) == [PEOPLE[9].id_number]
+
+
+def test_a_lost_connection_fails_one_call_and_the_next_reconnects(pg_url: str) -> None:
+    name = f"doorscan-victim-{_schema(pg_url)}"
+    with _open(f"{pg_url}&application_name={name}") as store:
+        _registry(store)
+        store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
+        # A server restart or failover, as the store sees it: its backend goes away.
+        ended = raw_sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+            name,
+        )
+        assert ended == [(True,)]
+        with pytest.raises(psycopg.OperationalError):
+            store.insert_scans([_scan("s2", DAY1)], received_at=NOW)
+        result = store.insert_scans([_scan("s2", DAY1), _scan("s1", DAY1)], received_at=NOW)
+        assert (result.new, result.duplicate) == (["s2"], ["s1"])
+    with pytest.raises(StoreError, match="closed"):
+        store.counts()
