@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
@@ -25,10 +25,14 @@ from hub.store.factory import is_postgres, open_hub_store, sqlite_path
 from hub.trace import MAX_DEPTH
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
+if TYPE_CHECKING:
+    from hub.service import TlsFiles
+
 __all__ = [
     "EXIT_FORBIDDEN",
     "Commands",
     "UsageError",
+    "broker_parent",
     "csv_lines",
     "db_parent",
     "depth_arg",
@@ -40,6 +44,7 @@ __all__ = [
     "printable",
     "table",
     "time_arg",
+    "tls_files",
     "to_json",
 ]
 
@@ -88,6 +93,32 @@ def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> HubStore
         return open_hub_store(db, vault=vault)
     except StoreError as exc:
         raise UsageError(str(exc)) from None
+
+
+def broker_parent() -> argparse.ArgumentParser:
+    """The options of every command that talks to the broker: where, and the TLS files."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--broker-host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)"
+    )
+    parent.add_argument("--broker-port", type=int, default=1883, help="MQTT port (default 1883)")
+    tls = parent.add_argument_group("TLS (all three, from `provisioning broker-files`)")
+    tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
+    tls.add_argument("--cert-file", type=Path, metavar="PEM", help="the hub's client certificate")
+    tls.add_argument("--key-file", type=Path, metavar="PEM", help="the hub's private key")
+    return parent
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files `broker_parent` took: all three, or None for plain TCP."""
+    from hub.service import TlsFiles  # here: only commands that connect need paho
+
+    given = (args.ca_file, args.cert_file, args.key_file)
+    if all(path is None for path in given):
+        return None
+    if any(path is None for path in given):
+        raise UsageError("--ca-file, --cert-file and --key-file go together")
+    return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
 def db_parent() -> argparse.ArgumentParser:

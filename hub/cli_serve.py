@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING
 
 from doorscan.cards import CardKeyring
 from doorscan.sealing import load_private_key
-from hub.cli_common import Commands, UsageError, db_parent, open_store
+from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
 from hub.cli_web import WebThread, http_address, where
 from hub.ingest import IngestCounters, Ingestor, describe
 from hub.service import (
     SHARED_GROUP,
     HubService,
-    TlsFiles,
     hub_client_factory,
     worker_client_factory,
 )
@@ -49,14 +48,10 @@ __all__ = ["add_serve"]
 def add_serve(commands: Commands) -> None:
     parser = commands.add_parser(
         "serve",
-        parents=[db_parent()],
+        parents=[db_parent(), broker_parent()],
         help="receive scans from the broker, store them, ack them (runs until stopped)",
         description="Subscribe to the registry and all scans; ack each batch after its commit.",
     )
-    parser.add_argument(
-        "--broker-host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)"
-    )
-    parser.add_argument("--broker-port", type=int, default=1883, help="MQTT port (default 1883)")
     parser.add_argument(
         "--client-id", default="doorscan-hub", help="MQTT client id (persistent session)"
     )
@@ -98,20 +93,7 @@ def add_serve(commands: Commands) -> None:
     # Set by the supervisor on the workers it starts; not for people.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
-    tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
-    tls.add_argument("--cert-file", type=Path, metavar="PEM", help="the hub's client certificate")
-    tls.add_argument("--key-file", type=Path, metavar="PEM", help="the hub's private key")
     parser.set_defaults(run=_run_serve)
-
-
-def _serve_tls(args: argparse.Namespace) -> TlsFiles | None:
-    given = (args.ca_file, args.cert_file, args.key_file)
-    if all(path is None for path in given):
-        return None
-    if any(path is None for path in given):
-        raise UsageError("--ca-file, --cert-file and --key-file go together")
-    return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
 def _worker_count(text: str) -> int:
@@ -138,7 +120,7 @@ def _run_hub(args: argparse.Namespace) -> int:
     )
     card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
     sealing_key = load_private_key(args.seal_key) if args.seal_key else None
-    tls = _serve_tls(args)
+    tls = tls_files(args)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -216,7 +198,7 @@ def _run_supervisor(args: argparse.Namespace) -> int:
             "--http runs in one process: with --workers, run `doorscan-hub web --http ...` "
             "beside the workers"
         )
-    if _serve_tls(args) is not None:
+    if tls_files(args) is not None:
         raise UsageError(
             "--workers with TLS needs one certificate per worker (the broker makes the "
             "certificate's CN the client id); run one worker per certificate for now"

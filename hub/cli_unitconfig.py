@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -49,7 +48,7 @@ from doorscan.wire import (
     topic_scans,
     topic_status,
 )
-from hub.cli_common import Commands, UsageError
+from hub.cli_common import Commands, UsageError, broker_parent, tls_files
 
 __all__ = ["add_unit_config", "parse_settings"]
 
@@ -59,6 +58,7 @@ EXIT_NOT_APPLIED = 1
 def add_unit_config(commands: Commands) -> None:
     parser = commands.add_parser(
         "unit-config",
+        parents=[broker_parent()],
         help="set or show a door unit's remote config (retained on its config topic)",
         description="Keys: " + ", ".join(CONFIG_SETTINGS) + ". KEY= (empty) unsets a key.",
     )
@@ -73,16 +73,8 @@ def add_unit_config(commands: Commands) -> None:
         help="wait up to S seconds for the unit to report the new version (exit 1 if not)",
     )
     parser.add_argument(
-        "--broker-host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)"
-    )
-    parser.add_argument("--broker-port", type=int, default=1883, help="MQTT port (default 1883)")
-    parser.add_argument(
         "--timeout-s", type=float, default=10.0, help="give up on the broker after this (s)"
     )
-    tls = parser.add_argument_group("TLS (all three, from `provisioning broker-files`)")
-    tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
-    tls.add_argument("--cert-file", type=Path, metavar="PEM", help="the hub's client certificate")
-    tls.add_argument("--key-file", type=Path, metavar="PEM", help="the hub's private key")
     parser.set_defaults(run=_run_unit_config)
 
 
@@ -152,15 +144,13 @@ class _Link:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
-        given = [args.ca_file, args.cert_file, args.key_file]
-        if any(p is not None for p in given):
-            if not all(p is not None for p in given):
-                raise UsageError("--ca-file, --cert-file and --key-file go together")
+        tls = tls_files(args)
+        if tls is not None:
             try:
                 self.client.tls_set(
-                    ca_certs=str(args.ca_file),
-                    certfile=str(args.cert_file),
-                    keyfile=str(args.key_file),
+                    ca_certs=str(tls.ca_file),
+                    certfile=str(tls.cert_file),
+                    keyfile=str(tls.key_file),
                 )
             except (OSError, ValueError) as exc:
                 raise UsageError(f"cannot use the TLS files: {exc}") from None

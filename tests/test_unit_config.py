@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from hub.cli_unitconfig import parse_settings
 from tests.test_broker_security import HOST, Fleet
 from tests.test_broker_security import fleet as fleet  # the TLS broker fixture, re-exported
 from tests.test_status import Watcher
+from tests.test_status import watcher as watcher  # the status-topic fixture, re-exported
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.broker
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.broker
 DAY = datetime(2022, 1, 10, 2, tzinfo=UTC)  # 09:00 in Vietnam
 BUZZER, GREEN = 22, 17
 PEOPLE = make_people(4, seed=11)
-
-
-@pytest.fixture
-def watcher(broker: LocalBroker) -> Iterator[Watcher]:
-    running = Watcher(broker, "door-1")
-    yield running
-    running.close()
 
 
 def _config(tmp_path: Path, broker: LocalBroker) -> UnitConfig:
