@@ -8,10 +8,12 @@ taking requests and finishes those in flight, then MQTT stops, then the store cl
 ``--workers N`` (N > 1) makes this process a supervisor of N worker processes that
 share the scans through an MQTT shared subscription (`hub.workers`). Each worker is
 this same command with a hidden ``--worker-index``. ``--http`` stays with one process
-(run ``doorscan-hub web`` beside the workers), and so does TLS for now: the provisioned
-listener makes every client id the certificate's CN (``use_username_as_clientid``),
-so workers sharing the hub's certificate would all be ``doorscan-hub`` and throw each
-other off; N workers need N certificates first.
+(run ``doorscan-hub web`` beside the workers). With TLS each worker needs its own
+certificate, so ``--cert-file``/``--key-file`` carry ``{n}`` (``hub.workers`` says why)::
+
+    doorscan-hub serve --workers 2 --broker-host mq --broker-port 8883 \\
+        --ca-file broker/ca.pem --cert-file broker/hub-{n}-cert.pem \\
+        --key-file broker/hub-{n}-key.pem
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from hub.service import (
     hub_client_factory,
     worker_client_factory,
 )
-from hub.workers import WorkerPool, ready_line, supervisor_gone
+from hub.workers import WORKER_PLACEHOLDER, WorkerPool, ready_line, supervisor_gone, worker_path
 
 if TYPE_CHECKING:
+    from hub.service import TlsFiles
     from hub.web.metrics import HubMetrics
 
 __all__ = ["add_serve"]
@@ -51,6 +54,9 @@ def add_serve(commands: Commands) -> None:
         parents=[db_parent(), broker_parent()],
         help="receive scans from the broker, store them, ack them (runs until stopped)",
         description="Subscribe to the registry and all scans; ack each batch after its commit.",
+        epilog="With --workers N over TLS, --cert-file and --key-file contain {n}, which "
+        "becomes each worker's number: --cert-file broker/hub-{n}-cert.pem "
+        "(from `provisioning broker-files --hub-workers N`).",
     )
     parser.add_argument(
         "--client-id", default="doorscan-hub", help="MQTT client id (persistent session)"
@@ -198,11 +204,9 @@ def _run_supervisor(args: argparse.Namespace) -> int:
             "--http runs in one process: with --workers, run `doorscan-hub web --http ...` "
             "beside the workers"
         )
-    if tls_files(args) is not None:
-        raise UsageError(
-            "--workers with TLS needs one certificate per worker (the broker makes the "
-            "certificate's CN the client id); run one worker per certificate for now"
-        )
+    tls = tls_files(args)
+    if tls is not None:
+        _check_worker_tls(tls, args.workers)
     # Opened (and migrated) once here, before N workers race to do it, and so that a
     # wrong --db or vault key is one clear error instead of N crash-looping workers.
     with open_store(args.db, args.vault_key, must_exist=False):
@@ -210,7 +214,7 @@ def _run_supervisor(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    pool = WorkerPool(lambda index: _worker_argv(args, index), args.workers)
+    pool = WorkerPool(lambda index: _worker_argv(args, tls, index), args.workers)
 
     def announce() -> None:
         pool.say(
@@ -223,7 +227,36 @@ def _run_supervisor(args: argparse.Namespace) -> int:
     return code
 
 
-def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+def _check_worker_tls(tls: TlsFiles, workers: int) -> None:
+    """Refuse TLS files that N workers cannot use, before any worker starts: a worker
+    without its files would only crash and be restarted, over and over."""
+    shared = [
+        f"{option} {path}"
+        for option, path in (("--cert-file", tls.cert_file), ("--key-file", tls.key_file))
+        if WORKER_PLACEHOLDER not in str(path)
+    ]
+    if shared:
+        raise UsageError(
+            f"{' and '.join(shared)}: with --workers each worker needs its own certificate "
+            "(the broker makes the certificate's CN the client id, so workers sharing one "
+            f"would throw each other off); put {WORKER_PLACEHOLDER} in --cert-file and "
+            f"--key-file, e.g. broker/hub-{WORKER_PLACEHOLDER}-cert.pem, for the files "
+            "`provisioning broker-files --hub-workers N` writes"
+        )
+    missing = [
+        str(path)
+        for index in range(1, workers + 1)
+        for path in (worker_path(tls.cert_file, index), worker_path(tls.key_file, index))
+        if not path.is_file()
+    ]
+    if missing:
+        raise UsageError(
+            f"no such file: {', '.join(missing)}; `provisioning broker-files "
+            f"--hub-workers {workers}` issues a certificate for each of {workers} workers"
+        )
+
+
+def _worker_argv(args: argparse.Namespace, tls: TlsFiles | None, index: int) -> list[str]:
     """This `serve` command as worker `index` runs it. Every serve option but --http and
     --workers must be passed on here (the vault key also reaches it by the environment)."""
     argv = [sys.executable, "-m", "hub", "serve", "--worker-index", str(index)]
@@ -236,6 +269,10 @@ def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
         argv += ["--card-key", str(key)]
     if args.seal_key is not None:
         argv += ["--seal-key", str(args.seal_key)]
+    if tls is not None:
+        argv += ["--ca-file", str(tls.ca_file)]
+        argv += ["--cert-file", str(worker_path(tls.cert_file, index))]
+        argv += ["--key-file", str(worker_path(tls.key_file, index))]
     return argv
 
 

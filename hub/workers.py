@@ -38,6 +38,16 @@ What happens to a dead worker's messages (read in Mosquitto 2.0.11's source,
 * With every worker down, scans published meanwhile reach no session at all; the
   units resend them once a worker is back.
 
+Over TLS each worker needs a certificate of its own. The provisioned broker makes the
+certificate's CN both the user name and the client id (``use_username_as_clientid``),
+and a second client with a client id already connected throws the first one off: N
+workers sharing the hub's certificate would keep disconnecting each other. So
+``--cert-file`` and ``--key-file`` name a family of files with ``{n}`` in it
+(``broker/hub-{n}-cert.pem``, written by ``provisioning broker-files --hub-workers N``),
+and worker n gets ``hub-n-cert.pem``, CN ``doorscan-hub-n``, which the ACL gives the
+hub's rights. The broker then also makes ``doorscan-hub-n`` its client id, whatever
+``--client-id`` says.
+
 ``--workers 1`` (the default) keeps today's single process, persistent session and
 plain subscription. A group of one is not strictly the same: ``$share`` is not MQTT
 3.1.1 (Mosquitto takes it anyway, other 3.1.1 brokers need not); Mosquitto 2.0.11
@@ -58,11 +68,27 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
-__all__ = ["WorkerPool", "ready_line", "started_line", "supervisor_gone"]
+__all__ = [
+    "WORKER_PLACEHOLDER",
+    "WorkerPool",
+    "ready_line",
+    "started_line",
+    "supervisor_gone",
+    "worker_path",
+]
 
 ArgvFor = Callable[[int], Sequence[str]]
+# In --cert-file/--key-file: replaced by the worker's number (see the module docstring).
+WORKER_PLACEHOLDER = "{n}"
+
+
+def worker_path(template: Path, index: int) -> Path:
+    """Worker `index`'s file: ``broker/hub-{n}-cert.pem`` -> ``broker/hub-2-cert.pem``."""
+    # str.replace, not format(): any other brace in a path is the path's own.
+    return Path(str(template).replace(WORKER_PLACEHOLDER, str(index)))
 
 
 def ready_line(index: int) -> str:

@@ -1,6 +1,6 @@
 """The broker and certificate commands of `python -m provisioning`.
 
-    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
+    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local [--hub-workers 4]
     python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
     python -m provisioning revoke bv-gia-lai-door-1 [--publish-to hub.local:8883 --ca-file ...]
         [--crl-to /etc/mosquitto/doorscan/crl.pem --reload-pid /run/mosquitto/mosquitto.pid]
@@ -18,9 +18,11 @@ from pathlib import Path
 
 from provisioning.broker_pki import (
     HUB_CN,
+    MAX_HUB_WORKERS,
     PROVISIONING_CN,
     BrokerPKI,
     acl_text,
+    hub_worker_cn,
     mosquitto_conf_text,
     write_private,
     write_public,
@@ -92,10 +94,14 @@ def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
     write_public(out / "broker-cert.pem", cert)
     write_public(out / "ca.pem", pki.ca_pem())
     write_public(out / "crl.pem", pki.write_crl())
-    write_public(out / "acl", acl_text().encode("utf-8"))
+    workers: int = args.hub_workers
+    # Users only for the workers issued here: see acl_text for why not all 64.
+    write_public(out / "acl", acl_text(workers).encode("utf-8"))
     conf = mosquitto_conf_text(args.port, install_dir, args.bind_address)
     write_public(out / "mosquitto.conf", conf.encode("utf-8"))
-    for role, common_name in (("hub", HUB_CN), ("provisioning", PROVISIONING_CN)):
+    roles = [("hub", HUB_CN), ("provisioning", PROVISIONING_CN)]
+    roles += [(f"hub-{n}", hub_worker_cn(n)) for n in range(1, workers + 1)]
+    for role, common_name in roles:
         cert, key = pki.issue_client(common_name, unit=False)
         write_private(out / f"{role}-key.pem", key)
         write_public(out / f"{role}-cert.pem", cert)
@@ -104,8 +110,23 @@ def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
     print("  broker-cert.pem broker-key.pem ca.pem crl.pem acl")
     print("  hub-cert.pem hub-key.pem               for `doorscan-hub serve --cert-file ...`")
     print("  provisioning-cert.pem provisioning-key.pem")
+    if workers:
+        pairs = [f"hub-{n}-cert.pem hub-{n}-key.pem" for n in sorted({1, workers})]
+        print(f"  {' .. '.join(pairs)}  one pair per hub worker, for")
+        print(
+            f"      `doorscan-hub serve --workers {workers} "
+            "--cert-file hub-{n}-cert.pem --key-file hub-{n}-key.pem ...`"
+        )
     print("the broker's key must be readable by the user mosquitto runs as, and no one else")
     return 0
+
+
+def _hub_workers(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_HUB_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of hub workers from 0 to {MAX_HUB_WORKERS}"
+        )
+    return int(text)
 
 
 def _register_broker_files(commands: Commands) -> None:
@@ -121,6 +142,14 @@ def _register_broker_files(commands: Commands) -> None:
         help="a name or address clients use for the broker (repeatable; 127.0.0.1 always)",
     )
     cmd.add_argument("--bind-address", help="listen only on this address (default: all)")
+    cmd.add_argument(
+        "--hub-workers",
+        type=_hub_workers,
+        default=0,
+        metavar="N",
+        help="also issue hub-1 .. hub-N certificates for `doorscan-hub serve --workers N` "
+        f"(0 to {MAX_HUB_WORKERS}; default 0)",
+    )
     cmd.add_argument(
         "--install-dir",
         type=Path,

@@ -7,7 +7,8 @@ own CA; Mosquitto takes the certificate's CN as the user name
     a unit (CN = unit id)        writes  doorscan/v1/units/<own id>/scans and /status
                                  reads   doorscan/v1/units/<own id>/ack and /config
     doorscan-hub                 reads   every unit's scans and status, the registry
-                                 writes  every unit's ack and config
+    doorscan-hub-<n> (n=1..64)   writes  every unit's ack and config
+                                 (the workers of `hub serve --workers N`, one CN each)
     doorscan-provisioning        writes  the registry (reads it back)
 
 The CA lives in the fleet home next to the card-signing key::
@@ -49,11 +50,13 @@ from provisioning.fleet import InvalidInput, ProvisioningError, write_atomic
 
 __all__ = [
     "HUB_CN",
+    "MAX_HUB_WORKERS",
     "PROVISIONING_CN",
-    "RESERVED_CNS",
     "BrokerPKI",
     "CertPair",
     "acl_text",
+    "hub_worker_cn",
+    "reserved_cn_reason",
     "mosquitto_conf_text",
     "write_private",
     "write_public",
@@ -61,8 +64,8 @@ __all__ = [
 
 HUB_CN = "doorscan-hub"
 PROVISIONING_CN = "doorscan-provisioning"
-# A unit with one of these ids would be given the hub's or provisioning's rights.
-RESERVED_CNS = frozenset({HUB_CN, PROVISIONING_CN})
+# `hub serve --workers N` allows 1..64 too (hub.cli_serve); the hub does not import this.
+MAX_HUB_WORKERS = 64
 CA_DAYS = 3650
 CERT_DAYS = 825  # the longest leaf lifetime common TLS stacks still accept
 # OpenSSL refuses every client while the CRL is past its next-update time, so a CRL
@@ -70,6 +73,27 @@ CERT_DAYS = 825  # the longest leaf lifetime common TLS stacks still accept
 CRL_DAYS = CERT_DAYS
 
 CertPair = tuple[bytes, bytes]  # (certificate PEM, private key PEM)
+
+
+def hub_worker_cn(index: int) -> str:
+    """The CN (so MQTT user and client id) of hub worker `index`, e.g. "doorscan-hub-2"."""
+    if not 1 <= index <= MAX_HUB_WORKERS:
+        raise InvalidInput(f"hub worker {index}: workers are numbered 1 to {MAX_HUB_WORKERS}")
+    return f"{HUB_CN}-{index}"
+
+
+def reserved_cn_reason(common_name: str) -> str | None:
+    """Why no unit may take `common_name` as its id (a CN gets the ACL's rights for that
+    name: the hub's, say), or None. The whole "doorscan-hub" prefix is kept, not just 64
+    worker names, so no later hub role finds its name already taken by a unit."""
+    if common_name.startswith(HUB_CN):
+        return (
+            f"{common_name!r} is reserved: names starting with {HUB_CN!r} belong to the hub "
+            "and its workers; a unit cannot take that id"
+        )
+    if common_name == PROVISIONING_CN:
+        return f"{common_name!r} is reserved for the provisioning tool; a unit cannot take it"
+    return None
 
 
 def _now() -> datetime:
@@ -182,11 +206,12 @@ class BrokerPKI:
     def issue_client(self, common_name: str, *, unit: bool = True) -> CertPair:
         """A client certificate; its CN becomes the MQTT user name the ACL checks.
 
-        `unit=True` refuses the hub's and provisioning's names, so a unit registered as
-        "doorscan-hub" cannot be handed the hub's rights.
+        `unit=True` refuses the hub's, its workers' and provisioning's names
+        (`reserved_cn_reason`), so a unit registered as "doorscan-hub-1" cannot be
+        handed a hub worker's rights.
         """
-        if unit and common_name in RESERVED_CNS:
-            raise InvalidInput(f"{common_name!r} is reserved; a unit cannot take that id")
+        if unit and (reason := reserved_cn_reason(common_name)) is not None:
+            raise InvalidInput(reason)
         key = _new_key()
         cert = self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], key.public_key())
         return cert, _key_pem(key)
@@ -197,8 +222,8 @@ class BrokerPKI:
         Field enrollment (`provisioning.enroll_server`) passes the key of a checked CSR:
         the CA never sees the private half. Reserved names are refused as in `issue_client`.
         """
-        if common_name in RESERVED_CNS:
-            raise InvalidInput(f"{common_name!r} is reserved; a unit cannot take that id")
+        if (reason := reserved_cn_reason(common_name)) is not None:
+            raise InvalidInput(reason)
         if not isinstance(public_key.curve, ec.SECP256R1):
             raise InvalidInput("a unit key must be EC P-256")
         return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], public_key)
@@ -296,9 +321,31 @@ class BrokerPKI:
         write_atomic(self.issued_path, text.encode("utf-8"), mode=0o600)
 
 
-def acl_text() -> str:
-    """Mosquitto `acl_file` contents (Mosquitto 2.0 syntax, see mosquitto.conf(5))."""
+# The hub's rights, written once and given to the hub and to each of its workers: a
+# worker is the hub, one share of it, and must never be able to do more or less.
+_HUB_RULES = (
+    ("read", f"{TOPIC_ROOT}/units/+/scans"),
+    ("read", f"{TOPIC_ROOT}/units/+/status"),
+    ("write", f"{TOPIC_ROOT}/units/+/ack"),
+    ("write", f"{TOPIC_ROOT}/units/+/config"),
+    ("read", f"{TOPIC_ROOT}/registry/#"),
+)
+
+
+def acl_text(hub_workers: int = 0) -> str:
+    """Mosquitto `acl_file` contents (Mosquitto 2.0 syntax, see mosquitto.conf(5)).
+
+    `hub_workers` adds users doorscan-hub-1 .. -N with the hub's rights. Only workers
+    whose certificates are issued are named: a user nobody can present is harmless but
+    tells whoever reads the file in an incident that the fleet has workers it has not.
+    """
     units = f"{TOPIC_ROOT}/units"
+    hubs = [HUB_CN, *(hub_worker_cn(n) for n in range(1, hub_workers + 1))]
+    # Mosquitto's acl_file has no groups: each user needs its own block of lines.
+    hub_blocks = "".join(
+        f"\nuser {user}\n" + "".join(f"topic {access} {topic}\n" for access, topic in _HUB_RULES)
+        for user in hubs
+    )
     return (
         "# doorscan broker ACL, written by `provisioning broker-files`.\n"
         "# User names are client-certificate CNs (use_identity_as_username).\n"
@@ -310,13 +357,7 @@ def acl_text() -> str:
         f"pattern read {units}/%u/ack\n"
         "# its own retained config from the hub (remote config arrives with issue 7)\n"
         f"pattern read {units}/%u/config\n"
-        "\n"
-        f"user {HUB_CN}\n"
-        f"topic read {units}/+/scans\n"
-        f"topic read {units}/+/status\n"
-        f"topic write {units}/+/ack\n"
-        f"topic write {units}/+/config\n"
-        f"topic read {TOPIC_ROOT}/registry/#\n"
+        f"{hub_blocks}"
         "\n"
         f"user {PROVISIONING_CN}\n"
         f"topic readwrite {TOPIC_ROOT}/registry/#\n"

@@ -42,6 +42,7 @@ from typing import Any
 from doorscan.errors import DoorscanError
 from doorscan.wire import UnitRecord, VenueRecord
 from provisioning import broker_cli, bundle, enroll_cli
+from provisioning.broker_pki import reserved_cn_reason
 from provisioning.cli_common import (
     Commands,
     Handler,
@@ -55,6 +56,7 @@ from provisioning.cli_common import (
 )
 from provisioning.fleet import (
     FleetHome,
+    InvalidInput,
     UnknownVenue,
     check_card_output,
     issue_card,
@@ -156,6 +158,10 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
         unit_id=check_id(args.id, "--id"),
         venue_id=check_id(args.venue, "--venue"),
     )
+    # Before anything is written: the id becomes the unit's certificate CN, and some
+    # CNs carry the hub's rights on the broker.
+    if (reason := reserved_cn_reason(unit.unit_id)) is not None:
+        raise InvalidInput(reason)
     broker: dict[str, Any] = {}
     if args.broker_host is not None:
         broker["host"] = args.broker_host

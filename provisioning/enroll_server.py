@@ -47,7 +47,7 @@ from doorscan import enrollment as contract
 from doorscan.enrollment import EnrollmentKeyring, EnrollRequest, EnrollResponse, UnitSettings
 from doorscan.errors import Refusal
 from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
-from provisioning.broker_pki import RESERVED_CNS, BrokerPKI
+from provisioning.broker_pki import BrokerPKI, reserved_cn_reason
 from provisioning.enroll import enrollment_signer
 from provisioning.fleet import FleetHome, describe_validation_error
 
@@ -159,8 +159,8 @@ def _unit_id_of(csr_pem: str) -> tuple[str, ec.EllipticCurvePublicKey]:
     unit_id = names[0].value
     if not _ID_RE.fullmatch(unit_id):
         raise EnrollRefused(400, "csr_name", "the CSR's CN is not a valid unit id")
-    if unit_id in RESERVED_CNS:
-        raise EnrollRefused(403, "unit_reserved", f"{unit_id!r} is reserved; a unit cannot be it")
+    if (reason := reserved_cn_reason(unit_id)) is not None:
+        raise EnrollRefused(403, "unit_reserved", reason)
     return unit_id, public_key
 
 

@@ -117,7 +117,11 @@ def fleet() -> Iterator[Fleet]:
                 f"add-device --id {unit} --venue v1 --tls --out {f.units_dir} "
                 f"--broker-host {HOST} --broker-port {port} --data-dir data-{unit}",
             )
-        _ok(f.home, f"broker-files --out {f.broker_dir} --port {port} --bind-address {HOST}")
+        _ok(
+            f.home,
+            f"broker-files --out {f.broker_dir} --port {port} --bind-address {HOST} "
+            "--hub-workers 2",  # for tests/test_worker_tls.py, which reuses this fixture
+        )
         _ok(f.home, "revoke unit-c")
         # The CLI wrote the CRL into the fleet home; the technician copies it over.
         shutil.copy(f.home / "keys" / "crl.pem", f.broker_dir / "crl.pem")

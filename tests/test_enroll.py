@@ -454,6 +454,7 @@ def test_the_server_refuses_what_it_must_and_keeps_serving(server: Server) -> No
         (_ask(server, "DSE1|garbage", "v1-garbage"), 400, "enroll_malformed"),
         (_ask(server, nowhere, "nowhere-1"), 404, "venue_unknown"),
         (_ask(server, token, "doorscan-hub"), 403, "unit_reserved"),
+        (_ask(server, token, "doorscan-hub-3"), 403, "unit_reserved"),
         (_ask(server, token, "doorscan-provisioning"), 403, "unit_reserved"),
         (_ask(server, token, "Not An Id"), 400, "csr_name"),
         (_post(server, p384_body), 400, "csr_key"),
