@@ -18,6 +18,10 @@ of the degree-k person, then the smallest venue id, so a trace is reproducible.
 The engine reads only through `CheckinReader`'s two indexed range queries: for each
 check-in of a person just found it asks for the venue's check-ins in
 ``[t - window, t + window]`` clipped to the period; it never loads the whole table.
+It walks check-ins with their identities still sealed, people told apart by pseudonym,
+and opens one check-in per person it reports: the one that made them a contact, whose
+ID number and name the contact then shows (as scanned at that venue). A person found at
+the last degree asked is not expanded further, so their visits are not read at all.
 
     >>> result = run_trace(store, "064090123456", since, until,     # doctest: +SKIP
     ...                    timedelta(minutes=60), 2, reason="ca F0 số 12", at=now)
@@ -40,7 +44,7 @@ from typing import Any
 from doorscan.errors import Refusal
 from doorscan.payloads import person_key_for_id
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
-from hub.store import CheckinReader, Store
+from hub.store import CheckinReader, SealedCheckin, Store
 
 __all__ = [
     "DEFAULT_DEPTH",
@@ -209,6 +213,7 @@ class TraceResult:
 class _Found:
     """A person found at some degree: who, since when exposed (None: always), their visits."""
 
+    pseudonym: str
     person_key: str
     id_number: str
     exposed_ms: int | None
@@ -221,19 +226,24 @@ def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
     key = params.person_key
     known = reader.person(key)
     index_id = known[0] if known else key.split(":", 1)[-1]
-    index_checkins = [(c.venue_id, c.at_ms) for c in reader.checkins_of(key, since_ms, until_ms)]
+    index_pseudonym = reader.pseudonym(key)
+    index_checkins = [
+        (c.venue_id, c.at_ms)
+        for c in reader.sealed_checkins_of(index_pseudonym, since_ms, until_ms)
+    ]
     index = IndexPerson(
         person_key=key,
         id_number=index_id,
         name=known[1] if known else None,
         visits=[Visit(venue, from_ms(at)) for venue, at in index_checkins],
     )
-    degree_of: dict[str, int] = {key: 0}
-    frontier = [_Found(key, index_id, None, index_checkins)]
+    degree_of: dict[str, int] = {index_pseudonym: 0}
+    frontier = [_Found(index_pseudonym, key, index_id, None, index_checkins)]
     contacts: list[Contact] = []
     for degree in range(1, params.depth + 1):
-        # person_key -> (event time, via person key, venue id): min() gives the tie rule.
-        best: dict[str, tuple[int, str, str]] = {}
+        # pseudonym -> ((event time, via person key, venue id), the check-in that made it):
+        # min() over the clear keys of the people found before gives the tie rule.
+        best: dict[str, tuple[tuple[int, str, str], SealedCheckin]] = {}
         via_id: dict[str, str] = {}
         for p in frontier:
             via_id[p.person_key] = p.id_number
@@ -244,28 +254,34 @@ def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
                         continue  # every event here ends before p was exposed
                     if t < p.exposed_ms:
                         lo = max(lo, p.exposed_ms)  # max(t, t_q) >= exposure needs t_q >= it
-                for other in reader.checkins_at(venue_id, lo, hi):
-                    if other.person_key in degree_of:
+                for other in reader.sealed_checkins_at(venue_id, lo, hi):
+                    if other.pseudonym in degree_of:
                         continue
                     event = (max(t, other.at_ms), p.person_key, venue_id)
-                    if other.person_key not in best or event < best[other.person_key]:
-                        best[other.person_key] = event
+                    if other.pseudonym not in best or event < best[other.pseudonym][0]:
+                        best[other.pseudonym] = (event, other)
         if not best:
             break
+        expand = degree < params.depth  # the last degree's visits would never be read
         frontier = []
-        for person_key, (event_ms, via_key, venue_id) in best.items():
-            degree_of[person_key] = degree
-            known = reader.person(person_key)
-            id_number, name = known if known else (person_key.split(":", 1)[-1], "")
-            visits = reader.checkins_of(person_key, since_ms, until_ms)
+        for pseudonym, ((event_ms, via_key, venue_id), checkin) in best.items():
+            degree_of[pseudonym] = degree
+            who = reader.open_checkin(checkin)
+            visits = reader.sealed_checkins_of(pseudonym, since_ms, until_ms) if expand else []
             frontier.append(
-                _Found(person_key, id_number, event_ms, [(c.venue_id, c.at_ms) for c in visits])
+                _Found(
+                    pseudonym,
+                    who.person_key,
+                    who.id_number,
+                    event_ms,
+                    [(c.venue_id, c.at_ms) for c in visits],
+                )
             )
             contacts.append(
                 Contact(
-                    person_key=person_key,
-                    id_number=id_number,
-                    name=name,
+                    person_key=who.person_key,
+                    id_number=who.id_number,
+                    name=who.name,
                     degree=degree,
                     exposed_at=from_ms(event_ms),
                     venue_id=venue_id,

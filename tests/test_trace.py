@@ -17,7 +17,7 @@ from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
-from hub.store import Checkin, HubStore, StoredScan
+from hub.store import Checkin, HubStore, SealedCheckin, StoredScan
 from hub.trace import TraceParams, TraceResult, person_key_from_id, run_trace, trace
 from tests.hubstore import open_store
 
@@ -305,7 +305,7 @@ def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
 
     class Counting:
         def __init__(self, store: HubStore) -> None:
-            self.store, self.rows = store, 0
+            self.store, self.rows, self.opened = store, 0, 0
 
         def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
             found = self.store.checkins_of(person_key, since_ms, until_ms)
@@ -316,6 +316,24 @@ def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
             found = self.store.checkins_at(venue_id, start_ms, end_ms)
             self.rows += len(found)
             return found
+
+        def sealed_checkins_of(
+            self, pseudonym: str, since_ms: int, until_ms: int
+        ) -> list[SealedCheckin]:
+            found = self.store.sealed_checkins_of(pseudonym, since_ms, until_ms)
+            self.rows += len(found)
+            return found
+
+        def sealed_checkins_at(
+            self, venue_id: str, start_ms: int, end_ms: int
+        ) -> list[SealedCheckin]:
+            found = self.store.sealed_checkins_at(venue_id, start_ms, end_ms)
+            self.rows += len(found)
+            return found
+
+        def open_checkin(self, checkin: SealedCheckin) -> Checkin:
+            self.opened += 1
+            return self.store.open_checkin(checkin)
 
         def person(self, person_key: str) -> tuple[str, str] | None:
             return self.store.person(person_key)
@@ -329,6 +347,7 @@ def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
         result = trace(reader, params)
     assert [c.person_key for c in result.contacts] == [WHO[1].person_key]
     assert reader.rows < 10
+    assert reader.opened == 1  # only the one contact's identity was decrypted
 
 
 def test_an_unknown_person_gives_an_empty_trace(hub_db: str) -> None:

@@ -59,6 +59,7 @@ from hub.audit import AuditVerification
 __all__ = [
     "AuditEntry",
     "Checkin",
+    "SealedCheckin",
     "DeadLetter",
     "InsertResult",
     "StoredScan",
@@ -113,6 +114,21 @@ class Checkin:
     kind: str
     id_number: str
     name: str
+
+
+@dataclass(frozen=True)
+class SealedCheckin:
+    """A stored scan before its identity is opened: who only by pseudonym.
+
+    The trace engine walks these (no decryption) and opens only the one check-in that
+    makes each person a contact (`CheckinReader.open_checkin`).
+    """
+
+    scan_id: str
+    pseudonym: str
+    venue_id: str
+    at_ms: int
+    sealed: bytes
 
 
 @dataclass(frozen=True)
@@ -181,14 +197,23 @@ class ScanSink(Protocol):
 
 
 class CheckinReader(Protocol):
-    """What the trace engine needs: two indexed range queries, a name lookup, a pseudonym.
+    """What trace and visitor lists need: two indexed range queries, a name lookup, a pseudonym.
 
     Callers speak in clear person keys; the store files people under `pseudonym`
     (`hub.vault.Vault.blind`), which is also how the audit log names whom a trace was about.
+    The ``sealed_`` forms run the same two range queries but leave identities sealed, so a
+    trace that meets thousands of check-ins opens only those it reports (`open_checkin`).
     """
 
     def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]: ...
     def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]: ...
+    def sealed_checkins_of(
+        self, pseudonym: str, since_ms: int, until_ms: int
+    ) -> list[SealedCheckin]: ...
+    def sealed_checkins_at(
+        self, venue_id: str, start_ms: int, end_ms: int
+    ) -> list[SealedCheckin]: ...
+    def open_checkin(self, checkin: SealedCheckin) -> Checkin: ...
     def person(self, person_key: str) -> tuple[str, str] | None: ...
     def pseudonym(self, person_key: str) -> str: ...
 

@@ -30,6 +30,7 @@ from hub.store.base import (
     Checkin,
     DeadLetter,
     InsertResult,
+    SealedCheckin,
     StoredScan,
     StoreError,
 )
@@ -46,9 +47,10 @@ from hub.store.common_reports import SqlReports
 from hub.store.common_users import SqlUsers
 from hub.vault import SealedDataError, Vault
 
-__all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SqlStore"]
+__all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SEALED_AT_SQL", "SEALED_OF_SQL", "SqlStore"]
 
 _CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
+_SEALED_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, identity"
 _AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
 _ORDER_BY_TIME = " AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id"
 
@@ -57,6 +59,9 @@ CHECKINS_OF_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ?{_O
 """Parameters: the person's pseudonym, since_ms, until_ms."""
 CHECKINS_AT_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
 """Parameters: venue_id, start_ms, end_ms."""
+# The same two range queries, with the pseudonym and the identity left sealed (trace).
+SEALED_OF_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE person_key = ?{_ORDER_BY_TIME}"  # noqa: S608
+SEALED_AT_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
 
 
 class SqlStore(SqlReports, SqlUsers, Closeable):
@@ -222,6 +227,22 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
         """The venue's check-ins with start <= time <= end, oldest first."""
         rows = self._query(CHECKINS_AT_SQL, (venue_id, start_ms, end_ms))
         return [self._checkin(row) for row in rows]
+
+    def sealed_checkins_of(
+        self, pseudonym: str, since_ms: int, until_ms: int
+    ) -> list[SealedCheckin]:
+        """`checkins_of` by pseudonym, identities left sealed."""
+        rows = self._query(SEALED_OF_SQL, (pseudonym, since_ms, until_ms))
+        return [SealedCheckin(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    def sealed_checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[SealedCheckin]:
+        """`checkins_at` with identities left sealed."""
+        rows = self._query(SEALED_AT_SQL, (venue_id, start_ms, end_ms))
+        return [SealedCheckin(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    def open_checkin(self, checkin: SealedCheckin) -> Checkin:
+        """The clear check-in: the identity opened (and checked to be this row's)."""
+        return self._checkin((checkin.scan_id, checkin.venue_id, checkin.at_ms, checkin.sealed))
 
     def person(self, person_key: str) -> tuple[str, str] | None:
         """(id_number, name) from the person's latest scan, or None if never seen."""
