@@ -19,23 +19,36 @@ from pathlib import Path
 from benchmarks import (
     bench_decode,
     bench_degraded,
+    bench_hub_ingest,
     bench_journal,
     bench_latency,
     bench_photos,
     bench_rss,
+    bench_trace,
+    tracedata,
 )
 from benchmarks.report import Figure, Result, load_average, machine, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
+Runner = Callable[[bool, Path, argparse.Namespace], Result]
+
 # name -> (subject heading, how to run it); in report order.
-BENCHES: dict[str, tuple[str, Callable[[bool, Path], Result]]] = {
-    "decode": (bench_decode.SUBJECT, lambda quick, tmp: bench_decode.run(quick)),
-    "degraded": (bench_degraded.SUBJECT, lambda quick, tmp: bench_degraded.run(quick)),
-    "photos": (bench_photos.SUBJECT, lambda quick, tmp: bench_photos.run(quick)),
-    "latency": (bench_latency.SUBJECT, bench_latency.run),
-    "journal": (bench_journal.SUBJECT, bench_journal.run),
-    "rss": (bench_rss.SUBJECT, bench_rss.run),
+BENCHES: dict[str, tuple[str, Runner]] = {
+    "decode": (bench_decode.SUBJECT, lambda quick, tmp, a: bench_decode.run(quick)),
+    "degraded": (bench_degraded.SUBJECT, lambda quick, tmp, a: bench_degraded.run(quick)),
+    "photos": (bench_photos.SUBJECT, lambda quick, tmp, a: bench_photos.run(quick)),
+    "latency": (bench_latency.SUBJECT, lambda quick, tmp, a: bench_latency.run(quick, tmp)),
+    "journal": (bench_journal.SUBJECT, lambda quick, tmp, a: bench_journal.run(quick, tmp)),
+    "rss": (bench_rss.SUBJECT, lambda quick, tmp, a: bench_rss.run(quick, tmp)),
+    "hub-ingest": (
+        bench_hub_ingest.SUBJECT,
+        lambda quick, tmp, a: bench_hub_ingest.run(quick, tmp),
+    ),
+    "trace": (
+        bench_trace.SUBJECT,
+        lambda quick, tmp, a: bench_trace.run(quick, tmp, scale=a.trace_scale, cache=a.cache),
+    ),
 }
 
 
@@ -53,6 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for journals and frames (default: the system's; must be a real disk:"
         " fsync on tmpfs costs nothing)",
     )
+    parser.add_argument(
+        "--trace-scale",
+        type=float,
+        default=1.0,
+        help="the trace data set's size as a share of the issue's 5 000 000 scans (default 1)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=tracedata.CACHE,
+        help="where generated trace data sets are kept between runs (default"
+        " benchmarks/.cache; elsewhere, their PostgreSQL copies are dropped after the run)",
+    )
     args = parser.parse_args(argv)
     # The unit's rooms log at INFO on every scan; thousands of lines would drown the progress.
     logging.basicConfig(level=logging.WARNING)
@@ -64,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     raw = {}
     sections = {}
+    timings: dict[str, float] = {}
     for name in chosen:
         subject, bench = BENCHES[name]
         print(f"benchmark {name}...", flush=True)
         begun = time.monotonic()
-        result = bench(args.quick, tmp)
-        print(f"  {time.monotonic() - begun:.0f} s", flush=True)
+        result = bench(args.quick, tmp, args)
+        timings[subject] = time.monotonic() - begun
+        print(f"  {timings[subject]:.0f} s", flush=True)
         figures += result.figures
         raw[name] = result.raw
         sections[subject] = result.text
@@ -82,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         sections=sections,
         quick=args.quick,
         seconds=time.monotonic() - started,
+        timings=timings,
     )
     missed = [f for f in figures if f.met is False]
     print(f"wrote {md} and {js}; {len(missed)} goal(s) missed", flush=True)

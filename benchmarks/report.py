@@ -230,19 +230,58 @@ def machine(temp_dir: Path) -> dict[str, Any]:
             "numpy": _version("numpy"),
             "pillow": _version("pillow"),
             "segno": _version("segno"),
+            **_versions_extra(),
         },
     }
 
 
 # --- the report ------------------------------------------------------------------------
 
-_NOT_MINE = """\
-## Hub: ingest, PostgreSQL store, trace
+HUB_SUBJECTS = ("Hub ingest through Mosquitto", "Hub trace")
+"""The hub's sections (bench_hub_ingest, bench_trace); a run without them says so."""
 
-**Not measured yet.** These belong to the hub's part of issue 6 and will be added here by
-its benchmarks (ingest rate over MQTT, the PostgreSQL store against SQLite, trace time at
-depth 1 and 2). Nothing in this file speaks for the hub.
-"""
+
+def _hub_not_run(sections: Mapping[str, str]) -> list[str]:
+    missing = [s for s in HUB_SUBJECTS if s not in sections]
+    if not missing:
+        return []
+    return [
+        "## Hub: not in this run",
+        "",
+        "Not measured in this run (`--only` left them out): " + ", ".join(missing) + ".",
+        "Nothing in this file speaks for them; `make bench` runs them.",
+        "",
+    ]
+
+
+def _versions_extra() -> dict[str, str]:
+    """Versions the hub figures depend on: the broker, the MQTT client, PostgreSQL."""
+    import subprocess
+
+    from doorscan.localbroker import find_mosquitto
+
+    extra = {"paho-mqtt": _version("paho-mqtt"), "psycopg": _version("psycopg")}
+    binary = find_mosquitto()
+    if binary:
+        try:
+            # `mosquitto -h` prints its version on the first line and exits 3.
+            head = subprocess.run(
+                [binary, "-h"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.splitlines()
+            extra["mosquitto"] = head[0].split()[-1] if head else "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            extra["mosquitto"] = "unknown"
+    try:
+        import psycopg
+
+        from benchmarks.tracedata import BENCH_PG
+
+        with psycopg.connect(BENCH_PG.rsplit("/", 1)[0] + "/postgres", connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            extra["postgresql"] = str(row[0]) if row else "unknown"
+    except Exception as exc:  # a database that is down is a fact to report, not a crash
+        extra["postgresql"] = f"unavailable ({type(exc).__name__})"
+    return extra
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -291,6 +330,7 @@ def write_report(
     sections: Mapping[str, str],
     quick: bool,
     seconds: float,
+    timings: Mapping[str, float] | None = None,
 ) -> tuple[Path, Path]:
     """Write benchmarks.md (people) and benchmarks.json (numbers) into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +338,7 @@ def write_report(
     m = machine_info
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     lines = [
-        "# Door unit benchmarks",
+        "# Benchmarks: the door unit and the hub",
         "",
         "Written by `make bench` (`python -m benchmarks`); do not edit by hand. Every figure",
         "stands next to its baseline measured in the same run, interleaved with it, so the",
@@ -311,7 +351,7 @@ def write_report(
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB",
         f"- OS: {m['os']}; Python {m['python']}",
-        f"- temp files (journals, TinyDB) on: {m['temp_filesystem']}",
+        f"- temp files (journals, TinyDB, the hub's SQLite files) on: {m['temp_filesystem']}",
         f"- versions: {versions}",
         f"- load average (1, 5, 15 min) at start: {_load(m['load_start'])}, at end:"
         f" {_load(m['load_end'])}"
@@ -326,6 +366,11 @@ def write_report(
     if missed:
         lines.append("Missed: " + "; ".join(f"{f.name} ({f.subject})" for f in missed) + ".")
     lines.append("")
+    if timings:
+        lines += [
+            "Time per part: " + "; ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".",
+            "",
+        ]
     for subject, text in sections.items():
         rows = [f for f in figures if f.subject == subject]
         lines += [f"## {subject}", "", text.strip(), ""]
@@ -334,7 +379,7 @@ def write_report(
         notes = [f"- {f.name}: {f.note}" for f in rows if f.note]
         if notes:
             lines += ["Notes:", "", *notes, ""]
-    lines += [_NOT_MINE]
+    lines += _hub_not_run(sections)
     md = out_dir / "benchmarks.md"
     md.write_text("\n".join(lines), encoding="utf-8")
     js = out_dir / "benchmarks.json"
@@ -344,6 +389,7 @@ def write_report(
                 "run_at": when,
                 "quick": quick,
                 "seconds": seconds,
+                "timings_s": dict(timings or {}),
                 "machine": dict(m),
                 "figures": [asdict(f) for f in figures],
                 "raw": dict(raw),
