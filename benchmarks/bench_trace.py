@@ -230,11 +230,12 @@ def _figures(backend: str, m: dict[str, Any], data: TraceData) -> list[Figure]:
 
 def _why(backend: str, what: str, people: int) -> str:
     return (
-        f"the engine asks the store for every found person's name and visits and every"
-        f" visited venue's check-ins, one indexed query each, and opens every returned"
-        f" row's sealed identity (XChaCha20-Poly1305, JSON) in Python; the {what} answers"
-        f" name {people} people (median) here, so the time goes on thousands of small queries and"
-        f" decryptions per trace ({backend})"
+        f"the {what} answers name {people} people (median) here, and each is reported with"
+        f" its identity: the engine walks the"
+        f" check-ins sealed (one indexed query per F1 person's visits and per visited venue's"
+        f" window) but opens one sealed check-in per reported person (XChaCha20-Poly1305 and"
+        f" JSON in Python), so the answer's size sets the time; a shorter window or a period"
+        f" starting at the F0's first positive day gives smaller answers ({backend})"
     )
 
 

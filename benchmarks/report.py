@@ -313,7 +313,8 @@ def _table(figures: Sequence[Figure]) -> list[str]:
     ]
     for f in figures:
         baseline = f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline_name else "–"
-        ratio = f"{f.ratio:.2f}×" if f.ratio is not None else "–"
+        # Three significant figures: a trace at 0.0035× of its brute force is not "0.00×".
+        ratio = f"{f.ratio:.3g}×" if f.ratio is not None else "–"
         lines.append(
             f"| {f.name} | {_fmt(f.value, f.unit)} | {baseline} | {ratio} | {f.goal or '–'} "
             f"| {_met(f.met)} |"
