@@ -23,12 +23,11 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from hub.access import Role
 from hub.auth import create_user, issue_api_token
 from hub.cli_common import Commands, UsageError, db_parent, open_store
-from hub.web.deps import WebStore
 
 __all__ = [
     "WebThread",
@@ -98,7 +97,7 @@ def add_user(commands: Commands) -> None:
 def _run_user_add(args: argparse.Namespace) -> int:
     password = read_password(args)
     with open_store(args.db, args.vault_key, must_exist=False) as opened:
-        store = cast(WebStore, opened)
+        store = opened
         user = create_user(
             store, args.user_id, args.name, Role(args.role), args.venue, password, _now()
         )
@@ -109,7 +108,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
 
 def _run_user_disable(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=True) as opened:
-        if not cast(WebStore, opened).set_user_active(args.user_id, False):
+        if not opened.set_user_active(args.user_id, False):
             raise UsageError(f"no user {args.user_id!r}")
     print(f"user {args.user_id} disabled")
     return 0
@@ -133,7 +132,7 @@ def add_token(commands: Commands) -> None:
 
 def _run_token_create(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=True) as opened:
-        issued = issue_api_token(cast(WebStore, opened), args.user, args.days, _now())
+        issued = issue_api_token(opened, args.user, args.days, _now())
     print(issued.token)
     print(
         f"token for {issued.user.user_id} ({issued.user.role}) until "
@@ -205,7 +204,7 @@ class WebThread:
         from hub.web.app import create_app
 
         host, port = address
-        app = create_app(cast(WebStore, store), metrics=metrics)
+        app = create_app(store, metrics=metrics)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=True)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="hub-web", daemon=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
@@ -123,9 +123,7 @@ VenueFilter = Annotated[
 
 
 def _store(request: Request) -> reports.ReportsStore:
-    # The app's store is a SqliteStore, which has the report queries; `get_store` types
-    # it by what every router needs, so the reports' wider protocol is asserted here.
-    return cast(reports.ReportsStore, get_store(request))
+    return get_store(request)
 
 
 def _period(request: Request, since: date | None, until: date | None) -> tuple[date, date]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, TypeAlias
 
 from fastapi import Request, Response
 from pydantic import BaseModel, Field
@@ -27,8 +27,7 @@ from doorscan.errors import DoorscanError
 from hub.access import AccessControlledStore
 from hub.auth import IssuedToken, User, authenticate, login
 from hub.login_throttle import LoginThrottle
-from hub.store import Store
-from hub.store.sqlite_users import UserStore
+from hub.store import HubStore
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -85,12 +84,13 @@ class TooManyLogins(DoorscanError, PermissionError):
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
-class WebStore(Store, UserStore, Protocol):
-    """The store the web app runs on: the hub's `Store` plus users and tokens."""
+WebStore: TypeAlias = HubStore
+"""The store the web app runs on: scans, users and tokens, report queries (either backend)."""
 
 
 def get_store(request: Request) -> WebStore:
-    return cast(WebStore, request.app.state.store)
+    store: WebStore = request.app.state.store
+    return store
 
 
 def get_now(request: Request) -> datetime:

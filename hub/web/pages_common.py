@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from fastapi import Request
@@ -158,9 +158,7 @@ def guard(request: Request, page: str) -> tuple[User | None, Response | None]:
 
 
 def report_store(request: Request) -> reports.ReportsStore:
-    # The app's store is a SqliteStore, which has the report queries; the web deps type
-    # it by what every router needs, so the reports' wider protocol is asserted here.
-    return cast(reports.ReportsStore, get_store(request))
+    return get_store(request)
 
 
 def venue_names(reader: AccessControlledStore) -> dict[str, str]:
