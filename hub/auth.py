@@ -41,8 +41,8 @@ from doorscan.errors import Refusal
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import ID_PATTERN
 from hub.access import Principal, PrincipalError, Role
+from hub.store import StoredToken, StoredUser, UserStore
 from hub.store.base import Registry
-from hub.store.sqlite_users import StoredToken, StoredUser, UserStore
 
 __all__ = [
     "API_TOKEN_MAX_DAYS",
@@ -155,7 +155,7 @@ def create_user(
     """Add an active user; `Refusal` for a bad id, role/venue mismatch or short password.
 
     The venue role must name a registered venue (the foreign key would refuse it too,
-    but with a message nobody can act on). `hub.store.sqlite_users.UserExists` if the
+    but with a message nobody can act on). `hub.store.UserExists` if the
     id is taken.
     """
     if not _USER_ID_RE.fullmatch(user_id):

@@ -67,7 +67,7 @@ EARLIEST_SCAN = datetime(2020, 1, 1, tzinfo=UTC)
 
 @runtime_checkable
 class StatusSink(Protocol):
-    """Where units' statuses go: every `SqliteStore` (`hub.store.sqlite_reports`).
+    """Where units' statuses go: every `HubStore` (`hub.store.ReportStore`).
 
     Not yet part of `hub.store.Store`, so it is checked when the ingestor is made.
     """

@@ -34,8 +34,7 @@ from typing import Literal, Protocol
 
 from doorscan.errors import Refusal
 from hub.access import Forbidden, Principal, Role
-from hub.store import Store
-from hub.store.sqlite_reports import DayCount, ReportStore, VenueLastScan
+from hub.store import DayCount, ReportStore, Store, VenueLastScan
 
 __all__ = [
     "DEFAULT_SILENT",

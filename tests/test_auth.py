@@ -32,8 +32,7 @@ from hub.auth import (
     verify_password,
 )
 from hub.cli import main
-from hub.store import HubStore
-from hub.store.sqlite_users import UserExists
+from hub.store import HubStore, UserExists
 from tests.hubstore import open_store
 from tests.waiting import wait_for
 

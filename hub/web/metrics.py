@@ -34,7 +34,7 @@ _TRACE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class OnlineCount(Protocol):
-    """What the scrape needs of a store (`hub.store.sqlite_reports.ReportStore` has it)."""
+    """What the scrape needs of a store (`hub.store.ReportStore` has it)."""
 
     def units_online(self) -> int: ...
 
