@@ -116,6 +116,16 @@ class SyncConfig(_Strict):
     reconnect_max_s: float = Field(
         60.0, gt=0, description="reconnect delay cap (exponential backoff)"
     )
+    retry_refused_min_s: float = Field(
+        30.0,
+        gt=0,
+        le=86400,
+        description="a scan the hub cannot take now (no key, no registry record yet) is sent "
+        "again after this, doubling each time it is refused again",
+    )
+    retry_refused_max_s: float = Field(
+        1800.0, gt=0, le=86400, description="cap of that delay (exponential backoff)"
+    )
 
 
 class UnitConfig(_Strict):

@@ -21,6 +21,9 @@ What is promised:
   comes out as `JournalError` and the journal stays usable for the next call.
 - Settled scans stay until `purge_settled()`; the newest row is always kept so
   `last_scan_at()` survives a quiet day.
+- A scan the hub refused for good is quarantined (`quarantine()`), never deleted: it
+  leaves the queue, keeps the hub's code and reason, is counted in the unit's status,
+  and goes back in the queue only when someone says so (`release_quarantined()`).
 
 Not promised: surviving a card that lies about fsync, or a file corrupted by
 something else. Such a file raises `JournalError` on open and is left as it is for
@@ -42,6 +45,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,11 +55,17 @@ from doorscan.lifecycle import Closeable
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import Scan
 
-__all__ = ["JOURNAL_SCHEMA_VERSION", "JournalError", "DuplicateScanError", "ScanJournal"]
+__all__ = [
+    "JOURNAL_SCHEMA_VERSION",
+    "JournalError",
+    "DuplicateScanError",
+    "QuarantinedScan",
+    "ScanJournal",
+]
 
 log = logging.getLogger(__name__)
 
-JOURNAL_SCHEMA_VERSION = 3
+JOURNAL_SCHEMA_VERSION = 4
 
 # `seq` (the rowid) is the recording order; it never goes back because SQLite hands out
 # max(rowid) + 1 and purge never deletes the newest row. The two partial indexes keep
@@ -87,7 +97,38 @@ _SCHEMA_V3 = (
     "ALTER TABLE scans ADD COLUMN sealed TEXT",
     "ALTER TABLE scans ADD COLUMN kind TEXT",
 )
-_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+# 4: scans the hub refused for good are quarantined, not deleted: kept with the hub's
+# code and reason, out of the queue (the pending index leaves them out), counted.
+_SCHEMA_V4 = (
+    "ALTER TABLE scans ADD COLUMN refused_code TEXT",
+    "ALTER TABLE scans ADD COLUMN refused_reason TEXT",
+    "ALTER TABLE scans ADD COLUMN refused_at_ms INTEGER",
+    "DROP INDEX scans_pending",
+    "CREATE INDEX scans_pending ON scans (seq) WHERE acked_at_ms IS NULL AND refused_code IS NULL",
+    "CREATE INDEX scans_quarantined ON scans (seq) WHERE refused_code IS NOT NULL",
+)
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
+_PENDING = "acked_at_ms IS NULL AND refused_code IS NULL"
+_PENDING_SQL = (
+    "SELECT scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id, mono_ms, "  # noqa: S608
+    f"sealed, kind FROM scans WHERE {_PENDING} ORDER BY seq LIMIT ?"
+)
+_BACKLOG_SQL = f"SELECT count(*) FROM scans WHERE {_PENDING}"  # noqa: S608
+_QUARANTINE_SQL = (
+    "UPDATE scans SET refused_code = ?, refused_reason = ?, refused_at_ms = ? "  # noqa: S608
+    f"WHERE scan_id = ? AND {_PENDING}"
+)
+
+
+@dataclass(frozen=True)
+class QuarantinedScan:
+    """A scan the hub refused for good, as the unit keeps it (no identity: that stays sealed)."""
+
+    scan_id: str
+    scanned_at: datetime
+    code: str
+    reason: str
+    refused_at: datetime
 
 
 class JournalError(DoorscanError, OSError):
@@ -219,12 +260,7 @@ class ScanJournal(Closeable):
         with self._lock:
             conn = self._open_conn()
             try:
-                rows = conn.execute(
-                    "SELECT scan_id, venue_id, scanned_at_ms, clock_trusted, qr_text, boot_id,"
-                    " mono_ms, sealed, kind FROM scans WHERE acked_at_ms IS NULL ORDER BY seq"
-                    " LIMIT ?",
-                    (limit + len(skip_ids),),
-                ).fetchall()
+                rows = conn.execute(_PENDING_SQL, (limit + len(skip_ids),)).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"cannot read pending scans: {_describe(exc)}") from exc
         scans = []
@@ -275,6 +311,71 @@ class ScanJournal(Closeable):
                 raise JournalError(f"cannot settle {len(params)} scans: {_describe(exc)}") from exc
         return changed
 
+    def quarantine(self, refusals: Iterable[tuple[str, str, str]], at: datetime) -> int:
+        """Take scans the hub refused for good out of the queue: (scan_id, code, reason).
+
+        They stay in the journal with the hub's code and reason, are never sent again
+        and never purged; `release_quarantined` puts them back in the queue (after the
+        hub was fixed, say). Returns how many pending scans were quarantined now.
+        """
+        at_ms = to_ms(at)
+        params = [
+            (code[:40], reason[:300], at_ms, scan_id)
+            for scan_id, code, reason in {r[0]: r for r in refusals}.values()
+        ]
+        if not params:
+            return 0
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                cursor = conn.executemany(_QUARANTINE_SQL, params)
+                changed = cursor.rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise JournalError(
+                    f"cannot quarantine {len(params)} scans: {_describe(exc)}"
+                ) from exc
+        return changed
+
+    def quarantined(self, limit: int = 100) -> list[QuarantinedScan]:
+        """The oldest `limit` quarantined scans, with the hub's code and reason."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                rows = conn.execute(
+                    "SELECT scan_id, scanned_at_ms, refused_code, refused_reason, refused_at_ms "
+                    "FROM scans WHERE refused_code IS NOT NULL ORDER BY seq LIMIT ?",
+                    (int(limit),),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"cannot read quarantined scans: {_describe(exc)}") from exc
+        return [
+            QuarantinedScan(scan_id, from_ms(at_ms), code, reason or "", from_ms(refused_ms or 0))
+            for scan_id, at_ms, code, reason, refused_ms in rows
+        ]
+
+    def quarantine_count(self) -> int:
+        """How many scans are quarantined (`UnitStatus.quarantined`)."""
+        return self._query_int("SELECT count(*) FROM scans WHERE refused_code IS NOT NULL") or 0
+
+    def release_quarantined(self, code: str | None = None) -> int:
+        """Put quarantined scans (of one refusal code, or all) back in the queue."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                cursor = conn.execute(
+                    "UPDATE scans SET refused_code = NULL, refused_reason = NULL, "
+                    "refused_at_ms = NULL WHERE refused_code IS NOT NULL "
+                    "AND (? IS NULL OR refused_code = ?)",
+                    (code, code),
+                )
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise JournalError(f"cannot release quarantined scans: {_describe(exc)}") from exc
+        return cursor.rowcount
+
     def purge_settled(self, before: datetime) -> int:
         """Delete settled scans made and settled before `before`; return how many.
 
@@ -300,7 +401,7 @@ class ScanJournal(Closeable):
 
     def backlog(self) -> int:
         """How many scans the hub has not acknowledged yet."""
-        return self._query_int("SELECT count(*) FROM scans WHERE acked_at_ms IS NULL") or 0
+        return self._query_int(_BACKLOG_SQL) or 0
 
     def last_scan_at(self) -> datetime | None:
         """`scanned_at` of the most recently recorded scan, or None for an empty journal."""

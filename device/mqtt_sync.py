@@ -25,6 +25,23 @@ With `on_config`, the unit also subscribes to its retained config topic and hand
 each payload to it (`device.remote_config`); when it answers True (applied or
 refused) the status goes out at once, so the hub sees `config_version` or
 `config_error` without waiting for the minute.
+
+What the hub's ack says of each scan decides what happens to it:
+
+- ``stored``: settled (the journal forgets it a day later);
+- refused for good (no ``retry``, or an ack of an older hub, which has no codes): the
+  scan is **quarantined** in the journal, kept with the hub's code and reason, counted
+  in the status (``quarantined``) and sent no more. A technician can put it back in
+  the queue (``doorscan-device quarantine --release``) once the cause is fixed;
+- refused with ``retry`` (the hub lacks a key or a registry record for now), or a whole
+  batch refused so: the scans stay pending and are not sent again before a delay that
+  starts at `SyncConfig.retry_refused_min_s` and doubles with each such answer, up to
+  `retry_refused_max_s`.
+
+The unit also reads the hub's retained `HubStatus` and writes its batches in the
+revision the hub announced (`doorscan.wire.codec`): with ``rev`` for a hub of
+revision 6 or newer, so that it is answered with codes; without, for an older hub or
+none announced, which reads batches as they were before.
 """
 
 from __future__ import annotations
@@ -46,14 +63,19 @@ from device.config import BrokerConfig, SyncConfig
 from doorscan import __version__
 from doorscan.errors import Refusal
 from doorscan.wire import (
+    REV_FIELD_SINCE,
+    WIRE_REVISION,
     Ack,
+    HubStatus,
     Scan,
     ScanBatch,
     UnitStatus,
     decode_message,
     encode_message,
+    revision_of,
     topic_ack,
     topic_config,
+    topic_hub_status,
     topic_scans,
     topic_status,
 )
@@ -71,6 +93,8 @@ log = logging.getLogger(__name__)
 STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted")
 """Health fields whose change is published at once, not at the next minute."""
 
+_STATUS_FIELDS_SINCE_REV_6 = ("quarantined", "config_refused_version")
+
 
 class Outbox(Protocol):
     """What the sync needs of the journal (device.journal.ScanJournal provides it)."""
@@ -78,6 +102,10 @@ class Outbox(Protocol):
     def pending(self, limit: int, skip: Collection[str] = ()) -> list[Scan]: ...
 
     def settle(self, scan_ids: Iterable[str], at: datetime) -> int: ...
+
+    def quarantine(self, refusals: Iterable[tuple[str, str, str]], at: datetime) -> int: ...
+
+    def quarantine_count(self) -> int: ...
 
     def backlog(self) -> int: ...
 
@@ -139,8 +167,16 @@ class MqttSync:
         health: Callable[[], Mapping[str, Any]] = dict,
         status_every_s: float = 60.0,
         on_config: Callable[[bytes], bool] | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """`health` returns optional `UnitStatus` fields (uptime_s, camera_ok, ...)."""
+        """`health` returns optional `UnitStatus` fields (uptime_s, camera_ok, ...).
+
+        `wall_clock` is the clock that dates the unit's scans (default: `clock`); a
+        status's ``at`` and a batch's ``sent_at`` are read from it, so that the hub can
+        compare them with the scans' times (`hub.history`). `clock` keeps the network's
+        timeouts on real time.
+        """
+        self._wall = wall_clock or (clock or SystemClock()).now
         self._on_config_payload = on_config
         self.unit_id = unit_id
         self._outbox = outbox
@@ -160,6 +196,12 @@ class MqttSync:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._in_flight: dict[str, _InFlight] = {}
+        # Scans the hub asked to have again later: id -> monotonic time they may go.
+        self._deferred: dict[str, float] = {}
+        self._retry_round = 0
+        self._hub_revision: int | None = None
+        self._hub_too_old_logged = False
+        self.quarantined_now = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self.batches_sent = 0
@@ -223,6 +265,12 @@ class MqttSync:
         """A new scan is in the journal: send soon."""
         self._wake.set()
 
+    @property
+    def hub_revision(self) -> int | None:
+        """The contract revision the hub announced (`HubStatus`), None before it did."""
+        with self._lock:
+            return self._hub_revision
+
     def in_flight(self) -> int:
         with self._lock:
             return sum(len(f.scan_ids) for f in self._in_flight.values())
@@ -244,6 +292,7 @@ class MqttSync:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.message_callback_add(topic_ack(self.unit_id), self._on_ack)
+        client.message_callback_add(topic_hub_status(), self._on_hub_status)
         if self._on_config_payload is not None:
             client.message_callback_add(topic_config(self.unit_id), self._on_config)
 
@@ -253,7 +302,7 @@ class MqttSync:
         if reason.is_failure:
             log.warning("broker refused the connection: %s", reason)
             return
-        topics = [(topic_ack(self.unit_id), 1)]
+        topics = [(topic_ack(self.unit_id), 1), (topic_hub_status(), 1)]
         if self._on_config_payload is not None:
             topics.append((topic_config(self.unit_id), 1))
         client.subscribe(topics)
@@ -281,21 +330,85 @@ class MqttSync:
         if ack.unit_id != self.unit_id:
             log.error("ack for unit %s arrived on %s's topic; ignored", ack.unit_id, self.unit_id)
             return
+        with self._lock:
+            flight = self._in_flight.get(ack.batch_id)
+        final: list[tuple[str, str, str]] = []
+        later: list[str] = []
+        if ack.refusal is not None:
+            # The whole batch: the scans it carried are known only while it is in flight.
+            ids = sorted(flight.scan_ids) if flight is not None else []
+            log.warning(
+                "hub refused batch %s (%d scans) whole: %s: %s",
+                ack.batch_id,
+                len(ids),
+                ack.refusal.code,
+                ack.refusal.reason,
+            )
+            if ack.refusal.retry:
+                later = ids
+            else:
+                final = [(i, ack.refusal.code, ack.refusal.reason) for i in ids]
         for refused in ack.refused:
-            # The hub keeps refused scans in its dead-letter table; we may forget them too.
             log.warning("hub refused scan %s: %s", refused.scan_id, refused.reason)
-        settled_ids = [*ack.stored, *(r.scan_id for r in ack.refused)]
+            if refused.retry:
+                later.append(refused.scan_id)
+            else:
+                # An older hub gives no code: its refusals are final too.
+                final.append((refused.scan_id, refused.code or "refused", refused.reason))
         try:
-            self._outbox.settle(settled_ids, self._clock.now())
+            now = self._clock.now()
+            self._outbox.settle(ack.stored, now)
+            if final:
+                self.quarantined_now += self._outbox.quarantine(final, now)
         except Exception:
-            # Keep them in flight bookkeeping-free: they stay pending and are resent later.
-            log.exception("could not settle %d acked scans; they will be resent", len(settled_ids))
+            # They stay pending, and are sent again later.
+            log.exception(
+                "could not settle the answer to batch %s; it will be resent", ack.batch_id
+            )
             return
         self._on_hub_time(ack.hub_time)
         with self._lock:
+            self._defer(later)
             self._in_flight.pop(ack.batch_id, None)
             self.acks_received += 1
+        if final:
+            self.publish_status()  # the quarantined count moved
         self._wake.set()
+
+    def _defer(self, scan_ids: list[str]) -> None:
+        """Hold `scan_ids` back for the current backoff (the caller holds the lock)."""
+        if not scan_ids:
+            self._retry_round = 0
+            return
+        delay = min(
+            self._cfg.retry_refused_min_s * 2**self._retry_round, self._cfg.retry_refused_max_s
+        )
+        self._retry_round = min(self._retry_round + 1, 30)
+        due = self._clock.monotonic() + delay
+        for scan_id in scan_ids:
+            self._deferred[scan_id] = due
+        log.warning("%d scans the hub cannot take now: sent again in %.0f s", len(scan_ids), delay)
+
+    def _on_hub_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:
+            return
+        try:
+            status = decode_message(bytes(message.payload), HubStatus)
+        except Refusal as exc:
+            log.warning("unreadable hub status: %s", exc.reason)
+            return
+        with self._lock:
+            if status.revision is not None:
+                self._hub_revision = status.revision
+                self._hub_too_old_logged = False
+
+    def _batch_revision(self) -> int | None:
+        """The ``rev`` to write: the hub's announced revision, at most ours (None: older)."""
+        with self._lock:
+            hub = self._hub_revision
+        if hub is None or hub < REV_FIELD_SINCE:
+            return None
+        return min(hub, WIRE_REVISION)
 
     def _on_config(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._on_config_payload is not None
@@ -343,19 +456,34 @@ class MqttSync:
         with self._lock:
             if len(self._in_flight) >= self._cfg.max_in_flight:
                 return False
-            skip = frozenset().union(*(f.scan_ids for f in self._in_flight.values()))
+            now = self._clock.monotonic()
+            for scan_id in [i for i, due in self._deferred.items() if due <= now]:
+                del self._deferred[scan_id]
+            skip = frozenset(self._deferred).union(*(f.scan_ids for f in self._in_flight.values()))
         scans = self._outbox.pending(self._cfg.batch_size, skip=skip)
         if not scans or not self._connected.is_set():
             return False
         batch = ScanBatch(
             batch_id=uuid.uuid4().hex,
             unit_id=self.unit_id,
-            sent_at=self._clock.now(),
+            sent_at=self._wall(),
             scans=scans,
             # Lets the hub date scans taken with an untrusted clock (see device.clock).
             boot_id=BOOT_ID,
             sent_mono_ms=int(self._clock.monotonic() * 1000),
+            rev=self._batch_revision(),
         )
+        hub = self._hub_revision
+        if hub is not None and revision_of(batch) > hub:
+            # The hub announced a revision that cannot read these scans: wait for its upgrade.
+            if not self._hub_too_old_logged:
+                self._hub_too_old_logged = True
+                log.error(
+                    "the hub reads revision %d, these scans need %d; they wait for the hub",
+                    hub,
+                    revision_of(batch),
+                )
+            return False
         info = self._client.publish(topic_scans(self.unit_id), encode_message(batch), qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning(
@@ -403,18 +531,27 @@ class MqttSync:
 
     def _status(self, *, online: bool, health: Mapping[str, Any] | None = None) -> bytes:
         backlog: int | None
+        quarantined: int | None
         try:
             backlog = self._outbox.backlog()
+            quarantined = self._outbox.quarantine_count()
         except Exception:
-            backlog = None
-        return encode_message(
-            UnitStatus(
-                unit_id=self.unit_id,
-                online=online,
-                at=self._clock.now(),
-                software=__version__,
-                backlog=backlog,
-                last_scan_at=self._last_scan_at(),
-                **(health or {}),
-            )
+            backlog = quarantined = None
+        status = UnitStatus(
+            unit_id=self.unit_id,
+            online=online,
+            at=self._wall(),
+            software=__version__,
+            backlog=backlog,
+            last_scan_at=self._last_scan_at(),
+            quarantined=quarantined,
+            **(health or {}),
         )
+        return encode_message(self._readable_by_hub(status))
+
+    def _readable_by_hub(self, status: UnitStatus) -> UnitStatus:
+        """The status without the fields a hub of an older revision would refuse it for."""
+        hub = self._hub_revision
+        if hub is not None and hub >= REV_FIELD_SINCE:
+            return status
+        return status.model_copy(update=dict.fromkeys(_STATUS_FIELDS_SINCE_REV_6))

@@ -99,6 +99,7 @@ class RemoteConfig:
         self._lock = threading.Lock()
         self._update: UnitConfigUpdate | None = None
         self._error: str | None = None
+        self._refused_version: int | None = None
         self._last_refused: bytes | None = None
         self.settings = Settings.of(base, None)
         self.refused = 0
@@ -111,9 +112,17 @@ class RemoteConfig:
         return None if update is None else update.version
 
     def status_fields(self) -> dict[str, Any]:
-        """`config_version` and `config_error` for the unit's status."""
+        """`config_version`, `config_error` and `config_refused_version` for the status.
+
+        The hub's ``unit-config --wait-applied`` reads the two versions: applied, or
+        refused (with `config_error` saying why), never the text.
+        """
         with self._lock:
-            return {"config_version": self.version, "config_error": self._error}
+            return {
+                "config_version": self.version,
+                "config_error": self._error,
+                "config_refused_version": self._refused_version,
+            }
 
     def restore(self) -> None:
         """Apply the config kept in the state file, if any (at start, before the broker)."""
@@ -155,6 +164,7 @@ class RemoteConfig:
                 log.exception("applying remote config version %s failed", version)
                 return self._refuse(payload, version, f"could not be applied: {exc}")
             self._error = None
+            self._refused_version = None
             self._last_refused = None
             self.applied += 1
             self._save(update)
@@ -180,6 +190,7 @@ class RemoteConfig:
     def _refuse(self, payload: bytes, version: int | None, reason: str) -> bool:
         which = "remote config" if version is None else f"remote config version {version}"
         self._error = f"{which} refused: {reason}"[:300]
+        self._refused_version = version
         digest = hashlib.sha256(payload).digest()
         if digest != self._last_refused:
             # Once per message: the retained copy comes back at every reconnect.

@@ -177,6 +177,7 @@ class Unit:
             health=self.health,
             status_every_s=status_every_s,
             on_config=self.remote_config.receive,
+            wall_clock=self.clock.now,
         )
         card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
         self.scanner = Scanner(

@@ -33,6 +33,7 @@ from typing import Literal
 
 from doorscan.cards import CARD_PREFIX, CardKeyring, parse_card
 from doorscan.errors import Refusal
+from doorscan.wire.limits import MAX_QR_CHARS
 
 __all__ = [
     "MAX_QR_CHARS",
@@ -46,8 +47,7 @@ __all__ = [
 
 IdentityKind = Literal["cccd", "health", "card"]
 
-MAX_QR_CHARS = 1024
-"""No accepted code is longer; a CCCD is about 150 characters."""
+# MAX_QR_CHARS (the wire's limit): no accepted code is longer; a CCCD is about 150.
 MAX_NAME_CHARS = 100
 MAX_ADDRESS_CHARS = 300
 

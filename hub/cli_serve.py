@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from doorscan.cards import CardKeyring
 from doorscan.sealing import load_private_key
+from doorscan.wire.limits import RATE_MAX_SCANS
 from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
 from hub.cli_web import WebThread, http_address, where
 from hub.ingest import IngestCounters, Ingestor, describe
@@ -90,6 +91,14 @@ def add_serve(commands: Commands) -> None:
         help="N worker processes sharing the scans (MQTT shared subscription; default 1)",
     )
     parser.add_argument(
+        "--max-scans-per-minute",
+        type=int,
+        default=RATE_MAX_SCANS,
+        metavar="N",
+        help=f"scans one unit may claim in any minute before the rest are held apart from "
+        f"traces (default {RATE_MAX_SCANS}: twice a busy door; 0: no bound)",
+    )
+    parser.add_argument(
         "--report-every-s",
         type=float,
         default=60.0,
@@ -139,7 +148,13 @@ def _run_hub(args: argparse.Namespace) -> int:
     )
     with open_store(args.db, args.vault_key, must_exist=False) as store:
         metrics = _metrics() if args.http else None
-        ingestor = Ingestor(store, card_keys=card_keys, sealing_key=sealing_key, metrics=metrics)
+        ingestor = Ingestor(
+            store,
+            card_keys=card_keys,
+            sealing_key=sealing_key,
+            metrics=metrics,
+            max_scans_per_minute=args.max_scans_per_minute,
+        )
         with HubService(
             ingestor,
             args.broker_host,
@@ -263,6 +278,7 @@ def _worker_argv(args: argparse.Namespace, tls: TlsFiles | None, index: int) -> 
     argv += ["--db", args.db, "--broker-host", args.broker_host]
     argv += ["--broker-port", str(args.broker_port), "--client-id", args.client_id]
     argv += ["--report-every-s", str(args.report_every_s), "--log-level", args.log_level]
+    argv += ["--max-scans-per-minute", str(args.max_scans_per_minute)]
     if args.vault_key is not None:
         argv += ["--vault-key", str(args.vault_key)]
     for key in args.card_keys:

@@ -2,22 +2,22 @@
 
     doorscan-hub unit-config door-1 debounce_s=120 quiet_hours=22:00-06:00
     doorscan-hub unit-config door-1 feedback_volume=        # unset: the unit's own file decides
-    doorscan-hub unit-config door-1 --show                  # published and applied versions
+    doorscan-hub unit-config door-1 --show                  # issued and applied versions
 
-The config is one retained `doorscan.wire.UnitConfigUpdate` on the unit's config topic.
-The command reads the one retained now (and the unit's retained status), merges the
-given keys into it, checks the result with the same model and strict decoding the unit
-uses, and publishes it retained at QoS 1 with the version one above both the retained
-one and the one the unit reports applied (a unit ignores a version it has passed).
-An unknown key or a bad value is an error (exit 2) and nothing is published. With
-``--wait-applied S`` it then waits for the unit's status: exit 0 once the unit reports the
-new version, 1 if it refused it or said nothing within S seconds.
+The hub's database keeps every config it issued (`hub.store.ReportStore.issue_unit_config`):
+the command merges the given keys into the latest one, checks the result with the same
+model and strict decoding the unit uses, records it under the next version (one above
+every version issued and the ones the unit reports applied or refused: a unit ignores a version it
+has passed), then publishes it retained at QoS 1 on the unit's config topic. The
+database, not the broker, is the record: under the broker ACL the hub may write config
+topics but not read them, and a broker may lose what it retained.
 
-It talks to the broker only: it does not open the hub's store, so it writes nothing to
-the audit log (that log records identity reads). The record of a change is the retained
-message itself (version, issued_at) and the unit's status (config_version, config_error).
-Only the hub's certificate may write config topics (the broker ACL), so on a TLS
-broker give the hub's files, as for `serve`.
+An unknown key or a bad value is an error (exit 2) and nothing is recorded or published.
+With ``--wait-applied S`` it then waits for the unit's status (which the hub may read):
+exit 0 once the unit reports the version applied (``config_version``), 1 if it reports
+it refused (``config_refused_version``, with ``config_error`` saying why) or said
+nothing within S seconds. Only the hub's certificate may write config topics, so on a
+TLS broker give the hub's files, as for `serve`.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from pydantic import ValidationError
 
 from doorscan.errors import Refusal
+from doorscan.timefmt import format_rfc3339
 from doorscan.wire import (
     CONFIG_SETTINGS,
     ID_PATTERN,
@@ -48,7 +48,8 @@ from doorscan.wire import (
     topic_scans,
     topic_status,
 )
-from hub.cli_common import Commands, UsageError, broker_parent, tls_files
+from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
+from hub.store import HubStore, StoreError
 
 __all__ = ["add_unit_config", "parse_settings"]
 
@@ -58,7 +59,7 @@ EXIT_NOT_APPLIED = 1
 def add_unit_config(commands: Commands) -> None:
     parser = commands.add_parser(
         "unit-config",
-        parents=[broker_parent()],
+        parents=[db_parent(), broker_parent()],
         help="set or show a door unit's remote config (retained on its config topic)",
         description="Keys: " + ", ".join(CONFIG_SETTINGS) + ". KEY= (empty) unsets a key.",
     )
@@ -173,9 +174,9 @@ class _Link:
         with self._cond:
             return bool(self._cond.wait_for(predicate, timeout_s))
 
-    def read_retained(self, unit_id: str) -> None:
-        """Subscribe to the unit's config and status; return once their retained copies are in."""
-        self.client.subscribe([(topic_config(unit_id), 1), (topic_status(unit_id), 1)])
+    def watch_status(self, unit_id: str) -> None:
+        """Subscribe to the unit's status; return once its retained copy (if any) is in."""
+        self.client.subscribe(topic_status(unit_id), 1)
         # The broker sends a subscription's retained messages before it answers a later
         # SUBSCRIBE, so the SUBACK of this one (a topic that is never retained) marks the end.
         _, barrier = self.client.subscribe(topic_scans(unit_id), qos=0)
@@ -219,48 +220,29 @@ class _Link:
                 self.refused[mid] = str(reason)
 
 
-class _Current(NamedTuple):
-    config: UnitConfigUpdate | None  # None: nothing retained, or unreadable
-    unreadable: str | None  # why the retained config could not be read
-    seen: int  # the highest version retained or applied
-    status: UnitStatus | None
+def _status_of(link: _Link, unit_id: str) -> UnitStatus | None:
+    """The unit's retained status on the broker (the hub may read status topics)."""
+    raw = link.messages.get(topic_status(unit_id))
+    try:
+        return decode_message(raw, UnitStatus) if raw else None
+    except Refusal:
+        return None
 
 
-def _current(link: _Link, unit_id: str) -> _Current:
-    """What the broker holds for the unit: its retained config and status."""
-    raw = link.messages.get(topic_config(unit_id), b"")
-    current: UnitConfigUpdate | None = None
-    unreadable: str | None = None
-    seen = 0
-    if raw:
-        try:
-            current = decode_message(raw, UnitConfigUpdate)
-            seen = current.version
-        except Refusal as exc:
-            unreadable = exc.reason
-            try:
-                version = json.loads(raw).get("version")
-            except (ValueError, AttributeError):
-                version = None
-            if isinstance(version, int) and not isinstance(version, bool):
-                seen = max(seen, version)
-    status: UnitStatus | None = None
-    if raw_status := link.messages.get(topic_status(unit_id)):
-        try:
-            status = decode_message(raw_status, UnitStatus)
-        except Refusal:
-            status = None
-    if status is not None and status.config_version is not None:
-        seen = max(seen, status.config_version)
-    return _Current(current, unreadable, seen, status)
-
-
-def _describe(now: _Current) -> dict[str, Any]:
-    config, status = now.config, now.status
+def _show(store: HubStore, link: _Link, unit_id: str) -> dict[str, Any]:
+    issued = store.unit_config(unit_id)
+    status = _status_of(link, unit_id)
     return {
-        "published": None if config is None else json.loads(encode_message(config)),
-        "published_unreadable": now.unreadable,
+        "unit": unit_id,
+        "issued": None
+        if issued is None
+        else {
+            "version": issued.version,
+            "settings": issued.settings,
+            "issued_at": format_rfc3339(issued.issued_at),
+        },
         "applied_version": None if status is None else status.config_version,
+        "refused_version": None if status is None else status.config_refused_version,
         "config_error": None if status is None else status.config_error,
         "unit_online": None if status is None else status.online,
     }
@@ -274,35 +256,42 @@ def _run_unit_config(args: argparse.Namespace) -> int:
     if args.show and args.settings:
         raise UsageError("--show takes no settings")
     given = parse_settings(args.settings)
-    if not args.show:
-        _build(args.unit, 1, given)  # a bad value is refused before the broker is asked
-    link = _Link(args)
-    link.open()
-    try:
-        link.read_retained(args.unit)
-        now = _current(link, args.unit)
-        if args.show:
-            print(json.dumps({"unit": args.unit, **_describe(now)}, indent=1, ensure_ascii=False))
-            return 0
-        if now.unreadable is not None:
-            print(
-                f"warning: the retained config of {args.unit} is unreadable ({now.unreadable}); "
-                "the keys not given now fall back to the unit's own config file",
-                file=sys.stderr,
-            )
-        merged = now.config.settings() if now.config is not None else {}
+    with open_store(args.db, args.vault_key, must_exist=False) as store:
+        latest = store.unit_config(args.unit)
+        merged = dict(latest.settings) if latest is not None else {}
         merged.update(given)
-        update = _build(args.unit, now.seen + 1, merged)
-        link.publish(topic_config(args.unit), encode_message(update))
-        print(
-            f"unit-config {args.unit}: version {update.version} published (retained): "
-            + json.dumps(update.settings(), ensure_ascii=False)
-        )
-        if args.wait_applied <= 0:
-            return 0
-        return _wait_applied(link, args.unit, update.version, args.wait_applied)
-    finally:
-        link.close()
+        merged = {key: value for key, value in merged.items() if value is not None}
+        if not args.show:
+            _build(args.unit, 1, merged)  # a bad value is refused before the broker is asked
+        link = _Link(args)
+        link.open()
+        try:
+            link.watch_status(args.unit)
+            if args.show:
+                print(json.dumps(_show(store, link, args.unit), indent=1, ensure_ascii=False))
+                return 0
+            # Above what the unit reports too: a version it applied or refused, which this
+            # database may never have issued (another hub database, a raw publish).
+            status = _status_of(link, args.unit)
+            seen = [latest.version if latest else None]
+            if status is not None:
+                seen += [status.config_version, status.config_refused_version]
+            update = _build(args.unit, max([v for v in seen if v], default=0) + 1, merged)
+            link.publish(topic_config(args.unit), encode_message(update))
+            # Recorded once the broker took it, so a refused publish leaves no version.
+            try:
+                store.record_unit_config(args.unit, update.version, merged, update.issued_at)
+            except StoreError as exc:
+                raise UsageError(f"published, but not recorded: {exc}") from None
+            print(
+                f"unit-config {args.unit}: version {update.version} published (retained): "
+                + json.dumps(update.settings(), ensure_ascii=False)
+            )
+            if args.wait_applied <= 0:
+                return 0
+            return _wait_applied(link, args.unit, update.version, args.wait_applied)
+        finally:
+            link.close()
 
 
 def _wait_applied(link: _Link, unit_id: str, version: int, timeout_s: float) -> int:
@@ -317,10 +306,10 @@ def _wait_applied(link: _Link, unit_id: str, version: int, timeout_s: float) -> 
             status = decode_message(last or b"", UnitStatus)
         except Refusal:
             continue
-        if status.config_version == version:
-            print(f"unit {unit_id} applied version {version}")
+        if status.config_version is not None and status.config_version >= version:
+            print(f"unit {unit_id} applied version {status.config_version}")
             return 0
-        if status.config_error and f"version {version} " in status.config_error:
+        if status.config_refused_version == version:
             print(f"unit {unit_id} refused version {version}: {status.config_error}")
             return EXIT_NOT_APPLIED
     print(f"unit {unit_id} did not report version {version} within {timeout_s:g} s")

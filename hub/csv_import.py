@@ -36,7 +36,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from doorscan.cards import CardKeyring
@@ -44,6 +44,7 @@ from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
 from doorscan.timefmt import parse_rfc3339, to_ms
 from doorscan.wire import ID_PATTERN, VenueRecord
+from doorscan.wire.limits import EARLIEST_SCAN, FUTURE_TOLERANCE_S
 from hub.scan_ids import csv_scan_id
 from hub.store import Store, StoredScan
 
@@ -51,9 +52,8 @@ __all__ = ["HEADER", "HEADER_WITH_DEVICE", "ImportReport", "import_csv", "csv_sc
 
 HEADER = "venue_id,scanned_at,qr_text"
 HEADER_WITH_DEVICE = HEADER + ",device_id"
-EARLIEST_SCAN = datetime(2020, 1, 1, tzinfo=UTC)
-"""The same floor as MQTT ingest: no doorscan-era check-in is older."""
-FUTURE_TOLERANCE = timedelta(minutes=5)
+# The same floor and tolerance as MQTT ingest (doorscan.wire.limits).
+FUTURE_TOLERANCE = timedelta(seconds=FUTURE_TOLERANCE_S)
 CHUNK_ROWS = 1000
 """Scans per transaction: bounds memory on big files; each chunk commits whole."""
 _ID_RE = re.compile(ID_PATTERN)

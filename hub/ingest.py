@@ -1,24 +1,27 @@
-"""Judge every message that reaches the hub, store what is good, dead-letter the rest.
+"""Judge every message that reaches the hub, store what is good, keep the rest, answer.
 
 `Ingestor.handle(topic, payload)` is pure hub logic with no MQTT in it: the service
-feeds it messages and publishes the ack it returns. The rules:
+feeds it messages and publishes the replies it returns. Its promise: **every message
+is settled**. Whatever the bytes do to the decoder, `handle` returns; the only thing it
+raises is `StoreFailure`, when the store could not be written (then nothing of the
+message was, and the service must not tell the broker it has it). The rules:
 
 * a message outside the wire contract, unreadable or invalid goes to the dead-letter
-  table with its reason, whole, byte for byte; nothing is raised;
-* a batch must come from the unit its topic names, and that unit must be registered
-  and active; each scan must be for that unit's venue, parse with the same parsers
-  the unit used, and carry a plausible time (not before the service existed, not
-  in the future beyond `future_tolerance`);
-* good scans are inserted in one transaction, idempotently: a resent scan is
-  reported as stored, never stored twice;
-* refused scans of a batch are dead-lettered one by one, and named in the ack so
-  the unit can let go of them: the hub keeps them, with the reason;
-* a unit's status (retained "online", or the broker's last will "offline") is kept,
-  the latest per unit, for the units page. A status from a unit the registry does not
-  know is kept too, because such a unit talking (installed before its registry record,
-  or provisioned with a wrong id) is exactly what an operator must see; the units page
-  flags it. It carries no identity, and the broker's ACL lets only that unit publish
-  on its status topic.
+  table with a code and its reason, whole (a payload over the size limit: its first
+  bytes, SHA-256 and length); so does anything the code fails on unexpectedly
+  (``internal_error``, with the exception's type, logged with its traceback);
+* a scan batch whose unit and ``batch_id`` can be read is always answered
+  (`hub.batch_reader`, `hub.answers`): each scan stored, or refused alone with a code
+  (`hub.judge`), or the batch refused whole (retained, QoS 0, wrong unit, a bad head);
+* good scans are inserted in one transaction with the dead letters of the refused
+  ones, idempotently: a resent scan is reported as stored, never stored twice, and a
+  scan id reused with other content is a conflict, refused (`hub.store.base`);
+* a scan that breaks one of `hub.history`'s bounds (dated before its unit existed or
+  before it last said it had sent everything, or a flood) is stored apart from
+  traces; refusals that say "not now" (`hub.judge.RETRY_CODES`) keep nothing, since
+  the unit keeps the scan;
+* a unit's status is kept, the latest per unit, for the units page (also from units
+  the registry does not know: an operator must see such a unit talking).
 
 The ack is built only after the commit; the caller publishes it.
 """
@@ -28,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -37,13 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
-from doorscan.payloads import parse_qr
-from doorscan.sealing import SealingError, open_sealed
+from doorscan.timefmt import to_ms
 from doorscan.wire import (
-    Ack,
-    RefusedScan,
-    Scan,
-    ScanBatch,
+    MAX_MESSAGE_BYTES,
     UnitRecord,
     UnitStatus,
     VenueRecord,
@@ -52,17 +53,28 @@ from doorscan.wire import (
     parse_topic,
     topic_ack,
 )
-from hub.store import BatchConflict, BatchKey, Store, StoredScan
+from doorscan.wire.limits import (
+    DEAD_LETTER_PREFIX_BYTES,
+    FUTURE_TOLERANCE_S,
+    RATE_MAX_SCANS,
+    RATE_WINDOW_S,
+)
+from hub.answers import answer
+from hub.batch_reader import ReadBatch, read_batch
+from hub.history import UnitHistory, hold_of
+from hub.judge import RETRY_CODES, ScanJudge, dated
+from hub.store import BatchConflict, BatchKey, NewDeadLetter, Store, StoredScan
 
 if TYPE_CHECKING:
     from hub.web.metrics import HubMetrics
 
-__all__ = ["IngestCounters", "Ingestor", "Reply", "StatusSink"]
+__all__ = ["IngestCounters", "Ingestor", "Reply", "StatusSink", "StoreFailure", "describe"]
 
 log = logging.getLogger(__name__)
 
-EARLIEST_SCAN = datetime(2020, 1, 1, tzinfo=UTC)
-"""No doorscan scan can be older: a time before it is a Pi clock that never got set."""
+
+class StoreFailure(RuntimeError):
+    """The store could not be read or written; nothing of the message was stored."""
 
 
 @runtime_checkable
@@ -73,16 +85,24 @@ class StatusSink(Protocol):
     """
 
     def upsert_unit_status(
-        self, unit_id: str, received_at: datetime, online: bool, status_json: str
+        self,
+        unit_id: str,
+        received_at: datetime,
+        online: bool,
+        status_json: str,
+        drained_at: datetime | None = None,
     ) -> None: ...
+
+    def unit_drained_at(self, unit_id: str) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A message the hub must publish after handling one (today: an ack)."""
+    """A message the hub must publish after handling one: an ack, or a retained clear."""
 
     topic: str
     payload: bytes
+    retain: bool = False
 
 
 @dataclass
@@ -91,13 +111,24 @@ class IngestCounters:
     scans_stored: int = 0
     scans_duplicate: int = 0
     scans_refused: int = 0
+    scans_held: int = 0
+    scans_deferred: int = 0
     dead_letters: int = 0
     statuses: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Verdicts:
+    """What the judging of one batch decided, before the store is written."""
+
+    good: list[StoredScan] = field(default_factory=list)
+    refused: list[tuple[str, Refusal]] = field(default_factory=list)
+    letters: list[NewDeadLetter] = field(default_factory=list)
+
+
 class Ingestor:
-    """Validates and stores; one instance per hub process."""
+    """Validates and stores; one instance per hub process (or worker)."""
 
     def __init__(
         self,
@@ -105,49 +136,80 @@ class Ingestor:
         *,
         card_keys: CardKeyring | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        future_tolerance: timedelta = timedelta(minutes=5),
+        future_tolerance: timedelta = timedelta(seconds=FUTURE_TOLERANCE_S),
         sealing_key: X25519PrivateKey | None = None,
         metrics: HubMetrics | None = None,
+        max_scans_per_minute: int = RATE_MAX_SCANS,
     ) -> None:
         """`sealing_key` is the hub's private sealing key: it opens scans sent `sealed`.
 
         `metrics` (`hub.web.metrics.HubMetrics`), if given, counts what is stored,
-        dead-lettered and acked, and the ingest lag.
+        dead-lettered and acked, and the ingest lag. `max_scans_per_minute` bounds how
+        fast one unit's scans may come (`hub.history`; 0: no bound).
         """
+        self._max_per_window = max_scans_per_minute
         self._store = store
         self._statuses = store if isinstance(store, StatusSink) else None
         if self._statuses is None:
             log.error("this store cannot keep unit statuses; the units page will lack them")
         self._metrics = metrics
-        self._sealing_key = sealing_key
-        self._card_keys = card_keys
+        self._judge = ScanJudge(
+            card_keys=card_keys, sealing_key=sealing_key, future_tolerance=future_tolerance
+        )
         self._now = now
-        self._future_tolerance = future_tolerance
+        self._warned_at: dict[str, float] = {}
         self.counters = IngestCounters()
 
-    def handle(self, topic: str, payload: bytes) -> Reply | None:
-        """Handle one message; return the reply to publish, if any. Never raises on bad input."""
+    def handle(
+        self, topic: str, payload: bytes, *, retained: bool = False, qos: int = 1
+    ) -> list[Reply]:
+        """Handle one message; return what to publish. Raises only `StoreFailure`.
+
+        `retained` and `qos` are as the broker delivered the message: a scan batch must
+        come at QoS 1 and not retained.
+        """
         self.counters.messages += 1
         try:
             kind, entity_id = parse_topic(topic)
             if kind == "scans":
-                reply = self._handle_batch(topic, entity_id, payload)
-                if self._metrics is not None:
-                    self._metrics.acks_sent.inc()
-                return reply
+                return self._handle_batch(topic, entity_id, payload, retained, qos)
             if kind == "venue":
                 self._handle_venue(entity_id, payload)
             elif kind == "unit":
                 self._handle_unit(entity_id, payload)
             elif kind == "status":
                 self._handle_status(entity_id, payload)
-            # Ack topics are the hub's own words to the units: nothing to store.
-            return None
+            # Ack, config and hub topics are the hub's own words: nothing to store.
+            return []
         except Refusal as refusal:
             self._dead_letter(topic, payload, refusal)
-            return None
+        except StoreFailure:
+            raise
+        except Exception as exc:
+            # A bug of ours, found by a message: keep the message, keep consuming.
+            log.exception("handling a message on %s failed; it is kept as a dead letter", topic)
+            self._dead_letter(topic, payload, _internal(exc))
+        return []
 
-    # -- registry ---------------------------------------------------------------------
+    def poison(self, topic: str, payload: bytes, attempts: int, last_error: str) -> list[Reply]:
+        """Give up on a message the store failed on `attempts` times: keep it, answer it.
+
+        The service calls this when other messages were stored meanwhile, so the fault
+        is this message's. Raises `StoreFailure` if even the dead letter cannot be
+        written (then the store is down after all, and the message waits).
+        """
+        refusal = Refusal("poison", f"storing it failed {attempts} times: {last_error}"[:300])
+        self._dead_letter(topic, payload, refusal)
+        try:
+            kind, unit_id = parse_topic(topic)
+            if kind != "scans":
+                return []
+            read = read_batch(unit_id, payload)
+        except Exception:  # unanswerable: the dead letter is all there is
+            return []
+        return self._replies(read, [], [], refusal)
+
+    # -- registry and status ------------------------------------------------------------
 
     def _handle_venue(self, venue_id: str, payload: bytes) -> None:
         if not payload:
@@ -155,7 +217,8 @@ class Ingestor:
         venue = decode_message(payload, VenueRecord)
         if venue.venue_id != venue_id:
             raise Refusal("id_mismatch", f"venue {venue.venue_id} published on {venue_id}'s topic")
-        self._store.upsert_venue(venue)
+        with _storing():
+            self._store.upsert_venue(venue)
 
     def _handle_unit(self, unit_id: str, payload: bytes) -> None:
         if not payload:
@@ -163,9 +226,14 @@ class Ingestor:
         unit = decode_message(payload, UnitRecord)
         if unit.unit_id != unit_id:
             raise Refusal("id_mismatch", f"unit {unit.unit_id} published on {unit_id}'s topic")
-        if self._store.venue(unit.venue_id) is None:
+        with _storing():
+            if self._store.venue(unit.venue_id) is None:
+                known = False
+            else:
+                known = True
+                self._store.upsert_unit(unit)
+        if not known:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")
-        self._store.upsert_unit(unit)
 
     def _handle_status(self, unit_id: str, payload: bytes) -> None:
         if not payload:
@@ -177,156 +245,257 @@ class Ingestor:
             )
         if self._statuses is None:
             return
+        # The unit's word that it held nothing unsent, on a clock it trusts (hub.history).
+        drained = (
+            status.at
+            if status.online and status.backlog == 0 and status.clock_trusted and status.at
+            else None
+        )
         # Stored as it came, re-encoded from the validated model: the units page reads
         # backlog and version from it, and a field added later needs no migration.
-        self._statuses.upsert_unit_status(
-            unit_id, self._now(), status.online, encode_message(status).decode("utf-8")
-        )
+        with _storing():
+            self._statuses.upsert_unit_status(
+                unit_id,
+                self._now(),
+                status.online,
+                encode_message(status).decode("utf-8"),
+                drained_at=drained,
+            )
         self.counters.statuses += 1
 
     # -- scans --------------------------------------------------------------------------
 
-    def _handle_batch(self, topic: str, unit_id: str, payload: bytes) -> Reply:
-        batch = decode_message(payload, ScanBatch)
-        if batch.unit_id != unit_id:
-            raise Refusal(
-                "unit_mismatch", f"batch from {batch.unit_id} published on {unit_id}'s topic"
+    def _handle_batch(
+        self, topic: str, unit_id: str, payload: bytes, retained: bool, qos: int
+    ) -> list[Reply]:
+        if not payload and retained:
+            return []  # a retained batch the hub itself cleared (below): nothing to keep
+        read = read_batch(unit_id, payload)  # unanswerable: Refusal, kept whole
+        replies: list[Reply] = []
+        if retained:
+            # Kept by the broker, it would come back at every subscribe: clear it.
+            replies.append(Reply(topic, b"", retain=True))
+            read.refusal = Refusal("retained", "a scan batch must not be published retained")
+        elif qos != 1:
+            read.refusal = Refusal(
+                "not_qos1", f"a scan batch must be published at QoS 1, not {qos}"
             )
-        unit = self._store.unit(unit_id)
         now = self._now()
-        good: list[StoredScan] = []
-        refused: list[tuple[Scan, Refusal]] = []
-        for scan in batch.scans:
-            try:
-                good.append(self._judge(unit_id, unit, self._dated(scan, batch, now), now))
-            except Refusal as refusal:
-                refused.append((scan, refusal))
-        digest = hashlib.sha256(
-            "\n".join(sorted(s.scan_id for s in batch.scans)).encode()
-        ).hexdigest()
-        key = BatchKey(batch.batch_id, unit_id, digest)
+        if read.refusal is not None:
+            return replies + self._refuse_whole(topic, payload, read, read.refusal)
+        verdicts = self._verdicts(topic, read, now)
+        key = BatchKey(
+            read.batch_id,
+            unit_id,
+            hashlib.sha256("\n".join(sorted(read.scan_ids)).encode()).hexdigest(),
+        )
         try:
-            # The commit happens here; the ack is built only after it returned.
-            result = self._store.insert_scans(good, received_at=now, batch=key)
-        except BatchConflict as conflict:
-            raise Refusal("replayed_batch", str(conflict)) from None
+            with _storing():
+                # The commit happens here; the ack is built only after it returned.
+                result = self._store.insert_scans(
+                    verdicts.good, received_at=now, batch=key, letters=verdicts.letters
+                )
+        except StoreFailure as failure:
+            if isinstance(failure.__cause__, BatchConflict):
+                conflict = Refusal("batch_conflict", str(failure.__cause__))
+                return replies + self._refuse_whole(topic, payload, read, conflict)
+            raise
         self.counters.scans_stored += len(result.new)
         self.counters.scans_duplicate += len(result.duplicate)
         if self._metrics is not None:
-            self._observe(good, set(result.new), now)
-        # Written after the batch was accepted (a forged batch is kept whole instead) and
-        # before the ack is returned: the unit forgets these once the ack names them.
-        for refused_scan, why in refused:
-            self._dead_letter(topic, encode_message(refused_scan), why)
-            self.counters.scans_refused += 1
+            self._observe(verdicts.good, set(result.new), now)
+        conflicts = [
+            (
+                scan_id,
+                Refusal("scan_id_conflict", "this scan id was stored before with other content"),
+            )
+            for scan_id in result.conflict
+        ]
+        for scan_id, why in conflicts:
+            log.error(
+                "scan %s from %s: its id was stored before with other content", scan_id, unit_id
+            )
+            self._count(why)
         if result.replayed:
             # Harmless (every scan is already safe, and the unit is told so) but worth a
             # record: an honest unit never sends a batch id twice, a broker redelivery does.
             self._dead_letter(
                 topic, payload, Refusal("replayed_batch", "this batch arrived before")
             )
-        ack = Ack(
-            batch_id=batch.batch_id,
-            unit_id=unit_id,
-            stored=[*result.new, *result.duplicate],
-            refused=[RefusedScan(scan_id=s.scan_id, reason=r.reason) for s, r in refused],
-            hub_time=now,
+        kept = set(result.conflict)
+        stored = [s.scan_id for s in verdicts.good if s.scan_id not in kept]
+        return replies + self._replies(read, stored, verdicts.refused + conflicts, None)
+
+    def _verdicts(self, topic: str, read: ReadBatch, now: datetime) -> _Verdicts:
+        """Judge each scan alone: an exception in one refuses that one, not its neighbours."""
+        verdicts = _Verdicts()
+        for refused in read.refused:
+            self._refused_scan(verdicts, topic, refused.scan_id, refused.refusal, refused.raw)
+        if not read.scans:
+            return verdicts
+        with _storing():
+            unit = self._store.unit(read.unit_id)
+            venues = {
+                venue_id: self._store.venue(venue_id) is not None
+                for venue_id in {r.scan.venue_id for r in read.scans}
+            }
+        candidates: list[StoredScan] = []
+        for item in read.scans:
+            try:
+                scan = dated(item.scan, read.head, now)
+                candidates.append(
+                    self._judge.judge(read.unit_id, unit, venues, scan, now, item.wire)
+                )
+            except Refusal as refusal:
+                self._refused_scan(verdicts, topic, item.scan.scan_id, refusal, item.wire)
+            except Exception as exc:
+                log.exception("judging scan %s failed; it is refused", item.scan.scan_id)
+                self._refused_scan(verdicts, topic, item.scan.scan_id, _internal(exc), item.wire)
+        if candidates:
+            history = self._history(read.unit_id, unit, candidates)
+            held: list[StoredScan] = []
+            for stored in sorted(candidates, key=lambda s: s.scanned_at):
+                hold = hold_of(to_ms(stored.scanned_at), history)
+                if hold is not None:
+                    stored = replace(stored, hold=hold)
+                    held.append(stored)
+                verdicts.good.append(stored)
+            if held:
+                self.counters.scans_held += len(held)
+                log.warning(
+                    "%d scans of %s held apart from traces, e.g. %s: %s",
+                    len(held),
+                    read.unit_id,
+                    held[0].scan_id,
+                    held[0].hold.reason if held[0].hold else "",
+                )
+        return verdicts
+
+    def _history(
+        self, unit_id: str, unit: UnitRecord | None, scans: list[StoredScan]
+    ) -> UnitHistory:
+        times = [to_ms(s.scanned_at) for s in scans]
+        window_ms = RATE_WINDOW_S * 1000
+        with _storing():
+            drained = None if self._statuses is None else self._statuses.unit_drained_at(unit_id)
+            nearby = self._store.unit_scan_times(
+                unit_id, min(times) - window_ms, max(times) + window_ms
+            )
+        registered = None if unit is None or unit.registered_at is None else unit.registered_at
+        return UnitHistory(
+            None if registered is None else to_ms(registered),
+            None if drained is None else to_ms(drained),
+            nearby,
+            self._max_per_window,
         )
-        return Reply(topic_ack(unit_id), encode_message(ack))
+
+    def _refused_scan(
+        self, verdicts: _Verdicts, topic: str, scan_id: str, refusal: Refusal, raw: bytes
+    ) -> None:
+        verdicts.refused.append((scan_id, refusal))
+        self._count(refusal)
+        if refusal.code in RETRY_CODES:
+            # The unit keeps it and sends it again: nothing to keep here, only to say.
+            self.counters.scans_deferred += 1
+            self._warn_once_a_minute(refusal, topic)
+            return
+        self.counters.scans_refused += 1
+        self.counters.dead_letters += 1
+        if self._metrics is not None:
+            self._metrics.dead_letters.inc()
+        verdicts.letters.append(
+            NewDeadLetter("mqtt", topic[:1024], raw, refusal.code, refusal.reason)
+        )
+
+    def _refuse_whole(
+        self, topic: str, payload: bytes, read: ReadBatch, refusal: Refusal
+    ) -> list[Reply]:
+        self._count(refusal)
+        if refusal.code in RETRY_CODES:
+            self._warn_once_a_minute(refusal, topic)
+        else:
+            self._dead_letter(topic, payload, refusal, count=False)
+        return self._replies(read, [], [], refusal)
+
+    def _replies(
+        self,
+        read: ReadBatch,
+        stored: list[str],
+        refused: list[tuple[str, Refusal]],
+        whole: Refusal | None,
+    ) -> list[Reply]:
+        ack = answer(read, stored, refused, whole, self._now())
+        if ack is None:
+            return []
+        if self._metrics is not None:
+            self._metrics.acks_sent.inc()
+        return [Reply(topic_ack(read.unit_id), encode_message(ack))]
 
     def _observe(self, stored: list[StoredScan], new: set[str], now: datetime) -> None:
         assert self._metrics is not None
         self._metrics.scans_ingested.inc(len(new))
         for scan in stored:
-            # An untrusted clock's time was set by the hub itself (`_dated`): no lag to see.
-            if scan.scan_id in new and scan.clock_trusted:
+            # An untrusted clock's time was set by the hub itself (`dated`): no lag to see.
+            if scan.scan_id in new and scan.clock_trusted and scan.hold is None:
                 self._metrics.observe_lag((now - scan.scanned_at).total_seconds())
 
-    @staticmethod
-    def _dated(scan: Scan, batch: ScanBatch, now: datetime) -> Scan:
-        """Put right the time of a scan taken while the unit's clock was not trusted.
+    # -- keeping what was refused --------------------------------------------------------
 
-        The unit says how long before sending it took the scan, on its monotonic clock
-        (which a wrong wall clock does not touch); the hub's own clock says when the batch
-        arrived. Their difference dates the scan to within the network delay. It stays
-        flagged `clock_trusted: false`. A scan from an earlier boot cannot be dated this
-        way and keeps the unit's time, to be judged like any other.
-        """
-        if (
-            scan.clock_trusted
-            or scan.mono_ms is None
-            or batch.sent_mono_ms is None
-            or scan.boot_id is None
-            or scan.boot_id != batch.boot_id
-            or scan.mono_ms > batch.sent_mono_ms
-        ):
-            return scan
-        age = timedelta(milliseconds=batch.sent_mono_ms - scan.mono_ms)
-        corrected = now - age
-        return scan.model_copy(
-            update={
-                "scanned_at": corrected.replace(microsecond=corrected.microsecond // 1000 * 1000)
-            }
-        )
+    def _count(self, refusal: Refusal) -> None:
+        self.counters.refusals[refusal.code] = self.counters.refusals.get(refusal.code, 0) + 1
 
-    def _judge(
-        self, unit_id: str, unit: UnitRecord | None, scan: Scan, now: datetime
-    ) -> StoredScan:
-        if unit is None:
-            raise Refusal("unknown_unit", f"unit {unit_id} is not registered")
-        if not unit.active:
-            raise Refusal("revoked_unit", f"unit {unit_id} is revoked")
-        if self._store.venue(scan.venue_id) is None:
-            raise Refusal("unknown_venue", f"venue {scan.venue_id} is not registered")
-        if scan.venue_id != unit.venue_id:
-            raise Refusal(
-                "venue_mismatch", f"unit {unit_id} belongs to {unit.venue_id}, not {scan.venue_id}"
+    def _warn_once_a_minute(self, refusal: Refusal, topic: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(refusal.code, -60.0) >= 60.0:
+            self._warned_at[refusal.code] = now
+            log.warning(
+                "not now (%s) on %s: %s; the unit keeps it",
+                refusal.code,
+                topic[:200],
+                refusal.reason,
             )
-        if scan.scanned_at > now + self._future_tolerance:
-            raise Refusal(
-                "future_time", f"scanned_at {scan.scanned_at.isoformat()} is in the future"
-            )
-        if scan.scanned_at < EARLIEST_SCAN:
-            raise Refusal(
-                "implausible_time", f"scanned_at {scan.scanned_at.isoformat()} is before 2020"
-            )
-        identity = parse_qr(
-            self._text_of(scan), card_keys=self._card_keys, today=scan.scanned_at.date()
-        )
-        if scan.kind is not None and scan.kind != identity.kind:
-            raise Refusal("kind_mismatch", f"scan says {scan.kind}, the code is {identity.kind}")
-        return StoredScan(
-            scan_id=scan.scan_id,
-            unit_id=unit_id,
-            venue_id=scan.venue_id,
-            scanned_at=scan.scanned_at,
-            clock_trusted=scan.clock_trusted,
-            identity=identity,
-            source="mqtt",
-        )
 
-    def _text_of(self, scan: Scan) -> str:
-        if scan.sealed is None:
-            assert scan.qr_text is not None  # the wire's validator guarantees one of the two
-            return scan.qr_text
-        if self._sealing_key is None:
-            raise SealingError("the scan is sealed and this hub has no sealing key")
-        return open_sealed(scan.sealed, self._sealing_key)
-
-    def _dead_letter(self, topic: str, payload: bytes, refusal: Refusal) -> None:
+    def _dead_letter(
+        self, topic: str, payload: bytes, refusal: Refusal, *, count: bool = True
+    ) -> None:
+        if count:
+            self._count(refusal)
         self.counters.dead_letters += 1
         if self._metrics is not None:
             self._metrics.dead_letters.inc()
-        self.counters.refusals[refusal.code] = self.counters.refusals.get(refusal.code, 0) + 1
         log.warning("dead letter from %s: %s", topic[:200], refusal)
-        self._store.add_dead_letter(
-            source="mqtt",
-            topic=topic[:1024],
-            payload=payload,
-            code=refusal.code,
-            reason=refusal.reason,
-            received_at=self._now(),
-        )
+        reason, kept = refusal.reason, payload
+        if len(payload) > MAX_MESSAGE_BYTES:
+            # Kept whole, one oversize message is as large again in the database.
+            digest = hashlib.sha256(payload).hexdigest()
+            kept = payload[:DEAD_LETTER_PREFIX_BYTES]
+            reason = (
+                f"{reason}; kept the first {len(kept)} of {len(payload)} bytes, sha256 {digest}"
+            )
+        with _storing():
+            self._store.add_dead_letter(
+                source="mqtt",
+                topic=topic[:1024],
+                payload=kept,
+                code=refusal.code,
+                reason=reason,
+                received_at=self._now(),
+            )
+
+
+@contextmanager
+def _storing() -> Iterator[None]:
+    """Whatever the store raises becomes `StoreFailure`: the one thing `handle` lets out."""
+    try:
+        yield
+    except StoreFailure:
+        raise
+    except Exception as exc:
+        raise StoreFailure(f"the store failed: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _internal(exc: Exception) -> Refusal:
+    return Refusal("internal_error", f"the hub failed on it ({type(exc).__name__}); see its log")
 
 
 def describe(counters: IngestCounters) -> str:

@@ -1,12 +1,20 @@
 """`hub serve`: the MQTT side of the hub. Subscribe, ingest, ack after commit.
 
-Two promises meet here:
+Three promises meet here:
 
 * The hub's MQTT session is persistent (`clean_session=False`, a fixed client id),
   so scans published while the hub is down wait for it in the broker.
 * Incoming messages are acknowledged to the broker by hand (paho's `manual_ack`),
   after the store committed them. If the hub dies between receiving and committing,
   the broker still owes the message and delivers it again on reconnect.
+* Every message is settled (PUBACKed): the ingestor stores it, refuses it or keeps it
+  as a dead letter, whatever it holds. Only a store failure withholds the PUBACK; the
+  message is then tried again here, with backoff, and after `MAX_DELIVERY_ATTEMPTS`
+  failures while the store took other messages meanwhile, it is the message's fault:
+  it is dead-lettered as ``poison`` and settled. A message that is never settled
+  would hold one of the broker's in-flight slots for the hub, and a few of them stop
+  the whole fleet's ingest (Mosquitto sends a client at most ``max_inflight_messages``
+  unacknowledged messages).
 
 Registry topics are subscribed before scan topics: the broker sends retained
 registry messages as it handles each SUBSCRIBE, so after a restart the hub knows
@@ -21,9 +29,16 @@ Such a worker's session is clean (`worker_client_factory`), on purpose: see
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -31,8 +46,18 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from doorscan.wire import SUB_ALL_SCANS, SUB_ALL_STATUS, SUB_REGISTRY
-from hub.ingest import Ingestor
+from doorscan import __version__
+from doorscan.wire import (
+    SUB_ALL_SCANS,
+    SUB_ALL_STATUS,
+    SUB_REGISTRY,
+    WIRE_REVISION,
+    HubStatus,
+    encode_message,
+    topic_hub_status,
+)
+from doorscan.wire.limits import MAX_DELIVERY_ATTEMPTS
+from hub.ingest import Ingestor, Reply
 
 __all__ = [
     "SHARED_GROUP",
@@ -105,8 +130,14 @@ class HubService:
         keepalive_s: int = 30,
         tls: TlsFiles | None = None,
         shared_group: str | None = None,
+        max_attempts: int = MAX_DELIVERY_ATTEMPTS,
+        retry_delays_s: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0),
     ) -> None:
-        """`shared_group`: take scans through that share group (one worker of several)."""
+        """`shared_group`: take scans through that share group (one worker of several).
+
+        A message the store failed on is tried again after each of `retry_delays_s` in
+        turn (the last one repeating), and given up as poison after `max_attempts`.
+        """
         self.ingestor = ingestor
         self._scans_topic = (
             SUB_ALL_SCANS if shared_group is None else shared_scans_topic(shared_group)
@@ -120,6 +151,11 @@ class HubService:
             self._client.tls_set(
                 ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file)
             )
+        self._shared = shared_group is not None
+        if not self._shared:
+            # One hub: the broker says it is gone if it vanishes. A worker of several sets
+            # no will: one worker's death is not the hub's.
+            self._client.will_set(topic_hub_status(), _hub_status(False), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -128,6 +164,13 @@ class HubService:
         self._client.reconnect_delay_set(1, 30)
         self._connected = threading.Event()
         self._closed = False
+        self._max_attempts = max_attempts
+        self._retry_delays_s = tuple(retry_delays_s)
+        # One message at a time: the MQTT thread and the retry thread both settle.
+        self._handling = threading.Lock()
+        self._stored: Counter[str] = Counter()
+        self._failed: OrderedDict[bytes, _Failures] = OrderedDict()
+        self._retries = _RetryQueue(self._retry_due)
         self.acks_sent = 0
         self.failures = 0
 
@@ -144,8 +187,20 @@ class HubService:
         if self._closed:
             return
         self._closed = True
+        self._retries.close()
+        if self._connected.is_set() and not self._shared:
+            # A clean disconnect does not fire the will: say it.
+            info = self._client.publish(topic_hub_status(), _hub_status(False), qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                log.warning("the hub's offline status was not confirmed before disconnect")
         self._client.disconnect()
         self._client.loop_stop()
+
+    def waiting(self) -> int:
+        """Messages not acked because the store failed on them, waiting to be tried again."""
+        return len(self._retries)
 
     def __enter__(self) -> HubService:
         return self.start()
@@ -173,6 +228,8 @@ class HubService:
         # Each unit's retained status and last will, for the units page (hub.reports).
         client.subscribe(SUB_ALL_STATUS, qos=1)
         _, self._scans_mid = client.subscribe(self._scans_topic, qos=1)
+        # The hub's "birth": units read from it which revision of the contract to write.
+        client.publish(topic_hub_status(), _hub_status(True), qos=1, retain=True)
         log.info("hub connected to %s:%d", self._host, self._port)
 
     def _on_subscribe(
@@ -190,19 +247,156 @@ class HubService:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self._connected.clear()
+        # The broker hands the unacknowledged messages again after the reconnect.
+        self._retries.clear()
         if not self._closed:
             log.warning("hub lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            reply = self.ingestor.handle(message.topic, bytes(message.payload))
-        except Exception:
-            # Bad input never gets here (the ingestor dead-letters it); this is the store
-            # failing. Do not ack: the broker redelivers, the unit resends.
-            self.failures += 1
-            log.exception("could not handle a message on %s; it is not acked", message.topic)
-            return
-        if reply is not None:
-            client.publish(reply.topic, reply.payload, qos=1)
+        self._settle(message)
+
+    def _retry_due(self, message: mqtt.MQTTMessage) -> None:
+        if self._connected.is_set() and not self._closed:
+            self._settle(message)
+
+    def _settle(self, message: mqtt.MQTTMessage) -> None:
+        """Handle one delivery and PUBACK it; on a store failure, try it again later."""
+        payload = bytes(message.payload)
+        with self._handling:
+            try:
+                replies = self.ingestor.handle(
+                    message.topic, payload, retained=bool(message.retain), qos=message.qos
+                )
+            except Exception as exc:
+                self.failures += 1
+                given_up = self._after_failure(message, payload, exc)
+                if given_up is None:
+                    return
+                replies = given_up
+            else:
+                self._stored[_kind(message.topic)] += 1
+                self._failed.pop(_key(message.topic, payload), None)
+        for reply in replies:
+            self._client.publish(reply.topic, reply.payload, qos=1, retain=reply.retain)
             self.acks_sent += 1
-        client.ack(message.mid, message.qos)
+        self._client.ack(message.mid, message.qos)
+
+    def _after_failure(
+        self, message: mqtt.MQTTMessage, payload: bytes, exc: Exception
+    ) -> list[Reply] | None:
+        """The replies of a message given up as poison, or None: it waits for a retry."""
+        key = _key(message.topic, payload)
+        kind = _kind(message.topic)
+        failures = self._failed.setdefault(key, _Failures(0, self._stored[kind]))
+        self._failed.move_to_end(key)
+        while len(self._failed) > _MAX_TRACKED:
+            self._failed.popitem(last=False)
+        failures.attempts += 1
+        # Poison only if the store took other messages of its kind (scan batches, statuses,
+        # registry records) since this one first failed: a store that is down, or cannot
+        # write one table, fails them all, and then every message simply waits.
+        stored_since = self._stored[kind] > failures.stored_before
+        if failures.attempts >= self._max_attempts and stored_since:
+            try:
+                replies = self.ingestor.poison(message.topic, payload, failures.attempts, str(exc))
+            except Exception:
+                log.exception("could not keep a poison message on %s; it waits", message.topic)
+            else:
+                log.error(
+                    "a message on %s failed %d times while others were stored: kept as poison",
+                    message.topic,
+                    failures.attempts,
+                )
+                self._failed.pop(key, None)
+                return replies
+        delay = self._retry_delays_s[min(failures.attempts, len(self._retry_delays_s)) - 1]
+        log.warning(
+            "could not store a message on %s (attempt %d: %s); not acked, trying again in %g s",
+            message.topic,
+            failures.attempts,
+            exc,
+            delay,
+        )
+        self._retries.put(message, delay)
+        return None
+
+
+def _hub_status(online: bool) -> bytes:
+    return encode_message(
+        HubStatus(
+            online=online,
+            revision=WIRE_REVISION,
+            software=__version__,
+            at=datetime.now(UTC) if online else None,
+        )
+    )
+
+
+@dataclass
+class _Failures:
+    attempts: int
+    stored_before: int  # messages of its kind stored when this one first failed
+
+
+def _kind(topic: str) -> str:
+    """``scans``, ``status``, ``registry``...: messages that the store writes alike."""
+    parts = topic.split("/")
+    return parts[2] if len(parts) > 2 and parts[2] != "units" else parts[-1]
+
+
+_MAX_TRACKED = 10_000
+"""Messages whose failures are counted at once; the oldest are forgotten beyond this."""
+
+
+def _key(topic: str, payload: bytes) -> bytes:
+    return hashlib.sha256(topic.encode("utf-8") + b"\0" + payload).digest()
+
+
+class _RetryQueue:
+    """Calls `due(message)` for each message put, after its delay, on one thread of its own.
+
+    `clear()` forgets every waiting message: after a reconnect the broker delivers the
+    unacknowledged ones again (a persistent session), and their old packet ids are void.
+    """
+
+    def __init__(self, due: Callable[[mqtt.MQTTMessage], None]) -> None:
+        self._due = due
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, mqtt.MQTTMessage]] = []
+        self._seq = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="hub-retries", daemon=True)
+        self._thread.start()
+
+    def put(self, message: mqtt.MQTTMessage, delay_s: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), message))
+            self._cond.notify()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._heap.clear()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(wait)
+                if self._closed:
+                    return
+                _, _, message = heapq.heappop(self._heap)
+            try:
+                self._due(message)
+            except Exception:
+                log.exception("retrying a message failed")

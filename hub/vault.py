@@ -4,7 +4,8 @@ The hub stores who went where. Whoever copies ``hub.db`` (a backup, a stolen dis
 operator with shell access but no key file) must not read who; the hub itself, holding
 the key file, still matches people and answers traces. One 32-byte secret, kept in a
 file apart from the database, gives two keys (HKDF-SHA256, one per purpose, so that
-neither use can leak into the other):
+neither use can leak into the other; a third and a fourth key check the file's key
+and tell a resent scan from another one under the same id, `content_digest`):
 
 * the **match key**: `blind` turns a person key (``id:064090123456``) into a
   pseudonym ``pk1:...`` (HMAC-SHA256). It is deterministic, so the store indexes it
@@ -109,6 +110,7 @@ class Vault:
         self._seal_key = _subkey(secret, b"seal")
         self._match_key = _subkey(secret, b"match")
         self._check_key = _subkey(secret, b"check")
+        self._content_key = _subkey(secret, b"content")
 
     def __repr__(self) -> str:
         return "Vault(<secret>)"  # never the key, not even in a traceback
@@ -188,6 +190,14 @@ class Vault:
         """The person key's pseudonym: the same key always gives the same pseudonym."""
         digest = hmac.new(self._match_key, person_key.encode("utf-8"), hashlib.sha256).digest()
         return PSEUDONYM_PREFIX + base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+    def content_digest(self, content: bytes) -> str:
+        """A keyed digest that tells two contents apart (128 bits, hex).
+
+        Keyed for the reason `blind` is: a scan's content is a QR text that someone who
+        knows a person could guess, and an unkeyed hash would confirm the guess.
+        """
+        return hmac.new(self._content_key, content, hashlib.sha256).hexdigest()[:32]
 
     def seal(self, plain: bytes, aad: bytes) -> bytes:
         """Encrypt `plain`, bound to `aad` (which is not stored: the reader supplies it)."""

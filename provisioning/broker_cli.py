@@ -172,7 +172,7 @@ def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
         count = pki.revoke(unit_id)
         # Inactive as well as revoked: the hub refuses its scans even through another path.
         inactive = unit.model_copy(update={"active": False})
-        registry.put_unit(inactive)
+        inactive = registry.put_unit(inactive)
         venue = registry.venue(unit.venue_id)
     print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
     # The hub first: once it reads the inactive record it refuses the unit's scans, even

@@ -5,9 +5,11 @@ own CA; Mosquitto takes the certificate's CN as the user name
 (`use_identity_as_username`) and the ACL written here limits each name to its topics:
 
     a unit (CN = unit id)        writes  doorscan/v1/units/<own id>/scans and /status
-                                 reads   doorscan/v1/units/<own id>/ack and /config
+                                 reads   doorscan/v1/units/<own id>/ack and /config,
+                                         doorscan/v1/hub/status
     doorscan-hub                 reads   every unit's scans and status, the registry
-    doorscan-hub-<n> (n=1..64)   writes  every unit's ack and config
+    doorscan-hub-<n> (n=1..64)   writes  every unit's ack and config, hub/status (and a
+                                         retained scans message, to clear it)
                                  (the workers of `hub serve --workers N`, one CN each)
     doorscan-provisioning        writes  the registry (reads it back)
 
@@ -45,7 +47,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from doorscan.wire import TOPIC_ROOT
+from doorscan.wire import MAX_MESSAGE_BYTES, TOPIC_ROOT
+from doorscan.wire.limits import BROKER_MAX_PACKET_BYTES
 from provisioning.fleet import InvalidInput, ProvisioningError, write_atomic
 
 __all__ = [
@@ -323,12 +326,15 @@ class BrokerPKI:
 
 # The hub's rights, written once and given to the hub and to each of its workers: a
 # worker is the hub, one share of it, and must never be able to do more or less.
+# `readwrite` on scans: the hub clears a batch a unit wrongly published retained (an
+# empty retained message), or it would come back at every subscribe.
 _HUB_RULES = (
-    ("read", f"{TOPIC_ROOT}/units/+/scans"),
+    ("readwrite", f"{TOPIC_ROOT}/units/+/scans"),
     ("read", f"{TOPIC_ROOT}/units/+/status"),
     ("write", f"{TOPIC_ROOT}/units/+/ack"),
     ("write", f"{TOPIC_ROOT}/units/+/config"),
     ("read", f"{TOPIC_ROOT}/registry/#"),
+    ("readwrite", f"{TOPIC_ROOT}/hub/status"),
 )
 
 
@@ -355,8 +361,10 @@ def acl_text(hub_workers: int = 0) -> str:
         f"pattern write {units}/%u/scans\n"
         f"pattern write {units}/%u/status\n"
         f"pattern read {units}/%u/ack\n"
-        "# its own retained config from the hub (remote config arrives with issue 7)\n"
+        "# its own retained config from the hub\n"
         f"pattern read {units}/%u/config\n"
+        "# every client: the hub's retained status (which revision of the contract it reads)\n"
+        f"pattern read {TOPIC_ROOT}/hub/status\n"
         f"{hub_blocks}"
         "\n"
         f"user {PROVISIONING_CN}\n"
@@ -387,6 +395,10 @@ def mosquitto_conf_text(port: int, files_dir: Path, bind_address: str | None = N
         "use_username_as_clientid true\n"
         "allow_anonymous false\n"
         f"acl_file {where / 'acl'}\n"
+        "# Both global: no payload over the wire contract's limit is forwarded, and a\n"
+        "# client sending a packet much larger is cut off before the broker reads it all.\n"
+        f"message_size_limit {MAX_MESSAGE_BYTES}\n"
+        f"max_packet_size {BROKER_MAX_PACKET_BYTES}\n"
     )
 
 

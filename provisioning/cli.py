@@ -60,6 +60,7 @@ from provisioning.fleet import (
     UnknownVenue,
     check_card_output,
     issue_card,
+    record_fields,
     render_card,
     today_vn,
     write_unit_config,
@@ -193,7 +194,8 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
         config, config_path, key_path = write_unit_config(out_dir, settings, signer, seal_pub)
         if args.tls:
             broker_cli.write_unit_cert(home, unit.unit_id, out_dir)
-        created = registry.put_unit(unit)
+        created = registry.unit(unit.unit_id) is None
+        unit = registry.put_unit(unit)
     print(f"{'added' if created else 'updated'} unit {unit.unit_id} at venue {venue.venue_id}")
     print(f"unit config  {config_path}")
     print(f"card key     {key_path} (key id {signer.key_id})")
@@ -276,8 +278,8 @@ def _list(args: argparse.Namespace, home: FleetHome) -> int:
         venues, units, cards = registry.venues(), registry.units(), registry.cards()
     if args.json:
         data = {
-            "venues": [v.model_dump(mode="json", exclude={"v", "schema_"}) for v in venues],
-            "units": [u.model_dump(mode="json", exclude={"v", "schema_"}) for u in units],
+            "venues": [record_fields(v) for v in venues],
+            "units": [record_fields(u) for u in units],
             "cards": [
                 {
                     "card_id": c.card_id,

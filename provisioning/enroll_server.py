@@ -259,7 +259,7 @@ class EnrollmentService:
             unit = UnitRecord(unit_id=unit_id, venue_id=venue_id, active=True)
             with self.ledger.spend(digest, venue_id, unit_id, now):
                 certificate = self._pki.issue_unit_for_key(unit_id, public_key)
-                registry.put_unit(unit)
+                unit = registry.put_unit(unit)
         if self._publish is not None:
             try:
                 self._publish(venue, unit)

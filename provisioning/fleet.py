@@ -63,6 +63,7 @@ __all__ = [
     "IssuedCard",
     "Registry",
     "describe_validation_error",
+    "record_fields",
     "write_atomic",
     "write_unit_config",
     "issue_card",
@@ -165,7 +166,7 @@ class Registry(Closeable):
 
     def put_venue(self, venue: VenueRecord) -> bool:
         """Add or update a venue; True if it is new."""
-        return self._upsert("venues", "venue_id", venue.venue_id, _fields(venue))
+        return self._upsert("venues", "venue_id", venue.venue_id, record_fields(venue))
 
     def venue(self, venue_id: str) -> VenueRecord | None:
         doc = self._db.table("venues").get(Query().venue_id == venue_id)
@@ -177,14 +178,23 @@ class Registry(Closeable):
             (VenueRecord.model_validate(dict(d)) for d in docs), key=attrgetter("venue_id")
         )
 
-    def put_unit(self, unit: UnitRecord) -> bool:
-        """Add or update a unit; True if it is new. The venue must be registered."""
+    def put_unit(self, unit: UnitRecord) -> UnitRecord:
+        """Add or update a unit and return it as registered. The venue must be registered.
+
+        A unit's `registered_at` is set the first time it is put (now, unless the record
+        carries one) and never moved by an update: the hub holds apart any scan the unit
+        claims to have made before it (`hub.history`).
+        """
         if self.venue(unit.venue_id) is None:
             raise UnknownVenue(
                 f"venue {unit.venue_id!r} is not registered; add it first with "
                 f"`add-venue --id {unit.venue_id} --name NAME`"
             )
-        return self._upsert("units", "unit_id", unit.unit_id, _fields(unit))
+        before = self.unit(unit.unit_id)
+        registered = (before.registered_at if before else None) or unit.registered_at
+        stored = unit.model_copy(update={"registered_at": registered or datetime.now(UTC)})
+        self._upsert("units", "unit_id", unit.unit_id, record_fields(stored))
+        return stored
 
     def unit(self, unit_id: str) -> UnitRecord | None:
         doc = self._db.table("units").get(Query().unit_id == unit_id)
@@ -224,9 +234,9 @@ class Registry(Closeable):
             self._db.close()
 
 
-def _fields(record: VenueRecord | UnitRecord) -> dict[str, Any]:
-    # The registry keeps the record's own fields; version and schema name are the wire's.
-    return record.model_dump(mode="json", exclude={"v", "schema_"})
+def record_fields(record: VenueRecord | UnitRecord) -> dict[str, Any]:
+    # The registry keeps the record's own fields; version, revision and schema are the wire's.
+    return record.model_dump(mode="json", exclude={"v", "rev", "schema_"}, exclude_none=True)
 
 
 class FleetHome:

@@ -27,7 +27,7 @@ from pathlib import Path
 from hub.cli_common import load_vault
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import BatchKey, HubStore, InsertResult, StoredScan
+from hub.store import BatchKey, HubStore, InsertResult, NewDeadLetter, StoredScan
 from hub.store.factory import open_hub_store
 
 __all__ = ["make_dying", "main"]
@@ -41,12 +41,15 @@ def make_dying(store: HubStore, *, die_at: int, when: str) -> None:
     calls = itertools.count(1)
 
     def insert_scans(
-        scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+        scans: Sequence[StoredScan],
+        received_at: datetime,
+        batch: BatchKey | None = None,
+        letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult:
         dying = next(calls) == die_at
         if dying and when == "before":
             os._exit(EXIT_CODE)
-        result = real(scans, received_at, batch)
+        result = real(scans, received_at, batch, letters)
         if dying:
             os._exit(EXIT_CODE)
         return result
@@ -69,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     vault = load_vault(args.vault_key)
     with open_hub_store(args.db, vault=vault) as store:
         make_dying(store, die_at=args.die_at, when=args.when)
-        service = HubService(Ingestor(store), args.broker_host, args.broker_port)
+        # Fault tests scan far faster than a door can: no rate bound (hub.history).
+        ingestor = Ingestor(store, max_scans_per_minute=0)
+        service = HubService(ingestor, args.broker_host, args.broker_port)
         with service:
             if not service.wait_connected(30):
                 print("fault hub: no broker", flush=True)

@@ -31,6 +31,7 @@ from hub.service import HubService
 from hub.store.factory import is_postgres
 from hub.trace import run_trace
 from tests.fault_net_support import (
+    FAST_DOORS,
     PEOPLE,
     drain_in_subprocess,
     figure_name,
@@ -92,7 +93,7 @@ def test_broker_sigkilled_mid_10000_scans_loses_and_doubles_nothing(
 
     with ExitStack() as stack:
         store = stack.enter_context(registered_store(hub_db, units))
-        ingestor = Ingestor(store)
+        ingestor = Ingestor(store, max_scans_per_minute=0)
         hub = stack.enter_context(HubService(ingestor, broker.host, broker.port))
         assert hub.wait_connected(10)
         journals = {u: stack.enter_context(ScanJournal(tmp_path / f"{u}.db")) for u in units}
@@ -184,7 +185,12 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
                     journal.record(make_scan(unit, units[unit], i, t0 + timedelta(seconds=i)))
                 syncs[unit].notify()
             hub = HubProcess(
-                db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file()
+                db,
+                broker.host,
+                broker.port,
+                tmp_path / "hub.log",
+                vault_key=vault_key_file(),
+                extra_args=FAST_DOORS,
             )
             try:
                 drained = wait_for(lambda: all(j.backlog() == 0 for j in journals.values()), 90)
@@ -244,7 +250,7 @@ def test_48h_offline_backlog_drains_in_batches_with_bounded_memory(
     rss: dict[str, tuple[int, int]] = {}
     with (
         registered_store(hub_db, units) as store,
-        HubService(Ingestor(store), broker.host, broker.port) as hub,
+        HubService(Ingestor(store, max_scans_per_minute=0), broker.host, broker.port) as hub,
     ):
         assert hub.wait_connected(10)
         for unit in sizes:  # the small one first: its figure is the baseline
@@ -304,7 +310,12 @@ def _deliver(
     rng = random.Random(7)
     with (
         registered_store(db, dict.fromkeys(scans, "hospital")) as store,
-        HubService(Ingestor(store), broker.host, broker.port, client_id=f"hub-{run}") as hub,
+        HubService(
+            Ingestor(store, max_scans_per_minute=0),
+            broker.host,
+            broker.port,
+            client_id=f"hub-{run}",
+        ) as hub,
         ExitStack() as stack,
     ):
         assert hub.wait_connected(10)

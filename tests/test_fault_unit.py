@@ -51,7 +51,7 @@ from doorscan.wire import (
     topic_registry_venue,
 )
 from hub.launcher import HubProcess
-from tests.fault_net_support import figure_name
+from tests.fault_net_support import FAST_DOORS, figure_name
 from tests.hubstore import open_store, vault_key_file
 
 DAY = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)
@@ -251,7 +251,14 @@ def test_sigkill_at_random_moments_loses_no_green_scan(
 
     _publish_registry(broker)
     db = hub_db
-    hub = HubProcess(db, broker.host, broker.port, tmp_path / "hub.log", vault_key=vault_key_file())
+    hub = HubProcess(
+        db,
+        broker.host,
+        broker.port,
+        tmp_path / "hub.log",
+        vault_key=vault_key_file(),
+        extra_args=FAST_DOORS,
+    )
     try:
         with contextlib.ExitStack() as stack:
             journals = [stack.enter_context(ScanJournal(d.journal)) for d in doors]

@@ -200,6 +200,7 @@ def test_stats(db: str, capsys: pytest.CaptureFixture[str]) -> None:
         "venues": 2,
         "units": 1,
         "dead_letters": 1,
+        "held": 0,
     }
 
 

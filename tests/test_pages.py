@@ -105,8 +105,8 @@ def fill_ingested(store: HubStore, now: datetime = NOW) -> None:
         batch = ScanBatch(
             batch_id=f"batch-{i:04d}", unit_id=unit_of[venue_id], sent_at=at, scans=[scan]
         )
-        reply = ingestor.handle(topic_scans(unit_of[venue_id]), encode_message(batch))
-        assert reply is not None and b"scan-" in reply.payload
+        [reply] = ingestor.handle(topic_scans(unit_of[venue_id]), encode_message(batch))
+        assert b"scan-" in reply.payload
     assert store.counts()["scans"] == len(VISITS), store.dead_letters()
 
 

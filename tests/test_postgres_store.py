@@ -110,7 +110,7 @@ def test_each_vietnam_day_gets_its_partition_and_purge_drops_whole_days(pg_url: 
 
         counts = store.purge_older_than(cutoff, at=NOW, reason="test")
 
-        assert counts == {"scans": 5, "dead_letters": 0, "batches": 0}
+        assert counts == {"scans": 5, "dead_letters": 0, "batches": 0, "held_scans": 0}
         assert _partitions(pg_url) == [*DAYS[1:], TOMORROW]
         assert sorted(raw_sql(pg_url, "SELECT scan_id FROM scan_ids")) == [
             ("d2-evening",),

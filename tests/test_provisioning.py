@@ -13,7 +13,7 @@ import socket
 import stat
 import tempfile
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,10 @@ def test_a_device_config_loads_on_the_unit_with_its_card_key(
             "district": "Pleiku",
         }
     ]
-    assert registry["units"] == [
-        {"unit_id": "bv-gia-lai-door-1", "venue_id": "bv-gia-lai", "active": True}
-    ]
+    [unit] = registry["units"]
+    registered = datetime.fromisoformat(unit.pop("registered_at"))
+    assert unit == {"unit_id": "bv-gia-lai-door-1", "venue_id": "bv-gia-lai", "active": True}
+    assert abs(registered - datetime.now(UTC)) < timedelta(minutes=5)
 
 
 def test_a_config_folder_can_be_moved_whole(
@@ -356,6 +357,11 @@ def test_publish_leaves_every_venue_and_unit_retained_for_the_hub(
     assert "published 5" in capsys.readouterr().out
 
     records = decoded(retained_registry(broker, 5))
+    # Each unit carries when it was registered (the hub holds apart scans dated before).
+    for key, record in list(records.items()):
+        if isinstance(record, UnitRecord):
+            assert record.registered_at is not None and record.rev == 6
+            records[key] = record.model_copy(update={"registered_at": None, "rev": None})
     assert records == {
         "venue:bv-gia-lai": VenueRecord(
             venue_id="bv-gia-lai", name="Bệnh viện Gia Lai", district="Pleiku"

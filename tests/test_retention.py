@@ -7,6 +7,7 @@ still inside the period, and is kept; one millisecond older goes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.cli import main
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
-from hub.store import BatchKey, HubStore, StoredScan
+from hub.store import BatchKey, Hold, HubStore, StoredScan
 from hub.store.factory import is_postgres
 from tests.hubdb import raw_sql
 from tests.hubstore import open_store
@@ -33,14 +34,15 @@ OLD, AT_CUTOFF, NEW = CUTOFF - timedelta(days=3), CUTOFF, CUTOFF + timedelta(day
 JUST_OLDER = CUTOFF - MS
 
 
-def fill(store: HubStore, times: dict[str, datetime]) -> None:
-    """One scan, one dead letter and one batch id per named time, each dated at it."""
+def fill(store: HubStore, times: dict[str, datetime], *, held: bool = False) -> None:
+    """One scan, one dead letter and one batch id per named time, each dated at it;
+    with `held`, also one scan held apart from traces."""
     for n, (name, at) in enumerate(times.items()):
-        store.insert_scans(
-            [StoredScan(f"scan-{name}", "u1", "cho-pleiku", at, True, WHO[n % 3], "mqtt")],
-            received_at=at,
-            batch=BatchKey(f"batch-{name}", "u1", name),
-        )
+        scans = [StoredScan(f"scan-{name}", "u1", "cho-pleiku", at, True, WHO[n % 3], "mqtt")]
+        if held:
+            hold = Hold("too_fast", "a test")
+            scans.append(replace(scans[0], scan_id=f"held-{name}", hold=hold))
+        store.insert_scans(scans, received_at=at, batch=BatchKey(f"batch-{name}", "u1", name))
         store.add_dead_letter("mqtt", "doorscan/v1/units/u1/scans", b"{", "not_json", name, at)
 
 
@@ -71,7 +73,7 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(db: str) -> None:
     with open_store(db) as store:
         counts = store.purge_older_than(CUTOFF, at=NOW)
         assert store.counts()["scans"] == 2
-    assert counts == {"scans": 2, "dead_letters": 2, "batches": 2}
+    assert counts == {"scans": 2, "dead_letters": 2, "batches": 2, "held_scans": 0}
     assert remaining(db) == {
         "scans": ["scan-at_cutoff", "scan-new"],
         "dead_letters": ["at_cutoff", "new"],
@@ -91,7 +93,7 @@ def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: str) -> No
     assert entries[0].at == NOW
     assert entries[0].params == {
         "cutoff": "2021-09-02T12:00:00.000Z",
-        "deleted": {"scans": 2, "dead_letters": 2, "batches": 2},
+        "deleted": {"scans": 2, "dead_letters": 2, "batches": 2, "held_scans": 0},
     }
     assert (check.ok, check.entries) == (True, 2)
 
@@ -105,6 +107,7 @@ def test_a_second_purge_finds_nothing_and_a_scan_older_than_received_also_goes(
             "scans": 0,
             "dead_letters": 0,
             "batches": 0,
+            "held_scans": 0,
         }
         # Dated a minute after the cutoff (clock ahead) but received before it.
         ahead = CUTOFF + timedelta(minutes=1)
@@ -127,6 +130,8 @@ KEPT_PAST_RETENTION = {
     "users": "staff accounts of the hub, not visitors",
     "tokens": "staff sessions and API tokens; they expire on their own",
     "unit_status": "one row per door unit, its latest health; no visitor in it",
+    "units": "the registry: when a door unit was registered; no visitor in it",
+    "unit_configs": "the remote configs issued to door units; no visitor in it",
 }
 
 
@@ -154,8 +159,10 @@ def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(hub_db: str) 
     with open_store(hub_db) as store:
         store.upsert_venue(VenueRecord(venue_id="cho-pleiku", name="Chợ Pleiku"))
         store.upsert_unit(UnitRecord(unit_id="u1", venue_id="cho-pleiku"))
-        fill(store, {"a": cutoff - timedelta(days=400), "b": cutoff - MS, "c": now})
+        fill(store, {"a": cutoff - timedelta(days=400), "b": cutoff - MS, "c": now}, held=True)
+        assert store.counts()["held"] == 3
         purge_expired(store, now)
+        assert store.counts()["held"] == 1
     checked = []
     for table, column in ms_columns(hub_db):
         if table in KEPT_PAST_RETENTION:
@@ -169,6 +176,8 @@ def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(hub_db: str) 
     assert sorted(checked) == [
         "batches.received_at_ms",
         "dead_letters.received_at_ms",
+        "held_scans.received_at_ms",
+        "held_scans.scanned_at_ms",
         *own_ids,
         "scans.received_at_ms",
         "scans.scanned_at_ms",

@@ -142,6 +142,7 @@ def test_audit_and_counts(store: HubStore) -> None:
         "venues": 2,
         "units": 1,
         "dead_letters": 1,
+        "held": 0,
     }
 
 
@@ -222,7 +223,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 7
+        assert version == len(SqliteStore.MIGRATIONS) == 8
     finally:
         raw.close()
 

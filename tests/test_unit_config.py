@@ -20,7 +20,7 @@ from device.remote_config import in_quiet_hours
 from device.unit import Unit
 from doorscan.localbroker import LocalBroker
 from doorscan.synthetic import blank_frame, cccd_text, make_people, render_frame
-from doorscan.wire import topic_config
+from doorscan.wire import topic_config, topic_hub_status
 from hub.cli import main as hub_main
 from hub.cli_common import UsageError
 from hub.cli_unitconfig import parse_settings
@@ -35,6 +35,12 @@ pytestmark = pytest.mark.broker
 DAY = datetime(2022, 1, 10, 2, tzinfo=UTC)  # 09:00 in Vietnam
 BUZZER, GREEN = 22, 17
 PEOPLE = make_people(4, seed=11)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`unit-config` keeps what it issues in the hub's database, by default ./hub.db."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _config(tmp_path: Path, broker: LocalBroker) -> UnitConfig:
@@ -63,11 +69,11 @@ def _set(broker: LocalBroker, *settings: str) -> None:
     assert _hub(broker, *settings, "--wait-applied", "20") == 0
 
 
-def _raw(broker: LocalBroker, payload: str) -> None:
+def _raw(broker: LocalBroker, payload: str, topic: str = topic_config("door-1")) -> None:
     """Publish as a misbehaving tool would: mosquitto_pub, retained, no checks."""
     tool = shutil.which("mosquitto_pub")
     assert tool is not None
-    where = ("-h", broker.host, "-p", str(broker.port), "-t", topic_config("door-1"))
+    where = ("-h", broker.host, "-p", str(broker.port), "-t", topic)
     subprocess.run(
         [tool, *where, "-q", "1", "-r", "-m", payload],
         check=True,
@@ -182,16 +188,21 @@ def test_bad_settings_are_refused_by_the_hub_and_nothing_is_published(
         assert _hub(broker, *words) == 2, words
         error = capsys.readouterr().err
         assert "error:" in error and words[0].split("=")[0] in error
-    assert _show(broker, capsys)["published"] is None
+    assert _show(broker, capsys)["issued"] is None
     assert _hub(broker, "frame_rate=10") == 0
     assert _hub(broker, "frame_rate=0.5") == 2
-    shown = _show(broker, capsys)["published"]
-    assert isinstance(shown, dict) and shown["frame_rate"] == 10 and shown["version"] == 1
+    shown = _show(broker, capsys)["issued"]
+    assert isinstance(shown, dict) and shown["settings"] == {"frame_rate": 10}
+    assert shown["version"] == 1
 
 
 def test_a_bad_config_published_raw_is_refused_by_the_unit_which_keeps_its_own(
     tmp_path: Path, broker: LocalBroker, watcher: Watcher, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The hub's "birth" message, as `hub serve` leaves it: the unit then reports in
+    # revision 6, with the version it refused as a number.
+    hub_status = {"v": 1, "rev": 6, "schema": "doorscan.hub-status", "online": True, "revision": 6}
+    _raw(broker, json.dumps(hub_status), topic=topic_hub_status())
     with _unit(tmp_path, broker).start() as unit:
         assert unit.sync.wait_connected(20)
         _set(broker, "debounce_s=30")
@@ -205,12 +216,14 @@ def test_a_bad_config_published_raw_is_refused_by_the_unit_which_keeps_its_own(
         assert wait_for(lambda: "version 3" in _last_error(watcher))
         assert "debounce_s" in _last_error(watcher)
         assert unit.debounce.window_s == 30 and unit.remote_config.version == 1
+        # The hub's record is what it issued; the unit's word is in its status.
         shown = _show(broker, capsys)
-        assert shown["published"] is None and "debounce_s" in str(shown["published_unreadable"])
-        assert shown["applied_version"] == 1 and "version 3" in str(shown["config_error"])
-        # The hub starts again above the refused version, and the error clears.
+        issued = shown["issued"]
+        assert isinstance(issued, dict) and issued["settings"] == {"debounce_s": 30}
+        assert (shown["applied_version"], shown["refused_version"]) == (1, 3)
+        assert "version 3" in str(shown["config_error"])
+        # The hub goes on above the refused version, and the error clears.
         assert _hub(broker, "debounce_s=45", "--wait-applied", "20") == 0
-        assert "unreadable" in capsys.readouterr().err
         assert wait_for(lambda: watcher.statuses()[-1].config_version == 4)
         assert watcher.statuses()[-1].config_error is None
         assert unit.debounce.window_s == 45
@@ -281,6 +294,17 @@ def test_over_tls_only_the_hubs_certificate_sets_a_units_config(
         assert "refused the config" in capsys.readouterr().err
         assert unit_config(fleet.role_files("hub"), "debounce_s=20", "--wait-applied", "20") == 0
         assert unit.remote_config.version == 1 and unit.debounce.window_s == 20
+        # A second change: the next version, with the first change's keys kept. (The ACL
+        # lets the hub write config topics, not read them: the hub's database remembers.)
+        hub = fleet.role_files("hub")
+        assert unit_config(hub, "feedback_volume=0", "--wait-applied", "20") == 0
+        assert unit.remote_config.version == 2 and unit.debounce.window_s == 20
+        assert unit.remote_config.settings.feedback_volume == 0
+        capsys.readouterr()
+        assert unit_config(hub, "--show") == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["issued"]["version"] == 2 and shown["applied_version"] == 2
+        assert shown["issued"]["settings"] == {"debounce_s": 20, "feedback_volume": 0}
 
 
 def test_quiet_hours_cross_midnight_in_vietnam_time() -> None:

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from doorscan import wire
 from doorscan.errors import Refusal
 from doorscan.wire import Ack, Scan, ScanBatch, decode_message, encode_message
+from doorscan.wire.codes import REFUSAL_CODES
+from doorscan.wire.schema import render_all, render_wire_md
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire.md"
 
@@ -39,14 +42,7 @@ def test_every_example_in_docs_validates_against_its_model() -> None:
     text = DOC.read_text(encoding="utf-8")
     examples = re.findall(r"<!-- model: (\w+) -->\n```json\n(.*?)\n```", text, re.S)
     names = {name for name, _ in examples}
-    assert names == {
-        "ScanBatch",
-        "Ack",
-        "UnitStatus",
-        "UnitConfigUpdate",
-        "VenueRecord",
-        "UnitRecord",
-    }
+    assert names == {model.__name__ for model in wire.MESSAGES}
     for name, body in examples:
         model = getattr(wire, name)
         message = decode_message(body.encode("utf-8"), model)
@@ -70,6 +66,16 @@ def test_round_trip_keeps_times_in_utc_with_milliseconds() -> None:
         (b"[1, 2]", "not_object"),
         (b'{"v": 2}', "schema_version"),
         (b'{"v": "1"}', "schema_version"),
+        (b'{"v": true}', "schema_version"),
+        (b'{"v": 1.0}', "schema_version"),
+        (b'{"schema": "doorscan.scan-batch"}', "schema_version"),
+        (b'{"v": 1, "rev": 7}', "unsupported_revision"),
+        (b'{"v": 1, "rev": "6"}', "schema"),
+        (b'{"v": 1, "rev": 0}', "schema"),
+        (b'{"v": 1, "x": NaN}', "not_json"),
+        (b'{"v": 1, "x": Infinity}', "not_json"),
+        (b'{"v": 1, "x": ' + b"1" * 4400 + b"}", "not_json"),
+        (b"[" * 50_000 + b"]" * 50_000, "not_json"),
         (b'{"v": 1, "schema": "doorscan.scan-batch"}', "schema"),
         (b"x" * (wire.MAX_MESSAGE_BYTES + 1), "too_large"),
     ],
@@ -168,3 +174,67 @@ def test_status_carries_the_config_version_and_error() -> None:
     )
     again = decode_message(encode_message(status), wire.UnitStatus)
     assert again.config_version == 4 and again.config_error == "version 5 refused: x"
+
+
+def test_the_encoder_says_the_revision_only_when_a_newer_field_is_there() -> None:
+    old_form = json.loads(encode_message(_batch()))
+    assert "rev" not in old_form  # a hub of revision 5 reads it as it always did
+    status = wire.UnitStatus(unit_id="u1", online=True, quarantined=2)
+    assert json.loads(encode_message(status))["rev"] == 6
+    assert json.loads(encode_message(_batch(rev=6)))["rev"] == 6
+    with pytest.raises(ValueError, match="needs 6"):
+        encode_message(status.model_copy(update={"rev": 5}))
+
+
+def test_no_text_may_hold_a_nul() -> None:
+    venue = {"v": 1, "schema": "doorscan.venue", "venue_id": "v1", "name": "A\u0000B"}
+    with pytest.raises(Refusal) as caught:
+        decode_message(json.dumps(venue).encode(), wire.VenueRecord)
+    assert caught.value.code == "schema" and caught.value.reason.startswith("name")
+
+
+SCHEMA_DIR = DOC.parent / "schema"
+
+
+def test_the_committed_json_schemas_are_the_models() -> None:
+    rendered = render_all()
+    committed = {path.name: path.read_text(encoding="utf-8") for path in SCHEMA_DIR.glob("*.json")}
+    assert committed == rendered, "run: python -m doorscan.wire.schema docs"
+
+
+def test_the_tables_in_wire_md_are_the_code() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    assert render_wire_md(text) == text, "run: python -m doorscan.wire.schema docs"
+
+
+def test_every_field_added_later_is_in_its_revision() -> None:
+    described = dict(wire.REVISIONS)
+    assert sorted(described) == list(range(1, wire.WIRE_REVISION + 1))
+    models: list[type[BaseModel]] = [*wire.MESSAGES, wire.Scan, wire.RefusedScan, wire.BatchRefusal]
+    for model in models:
+        for name, field in model.model_fields.items():
+            extra = field.json_schema_extra
+            since = extra.get("since") if isinstance(extra, dict) else None
+            if isinstance(since, int):
+                shown = field.alias or name
+                assert f".{shown}`" in described[since] or f"`{shown}`" in described[since], (
+                    model.__name__,
+                    name,
+                )
+
+
+HUB_SOURCES = ("hub/ingest.py", "hub/judge.py", "hub/batch_reader.py", "hub/answers.py")
+ROOT = DOC.parents[1]
+
+
+def test_every_refusal_code_the_hub_writes_is_documented() -> None:
+    documented = {c.code for c in REFUSAL_CODES}
+    found = set()
+    for source in (*HUB_SOURCES, "doorscan/wire/codec.py", "doorscan/wire/messages.py"):
+        text = (ROOT / source).read_text(encoding="utf-8")
+        found |= set(re.findall(r'Refusal\(\s*"([a-z_]+)"', text))
+    history = (ROOT / "hub/history.py").read_text(encoding="utf-8")
+    found |= set(re.findall(r'Hold\(\s*"([a-z_]+)"', history))
+    found |= {"unsealable", "poison", "replayed_batch", "internal_error"}  # raised elsewhere
+    assert found <= documented, found - documented
+    assert len(found) >= 25  # the search finds the codes: a broken pattern finds none

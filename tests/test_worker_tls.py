@@ -210,14 +210,15 @@ def test_broker_files_issues_one_certificate_per_hub_worker(
     users = [name for name in blocks if name.startswith("user ")]
     hubs = ["user doorscan-hub", *(f"user doorscan-hub-{n}" for n in (1, 2, 3))]
     assert users == [*hubs, "user doorscan-provisioning"]
-    # Exactly the hub's rights for each worker, and those rights are read and ack only.
+    # Exactly the hub's rights for each worker, and no more than the hub's.
     assert all(blocks[user] == blocks["user doorscan-hub"] for user in hubs)
-    assert sorted(line.split()[1] for line in blocks["user doorscan-hub"]) == [
-        "read",
-        "read",
-        "read",
-        "write",
-        "write",
+    assert sorted(line.split(maxsplit=1)[1] for line in blocks["user doorscan-hub"]) == [
+        "read doorscan/v1/registry/#",
+        "read doorscan/v1/units/+/status",
+        "readwrite doorscan/v1/hub/status",
+        "readwrite doorscan/v1/units/+/scans",
+        "write doorscan/v1/units/+/ack",
+        "write doorscan/v1/units/+/config",
     ]
 
     bad = f"broker-files --out {out} --port 8883 --hub-workers 65"

@@ -13,11 +13,17 @@ by `hub.store.factory.open_hub_store` from a path or a ``postgresql://`` URL:
 
 What is promised:
 
-- `insert_scans()` is one transaction, all or nothing, and idempotent on `scan_id`: a
-  resent scan is stored once and reported in `duplicate`. It returns only after the
-  commit, with ``synchronous=FULL`` in WAL mode, so the commit is on disk: the hub
-  acks a unit only after this returns, and the unit then forgets the scan
-  (PostgreSQL: ``synchronous_commit`` on).
+- `insert_scans()` is one transaction, all or nothing, with the dead letters of the
+  batch's refused scans, and idempotent on `scan_id`: a resent scan is stored once and
+  reported in `duplicate`. A scan id already stored with other content (a keyed digest
+  of the scan as its unit sent it, `StoredScan.digest_basis`) is a `conflict`: not
+  stored, dead-lettered ``scan_id_conflict`` in the same transaction, never reported as
+  stored. It returns only after the commit, with ``synchronous=FULL`` in WAL mode, so
+  the commit is on disk: the hub acks a unit only after this returns, and the unit then
+  forgets the scan (PostgreSQL: ``synchronous_commit`` on).
+- A scan with a `Hold` is kept apart, in ``held_scans``: stored (its id taken, its
+  identity sealed), never read by a trace, a visitor list or a report, listed for an
+  admin (`held_scans`) who may `release_held` it into the scans.
 - Identities are sealed at rest and people are filed under a keyed pseudonym
   (`hub.vault`): the store needs the hub's vault to open, refuses a file written with
   another, and reads return clear values, so callers never see the difference. A
@@ -46,7 +52,7 @@ connection handling, and how scans are filed and purged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -66,6 +72,10 @@ __all__ = [
     "StoreError",
     "BatchKey",
     "BatchConflict",
+    "Hold",
+    "HeldScan",
+    "NewDeadLetter",
+    "StoredUnitConfig",
     "Registry",
     "ScanSink",
     "CheckinReader",
@@ -91,8 +101,22 @@ class StoreError(DoorscanError, RuntimeError):
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Why a scan is kept apart from traces (`hub.history`): a rule's code and words."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StoredScan:
-    """A judged scan, ready to store. `scanned_at` is aware (UTC)."""
+    """A judged scan, ready to store. `scanned_at` is aware (UTC).
+
+    `digest_basis` is the scan as its unit sent it (its canonical wire bytes, before
+    the hub corrected a time); the store keeps a keyed digest of it, so that the same
+    scan sent again is a duplicate and another scan under the same id a conflict. CSV
+    rows have none (their id is made from their content).
+    """
 
     scan_id: str
     unit_id: str | None
@@ -101,6 +125,42 @@ class StoredScan:
     clock_trusted: bool
     identity: Identity
     source: Literal["mqtt", "csv"]
+    digest_basis: bytes | None = None
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True)
+class NewDeadLetter:
+    """A refused message or scan to keep, written in the transaction that settles its batch."""
+
+    source: str
+    topic: str
+    payload: bytes
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HeldScan:
+    """A scan kept apart from traces, as an admin sees it: where, when, why; never who."""
+
+    scan_id: str
+    unit_id: str | None
+    venue_id: str
+    scanned_at: datetime
+    received_at: datetime
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoredUnitConfig:
+    """The latest remote config the hub issued to a unit (`hub unit-config`)."""
+
+    unit_id: str
+    version: int
+    settings: dict[str, Any]
+    issued_at: datetime
 
 
 @dataclass(frozen=True)
@@ -136,6 +196,7 @@ class InsertResult:
     new: list[str]
     duplicate: list[str]
     replayed: bool = False  # this very batch (same id, same scans) was committed before
+    conflict: list[str] = field(default_factory=list)  # id stored before with other content
 
 
 @dataclass(frozen=True)
@@ -188,12 +249,19 @@ class Registry(Protocol):
 
 class ScanSink(Protocol):
     def insert_scans(
-        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+        self,
+        scans: Sequence[StoredScan],
+        received_at: datetime,
+        batch: BatchKey | None = None,
+        letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult: ...
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
     ) -> None: ...
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+    def held_scans(self, limit: int = 100) -> list[HeldScan]: ...
+    def release_held(self, scan_ids: Sequence[str]) -> list[str]: ...
+    def unit_scan_times(self, unit_id: str, since_ms: int, until_ms: int) -> list[int]: ...
 
 
 class CheckinReader(Protocol):
@@ -333,8 +401,18 @@ class ReportStore(Protocol):
     """What `hub.reports`, the metrics and the name search need from a store."""
 
     def upsert_unit_status(
-        self, unit_id: str, received_at: datetime, online: bool, status_json: str
+        self,
+        unit_id: str,
+        received_at: datetime,
+        online: bool,
+        status_json: str,
+        drained_at: datetime | None = None,
     ) -> None: ...
+    def unit_drained_at(self, unit_id: str) -> datetime | None: ...
+    def record_unit_config(
+        self, unit_id: str, version: int, settings: dict[str, Any], issued_at: datetime
+    ) -> StoredUnitConfig: ...
+    def unit_config(self, unit_id: str) -> StoredUnitConfig | None: ...
     def unit_statuses(self) -> list[StoredUnitStatus]: ...
     def unit_scan_summaries(self) -> list[UnitScanSummary]: ...
     def units_online(self) -> int: ...

@@ -38,6 +38,7 @@ __all__ = [
     "identity_fields",
     "name_key",
     "scan_aad",
+    "scan_digest",
     "scan_row",
     "seal_dead_letter",
     "seal_identity",
@@ -156,6 +157,16 @@ def scan_row(vault: Vault, scan: StoredScan, received_ms: int) -> tuple[Any, ...
         received_ms,
         name_key(vault, who.name),
     )
+
+
+def scan_digest(vault: Vault, scan: StoredScan) -> str | None:
+    """The keyed digest of the scan as its unit sent it, or None (a CSV row: no basis).
+
+    The unit id is part of it: the same bytes from another unit are another scan.
+    """
+    if scan.digest_basis is None:
+        return None
+    return vault.content_digest((scan.unit_id or "").encode("utf-8") + b"\x1f" + scan.digest_basis)
 
 
 # -- the audit chain -------------------------------------------------------------------------

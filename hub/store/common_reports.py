@@ -27,7 +27,14 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from doorscan.timefmt import from_ms, to_ms
-from hub.store.base import DayCount, StoredUnitStatus, UnitScanSummary, VenueLastScan
+from hub.store.base import (
+    DayCount,
+    StoredUnitConfig,
+    StoredUnitStatus,
+    StoreError,
+    UnitScanSummary,
+    VenueLastScan,
+)
 from hub.store.common import (
     DAY_MS,
     VIETNAM_OFFSET_MS,
@@ -60,23 +67,78 @@ class SqlReports:
     # -- unit status ------------------------------------------------------------------
 
     def upsert_unit_status(
-        self, unit_id: str, received_at: datetime, online: bool, status_json: str
+        self,
+        unit_id: str,
+        received_at: datetime,
+        online: bool,
+        status_json: str,
+        drained_at: datetime | None = None,
     ) -> None:
         """Keep the unit's latest status; the same message again does not move its time.
 
         The broker hands the retained status to the hub again on every (re)subscribe;
         that copy says nothing new, so ``received_at`` keeps the time the hub first got
-        it, and "last seen" stays the time the unit spoke.
+        it, and "last seen" stays the time the unit spoke. `drained_at` (the status's
+        own time, when it said ``"backlog": 0`` on a trusted clock) only moves forward:
+        it is the unit's word that it held nothing unsent then (`hub.history`).
         """
+        drained_ms = None if drained_at is None else to_ms(drained_at)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO unit_status (unit_id, received_at_ms, online, status_json) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (unit_id) DO UPDATE SET "
+                "INSERT INTO unit_status (unit_id, received_at_ms, online, status_json, "
+                "drained_at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit_id) DO UPDATE SET "
                 "received_at_ms = excluded.received_at_ms, online = excluded.online, "
-                "status_json = excluded.status_json "
+                "status_json = excluded.status_json, drained_at_ms = CASE "
+                "WHEN unit_status.drained_at_ms IS NULL "
+                "OR excluded.drained_at_ms > unit_status.drained_at_ms "
+                "THEN COALESCE(excluded.drained_at_ms, unit_status.drained_at_ms) "
+                "ELSE unit_status.drained_at_ms END "
                 "WHERE unit_status.status_json <> excluded.status_json",
-                (unit_id, to_ms(received_at), online, status_json),
+                (unit_id, to_ms(received_at), online, status_json, drained_ms),
             )
+
+    def unit_drained_at(self, unit_id: str) -> datetime | None:
+        """The latest time the unit said it held nothing unsent (`upsert_unit_status`)."""
+        rows = self._query("SELECT drained_at_ms FROM unit_status WHERE unit_id = ?", (unit_id,))
+        return None if not rows or rows[0][0] is None else from_ms(int(rows[0][0]))
+
+    # -- remote config ----------------------------------------------------------------
+
+    def record_unit_config(
+        self, unit_id: str, version: int, settings: dict[str, Any], issued_at: datetime
+    ) -> StoredUnitConfig:
+        """Keep a remote config the hub issued (and published) to a unit.
+
+        Versions only go up: one at or below a version already recorded for the unit
+        raises `StoreError` (two operators at once; the second one runs again).
+        """
+        text = json.dumps(settings, sort_keys=True, ensure_ascii=False)
+        with self._transaction() as conn:
+            (latest,) = conn.execute(
+                "SELECT MAX(version) FROM unit_configs WHERE unit_id = ?", (unit_id,)
+            ).fetchone()
+            if latest is not None and int(latest) >= version:
+                raise StoreError(
+                    f"unit {unit_id} has config version {latest} already; not recording {version}"
+                )
+            conn.execute(
+                "INSERT INTO unit_configs (unit_id, version, settings_json, issued_at_ms) "
+                "VALUES (?, ?, ?, ?)",
+                (unit_id, version, text, to_ms(issued_at)),
+            )
+        return StoredUnitConfig(unit_id, version, dict(settings), issued_at)
+
+    def unit_config(self, unit_id: str) -> StoredUnitConfig | None:
+        """The latest remote config issued to the unit, or None."""
+        rows = self._query(
+            "SELECT version, settings_json, issued_at_ms FROM unit_configs WHERE unit_id = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (unit_id,),
+        )
+        if not rows:
+            return None
+        version, text, issued_ms = rows[0]
+        return StoredUnitConfig(unit_id, int(version), json.loads(text), from_ms(int(issued_ms)))
 
     def unit_statuses(self) -> list[StoredUnitStatus]:
         rows = self._query(

@@ -5,7 +5,9 @@ subclass gives the connection handling and the few things that differ:
 
 - `_transaction()` (a write transaction, under the store's lock), `_query()` (one
   read), `_snapshot()` (several reads that see one state of the database);
-- `_file_scans()`: put new scans in ``scans`` and say which were new;
+- `_file_scans()`: put new scans in ``scans`` (held ones in ``held_scans``) and say
+  which were new, or what digest the stored one has;
+- `_refile_released()`: put scans an admin released from ``held_scans`` in ``scans``;
 - `_purge_scans()`: forget scans older than a cutoff, say how many;
 - `_where`: how error messages name the database.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from doorscan.lifecycle import Closeable
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
-from doorscan.wire import UnitRecord, VenueRecord
+from doorscan.wire import UnitRecord, VenueRecord, topic_scans
 from hub.audit import AuditHead, AuditRow, AuditVerification, verify_chain
 from hub.store.base import (
     AuditEntry,
@@ -29,7 +31,10 @@ from hub.store.base import (
     BatchKey,
     Checkin,
     DeadLetter,
+    HeldScan,
+    Hold,
     InsertResult,
+    NewDeadLetter,
     SealedCheckin,
     StoredScan,
     StoreError,
@@ -40,6 +45,7 @@ from hub.store.common import (
     append_audit,
     dead_letter_aad,
     scan_aad,
+    scan_digest,
     scan_row,
     seal_dead_letter,
 )
@@ -50,6 +56,11 @@ from hub.vault import SealedDataError, Vault
 __all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SEALED_AT_SQL", "SEALED_OF_SQL", "SqlStore"]
 
 _CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
+HELD_COLUMNS = (
+    "scan_id, unit_id, venue_id, scanned_at_ms, clock_trusted, person_key, kind, identity, "
+    "source, received_at_ms, name_key"
+)
+"""`hub.store.common.SCAN_COLUMNS`, in ``held_scans``: a released row is filed as it was."""
 _SEALED_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, identity"
 _AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
 _ORDER_BY_TIME = " AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id"
@@ -64,6 +75,16 @@ SEALED_OF_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE person_key = ?{_ORDE
 SEALED_AT_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
 
 
+class _New:
+    def __repr__(self) -> str:
+        return "NEW"
+
+
+NEW = _New()
+"""What `_file_scans` says of a row it inserted."""
+Filed = _New | str | None
+
+
 class SqlStore(SqlReports, SqlUsers, Closeable):
     """The shared body of `SqliteStore` and `PostgresStore`; not opened on its own."""
 
@@ -76,8 +97,22 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
     def _snapshot(self) -> AbstractContextManager[SqlConnection]:
         raise NotImplementedError
 
-    def _file_scans(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> list[bool]:
-        """Insert the rows (`scan_row`) unless their scan id is stored; True for each new."""
+    def _file_scans(
+        self,
+        conn: SqlConnection,
+        rows: list[tuple[Any, ...]],
+        digests: list[str | None],
+        holds: list[Hold | None],
+    ) -> list[Filed]:
+        """Insert the rows (`scan_row`) whose scan id is not stored, held or not.
+
+        For each row: `NEW`, or the digest the scan already stored under its id has
+        (None if it has none). A row with a `Hold` goes to ``held_scans``.
+        """
+        raise NotImplementedError
+
+    def _refile_released(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows taken out of ``held_scans`` (`HELD_COLUMNS` and the digest) in ``scans``."""
         raise NotImplementedError
 
     def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
@@ -96,12 +131,16 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
             )
 
     def upsert_unit(self, unit: UnitRecord) -> None:
+        registered_ms = None if unit.registered_at is None else to_ms(unit.registered_at)
         with self._transaction() as conn:
+            # A record without registered_at (written before it existed) keeps the one known.
             conn.execute(
-                "INSERT INTO units (unit_id, venue_id, active) VALUES (?, ?, ?) "
+                "INSERT INTO units (unit_id, venue_id, active, registered_at_ms) "
+                "VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (unit_id) DO UPDATE SET venue_id = excluded.venue_id, "
-                "active = excluded.active",
-                (unit.unit_id, unit.venue_id, unit.active),
+                "active = excluded.active, registered_at_ms = "
+                "COALESCE(excluded.registered_at_ms, units.registered_at_ms)",
+                (unit.unit_id, unit.venue_id, unit.active, registered_ms),
             )
 
     def venue(self, venue_id: str) -> VenueRecord | None:
@@ -112,12 +151,18 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
 
     def unit(self, unit_id: str) -> UnitRecord | None:
         rows = self._query(
-            "SELECT unit_id, venue_id, active FROM units WHERE unit_id = ?", (unit_id,)
+            "SELECT unit_id, venue_id, active, registered_at_ms FROM units WHERE unit_id = ?",
+            (unit_id,),
         )
         if not rows:
             return None
-        unit_id, venue_id, active = rows[0]
-        return UnitRecord(unit_id=unit_id, venue_id=venue_id, active=bool(active))
+        unit_id, venue_id, active, registered_ms = rows[0]
+        return UnitRecord(
+            unit_id=unit_id,
+            venue_id=venue_id,
+            active=bool(active),
+            registered_at=None if registered_ms is None else from_ms(registered_ms),
+        )
 
     def venues(self) -> list[VenueRecord]:
         rows = self._query("SELECT venue_id, name, address, district FROM venues ORDER BY venue_id")
@@ -126,19 +171,27 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
     # -- scans and dead letters --------------------------------------------------------
 
     def insert_scans(
-        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+        self,
+        scans: Sequence[StoredScan],
+        received_at: datetime,
+        batch: BatchKey | None = None,
+        letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult:
-        """Store every scan in one transaction; a scan_id already stored is a duplicate.
+        """Store every scan and dead letter in one transaction; see `hub.store.base`.
 
-        With `batch`, the batch id is recorded in the same transaction. The same batch
-        arriving again (the broker redelivers after a hub crash, or someone replays it)
-        is reported as `replayed`; the same id with other scans raises `BatchConflict`
-        and stores nothing. Raises (and stores nothing) if any scan breaks a
-        constraint, e.g. names an unknown venue or unit.
+        A scan id already stored is a duplicate when its digest is the same (or either
+        has none), a conflict otherwise: a conflict is not stored and is dead-lettered
+        ``scan_id_conflict`` here. With `batch`, the batch id is recorded in the same
+        transaction; the same batch arriving again (the broker redelivers after a hub
+        crash, or someone replays it) is reported as `replayed` and its `letters` are
+        not written twice; the same id with other scans raises `BatchConflict` and
+        stores nothing. Raises (and stores nothing) if any scan breaks a constraint,
+        e.g. names an unknown venue or unit.
         """
         received_ms = to_ms(received_at)
         # Sealed before the transaction: the write lock is not held while hashing.
         rows = [scan_row(self._vault, scan, received_ms) for scan in scans]
+        digests = [scan_digest(self._vault, scan) for scan in scans]
         replayed = False
         with self._transaction() as conn:
             if batch is not None:
@@ -156,26 +209,83 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                             f"batch {batch.batch_id} was received before with other scans"
                         )
                     replayed = True
-            is_new = self._file_scans(conn, rows) if rows else []
-        new = [scan.scan_id for scan, fresh in zip(scans, is_new, strict=True) if fresh]
-        duplicate = [scan.scan_id for scan, fresh in zip(scans, is_new, strict=True) if not fresh]
-        return InsertResult(new, duplicate, replayed)
+            filed = (
+                self._file_scans(conn, rows, digests, [scan.hold for scan in scans]) if rows else []
+            )
+            new, duplicate, conflict = [], [], []
+            for scan, digest, outcome in zip(scans, digests, filed, strict=True):
+                if outcome is NEW:
+                    new.append(scan.scan_id)
+                elif outcome is None or digest is None or outcome == digest:
+                    duplicate.append(scan.scan_id)
+                else:
+                    conflict.append(scan.scan_id)
+                    self._write_dead_letter(conn, _conflict_letter(scan), received_ms)
+            if not replayed:
+                for letter in letters:
+                    self._write_dead_letter(conn, letter, received_ms)
+        return InsertResult(new, duplicate, replayed, conflict)
 
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
     ) -> None:
         """Keep a refused message; its payload and reason are sealed, bound to the row's id."""
         with self._transaction() as conn:
-            # The row's id is known only after the insert, and the seal is bound to it.
-            ((letter_id,),) = conn.execute(
-                "INSERT INTO dead_letters (received_at_ms, source, topic, payload, code, reason) "
-                "VALUES (?, ?, ?, ?, ?, '') RETURNING id",
-                (to_ms(received_at), source, topic, b"", code),
-            ).fetchall()
-            conn.execute(
-                "UPDATE dead_letters SET payload = ? WHERE id = ?",
-                (seal_dead_letter(self._vault, letter_id, bytes(payload), reason), letter_id),
+            self._write_dead_letter(
+                conn, NewDeadLetter(source, topic, payload, code, reason), to_ms(received_at)
             )
+
+    def _write_dead_letter(self, conn: SqlConnection, letter: NewDeadLetter, at_ms: int) -> None:
+        # The row's id is known only after the insert, and the seal is bound to it.
+        ((letter_id,),) = conn.execute(
+            "INSERT INTO dead_letters (received_at_ms, source, topic, payload, code, reason) "
+            "VALUES (?, ?, ?, ?, ?, '') RETURNING id",
+            (at_ms, letter.source, letter.topic, b"", letter.code),
+        ).fetchall()
+        sealed = seal_dead_letter(self._vault, letter_id, bytes(letter.payload), letter.reason)
+        conn.execute("UPDATE dead_letters SET payload = ? WHERE id = ?", (sealed, letter_id))
+
+    # -- scans held apart from traces ----------------------------------------------------
+
+    def held_scans(self, limit: int = 100) -> list[HeldScan]:
+        """The newest `limit` held scans, newest received first; no identity."""
+        rows = self._query(
+            "SELECT scan_id, unit_id, venue_id, scanned_at_ms, received_at_ms, held_code, "
+            "held_reason FROM held_scans ORDER BY received_at_ms DESC, scan_id LIMIT ?",
+            (int(limit),),
+        )
+        return [
+            HeldScan(scan_id, unit, venue, from_ms(at_ms), from_ms(got_ms), code, reason)
+            for scan_id, unit, venue, at_ms, got_ms, code, reason in rows
+        ]
+
+    def release_held(self, scan_ids: Sequence[str]) -> list[str]:
+        """Move held scans into the scans traces read, in one transaction; return their ids."""
+        ids = sorted(set(scan_ids))
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        with self._transaction() as conn:
+            rows = conn.execute(
+                f"DELETE FROM held_scans WHERE scan_id IN ({marks}) "  # noqa: S608
+                f"RETURNING {HELD_COLUMNS}, {self._held_digest_column}",
+                ids,
+            ).fetchall()
+            if rows:
+                self._refile_released(conn, [tuple(row) for row in rows])
+        return sorted(str(row[0]) for row in rows)
+
+    # Where a held scan's digest is: SQLite keeps it in the row, PostgreSQL in scan_ids.
+    _held_digest_column = "NULL"
+
+    def unit_scan_times(self, unit_id: str, since_ms: int, until_ms: int) -> list[int]:
+        """`scanned_at_ms` of the unit's traced scans in [since, until], oldest first."""
+        rows = self._query(
+            "SELECT scanned_at_ms FROM scans WHERE unit_id = ? AND scanned_at_ms BETWEEN ? AND ? "
+            "ORDER BY scanned_at_ms",
+            (unit_id, since_ms, until_ms),
+        )
+        return [int(ms) for (ms,) in rows]
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest `limit` dead letters, newest first, opened."""
@@ -327,6 +437,10 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                 "batches": conn.execute(
                     "DELETE FROM batches WHERE received_at_ms < ?", (cutoff_ms,)
                 ).rowcount,
+                "held_scans": conn.execute(
+                    "DELETE FROM held_scans WHERE scanned_at_ms < ? OR received_at_ms < ?",
+                    (cutoff_ms, cutoff_ms),
+                ).rowcount,
             }
             params: dict[str, Any] = {"cutoff": format_rfc3339(cutoff), "deleted": counts}
             self._append_audit(conn, "purge", reason, params, at or datetime.now(UTC))
@@ -344,7 +458,18 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                 "venues": one("SELECT COUNT(*) FROM venues"),
                 "units": one("SELECT COUNT(*) FROM units"),
                 "dead_letters": one("SELECT COUNT(*) FROM dead_letters"),
+                "held": one("SELECT COUNT(*) FROM held_scans"),
             }
+
+
+def _conflict_letter(scan: StoredScan) -> NewDeadLetter:
+    return NewDeadLetter(
+        source=scan.source,
+        topic=topic_scans(scan.unit_id) if scan.unit_id else scan.source,
+        payload=scan.digest_basis or b"",
+        code="scan_id_conflict",
+        reason=f"scan id {scan.scan_id} was stored before with other content; not stored",
+    )
 
 
 def _venue(row: Sequence[Any]) -> VenueRecord:

@@ -48,7 +48,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from doorscan.timefmt import to_ms
-from hub.store.base import BatchKey, InsertResult, StoredScan, StoreError
+from hub.store.base import BatchKey, Hold, InsertResult, NewDeadLetter, StoredScan, StoreError
 from hub.store.common import (
     DAY_MS,
     SCAN_COLUMNS,
@@ -57,7 +57,7 @@ from hub.store.common import (
     day_start_ms,
     to_format_params,
 )
-from hub.store.common_store import SqlStore
+from hub.store.common_store import NEW, Filed, SqlStore
 from hub.store.postgres_schema import (
     AUDIT_INSERT_PG,
     LOCK_SQL,
@@ -87,9 +87,15 @@ _TRY_AHEAD_LOCK_TIMEOUT_MS = 200
 # In id order: two workers claiming overlapping batches lock the ids in the same order,
 # so one waits for the other instead of the two deadlocking.
 _CLAIM_IDS = (
-    "INSERT INTO scan_ids (scan_id, scanned_at_ms) "
-    "SELECT * FROM unnest(?::text[], ?::bigint[]) AS claim (scan_id, scanned_at_ms) "
+    "INSERT INTO scan_ids (scan_id, scanned_at_ms, digest) "
+    "SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[]) "
+    "AS claim (scan_id, scanned_at_ms, digest) "
     "ORDER BY scan_id ON CONFLICT (scan_id) DO NOTHING RETURNING scan_id"
+)
+_STORED_DIGESTS = "SELECT scan_id, digest FROM scan_ids WHERE scan_id = ANY(?)"
+_INSERT_HELD = to_format_params(
+    f"INSERT INTO held_scans ({SCAN_COLUMNS}, held_code, held_reason) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -188,14 +194,18 @@ class PostgresStore(SqlStore):
     # -- scans ----------------------------------------------------------------------------
 
     def insert_scans(
-        self, scans: Sequence[StoredScan], received_at: datetime, batch: BatchKey | None = None
+        self,
+        scans: Sequence[StoredScan],
+        received_at: datetime,
+        batch: BatchKey | None = None,
+        letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult:
         """`hub.store.base.ScanSink.insert_scans`, after making the partitions it needs."""
-        days = {partition_day(to_ms(scan.scanned_at)) for scan in scans}
+        days = {partition_day(to_ms(scan.scanned_at)) for scan in scans if scan.hold is None}
         self._ensure_days(days)
         self._prepare_tomorrow(partition_day(to_ms(received_at)) + timedelta(days=1))
         try:
-            return super().insert_scans(scans, received_at, batch)
+            return super().insert_scans(scans, received_at, batch, letters)
         except psycopg.errors.CheckViolation:
             # "No partition for the row": another worker's purge dropped a day this
             # store had seen. Nothing was stored; make the day again and retry once.
@@ -203,7 +213,7 @@ class PostgresStore(SqlStore):
                 self._days.clear()
             if not self._ensure_days(days):
                 raise
-            return super().insert_scans(scans, received_at, batch)
+            return super().insert_scans(scans, received_at, batch, letters)
 
     def _ensure_days(self, days: set[date]) -> bool:
         """Make the partitions of `days` this store has not seen; True if one was missing."""
@@ -241,24 +251,59 @@ class PostgresStore(SqlStore):
                 return
             self._days.add(day)
 
-    def _file_scans(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> list[bool]:
-        # One statement claims every id; the rows whose id it returned are new. A scan id
-        # twice in one batch is claimed once: its first row is new, the next a duplicate.
+    def _file_scans(
+        self,
+        conn: SqlConnection,
+        rows: list[tuple[Any, ...]],
+        digests: list[str | None],
+        holds: list[Hold | None],
+    ) -> list[Filed]:
+        # One statement claims every id, held or not; the rows whose id it returned are
+        # new. A scan id twice in one batch is claimed once: its first row is new.
         claimed = {
             scan_id
             for (scan_id,) in conn.execute(
-                _CLAIM_IDS, ([row[0] for row in rows], [row[3] for row in rows])
+                _CLAIM_IDS, ([row[0] for row in rows], [row[3] for row in rows], digests)
             ).fetchall()
         }
         fresh = []
         for row in rows:
             fresh.append(row[0] in claimed)
             claimed.discard(row[0])
-        new_rows = [row for row, is_new in zip(rows, fresh, strict=True) if is_new]
-        if new_rows:
-            with self._db().cursor() as cursor:
+        others = [row[0] for row, is_new in zip(rows, fresh, strict=True) if not is_new]
+        stored = dict(conn.execute(_STORED_DIGESTS, (others,)).fetchall()) if others else {}
+        new_rows = [
+            row for row, is_new, hold in zip(rows, fresh, holds, strict=True) if is_new and not hold
+        ]
+        held_rows = [
+            (*row, hold.code, hold.reason)
+            for row, is_new, hold in zip(rows, fresh, holds, strict=True)
+            if is_new and hold
+        ]
+        with self._db().cursor() as cursor:
+            if new_rows:
                 cursor.executemany(_INSERT_SCAN, new_rows)
-        return fresh
+            if held_rows:
+                cursor.executemany(_INSERT_HELD, held_rows)
+        return [
+            NEW if is_new else stored.get(row[0]) for row, is_new in zip(rows, fresh, strict=True)
+        ]
+
+    def _refile_released(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> None:
+        # The digest stays in scan_ids; the row goes back as it was (the last column
+        # RETURNING gave is the NULL `_held_digest_column`).
+        with self._db().cursor() as cursor:
+            cursor.executemany(_INSERT_SCAN, [row[:-1] for row in rows])
+
+    def release_held(self, scan_ids: Sequence[str]) -> list[str]:
+        """`SqlStore.release_held`, after making the day partitions the scans go to."""
+        ids = sorted(set(scan_ids))
+        if ids:
+            rows = self._query(
+                "SELECT scanned_at_ms FROM held_scans WHERE scan_id = ANY(?)", (ids,)
+            )
+            self._ensure_days({partition_day(int(ms)) for (ms,) in rows})
+        return super().release_held(ids)
 
     def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
         # Under the DDL lock: no worker makes a partition while days are dropped.

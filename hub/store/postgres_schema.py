@@ -177,6 +177,37 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         )""",
         _remember_vault,
     ),
+    # 2: SQLite's schema 8: a keyed digest of each scan as sent (in scan_ids, which every
+    # scan claims, held or not), scans held apart from traces, each unit's registration
+    # and last drained status, and the remote configs the hub issued.
+    (
+        "ALTER TABLE scan_ids ADD COLUMN digest TEXT NULL",
+        """CREATE TABLE held_scans (
+            scan_id TEXT COLLATE "C" PRIMARY KEY,
+            unit_id TEXT COLLATE "C" NULL,
+            venue_id TEXT COLLATE "C" NOT NULL,
+            scanned_at_ms BIGINT NOT NULL,
+            clock_trusted BOOLEAN NOT NULL,
+            person_key TEXT COLLATE "C" NOT NULL,
+            kind TEXT NOT NULL,
+            identity BYTEA NOT NULL,
+            source TEXT NOT NULL,
+            received_at_ms BIGINT NOT NULL,
+            name_key TEXT COLLATE "C" NULL,
+            held_code TEXT NOT NULL,
+            held_reason TEXT NOT NULL
+        )""",
+        "CREATE INDEX held_scans_by_time ON held_scans (received_at_ms)",
+        "ALTER TABLE units ADD COLUMN registered_at_ms BIGINT NULL",
+        "ALTER TABLE unit_status ADD COLUMN drained_at_ms BIGINT NULL",
+        """CREATE TABLE unit_configs (
+            unit_id TEXT COLLATE "C" NOT NULL,
+            version BIGINT NOT NULL,
+            settings_json TEXT NOT NULL,
+            issued_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (unit_id, version)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -25,19 +25,37 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hub.store.base import StoreError
+from hub.store.base import Hold, StoreError
 from hub.store.common import SCAN_COLUMNS, SqlConnection
-from hub.store.common_store import SqlStore
+from hub.store.common_store import NEW, Filed, SqlStore
 from hub.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, VAULT_SCHEMA
 from hub.vault import Vault
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 # The clear columns of schema 1 are written empty: the identity lives only in the
-# sealed blob (`hub.store.common.scan_row`).
+# sealed blob (`hub.store.common.scan_row`). A scan id is taken once across ``scans``
+# and ``held_scans``: an insert into either looks at the other. (SQLite needs the
+# WHERE of an INSERT ... SELECT before its ON CONFLICT; it is there.)
 _INSERT_SCAN = (
-    f"INSERT INTO scans ({SCAN_COLUMNS}, id_number, name) "  # noqa: S608
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '') ON CONFLICT (scan_id) DO NOTHING"
+    f"INSERT INTO scans ({SCAN_COLUMNS}, content_digest, id_number, name) "  # noqa: S608
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '' "
+    "WHERE NOT EXISTS (SELECT 1 FROM held_scans WHERE scan_id = ?) "
+    "ON CONFLICT (scan_id) DO NOTHING"
+)
+_INSERT_HELD = (
+    f"INSERT INTO held_scans ({SCAN_COLUMNS}, content_digest, held_code, held_reason) "  # noqa: S608
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM scans WHERE scan_id = ?) "
+    "ON CONFLICT (scan_id) DO NOTHING"
+)
+_STORED_DIGEST = (
+    "SELECT content_digest FROM scans WHERE scan_id = ? "
+    "UNION ALL SELECT content_digest FROM held_scans WHERE scan_id = ?"
+)
+_REFILE = (
+    f"INSERT INTO scans ({SCAN_COLUMNS}, content_digest, id_number, name) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '')"
 )
 
 
@@ -160,8 +178,32 @@ class SqliteStore(SqlStore):
 
     # -- how scans are filed and purged -----------------------------------------------------
 
-    def _file_scans(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> list[bool]:
-        return [conn.execute(_INSERT_SCAN, row).rowcount == 1 for row in rows]
+    _held_digest_column = "content_digest"
+
+    def _file_scans(
+        self,
+        conn: SqlConnection,
+        rows: list[tuple[Any, ...]],
+        digests: list[str | None],
+        holds: list[Hold | None],
+    ) -> list[Filed]:
+        filed: list[Filed] = []
+        for row, digest, hold in zip(rows, digests, holds, strict=True):
+            scan_id = row[0]
+            if hold is None:
+                cursor = conn.execute(_INSERT_SCAN, (*row, digest, scan_id))
+            else:
+                cursor = conn.execute(_INSERT_HELD, (*row, digest, hold.code, hold.reason, scan_id))
+            if cursor.rowcount == 1:
+                filed.append(NEW)
+            else:
+                stored = conn.execute(_STORED_DIGEST, (scan_id, scan_id)).fetchone()
+                filed.append(None if stored is None else stored[0])
+        return filed
+
+    def _refile_released(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> None:
+        for row in rows:
+            conn.execute(_REFILE, row)
 
     def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
         return conn.execute(

@@ -290,5 +290,39 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX scans_by_unit_time ON scans (unit_id, scanned_at_ms)",
         _fill_name_keys,
     ),
+    # 8: every message settled. A keyed digest of each scan as its unit sent it, so a
+    # scan id reused with other content is a conflict, not a duplicate (NULL in older
+    # rows: they count as the same); scans held apart from traces (hub.history); when
+    # each unit was registered and last said it had nothing unsent; the remote configs
+    # the hub issued (hub unit-config), so versions never depend on what a broker kept.
+    (
+        "ALTER TABLE scans ADD COLUMN content_digest TEXT NULL",
+        """CREATE TABLE held_scans (
+            scan_id TEXT PRIMARY KEY,
+            unit_id TEXT NULL,
+            venue_id TEXT NOT NULL,
+            scanned_at_ms BIGINT NOT NULL,
+            clock_trusted BOOLEAN NOT NULL,
+            person_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            identity BLOB NOT NULL,
+            source TEXT NOT NULL,
+            received_at_ms BIGINT NOT NULL,
+            name_key TEXT NULL,
+            content_digest TEXT NULL,
+            held_code TEXT NOT NULL,
+            held_reason TEXT NOT NULL
+        )""",
+        "CREATE INDEX held_scans_by_time ON held_scans (received_at_ms)",
+        "ALTER TABLE units ADD COLUMN registered_at_ms BIGINT NULL",
+        "ALTER TABLE unit_status ADD COLUMN drained_at_ms BIGINT NULL",
+        """CREATE TABLE unit_configs (
+            unit_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            settings_json TEXT NOT NULL,
+            issued_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (unit_id, version)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,8 +1,4 @@
-"""The wire contract: every MQTT topic and message schema doorscan uses.
-
-This is the one module that the door unit, the hub and provisioning all import;
-`docs/wire.md` documents it with an example of each message. Change a schema
-here and the version number with it.
+"""The wire contract's topics and message models (`doorscan.wire` presents them).
 
 Topics (``{unit}`` and ``{venue}`` are ids matching `ID_PATTERN`)::
 
@@ -10,20 +6,24 @@ Topics (``{unit}`` and ``{venue}`` are ids matching `ID_PATTERN`)::
     doorscan/v1/units/{unit}/ack         hub -> unit     QoS 1               Ack
     doorscan/v1/units/{unit}/status      unit -> all     QoS 1, retained     UnitStatus (+ will)
     doorscan/v1/units/{unit}/config      hub -> unit     QoS 1, retained     UnitConfigUpdate
+    doorscan/v1/hub/status               hub -> all      QoS 1, retained     HubStatus (+ will)
     doorscan/v1/registry/venues/{venue}  provisioning    QoS 1, retained     VenueRecord
     doorscan/v1/registry/units/{unit}    provisioning    QoS 1, retained     UnitRecord
 
 Delivery: a unit keeps every scan in its journal until an `Ack` names it; the hub
 sends that ack only after its own commit. A broker PUBACK is not enough, because
 the broker may hold the message only in memory.
+
+Each field added after the first contract names its revision (``since``); see
+`doorscan.wire.codec` for what a revision is and how units and hubs of different ages
+talk.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, time, timedelta, timezone
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -31,35 +31,41 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
 from doorscan.errors import Refusal
-from doorscan.timefmt import format_rfc3339, parse_rfc3339
+from doorscan.timefmt import parse_rfc3339
+from doorscan.wire.limits import (
+    MAX_BATCH_SCANS,
+    MAX_QR_CHARS,
+    MAX_REASON_CHARS,
+    MAX_SEALED_CHARS,
+    MAX_WIRE_INT,
+)
 
 __all__ = [
     "ID_PATTERN",
-    "MAX_BATCH_SCANS",
-    "MAX_MESSAGE_BYTES",
-    "MAX_QR_CHARS",
-    "MAX_SEALED_CHARS",
+    "CODE_PATTERN",
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
     "Ack",
+    "BatchRefusal",
+    "HubStatus",
     "RefusedScan",
     "Scan",
     "ScanBatch",
+    "BatchHead",
     "CONFIG_SETTINGS",
     "QUIET_HOURS_TZ",
     "UnitConfigUpdate",
     "UnitRecord",
     "UnitStatus",
     "VenueRecord",
-    "decode_message",
-    "encode_message",
+    "MESSAGES",
     "topic_ack",
     "topic_config",
+    "topic_hub_status",
     "parse_quiet_hours",
     "topic_scans",
     "topic_status",
@@ -72,19 +78,31 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+"""The major version: ``"v": 1`` in every message and ``doorscan/v1`` in every topic."""
 TOPIC_ROOT = "doorscan/v1"
-MAX_MESSAGE_BYTES = 1024 * 1024
-MAX_BATCH_SCANS = 500
-MAX_QR_CHARS = 1024
-# A sealed QR text (doorscan.sealing): base64url of up to 4 UTF-8 bytes a character + 49.
-MAX_SEALED_CHARS = ((MAX_QR_CHARS * 4 + 49) * 4 + 2) // 3
 ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+CODE_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+"""A refusal code: a short lowercase name of the rule (docs/wire.md lists them)."""
 _ID_RE = re.compile(ID_PATTERN)
 
 # The wire never carries a name of anything that could break a topic (`+`, `#`, `/`).
 EntityId = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
 ScanId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 BootId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,32}$")]
+Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
+WireInt = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL's TEXT cannot hold U+0000: a hub on PostgreSQL would fail to store the
+    # message on every delivery. No doorscan text needs it, so it is refused at the door.
+    if "\x00" in value:
+        raise ValueError("text may not contain U+0000")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""Free text that a store keeps as text (names, reasons, versions)."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -96,12 +114,24 @@ def _utc(value: datetime) -> datetime:
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
+def since(revision: int) -> dict[str, Any]:
+    """`Field(json_schema_extra=...)` of a field added in `revision` (see `doorscan.wire.codec`)."""
+    return {"since": revision}
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, str_max_length=MAX_QR_CHARS
     )
 
     v: Literal[1] = Field(1, description="schema version; a message of another version is refused")
+    rev: int | None = Field(
+        None,
+        ge=1,
+        le=999,
+        description="the revision of the contract the writer speaks (absent: 5 or older)",
+        json_schema_extra=since(6),
+    )
 
 
 def _topic(*parts: str) -> str:
@@ -128,6 +158,11 @@ def topic_config(unit_id: str) -> str:
     return _topic("units", unit_id) + "/config"
 
 
+def topic_hub_status() -> str:
+    """The hub's retained `HubStatus` (its "birth" message and, as its will, its death)."""
+    return f"{TOPIC_ROOT}/hub/status"
+
+
 def topic_registry_venue(venue_id: str) -> str:
     return f"{TOPIC_ROOT}/registry/venues/{_topic(venue_id).rsplit('/', 1)[1]}"
 
@@ -144,14 +179,14 @@ SUB_REGISTRY = f"{TOPIC_ROOT}/registry/#"
 def parse_topic(topic: str) -> tuple[str, str]:
     """Split a doorscan topic into (kind, entity id): ("scans", "u1"), ("venue", "v1")...
 
-    Raises `Refusal` for a topic outside the contract.
+    Raises `Refusal` (``unknown_topic``) for a topic outside the contract.
     """
     parts = topic.split("/")
     if (
         len(parts) == 5
         and "/".join(parts[:3]) == f"{TOPIC_ROOT}/units"
         and _ID_RE.fullmatch(parts[3])
-    ) and parts[4] in ("scans", "ack", "status"):
+    ) and parts[4] in ("scans", "ack", "status", "config"):
         return parts[4], parts[3]
     if (
         len(parts) == 5
@@ -159,6 +194,8 @@ def parse_topic(topic: str) -> tuple[str, str]:
         and _ID_RE.fullmatch(parts[4])
     ) and parts[3] in ("venues", "units"):
         return parts[3].rstrip("s"), parts[4]
+    if topic == topic_hub_status():
+        return "hub", "hub"
     raise Refusal("unknown_topic", f"topic {topic[:200]!r} is not part of the wire contract")
 
 
@@ -184,17 +221,23 @@ class Scan(_Message):
         max_length=MAX_SEALED_CHARS,
         pattern=r"^[A-Za-z0-9_-]+$",
         description="the exact decoded text sealed for the hub (base64url), instead of qr_text",
+        json_schema_extra=since(3),
     )
     kind: Literal["cccd", "health", "card"] | None = Field(
-        None, description="with sealed: the kind of identity the unit read, in the clear"
+        None,
+        description="with sealed: the kind of identity the unit read, in the clear",
+        json_schema_extra=since(3),
     )
     boot_id: BootId | None = Field(
-        None, description="with an untrusted clock: the unit's boot, to correct the time later"
+        None,
+        description="with an untrusted clock: the unit's boot, to correct the time later",
+        json_schema_extra=since(2),
     )
-    mono_ms: int | None = Field(
-        None, ge=0, description="with an untrusted clock: the unit's monotonic clock at the scan"
+    mono_ms: WireInt | None = Field(
+        None,
+        description="with an untrusted clock: the unit's monotonic clock at the scan",
+        json_schema_extra=since(2),
     )
-    v: Literal[1] = 1
 
     @model_validator(mode="after")
     def _one_text(self) -> Scan:
@@ -203,18 +246,27 @@ class Scan(_Message):
         return self
 
 
-class ScanBatch(_Message):
-    """What a unit publishes on its scans topic."""
+class BatchHead(_Message):
+    """A `ScanBatch` without its scans: what the hub reads first, to know whom to answer."""
 
     schema_: Literal["doorscan.scan-batch"] = Field("doorscan.scan-batch", alias="schema")
-    batch_id: ScanId
+    batch_id: ScanId = Field(description="new for every send, resends included")
     unit_id: EntityId
     sent_at: UtcTime
-    scans: list[Scan] = Field(min_length=1, max_length=MAX_BATCH_SCANS)
-    boot_id: BootId | None = Field(None, description="the unit's boot when it sent this batch")
-    sent_mono_ms: int | None = Field(
-        None, ge=0, description="the unit's monotonic clock when it sent this batch"
+    boot_id: BootId | None = Field(
+        None, description="the unit's boot when it sent this batch", json_schema_extra=since(2)
     )
+    sent_mono_ms: WireInt | None = Field(
+        None,
+        description="the unit's monotonic clock when it sent this batch",
+        json_schema_extra=since(2),
+    )
+
+
+class ScanBatch(BatchHead):
+    """What a unit publishes on its scans topic."""
+
+    scans: list[Scan] = Field(min_length=1, max_length=MAX_BATCH_SCANS)
 
     @model_validator(mode="after")
     def _distinct_scans(self) -> ScanBatch:
@@ -224,17 +276,40 @@ class ScanBatch(_Message):
 
 
 class RefusedScan(_Message):
+    """One scan the hub did not store, and why."""
+
     scan_id: ScanId
-    reason: str = Field(max_length=300)
-    v: Literal[1] = 1
+    reason: Text = Field(max_length=MAX_REASON_CHARS, description="for people; never identity")
+    code: Code | None = Field(
+        None, description="the rule, for programs (docs/wire.md)", json_schema_extra=since(6)
+    )
+    retry: bool | None = Field(
+        None,
+        description="true: the hub cannot take it now (keep it, send it later); "
+        "absent: final, the hub keeps it among its dead letters",
+        json_schema_extra=since(6),
+    )
+
+
+class BatchRefusal(_Message):
+    """Why a whole batch was not judged; it applies to every scan the batch carried."""
+
+    code: Code
+    reason: Text = Field(max_length=MAX_REASON_CHARS)
+    retry: bool | None = Field(
+        None, description="true: send the scans again later (in a new batch); absent: final"
+    )
 
 
 class Ack(_Message):
     """The hub's answer to a batch, sent only after its commit.
 
     Every scan id of the batch is in exactly one list: `stored` (now durable on the
-    hub, including ones it already had) or `refused` (kept in the hub's dead-letter
-    table with the reason). Either way the unit may forget it.
+    hub, including ones it already had) or `refused`; or, with `refusal`, the batch
+    was refused whole and both lists are empty. A refused scan without ``retry`` is
+    final: the hub keeps it among its dead letters, and a unit quarantines it (keeps
+    it, counts it, sends it no more). With ``retry`` the unit keeps it and sends it
+    again later.
     """
 
     schema_: Literal["doorscan.ack"] = Field("doorscan.ack", alias="schema")
@@ -242,7 +317,19 @@ class Ack(_Message):
     unit_id: EntityId
     stored: list[ScanId] = Field(default_factory=list, max_length=MAX_BATCH_SCANS)
     refused: list[RefusedScan] = Field(default_factory=list, max_length=MAX_BATCH_SCANS)
-    hub_time: UtcTime
+    refusal: BatchRefusal | None = Field(
+        None, description="the batch was refused whole", json_schema_extra=since(6)
+    )
+    hub_time: UtcTime = Field(
+        description="the hub's clock when it committed the batch: a unit without a trusted "
+        "clock may take it as the time, less the round trip it measured"
+    )
+
+    @model_validator(mode="after")
+    def _whole_or_split(self) -> Ack:
+        if self.refusal is not None and (self.stored or self.refused):
+            raise ValueError("an ack refusing the whole batch names no scan")
+        return self
 
 
 class UnitStatus(_Message):
@@ -256,21 +343,68 @@ class UnitStatus(_Message):
     unit_id: EntityId
     online: bool
     at: UtcTime | None = None
-    software: str | None = Field(None, max_length=40)
-    backlog: int | None = Field(None, ge=0)
+    software: Text | None = Field(None, max_length=40)
+    backlog: WireInt | None = Field(None, description="scans the hub has not acked yet")
     last_scan_at: UtcTime | None = None
-    uptime_s: int | None = Field(None, ge=0, description="seconds since the unit started")
-    clock_trusted: bool | None = Field(None, description="NTP or the hub vouches for the clock")
-    cpu_temp_c: float | None = Field(None, ge=-60, le=150, description="SoC temperature")
-    disk_free_mb: int | None = Field(None, ge=0, description="free space in the data folder")
-    camera_ok: bool | None = Field(None, description="frames are arriving")
-    decode_rate_hz: float | None = Field(None, ge=0, le=1000, description="frames decoded per s")
+    uptime_s: WireInt | None = Field(
+        None, description="seconds since the unit started", json_schema_extra=since(4)
+    )
+    clock_trusted: bool | None = Field(
+        None, description="NTP or the hub vouches for the clock", json_schema_extra=since(4)
+    )
+    cpu_temp_c: float | None = Field(
+        None, ge=-60, le=150, description="SoC temperature", json_schema_extra=since(4)
+    )
+    disk_free_mb: WireInt | None = Field(
+        None, description="free space in the data folder", json_schema_extra=since(4)
+    )
+    camera_ok: bool | None = Field(
+        None, description="frames are arriving", json_schema_extra=since(4)
+    )
+    decode_rate_hz: float | None = Field(
+        None, ge=0, le=1000, description="frames decoded per s", json_schema_extra=since(4)
+    )
     config_version: int | None = Field(
-        None, ge=1, description="version of the remote config (UnitConfigUpdate) applied"
+        None,
+        ge=1,
+        le=MAX_WIRE_INT,
+        description="version of the remote config (UnitConfigUpdate) applied",
+        json_schema_extra=since(5),
     )
-    config_error: str | None = Field(
-        None, max_length=300, description="why the last remote config was refused, with its version"
+    config_error: Text | None = Field(
+        None,
+        max_length=MAX_REASON_CHARS,
+        description="why the last remote config was refused, with its version",
+        json_schema_extra=since(5),
     )
+    config_refused_version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_WIRE_INT,
+        description="the version of the remote config the unit refused last (config_error "
+        "says why); absent once a later version is applied",
+        json_schema_extra=since(6),
+    )
+    quarantined: WireInt | None = Field(
+        None,
+        description="scans the hub refused for good, kept on the unit and sent no more",
+        json_schema_extra=since(6),
+    )
+
+
+class HubStatus(_Message):
+    """The hub's retained "birth" message; its last will says ``online: false``.
+
+    It tells units which revision of the contract the hub reads (`doorscan.wire.codec`).
+    """
+
+    schema_: Literal["doorscan.hub-status"] = Field("doorscan.hub-status", alias="schema")
+    online: bool
+    revision: int | None = Field(
+        None, ge=1, le=999, description="the newest revision the hub reads (all older too)"
+    )
+    software: Text | None = Field(None, max_length=40)
+    at: UtcTime | None = None
 
 
 CONFIG_SETTINGS = ("debounce_s", "feedback_volume", "frame_rate", "quiet_hours")
@@ -312,7 +446,7 @@ class UnitConfigUpdate(_Message):
 
     schema_: Literal["doorscan.unit-config"] = Field("doorscan.unit-config", alias="schema")
     unit_id: EntityId
-    version: int = Field(ge=1, le=2**53, description="goes up by one with each change")
+    version: int = Field(ge=1, le=MAX_WIRE_INT, description="goes up by one with each change")
     issued_at: UtcTime
     debounce_s: float | None = Field(
         None, ge=0, le=86400, description="same person within this time: 'already in', no record"
@@ -342,74 +476,33 @@ class UnitConfigUpdate(_Message):
 class VenueRecord(_Message):
     schema_: Literal["doorscan.venue"] = Field("doorscan.venue", alias="schema")
     venue_id: EntityId
-    name: str = Field(min_length=1, max_length=200)
-    address: str = Field("", max_length=300)
-    district: str = Field("", max_length=100)
+    name: Text = Field(min_length=1, max_length=200)
+    address: Text = Field("", max_length=300)
+    district: Text = Field("", max_length=100)
 
 
 class UnitRecord(_Message):
+    """A unit as provisioning registered it. A unit whose record says ``active: false``
+    is revoked; scans it claims to have made before `registered_at` are held apart."""
+
     schema_: Literal["doorscan.unit"] = Field("doorscan.unit", alias="schema")
     unit_id: EntityId
     venue_id: EntityId
     active: bool = True
+    registered_at: UtcTime | None = Field(
+        None,
+        description="when provisioning registered the unit: no scan of it can be older",
+        json_schema_extra=since(6),
+    )
 
 
-M = TypeVar("M", bound=_Message)
-
-
-def encode_message(message: _Message) -> bytes:
-    """Serialise a message to compact UTF-8 JSON, the only encoding on the wire."""
-    # Optional fields that are not set are left out: a reader takes their default.
-    data = message.model_dump(mode="json", by_alias=True, exclude_none=True)
-    _format_times(data)
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise Refusal("too_large", f"message of {len(payload)} bytes is over {MAX_MESSAGE_BYTES}")
-    return payload
-
-
-def _format_times(data: Any) -> None:
-    # pydantic writes "+00:00"; the contract says RFC 3339 with "Z" and milliseconds.
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if isinstance(value, str) and key in (
-                "scanned_at",
-                "sent_at",
-                "hub_time",
-                "at",
-                "last_scan_at",
-                "issued_at",
-            ):
-                data[key] = format_rfc3339(parse_rfc3339(value))
-            else:
-                _format_times(value)
-    elif isinstance(data, list):
-        for item in data:
-            _format_times(item)
-
-
-def decode_message(payload: bytes, model: type[M]) -> M:
-    """Parse and validate one message; raise `Refusal` with a short reason on any fault."""
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise Refusal("too_large", f"message of {len(payload)} bytes is over {MAX_MESSAGE_BYTES}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Refusal("not_utf8", f"message is not UTF-8 (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise Refusal("not_json", f"message is not JSON: {str(exc)[:120]}") from None
-    if not isinstance(data, dict):
-        raise Refusal("not_object", "message is not a JSON object")
-    if data.get("v") != SCHEMA_VERSION:
-        raise Refusal(
-            "schema_version", f"schema version {str(data.get('v'))[:20]!r} is not supported"
-        )
-    try:
-        # Strict: "12" is not a number and 1 is not true. JSON mode still reads RFC 3339 times.
-        return model.model_validate_json(text, strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise Refusal("schema", f"{where}: {first['msg']}"[:300]) from None
+MESSAGES: tuple[type[_Message], ...] = (
+    ScanBatch,
+    Ack,
+    UnitStatus,
+    UnitConfigUpdate,
+    HubStatus,
+    VenueRecord,
+    UnitRecord,
+)
+"""Every message that travels alone on a topic (`docs/schema/` has one file each)."""

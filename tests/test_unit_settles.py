@@ -1,0 +1,164 @@
+"""What a unit does with the hub's answers: quarantine what is refused for good, keep and
+resend later what the hub cannot take now, and speak the revision the hub announced.
+
+A real Mosquitto, the real hub (`HubService` + `Ingestor` on a real store) and the real
+`MqttSync` and journal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device.config import BrokerConfig, SyncConfig
+from device.journal import ScanJournal
+from device.mqtt_sync import MqttSync
+from doorscan.localbroker import LocalBroker
+from doorscan.synthetic import cccd_text, make_people
+from doorscan.wire import (
+    Scan,
+    UnitRecord,
+    UnitStatus,
+    VenueRecord,
+    decode_message,
+    topic_scans,
+    topic_status,
+)
+from hub.ingest import Ingestor
+from hub.service import HubService
+from hub.store import HubStore
+from tests.hubstore import open_store
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.broker
+
+T0 = datetime(2022, 1, 10, 2, 0, tzinfo=UTC)
+PEOPLE = make_people(5, seed=29)
+
+
+@pytest.fixture
+def store(hub_db: str) -> Iterator[HubStore]:
+    with open_store(hub_db) as opened:
+        opened.upsert_venue(VenueRecord(venue_id="hospital", name="Hospital"))
+        opened.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
+        yield opened
+
+
+def _scan(n: int, text: str | None = None) -> Scan:
+    return Scan(
+        scan_id=f"scan-{n:06d}",
+        venue_id="hospital",
+        scanned_at=T0 + timedelta(minutes=n),
+        qr_text=text or cccd_text(PEOPLE[n % len(PEOPLE)]),
+    )
+
+
+def _sync(journal: ScanJournal, broker: LocalBroker, unit_id: str = "door-1") -> MqttSync:
+    config = SyncConfig(
+        batch_size=10, ack_timeout_s=3.0, retry_refused_min_s=0.3, retry_refused_max_s=0.6
+    )
+    broker_config = BrokerConfig(host=broker.host, port=broker.port)
+    return MqttSync(unit_id, journal, broker_config, config, status_every_s=3600)
+
+
+def _hub(store: HubStore, broker: LocalBroker) -> HubService:
+    return HubService(Ingestor(store, now=lambda: T0 + timedelta(days=1)), broker.host, broker.port)
+
+
+class Sniffer:
+    """A plain client that keeps every payload published under doorscan/v1/."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        self.seen: list[tuple[str, dict[str, object]]] = []
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda c, u, m: self.seen.append(
+            (m.topic, json.loads(m.payload) if m.payload else {})
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe("doorscan/v1/#", qos=1)
+        self.client.loop_start()
+
+    def on(self, topic: str) -> list[dict[str, object]]:
+        return [payload for seen_topic, payload in list(self.seen) if seen_topic == topic]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_scan_refused_for_good_is_quarantined_kept_and_counted(
+    broker: LocalBroker, store: HubStore, tmp_path: Path
+) -> None:
+    sniffer = Sniffer(broker)
+    with (
+        ScanJournal(tmp_path / "journal.db") as journal,
+        _hub(store, broker) as hub,
+        _sync(journal, broker).start() as sync,
+    ):
+        assert hub.wait_connected(10) and sync.wait_connected(10)
+        assert wait_for(lambda: sync.hub_revision == 6)
+        # A text the hub's parsers refuse (a journal of an older unit may hold one).
+        journal.record(_scan(1, text="not a code anyone issued"))
+        journal.record(_scan(2))
+        sync.notify()
+        assert wait_for(lambda: journal.backlog() == 0)
+        [kept] = journal.quarantined()
+        assert (kept.scan_id, kept.code) == ("scan-000001", "unknown_code")
+        assert journal.quarantine_count() == 1
+        status = decode_message(
+            json.dumps(sniffer.on(topic_status("door-1"))[-1]).encode(), UnitStatus
+        )
+        assert status.quarantined == 1
+        sent = [s for b in sniffer.on(topic_scans("door-1")) for s in b["scans"]]  # type: ignore[attr-defined]
+        assert len(sent) == 2  # not sent again
+        # Released by a technician: sent again, refused again, kept again.
+        assert journal.release_quarantined() == 1
+        sync.notify()
+        assert wait_for(lambda: journal.quarantine_count() == 1 and journal.backlog() == 0)
+    sniffer.close()
+    assert store.counts()["scans"] == 1
+    assert [d.code for d in store.dead_letters()] == ["unknown_code", "unknown_code"]
+
+
+def test_a_scan_the_hub_cannot_take_now_is_kept_and_sent_again_later(
+    broker: LocalBroker, store: HubStore, tmp_path: Path
+) -> None:
+    # door-2 is not in the hub's registry yet (its record is late): "not now".
+    with ScanJournal(tmp_path / "journal.db") as journal:
+        journal.record(_scan(1))
+        with _hub(store, broker) as hub, _sync(journal, broker, "door-2").start() as sync:
+            assert hub.wait_connected(10) and sync.wait_connected(10)
+            assert wait_for(lambda: sync.acks_received >= 1)
+            assert journal.backlog() == 1 and journal.quarantine_count() == 0
+            store.upsert_unit(UnitRecord(unit_id="door-2", venue_id="hospital"))
+            assert wait_for(lambda: journal.backlog() == 0, 10)
+            assert sync.acks_received >= 2
+    assert store.dead_letters() == [] and store.counts()["scans"] == 1
+
+
+def test_the_unit_writes_the_revision_the_hub_announced(
+    broker: LocalBroker, store: HubStore, tmp_path: Path
+) -> None:
+    sniffer = Sniffer(broker)
+    with ScanJournal(tmp_path / "journal.db") as journal:
+        journal.record(_scan(1))
+        with _sync(journal, broker).start() as sync:
+            assert sync.wait_connected(10)
+            assert wait_for(lambda: len(sniffer.on(topic_scans("door-1"))) >= 1)
+            # No hub has announced itself: the batch is in the form revision 5 reads.
+            assert "rev" not in sniffer.on(topic_scans("door-1"))[0]
+            with _hub(store, broker) as hub:
+                assert hub.wait_connected(10)
+                assert wait_for(lambda: journal.backlog() == 0, 10)
+                journal.record(_scan(2))
+                sync.notify()
+                assert wait_for(lambda: journal.backlog() == 0)
+    sniffer.close()
+    batches = sniffer.on(topic_scans("door-1"))
+    assert batches[-1]["rev"] == 6
