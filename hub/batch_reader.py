@@ -34,8 +34,8 @@ from doorscan.wire import (
     BatchHead,
     Scan,
     ScanBatch,
+    canonical_bytes,
     check_version,
-    encode_message,
     load_json,
     schema_refusal,
 )
@@ -83,9 +83,10 @@ def read_batch(unit_id: str, payload: bytes) -> ReadBatch:
     try:
         rev = check_version(data)
     except Refusal as refusal:
-        if refusal.code != "unsupported_revision" or not _is_scan_id(batch_id):
-            raise
-        # A newer unit: it reads our answers (revisions only add), so it can be told to wait.
+        if refusal.code == "schema_version" or not _is_scan_id(batch_id):
+            raise  # not a version-1 batch, or nobody to answer: kept, not answered
+        # A newer unit (it reads our answers: revisions only add), or a "rev" that is not
+        # a number (it wrote one, so it is of revision 6 or newer): answered whole.
         read = ReadBatch(unit_id, str(batch_id), WIRE_REVISION, refusal=refusal)
         read.scan_ids = _readable_ids(data.get("scans"))
         return read
@@ -103,7 +104,7 @@ def read_batch(unit_id: str, payload: bytes) -> ReadBatch:
     except ValidationError:
         return _read_in_parts(read, data)
     read.head = batch
-    read.scans = [ReadScan(scan, encode_message(scan)) for scan in batch.scans]
+    read.scans = [ReadScan(scan, canonical_bytes(scan)) for scan in batch.scans]
     return read
 
 
@@ -148,7 +149,7 @@ def _read_in_parts(read: ReadBatch, data: dict[str, Any]) -> ReadBatch:
                 RefusedRead(scan_id, schema_refusal(exc, f"scans.{index}"), raw_bytes)
             )
             continue
-        read.scans.append(ReadScan(scan, encode_message(scan)))
+        read.scans.append(ReadScan(scan, canonical_bytes(scan)))
     return read
 
 

@@ -114,6 +114,8 @@ def test_a_unit_process_takes_remote_config_from_the_hub_command_and_keeps_it(
                 "--wait-applied",
                 "30",
                 *where,
+                "--db",
+                str(tmp_path / "hub.db"),
             ],
             capture_output=True,
             text=True,

@@ -42,6 +42,7 @@ from doorscan.wire.messages import (
 
 __all__ = [
     "REVISIONS",
+    "canonical_bytes",
     "REV_FIELD_SINCE",
     "WIRE_REVISION",
     "check_version",
@@ -125,6 +126,17 @@ def revision_of(message: BaseModel) -> int:
             if isinstance(item, BaseModel):
                 revision = max(revision, revision_of(item))
     return revision
+
+
+def canonical_bytes(message: BaseModel) -> bytes:
+    """The message as `encode_message` writes its fields, whatever ``rev`` it declares.
+
+    For what the hub keys on a message's content (a scan's digest): it must not refuse a
+    message the reader took, as `encode_message` refuses one that declares too low a rev.
+    """
+    data = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+    _format_times(data)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def encode_message(message: BaseModel) -> bytes:

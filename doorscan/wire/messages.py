@@ -119,9 +119,21 @@ def since(revision: int) -> dict[str, Any]:
     return {"since": revision}
 
 
+def _version_required(schema: dict[str, Any]) -> None:
+    # The models give "v" a default so that code need not write it; a reader of the wire
+    # requires it, so the published schema does.
+    required = schema.setdefault("required", [])
+    if "v" not in required:
+        required.insert(0, "v")
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, str_max_length=MAX_QR_CHARS
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        str_max_length=MAX_QR_CHARS,
+        json_schema_extra=_version_required,
     )
 
     v: Literal[1] = Field(1, description="schema version; a message of another version is refused")
@@ -199,12 +211,19 @@ def parse_topic(topic: str) -> tuple[str, str]:
     raise Refusal("unknown_topic", f"topic {topic[:200]!r} is not part of the wire contract")
 
 
+def _one_text_schema(schema: dict[str, Any]) -> None:
+    _version_required(schema)
+    schema["oneOf"] = [{"required": ["qr_text"]}, {"required": ["sealed"]}]
+
+
 class Scan(_Message):
     """One check-in as the unit recorded it. The hub parses `qr_text` with the same parsers.
 
     A unit with the hub's sealing key sends `sealed` (the QR text sealed for the hub,
     `doorscan.sealing`) and `kind` instead; exactly one of `qr_text` and `sealed` is set.
     """
+
+    model_config = ConfigDict(json_schema_extra=_one_text_schema)
 
     scan_id: ScanId = Field(description="minted on the unit, unique forever; the hub's dedup key")
     venue_id: EntityId
