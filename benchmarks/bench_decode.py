@@ -10,7 +10,7 @@ doorway), four candidates run interleaved on the same frame:
   step adds over the library is the ratio to this one;
 * ``pyzbar.decode(frame)``: pyzbar with every default.
 
-Goal (issue 6): the project's zxing step at most 1.1× the bare zxing-cpp time. It is
+Goal: the project's zxing step at most 1.1× the bare zxing-cpp time. It is
 judged against both bare calls: the defaults (what a developer would write) and the
 same options (the wrapper's own overhead, the stricter reading).
 """

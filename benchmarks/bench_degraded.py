@@ -4,7 +4,7 @@ Readers: the project's step with each decoder a unit can be configured with
 (``ZxingDecoder``, ``ZbarDecoder``), and a bare ``zxingcpp.read_barcodes(frame)`` with
 every default as the baseline. A frame is *read* when the expected text is among
 what came back, *wrong* when anything else came back (a garbled text, a phantom
-code), a *miss* otherwise. Goal (issue 6): at least 98.5 % read over the degraded
+code), a *miss* otherwise. Goal: at least 98.5 % read over the degraded
 kinds, with no wrong decode.
 """
 

@@ -10,7 +10,7 @@ from the moment it is told to go until the consumer has handled the last message
 * **Hub, single-scan messages**: the real `HubService` + `Ingestor` on a real store
   (SQLite on this disk, WAL, synchronous=FULL), each message one `ScanBatch` of one
   CCCD scan, as a unit sends them when scans trickle in. Rate = scans stored / s.
-  Goal (issue 6): ≥ 80 % of the loopback message rate.
+  Goal: ≥ 80 % of the loopback message rate.
 * **Hub, batched**: the same with 500 scans per batch (`MAX_BATCH_SCANS`), as a unit
   sends its backlog. Goal: ≥ 50 000 scans/s on SQLite. The baseline is the loopback
   rate of the same 500-scan messages, times 500.

@@ -15,7 +15,7 @@ Bytes written per scan are the calling thread's ``write_bytes`` from
 ``/proc/thread-self/io`` (bytes sent towards the storage layer: WAL frames, and the
 checkpoints into the main file that happen within the run) divided by the scans;
 ``wchar`` (bytes handed to write(), cached or not) and the growth of the files are in
-benchmarks.json. Goal (issue 6): ≤ 1 ms per commit and ≤ 16 KiB per scan.
+benchmarks.json. Goal: ≤ 1 ms per commit and ≤ 16 KiB per scan.
 """
 
 from __future__ import annotations

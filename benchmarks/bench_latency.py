@@ -18,7 +18,7 @@ Two end points are timed from handing in the frame:
 Baseline: a bare ``zxingcpp.read_barcodes`` (every default) of the same frame, timed
 just before it; the project's decode of the same frame alone is shown too, to say
 where the time goes (the rest is parsing, the card signature check and the commit).
-Goal (issue 6): p99 of frame → indicator call ≤ 10 ms.
+Goal: p99 of frame → indicator call ≤ 10 ms.
 """
 
 from __future__ import annotations

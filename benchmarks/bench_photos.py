@@ -3,7 +3,7 @@
 139 phone photos (prints, T-shirts, screens, uneven light) with byte-exact expected
 texts. Readers: the project's step with zxing and with zbar, a bare
 ``zxingcpp.read_barcodes`` and a bare ``pyzbar.decode``, each with every default, on
-the full image. Goal (issue 6): the project's zxing step reads at least as many as
+the full image. Goal: the project's zxing step reads at least as many as
 bare zxing-cpp, with no wrong decode. Only 24 distinct payloads: the rate is
 robustness to photography, not 139 independent codes.
 """

@@ -9,7 +9,7 @@ connected as at a real door. VmRSS is read from ``/proc/PID/status`` every 0.1 s
 (VmHWM, the kernel's own peak, is in benchmarks.json). MB are 10^6 bytes.
 
 Baseline: the RSS of a bare Python that imported numpy and zxing-cpp, measured in
-the same run. Goal (issue 6): ≤ 80 MB while scanning at 15 frames/s.
+the same run. Goal: ≤ 80 MB while scanning at 15 frames/s.
 
 The ``files`` frame source is paced to ``frames.fps`` (``frames.pace``), as a camera
 would deliver frames; the frame rate the unit reached is reported beside the memory.

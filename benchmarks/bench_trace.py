@@ -18,7 +18,7 @@ traced); for each of them
 its answer (who, at which degree, exposed when) must equal the engine's, or the
 benchmark stops: the figures are only worth quoting if the engine is right.
 
-Goals (issue 6): F1 p95 ≤ 50 ms, F2 p95 ≤ 500 ms.
+Goals: F1 p95 ≤ 50 ms, F2 p95 ≤ 500 ms.
 """
 
 from __future__ import annotations

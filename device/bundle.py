@@ -2,7 +2,7 @@
 
     python -m device import-bundle --boot /boot/firmware --into /etc/doorscan
 
-Run at boot before the unit starts (issue 7's service does it first). In order:
+Run at boot before the unit starts (the unit's service does it first). In order:
 
 1. no ``doorscan-bundle/`` on the boot partition: nothing to do (exit 0);
 2. the manifest must parse and every file must be there with its digest, so a half

@@ -27,6 +27,13 @@ Commands:
   wait for the technician's one-time QR, make this unit's key, get its certificate
   and write ``unit.json`` for ``run``. Exit 0 once enrolled, 1 if no QR was accepted.
 
+* ``quarantine --config FILE [--release [CODE]]``: the scans the hub refused for good,
+  kept on the unit (`device.journal.ScanJournal.quarantine`): one JSON line each (id,
+  time, the hub's code and reason; never the code's text). ``--release`` puts them (or
+  those of one refusal code) back in the queue, to be sent at the next connection, e.g.
+  once the hub has the key it lacked. Run it while the unit's service is stopped or
+  running: the journal takes one writer at a time.
+
 * ``import-bundle [--boot /boot/firmware] [--into /etc/doorscan]``: take in the offline
   config bundle written by ``provisioning bundle`` (`device.bundle`), then delete it from
   the boot partition. Exit 0 when imported or when there is none, 1 when refused.
@@ -57,7 +64,15 @@ from doorscan.cards import CardKeyring
 from doorscan.errors import ConfigError, DoorscanError, Refusal
 from doorscan.payloads import parse_qr
 
-__all__ = ["build_parser", "cmd_decode", "cmd_run", "cmd_enroll", "cmd_selftest", "main"]
+__all__ = [
+    "build_parser",
+    "cmd_decode",
+    "cmd_run",
+    "cmd_enroll",
+    "cmd_quarantine",
+    "cmd_selftest",
+    "main",
+]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -128,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, default=10.0, help="live camera decoding time (default 10)"
     )
     selftest.set_defaults(handler=cmd_selftest)
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="list the scans the hub refused for good, or put them back in the queue",
+        description="Scans the hub refused for good are kept here, never sent again, until "
+        "released.",
+    )
+    quarantine.add_argument("--config", type=Path, required=True, help="the unit's JSON config")
+    quarantine.add_argument(
+        "--release",
+        nargs="?",
+        const="",
+        metavar="CODE",
+        help="put the quarantined scans (only those of refusal CODE, if given) back in the queue",
+    )
+    quarantine.set_defaults(handler=cmd_quarantine)
 
     take = commands.add_parser(
         "import-bundle",
@@ -269,6 +300,37 @@ def cmd_import_bundle(args: argparse.Namespace) -> int:
     print(f"imported the config of {imported.unit_id}: {imported.config_path}")
     if not imported.bundle_removed:
         print("the bundle could not be deleted from the boot partition: delete it by hand")
+    return EXIT_OK
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """``quarantine``: list, or ``--release``, the scans the hub refused for good."""
+    from device.journal import JournalError, ScanJournal
+    from doorscan.timefmt import format_rfc3339
+
+    try:
+        config = load_config(args.config)
+        with ScanJournal(config.data_dir / "journal.db") as journal:
+            if args.release is not None:
+                released = journal.release_quarantined(args.release or None)
+                print(f"released {released} scans: the unit sends them at its next connection")
+                return EXIT_OK
+            for kept in journal.quarantined(limit=10_000):
+                _print_json(
+                    {
+                        "scan_id": kept.scan_id,
+                        "scanned_at": format_rfc3339(kept.scanned_at),
+                        "code": kept.code,
+                        "reason": kept.reason,
+                        "refused_at": format_rfc3339(kept.refused_at),
+                    }
+                )
+    except ConfigError as exc:
+        print(f"quarantine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except JournalError as exc:
+        print(f"quarantine: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

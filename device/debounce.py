@@ -11,7 +11,7 @@ a real-time clock can jump by hours when NTP answers, and that must neither let 
 flood of duplicates through nor lock people out. Nothing is kept on disk: after a
 restart everyone may be recorded once more, which the contact trace tolerates.
 Not even memory holds a person key: it is kept as an HMAC-SHA256 under `key`, a
-random key of this boot (issue 4: a stolen unit must reveal no identity).
+random key of this boot (a stolen unit must reveal no identity).
 
 The edge is exclusive: a person is recent while strictly less than `window_s` has
 passed since their mark; at exactly `window_s` a new scan is recorded.

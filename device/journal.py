@@ -91,7 +91,7 @@ _SCHEMA_V2 = (
     "ALTER TABLE scans ADD COLUMN boot_id TEXT",
     "ALTER TABLE scans ADD COLUMN mono_ms INTEGER",
 )
-# 3: a sealed scan (issue 4) keeps only the sealed text and the identity kind; its
+# 3: a sealed scan keeps only the sealed text and the identity kind; its
 # qr_text is '' (SQLite cannot drop the NOT NULL of v1 without copying the table).
 _SCHEMA_V3 = (
     "ALTER TABLE scans ADD COLUMN sealed TEXT",

@@ -32,7 +32,8 @@ What the hub's ack says of each scan decides what happens to it:
 - refused for good (no ``retry``, or an ack of an older hub, which has no codes): the
   scan is **quarantined** in the journal, kept with the hub's code and reason, counted
   in the status (``quarantined``) and sent no more. A technician can put it back in
-  the queue (``doorscan-device quarantine --release``) once the cause is fixed;
+  the queue (``doorscan-device quarantine --config FILE --release``) once the cause is
+  fixed;
 - refused with ``retry`` (the hub lacks a key or a registry record for now), or a whole
   batch refused so: the scans stay pending and are not sent again before a delay that
   starts at `SyncConfig.retry_refused_min_s` and doubles with each such answer, up to

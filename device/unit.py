@@ -11,7 +11,7 @@ the camera is re-opened with exponential backoff (`retry_min_s` doubling up to
 `retry_max_s`) and a line says when it is back. A live camera that gives no frame
 (`read()` returns None) is waited for, never taken as the end; after `stall_after_s`
 without a frame that too is an outage. A `read()` that blocks forever cannot be seen
-from this loop: the systemd watchdog (``WatchdogSec``, issue 7) restarts the unit then.
+from this loop: the systemd watchdog (``WatchdogSec``) restarts the unit then.
 
 The hub's remote config (`device.remote_config`) is applied live: the debounce window
 is changed in place, the buzzer asks it before each pattern (volume 0, quiet hours),

@@ -193,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         configs = _provision(work, host, port)
 
         db = work / "hub.db"
-        # The hub keeps identities sealed at rest under its vault key (issue 4); a real
+        # The hub keeps identities sealed at rest under its vault key; a real
         # hub's key is backed up apart from the database, the demo's dies with the folder.
         vault_key = work / "hub-vault.key"
         _python("-m", "hub", "init-vault", str(vault_key))
-        # The units seal every scan (issue 4); only the hub's private key opens them.
+        # The units seal every scan; only the hub's private key opens them.
         hub = HubProcess(db, host, port, work / "hub.log", vault_key=vault_key,
                          card_keys=configs[0].card_keys,
                          seal_key=work / "fleet" / "keys" / "hub-seal.key")  # fmt: skip

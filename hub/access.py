@@ -25,7 +25,7 @@ and where they went, across venues.
 
 What is not promised: a role given on the command line is a claim, not a proof. Whoever
 can open ``hub.db`` can read everything; the roles become a boundary once the principal
-comes from an authenticated request (issue 5). A request refused for its role reads
+comes from an authenticated request. A request refused for its role reads
 nothing and leaves an audit entry ``refused`` (who, what, why; a person by pseudonym
 only); a request refused as malformed (no reason, an empty period) leaves none.
 """

@@ -7,6 +7,7 @@
     doorscan-hub visitors --venue cho-pleiku --since ... --until ... --reason "..."
     doorscan-hub import-csv old-scans.csv --add-venues --card-key cards.pub.pem
     doorscan-hub dead-letters --limit 20
+    doorscan-hub held                  # scans held apart from traces; --release ID --reason
     doorscan-hub stats
     doorscan-hub audit verify          # exit 1 if the audit log was tampered with
     doorscan-hub audit list --limit 20
@@ -16,8 +17,8 @@
     doorscan-hub serve --http 127.0.0.1:8080 ...   # MQTT ingest and the web app, one process
     doorscan-hub unit-config door-1 debounce_s=120 quiet_hours=22:00-06:00   # remote config
 
-Every command but ``init-vault`` and ``unit-config`` (broker only) takes ``--db``
-(default ``hub.db``; a path today, a URL once there is a PostgreSQL store) and
+Every command but ``init-vault`` takes ``--db`` (default ``hub.db``; a path, or a
+``postgresql://`` URL) and
 ``--vault-key FILE`` (default ``$DOORSCAN_HUB_VAULT_KEY``; there is no default key): the
 database keeps identities sealed with that key (`hub.vault`) and refuses to open with
 another. Commands that read identities (trace, visitors) require a reason and are
@@ -28,7 +29,7 @@ refused input (import-csv), 2 bad arguments (also: no vault key, or the wrong on
 not allowed for the role (one line ``not allowed: ...`` on stderr; nothing was read).
 
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
-reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, stats, audit, purge),
+reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, held, stats, audit, purge),
 `hub.cli_serve` (serve), `hub.cli_web` (web, user, token), `hub.cli_unitconfig`
 (unit-config), with what they share in
 `hub.cli_common`. To add a command, write
@@ -47,6 +48,7 @@ from doorscan.errors import Refusal
 from hub.cli_admin import (
     add_audit,
     add_dead_letters,
+    add_held,
     add_import_csv,
     add_init_vault,
     add_purge,
@@ -68,6 +70,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_visitors,
     add_import_csv,
     add_dead_letters,
+    add_held,
     add_stats,
     add_serve,
     add_audit,

@@ -1,4 +1,4 @@
-"""`init-vault`, `import-csv`, `dead-letters`, `stats`, `audit`, `purge`: the hub's data."""
+"""`init-vault`, `import-csv`, `dead-letters`, `held`, `stats`, `audit`, `purge`: the hub's data."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 __all__ = [
     "add_audit",
     "add_dead_letters",
+    "add_held",
     "add_import_csv",
     "add_init_vault",
     "add_purge",
@@ -128,6 +129,61 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
     ]
     print(f"{len(rows)} dead letters (newest first)")
     print(table(("RECEIVED", "SOURCE", "TOPIC", "CODE", "REASON", "PAYLOAD"), rows))
+    return 0
+
+
+def add_held(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "held",
+        parents=[db_parent()],
+        help="scans held apart from traces (hub.history), newest first; release them",
+        description="A scan a unit claims at a time it cannot have scanned (before it was "
+        "registered, before it last said it had sent everything, or faster than a door) is "
+        "kept apart: traces, visitor lists and reports do not read it. List them, or "
+        "release those found genuine into the scans (audited, with the reason).",
+    )
+    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    parser.add_argument(
+        "--release", nargs="+", metavar="SCAN_ID", help="move these held scans into the scans"
+    )
+    parser.add_argument("--reason", help="why they are released (required with --release)")
+    parser.set_defaults(run=_run_held)
+
+
+def _run_held(args: argparse.Namespace) -> int:
+    if args.release and not (args.reason or "").strip():
+        raise UsageError("--release needs --reason: releasing puts scans into traces")
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
+        if args.release:
+            released = store.release_held(args.release)
+            store.record_audit(
+                "release_held",
+                args.reason.strip(),
+                {"asked": sorted(set(args.release)), "released": released},
+                datetime.now(UTC),
+            )
+            missing = sorted(set(args.release) - set(released))
+            print(f"released {len(released)} held scans into the scans")
+            if missing:
+                print(f"not held (unknown, or released before): {' '.join(missing)}")
+            return 0
+        if args.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        held = store.held_scans(args.limit)
+    rows = [
+        [
+            format_rfc3339(h.received_at),
+            h.unit_id or "-",
+            h.venue_id,
+            format_rfc3339(h.scanned_at),
+            h.code,
+            h.scan_id,
+            printable(h.reason, 100),
+        ]
+        for h in held
+    ]
+    print(f"{len(rows)} held scans (newest first)")
+    print(table(("RECEIVED", "UNIT", "VENUE", "SCANNED", "CODE", "SCAN", "WHY"), rows))
     return 0
 
 

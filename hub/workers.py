@@ -28,7 +28,7 @@ What happens to a dead worker's messages (read in Mosquitto 2.0.11's source,
 * The QoS 1 batches that worker had in flight or queued, not yet PUBACKed (the hub
   acks after commit), are deleted with its session (``db__messages_delete``). The
   standard says a broker SHOULD then give them to another member; Mosquitto 2.0
-  does not (eclipse/mosquitto issue 2662, reported on 2.0.15, open). The test saw
+  does not (eclipse/mosquitto#2662, reported on 2.0.15, open). The test saw
   it: after the SIGKILL the units had to resend the batches that worker held.
 * Nothing is lost all the same, because of the unit: it keeps each scan in its
   journal until the hub's own ack names it, and sends a batch with no ack again

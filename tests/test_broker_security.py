@@ -35,6 +35,7 @@ from device.mqtt_sync import MqttSync
 from doorscan.localbroker import find_mosquitto, free_port
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
+    MAX_MESSAGE_BYTES,
     SUB_ALL_SCANS,
     TOPIC_ROOT,
     Scan,
@@ -447,3 +448,20 @@ def test_revoke_says_when_the_broker_cannot_be_signalled(
     )
     assert code == 1
     assert "cannot read the broker's pid" in capsys.readouterr().err
+
+
+def test_the_broker_forwards_no_payload_over_the_wire_limit(fleet: Fleet) -> None:
+    """`broker-files` sets the wire contract's size limit: an oversize message never
+    reaches the hub (a first build's 50 MB message became a 67 MB dead letter)."""
+    ca = fleet.broker_dir / "ca.pem"
+    hub = _Listener(_client("hub-size", fleet.role_files("hub"), ca), fleet.port, SUB_ALL_SCANS)
+    unit = _Listener(_client("unit-b", fleet.unit_files("unit-b"), ca), fleet.port)
+    try:
+        _publish(unit, topic_scans("unit-b"), b"x" * (MAX_MESSAGE_BYTES + 1))
+        _publish(unit, topic_scans("unit-b"), b"x" * MAX_MESSAGE_BYTES)  # at the limit: goes
+        assert wait_for(lambda: len(hub.payloads(topic_scans("unit-b"))) == 1)
+        time.sleep(0.5)
+        assert [len(p) for p in hub.payloads(topic_scans("unit-b"))] == [MAX_MESSAGE_BYTES]
+    finally:
+        hub.close()
+        unit.close()

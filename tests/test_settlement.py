@@ -6,6 +6,7 @@ promises are checked from outside, over MQTT against `hub serve`, in tests/confo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,9 +33,12 @@ from doorscan.wire import (
 )
 from doorscan.wire.limits import DEAD_LETTER_PREFIX_BYTES, RATE_MAX_SCANS
 from hub import judge as judge_module
+from hub.cli import main as hub_main
 from hub.ingest import Ingestor, Reply
 from hub.store import HubStore
+from tests.fault_net_support import figure_name
 from tests.hubstore import open_store
+from tests.reliability import FiguresRecorder
 
 NOW = datetime(2022, 1, 11, 3, 0, tzinfo=UTC)
 DAY = datetime(2022, 1, 10, 1, 0, tzinfo=UTC)
@@ -242,18 +246,30 @@ def test_an_older_unit_is_answered_in_its_own_revision(hub: Hub) -> None:
     assert len(json.loads(reply.payload)["refused"]) == 2
 
 
-def test_an_oversize_message_keeps_its_head_digest_and_length(hub: Hub) -> None:
-    payload = b'{"v": 1, "pad": "' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}'
+def test_an_oversize_message_keeps_its_head_digest_and_length(
+    hub: Hub, hub_db: str, reliability_figures: FiguresRecorder
+) -> None:
+    payload = b'{"v": 1, "pad": "' + b"x" * (50 * MAX_MESSAGE_BYTES) + b'"}'
     assert hub.send(payload) is None
     [letter] = hub.store.dead_letters()
     assert letter.code == "too_large" and letter.payload == payload[:DEAD_LETTER_PREFIX_BYTES]
-    assert f"of {len(payload)} bytes, sha256 " in letter.reason
+    assert f"of {len(payload)} bytes, sha256 {hashlib.sha256(payload).hexdigest()}" in letter.reason
+    reliability_figures.record(
+        figure_name("oversize message (50 MiB) reaching the hub", hub_db),
+        runs=1,
+        bad_inputs_tried=1,
+        bad_inputs_refused=1,
+        payload_bytes=len(payload),
+        bytes_kept=len(letter.payload),
+    )
 
 
 # -- idempotency that cannot lose ----------------------------------------------------------------
 
 
-def test_a_resent_scan_is_stored_once_and_a_reused_id_is_a_conflict(hub: Hub) -> None:
+def test_a_resent_scan_is_stored_once_and_a_reused_id_is_a_conflict(
+    hub: Hub, hub_db: str, reliability_figures: FiguresRecorder
+) -> None:
     scan = hub.scan()
     assert (ack := hub.send(hub.batch([scan]))) and ack.stored == [scan["scan_id"]]
     assert (ack := hub.send(hub.batch([scan]))) and ack.stored == [scan["scan_id"]]
@@ -269,6 +285,16 @@ def test_a_resent_scan_is_stored_once_and_a_reused_id_is_a_conflict(hub: Hub) ->
     assert hub.codes() == ["scan_id_conflict"] * 3
     [kept] = hub.store.checkins_at("hospital", 0, 2**62)
     assert kept.scan_id == scan["scan_id"] and kept.id_number in scan["qr_text"]
+    reliability_figures.record(
+        figure_name("scan id reused with other content (3 conflicts)", hub_db),
+        runs=1,
+        scans_sent=5,
+        scans_stored=1,
+        duplicates_absorbed=1,
+        bad_inputs_tried=3,
+        bad_inputs_refused=3,
+        lost=0,
+    )
 
 
 def test_a_batch_id_reused_with_other_scans_is_refused_whole(hub: Hub) -> None:
@@ -319,3 +345,21 @@ def test_a_flood_faster_than_a_door_is_held_apart(hub: Hub) -> None:
     again = hub.send(hub.batch([copy]))
     assert again is not None and again.stored == [held_id]
     assert hub.store.counts()["held"] == 5
+
+
+def test_an_admin_lists_held_scans_and_releases_one_with_a_reason(
+    hub: Hub, hub_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flood = [hub.scan(at=DAY + timedelta(milliseconds=500 * i)) for i in range(RATE_MAX_SCANS + 2)]
+    hub.send(hub.batch(flood))
+    assert hub_main(["held", "--db", hub_db]) == 0
+    listed = capsys.readouterr().out
+    assert "2 held scans" in listed and "too_fast" in listed
+    assert all(person.name not in listed for person in PEOPLE)  # where and when, never who
+    held_id = hub.store.held_scans()[0].scan_id
+    assert hub_main(["held", "--db", hub_db, "--release", held_id]) == 2  # no reason
+    assert hub_main(["held", "--db", hub_db, "--release", held_id, "--reason", "checked"]) == 0
+    assert "released 1 held scans" in capsys.readouterr().out
+    assert hub.store.counts()["held"] == 1
+    [entry] = [e for e in hub.store.audit_entries() if e.action == "release_held"]
+    assert entry.reason == "checked" and entry.params["released"] == [held_id]

@@ -8,6 +8,8 @@ A real Mosquitto, the real hub (`HubService` + `Ingestor` on a real store) and t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,3 +164,39 @@ def test_the_unit_writes_the_revision_the_hub_announced(
     sniffer.close()
     batches = sniffer.on(topic_scans("door-1"))
     assert batches[-1]["rev"] == 6
+
+
+def test_the_quarantine_command_lists_and_releases_as_documented(tmp_path: Path) -> None:
+    config = tmp_path / "unit.json"
+    config.write_text(
+        json.dumps({"unit_id": "door-1", "venue_id": "hospital", "data_dir": str(tmp_path)}),
+        encoding="utf-8",
+    )
+    with ScanJournal(tmp_path / "journal.db") as journal:
+        for n in (1, 2, 3):
+            journal.record(_scan(n))
+        journal.quarantine(
+            [("scan-000001", "unsealable", "does not open"), ("scan-000002", "future_time", "x")],
+            T0,
+        )
+
+    def device(*words: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "device", "quarantine", "--config", str(config), *words],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    listed = [json.loads(line) for line in device().splitlines()]
+    assert [(k["scan_id"], k["code"]) for k in listed] == [
+        ("scan-000001", "unsealable"),
+        ("scan-000002", "future_time"),
+    ]
+    assert "qr_text" not in json.dumps(listed)
+    assert "released 1 scans" in device("--release", "unsealable")
+    assert [json.loads(line)["code"] for line in device().splitlines()] == ["future_time"]
+    with ScanJournal(tmp_path / "journal.db") as journal:
+        assert journal.backlog() == 2 and journal.quarantine_count() == 1
