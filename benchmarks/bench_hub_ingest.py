@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.report import Figure, Result
 from doorscan.localbroker import LocalBroker
+from doorscan.mqtt import make_client
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
     MAX_BATCH_SCANS,
@@ -113,12 +113,7 @@ def make_messages(
 
 
 def _client(client_id: str, clean: bool = True) -> mqtt.Client:
-    return mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean,
-        protocol=mqtt.MQTTv311,
-    )
+    return make_client(client_id, persistent=not clean)
 
 
 def _connect(client: mqtt.Client, host: str, port: int) -> None:

@@ -57,12 +57,21 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from device.clock import BOOT_ID, Clock, SystemClock
 from device.config import BrokerConfig, SyncConfig
 from doorscan import __version__
 from doorscan.errors import Refusal
+from doorscan.mqtt import (
+    ClientFactory,
+    ConfirmedPublisher,
+    PublishNotConfirmed,
+    TlsFiles,
+    make_client,
+    use_credentials,
+    use_tls,
+)
 from doorscan.wire import (
     REV_FIELD_SINCE,
     WIRE_REVISION,
@@ -86,7 +95,7 @@ __all__ = [
     "Outbox",
     "STATUS_CHANGE_FIELDS",
     "configure_client_auth",
-    "paho_client_factory",
+    "unit_client_factory",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,34 +120,18 @@ class Outbox(Protocol):
     def backlog(self) -> int: ...
 
 
-ClientFactory = Callable[[str], mqtt.Client]
-
-
-def paho_client_factory(client_id: str) -> mqtt.Client:
-    """The production MQTT client: paho 2.x, MQTT 3.1.1, persistent session."""
-    return mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=False,
-        protocol=mqtt.MQTTv311,
-    )
+def unit_client_factory(client_id: str) -> mqtt.Client:
+    """The production MQTT client of a unit: MQTT 3.1.1, persistent session (docs/wire.md)."""
+    return make_client(client_id, persistent=True)
 
 
 def configure_client_auth(client: mqtt.Client, broker: BrokerConfig) -> None:
     """TLS and credentials from the unit's broker config (shared with the self-test)."""
     if broker.ca_file is not None:
-        # Checks the broker's certificate against the fleet CA (and its host name);
-        # the client certificate is how the broker and its ACL know this unit.
-        client.tls_set(
-            ca_certs=str(broker.ca_file),
-            certfile=str(broker.cert_file) if broker.cert_file else None,
-            keyfile=str(broker.key_file) if broker.key_file else None,
-        )
+        # The client certificate is how the broker and its ACL know this unit.
+        use_tls(client, TlsFiles(broker.ca_file, broker.cert_file, broker.key_file))
     if broker.username:
-        password = None
-        if broker.password_file:
-            password = broker.password_file.read_text(encoding="utf-8").strip()
-        client.username_pw_set(broker.username, password)
+        use_credentials(client, broker.username, broker.password_file)
 
 
 @dataclass
@@ -162,7 +155,7 @@ class MqttSync:
         sync: SyncConfig | None = None,
         *,
         clock: Clock | None = None,
-        client_factory: ClientFactory = paho_client_factory,
+        client_factory: ClientFactory = unit_client_factory,
         last_scan_at: Callable[[], datetime | None] = lambda: None,
         on_hub_time: Callable[[datetime], None] = lambda hub_time: None,
         health: Callable[[], Mapping[str, Any]] = dict,
@@ -234,13 +227,12 @@ class MqttSync:
             self._thread.join(10)
         if self._connected.is_set():
             # A clean disconnect does not fire the last will, so publish "offline" ourselves.
-            info = self._client.publish(
-                topic_status(self.unit_id), self._status(online=False), qos=1, retain=True
-            )
             try:
-                info.wait_for_publish(2.0)
-            except (RuntimeError, ValueError):
-                log.warning("offline status not confirmed by the broker before disconnect")
+                ConfirmedPublisher(self._client).publish(
+                    topic_status(self.unit_id), self._status(online=False), retain=True, timeout_s=2
+                )
+            except PublishNotConfirmed as exc:
+                log.warning("offline status not confirmed before disconnect: %s", exc)
             self._client.disconnect()
         self._client.loop_stop()
 

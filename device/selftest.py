@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from gpiozero import LED, Button, Buzzer
-from paho.mqtt.enums import CallbackAPIVersion
 
 from device.clock import SystemClock, UnitClock
 from device.config import UnitConfig
@@ -42,6 +40,7 @@ from device.mqtt_sync import configure_client_auth
 from device.unit import disk_free_mb
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
+from doorscan.mqtt import fresh_client_id, make_client
 from doorscan.payloads import parse_qr
 
 __all__ = [
@@ -166,13 +165,8 @@ def _broker(config: UnitConfig, timeout_s: float) -> Check:
         outcome.append(reason)
         connected.set()
 
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        # Not the unit's id: that would end a running unit's session.
-        client_id=f"{config.unit_id}-selftest-{uuid.uuid4().hex[:6]}",
-        clean_session=True,
-        protocol=mqtt.MQTTv311,
-    )
+    # Not the unit's id: that would end a running unit's session.
+    client = make_client(fresh_client_id(f"{config.unit_id}-selftest"))
     client.on_connect = on_connect
     try:
         configure_client_auth(client, broker)

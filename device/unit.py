@@ -39,12 +39,13 @@ from device.decoders import Decoder, make_decoder
 from device.frames import FrameSource, open_frames
 from device.indicators import Feedback, Indicators
 from device.journal import ScanJournal
-from device.mqtt_sync import ClientFactory, MqttSync, paho_client_factory
+from device.mqtt_sync import MqttSync, unit_client_factory
 from device.remote_config import RemoteConfig, Settings
 from device.scanner import Scanner
 from device.sdnotify import SystemdNotifier
 from device.state import UnitState
 from doorscan.cards import CardKeyring
+from doorscan.mqtt import ClientFactory
 from doorscan.sealing import load_public_key
 
 __all__ = ["Unit", "cpu_temp_c", "disk_free_mb", "frame_source_for"]
@@ -89,7 +90,7 @@ class Unit:
         decoder: Decoder | None = None,
         clock: Clock | None = None,
         pin_factory: Any = None,
-        client_factory: ClientFactory = paho_client_factory,
+        client_factory: ClientFactory = unit_client_factory,
         sync_clock: Clock | None = None,
         frames_factory: Callable[[], FrameSource] | None = None,
         retry_min_s: float = 0.5,

@@ -26,7 +26,7 @@ from hub.trace import MAX_DEPTH
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
 if TYPE_CHECKING:
-    from hub.service import TlsFiles
+    from doorscan.mqtt import TlsFiles
 
 __all__ = [
     "EXIT_FORBIDDEN",
@@ -111,7 +111,7 @@ def broker_parent() -> argparse.ArgumentParser:
 
 def tls_files(args: argparse.Namespace) -> TlsFiles | None:
     """The TLS files `broker_parent` took: all three, or None for plain TCP."""
-    from hub.service import TlsFiles  # here: only commands that connect need paho
+    from doorscan.mqtt import TlsFiles  # here: only commands that connect need paho
 
     given = (args.ca_file, args.cert_file, args.key_file)
     if all(path is None for path in given):

@@ -43,7 +43,7 @@ from hub.service import (
 from hub.workers import WORKER_PLACEHOLDER, WorkerPool, ready_line, supervisor_gone, worker_path
 
 if TYPE_CHECKING:
-    from hub.service import TlsFiles
+    from doorscan.mqtt import TlsFiles
     from hub.web.metrics import HubMetrics
 
 __all__ = ["add_serve"]
@@ -258,10 +258,11 @@ def _check_worker_tls(tls: TlsFiles, workers: int) -> None:
             f"--key-file, e.g. broker/hub-{WORKER_PLACEHOLDER}-cert.pem, for the files "
             "`provisioning broker-files --hub-workers N` writes"
         )
+    cert, key = _client_pair(tls)
     missing = [
         str(path)
         for index in range(1, workers + 1)
-        for path in (worker_path(tls.cert_file, index), worker_path(tls.key_file, index))
+        for path in (worker_path(cert, index), worker_path(key, index))
         if not path.is_file()
     ]
     if missing:
@@ -286,10 +287,18 @@ def _worker_argv(args: argparse.Namespace, tls: TlsFiles | None, index: int) -> 
     if args.seal_key is not None:
         argv += ["--seal-key", str(args.seal_key)]
     if tls is not None:
+        cert, key = _client_pair(tls)
         argv += ["--ca-file", str(tls.ca_file)]
-        argv += ["--cert-file", str(worker_path(tls.cert_file, index))]
-        argv += ["--key-file", str(worker_path(tls.key_file, index))]
+        argv += ["--cert-file", str(worker_path(cert, index))]
+        argv += ["--key-file", str(worker_path(key, index))]
     return argv
+
+
+def _client_pair(tls: TlsFiles) -> tuple[Path, Path]:
+    """The hub's certificate and key (`tls_files` gives all three files or none)."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise UsageError("--ca-file, --cert-file and --key-file go together")
+    return tls.cert_file, tls.key_file
 
 
 def _metrics() -> HubMetrics:

@@ -27,15 +27,22 @@ import json
 import re
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from pydantic import ValidationError
 
 from doorscan.errors import Refusal
+from doorscan.mqtt import (
+    MQTT_5,
+    ConfirmedPublisher,
+    PublishNotConfirmed,
+    TlsFilesError,
+    fresh_client_id,
+    make_client,
+    use_tls,
+)
 from doorscan.timefmt import format_rfc3339
 from doorscan.wire import (
     CONFIG_SETTINGS,
@@ -130,31 +137,22 @@ class _Link:
         self.where = f"{self.host}:{self.port}"
         self.timeout_s: float = args.timeout_s
         # A fresh id: the running hub's session (client id doorscan-hub) must not be kicked.
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"doorscan-hub-config-{uuid.uuid4().hex[:12]}",
-            protocol=mqtt.MQTTv5,
-        )
+        self.client = make_client(fresh_client_id("doorscan-hub-config"), protocol=MQTT_5)
         self._cond = threading.Condition()
         self.connected: bool | None = None
         self.problem = "no answer"
         self.messages: dict[str, bytes] = {}
         self.subacks: set[int] = set()
-        self.refused: dict[int, str] = {}
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
+        self.publisher = ConfirmedPublisher(self.client)
         tls = tls_files(args)
         if tls is not None:
             try:
-                self.client.tls_set(
-                    ca_certs=str(tls.ca_file),
-                    certfile=str(tls.cert_file),
-                    keyfile=str(tls.key_file),
-                )
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot use the TLS files: {exc}") from None
+                use_tls(self.client, tls)
+            except TlsFilesError as exc:
+                raise UsageError(str(exc)) from None
         self.client.connect_timeout = self.timeout_s
 
     def open(self) -> None:
@@ -184,19 +182,17 @@ class _Link:
             raise UsageError(f"the broker at {self.where} did not answer the subscription")
 
     def publish(self, topic: str, payload: bytes) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=True)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-            raise UsageError(f"could not publish to {self.where}: {info.rc.name}")
         try:
-            info.wait_for_publish(self.timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            raise UsageError(f"publish not confirmed by {self.where}: {exc}") from None
-        if not info.is_published():
-            raise UsageError(f"the broker at {self.where} did not confirm the config in time")
-        with self._cond:
-            refused = self.refused.get(info.mid)
-        if refused:
-            raise UsageError(f"the broker refused the config ({refused}): is this the hub's cert?")
+            self.publisher.publish(topic, payload, retain=True, timeout_s=self.timeout_s)
+        except PublishNotConfirmed as exc:
+            if "refused" in str(exc):
+                raise UsageError(
+                    f"the broker at {self.where} refused the config ({exc}): "
+                    "is this the hub's certificate?"
+                ) from None
+            raise UsageError(
+                f"the broker at {self.where} did not confirm the config: {exc}"
+            ) from None
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         with self._cond:
@@ -213,11 +209,6 @@ class _Link:
         with self._cond:
             self.subacks.add(mid)
             self._cond.notify_all()
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            with self._cond:
-                self.refused[mid] = str(reason)
 
 
 def _status_of(link: _Link, unit_id: str) -> UnitStatus | None:

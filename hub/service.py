@@ -39,14 +39,20 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from doorscan import __version__
+from doorscan.mqtt import (
+    ClientFactory,
+    ConfirmedPublisher,
+    PublishNotConfirmed,
+    TlsFiles,
+    make_client,
+    use_tls,
+)
 from doorscan.wire import (
     SUB_ALL_SCANS,
     SUB_ALL_STATUS,
@@ -62,7 +68,6 @@ from hub.ingest import Ingestor, Reply
 __all__ = [
     "SHARED_GROUP",
     "HubService",
-    "TlsFiles",
     "hub_client_factory",
     "shared_scans_topic",
     "worker_client_factory",
@@ -70,7 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ClientFactory = Callable[[str], mqtt.Client]
 
 SHARED_GROUP = "doorscan-hub"
 """The share name the hub's workers use: one group, so each batch goes to one worker."""
@@ -84,13 +88,7 @@ def shared_scans_topic(group: str = SHARED_GROUP) -> str:
 
 def hub_client_factory(client_id: str) -> mqtt.Client:
     """The production client: persistent session, messages acked by hand after commit."""
-    return mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=False,
-        protocol=mqtt.MQTTv311,
-        manual_ack=True,
-    )
+    return make_client(client_id, persistent=True, manual_ack=True)
 
 
 def worker_client_factory(client_id: str) -> mqtt.Client:
@@ -99,21 +97,7 @@ def worker_client_factory(client_id: str) -> mqtt.Client:
     Clean, because Mosquitto keeps a disconnected persistent session in the share
     group and keeps handing it batches; a clean one leaves the group when it dies.
     """
-    return mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=True,
-        protocol=mqtt.MQTTv311,
-        manual_ack=True,
-    )
-
-
-class TlsFiles(NamedTuple):
-    """PEM files for a TLS connection with a client certificate (see provisioning.broker_pki)."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
+    return make_client(client_id, persistent=False, manual_ack=True)
 
 
 class HubService:
@@ -148,9 +132,7 @@ class HubService:
         self._client = client_factory(client_id)
         if tls is not None:
             # The broker knows the hub by its certificate's CN (doorscan-hub), not client_id.
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file)
-            )
+            use_tls(self._client, tls)
         self._shared = shared_group is not None
         if not self._shared:
             # One hub: the broker says it is gone if it vanishes. A worker of several sets
@@ -190,11 +172,12 @@ class HubService:
         self._retries.close()
         if self._connected.is_set() and not self._shared:
             # A clean disconnect does not fire the will: say it.
-            info = self._client.publish(topic_hub_status(), _hub_status(False), qos=1, retain=True)
             try:
-                info.wait_for_publish(2.0)
-            except (RuntimeError, ValueError):
-                log.warning("the hub's offline status was not confirmed before disconnect")
+                ConfirmedPublisher(self._client).publish(
+                    topic_hub_status(), _hub_status(False), retain=True, timeout_s=2
+                )
+            except PublishNotConfirmed as exc:
+                log.warning("the hub's offline status was not confirmed: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
 

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from doorscan.mqtt import TlsFiles
 from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
 from provisioning.fleet import FleetHome, InvalidInput, describe_validation_error
-from provisioning.publish import ClientTls, PublishError, publish_messages, registry_messages
+from provisioning.publish import PublishError, publish_messages, registry_messages
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -115,10 +116,10 @@ def tls_usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _client_tls(args: argparse.Namespace) -> ClientTls | None:
+def _client_tls(args: argparse.Namespace) -> TlsFiles | None:
     if args.ca_file is None:
         return None
-    return ClientTls(args.ca_file, args.cert_file, args.key_file)
+    return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
 def publish_registry(

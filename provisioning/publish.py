@@ -6,14 +6,14 @@ keeps the last message of each topic and gives it to every new subscriber, so a 
 that starts later, or starts over with an empty store, still learns the whole fleet.
 
 Nothing here is fire-and-forget. A message counts as published only when the broker's
-PUBACK for it has arrived (`MQTTMessageInfo.wait_for_publish`) and says success: the
+PUBACK for it has arrived and says success (`doorscan.mqtt.ConfirmedPublisher`): the
 client speaks MQTT 5 because there a broker that will not take a message (an ACL that
 denies the topic) says so in the PUBACK's reason code, where MQTT 3.1.1 acknowledges
 and silently drops it. Any message not confirmed within `timeout_s` makes the whole
 call fail with `PublishError` naming the topics. Publishing again is always safe: a
 retained message simply replaces the previous one.
 
-Against the fleet's TLS listener (`provisioning.broker_pki`) pass `tls=ClientTls(...)`
+Against the fleet's TLS listener (`provisioning.broker_pki`) pass `tls=TlsFiles(...)`
 with the provisioning certificate `broker-files` wrote: the broker's ACL lets only that
 name (doorscan-provisioning) write the registry, and refuses any other, a unit's
 included, with a "Not authorized" PUBACK that ends up in the `PublishError`.
@@ -25,7 +25,7 @@ Use::
 
     messages = registry_messages(registry.venues(), registry.units())
     publish_messages(messages, "hub.local", 1883, timeout_s=10)   # -> how many, or raises
-    tls = ClientTls(Path("ca.pem"), Path("provisioning-cert.pem"), Path("provisioning-key.pem"))
+    tls = TlsFiles(Path("ca.pem"), Path("provisioning-cert.pem"), Path("provisioning-key.pem"))
     publish_messages(messages, "hub.local", 8883, tls=tls)
 """
 
@@ -33,17 +33,23 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
+from doorscan.mqtt import (
+    MQTT_5,
+    ClientFactory,
+    ConfirmedPublisher,
+    PublishNotConfirmed,
+    TlsFiles,
+    TlsFilesError,
+    fresh_client_id,
+    make_client,
+    use_tls,
+)
 from doorscan.wire import (
     UnitRecord,
     VenueRecord,
@@ -54,39 +60,24 @@ from doorscan.wire import (
 from provisioning.fleet import ProvisioningError
 
 __all__ = [
-    "ClientFactory",
-    "ClientTls",
+    "KEEPALIVE_S",
     "Message",
     "PublishError",
-    "paho_client_factory",
+    "provisioning_client_factory",
     "publish_messages",
     "registry_messages",
 ]
 
-ClientFactory = Callable[[str], mqtt.Client]
 KEEPALIVE_S = 30
 
 
-def paho_client_factory(client_id: str) -> mqtt.Client:
-    """The production client: paho 2.x, MQTT 5 (PUBACKs carry a reason code)."""
-    return mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-    )
+def provisioning_client_factory(client_id: str) -> mqtt.Client:
+    """The production client: MQTT 5 (PUBACKs carry a reason code), no session kept."""
+    return make_client(client_id, protocol=MQTT_5)
 
 
 class PublishError(ProvisioningError, ConnectionError):
     """The broker could not be reached, or did not confirm every registry message."""
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """The files for a TLS connection with a client certificate (all PEM)."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
 
 
 @dataclass(frozen=True)
@@ -104,59 +95,27 @@ def registry_messages(venues: Iterable[VenueRecord], units: Iterable[UnitRecord]
     return messages
 
 
-class _Confirmations:
-    """What the network thread learns: the CONNACK, a lost connection, refused PUBACKs."""
+class _Connection:
+    """What the network thread learns: the CONNACK, or a connection lost before it."""
 
     def __init__(self) -> None:
         self.answered = threading.Event()
         self.connected = False
-        self.connect_problem = "no CONNACK"
-        self._lock = threading.Lock()
-        self._refused: dict[int, str] = {}
+        self.problem = "no CONNACK"
 
-    def on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            self.connect_problem = f"the broker refused the connection: {reason_code}"
+    def on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self.problem = f"the broker refused the connection: {reason}"
         else:
             self.connected = True
         self.answered.set()
 
     def on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if not self.answered.is_set():
-            self.connect_problem = f"the broker closed the connection: {reason_code}"
+            self.problem = f"the broker closed the connection: {reason}"
             self.answered.set()
-
-    def on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        # paho calls this before it marks the message published, so a waiter that sees
-        # is_published() also sees the reason recorded here.
-        if reason_code.is_failure:
-            with self._lock:
-                self._refused[mid] = str(reason_code)
-
-    def refusal(self, mid: int) -> str | None:
-        with self._lock:
-            return self._refused.get(mid)
 
 
 def publish_messages(
@@ -165,8 +124,8 @@ def publish_messages(
     port: int,
     *,
     timeout_s: float = 10.0,
-    tls: ClientTls | None = None,
-    client_factory: ClientFactory = paho_client_factory,
+    tls: TlsFiles | None = None,
+    client_factory: ClientFactory = provisioning_client_factory,
 ) -> int:
     """Send every message retained at QoS 1 and wait for each PUBACK; return how many.
 
@@ -178,17 +137,20 @@ def publish_messages(
     """
     if not messages:
         return 0
-    confirmations = _Confirmations()
+    connection = _Connection()
     # A fresh client id each run: two technicians publishing at once must not kick
     # each other off the broker, and there is no session worth keeping.
-    client = client_factory(f"doorscan-provisioning-{uuid.uuid4().hex[:12]}")
-    client.on_connect = confirmations.on_connect
-    client.on_disconnect = confirmations.on_disconnect
-    client.on_publish = confirmations.on_publish
+    client = client_factory(fresh_client_id("doorscan-provisioning"))
+    client.on_connect = connection.on_connect
+    client.on_disconnect = connection.on_disconnect
+    publisher = ConfirmedPublisher(client)
     client.connect_timeout = timeout_s
     where = f"{host}:{port}"
     if tls is not None:
-        _use_tls(client, tls)
+        try:
+            use_tls(client, tls)
+        except TlsFilesError as exc:
+            raise PublishError(str(exc)) from None
     try:
         try:
             client.connect(host, port, keepalive=KEEPALIVE_S)
@@ -197,55 +159,30 @@ def publish_messages(
                 f"could not connect to the broker at {where}: {exc.strerror or exc}"
             ) from None
         client.loop_start()
-        if not confirmations.answered.wait(timeout_s):
+        if not connection.answered.wait(timeout_s):
             raise PublishError(f"the broker at {where} did not answer within {timeout_s:g} s")
-        if not confirmations.connected:
-            raise PublishError(f"{where}: {confirmations.connect_problem}")
-        return _send_and_confirm(client, confirmations, messages, where, timeout_s)
+        if not connection.connected:
+            raise PublishError(f"{where}: {connection.problem}")
+        return _send_and_confirm(publisher, messages, where, timeout_s)
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def _use_tls(client: mqtt.Client, tls: ClientTls) -> None:
-    try:
-        # paho's defaults (PROTOCOL_TLS_CLIENT, CERT_REQUIRED) check the chain and the host
-        # name; the broker certificate from `broker-files` names its hosts and 127.0.0.1.
-        client.tls_set(
-            ca_certs=str(tls.ca_file), certfile=str(tls.cert_file), keyfile=str(tls.key_file)
-        )
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a mismatched key
-        raise PublishError(
-            f"cannot use the TLS files {tls.ca_file}, {tls.cert_file}, {tls.key_file}: {exc}"
-        ) from None
-
-
 def _send_and_confirm(
-    client: mqtt.Client,
-    confirmations: _Confirmations,
-    messages: Sequence[Message],
-    where: str,
-    timeout_s: float,
+    publisher: ConfirmedPublisher, messages: Sequence[Message], where: str, timeout_s: float
 ) -> int:
     # Send everything first, then wait: the PUBACKs come back while later messages go out.
-    sent: list[tuple[Message, mqtt.MQTTMessageInfo]] = []
-    for message in messages:
-        info = client.publish(message.topic, message.payload, qos=1, retain=True)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-            raise PublishError(f"{where}: could not send {message.topic}: {info.rc.name}")
-        sent.append((message, info))
+    try:
+        sent = [(m, publisher.send(m.topic, m.payload, retain=True)) for m in messages]
+    except PublishNotConfirmed as exc:
+        raise PublishError(f"{where}: {exc}") from None
     deadline = time.monotonic() + timeout_s
-    problems: list[str] = []
-    for message, info in sent:
-        try:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-        except (RuntimeError, ValueError) as exc:
-            problems.append(f"{message.topic} ({exc})")
-            continue
-        if not info.is_published():
-            problems.append(f"{message.topic} (no PUBACK within {timeout_s:g} s)")
-        elif (refused := confirmations.refusal(info.mid)) is not None:
-            problems.append(f"{message.topic} (refused: {refused})")
+    problems = [
+        f"{message.topic} ({problem})"
+        for message, info in sent
+        if (problem := publisher.confirm(info, deadline - time.monotonic())) is not None
+    ]
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""

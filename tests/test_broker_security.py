@@ -33,6 +33,7 @@ from device.config import load_config
 from device.journal import ScanJournal
 from device.mqtt_sync import MqttSync
 from doorscan.localbroker import find_mosquitto, free_port
+from doorscan.mqtt import TlsFiles
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
     MAX_MESSAGE_BYTES,
@@ -49,7 +50,7 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.ingest import Ingestor
-from hub.service import HubService, TlsFiles
+from hub.service import HubService
 from provisioning.broker_pki import BrokerPKI
 from provisioning.cli import main
 from tests.hubstore import open_store
