@@ -362,19 +362,12 @@ class ScanJournal(Closeable):
 
     def release_quarantined(self, code: str | None = None) -> int:
         """Put quarantined scans (of one refusal code, or all) back in the queue."""
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                cursor = conn.execute(
-                    "UPDATE scans SET refused_code = NULL, refused_reason = NULL, "
-                    "refused_at_ms = NULL WHERE refused_code IS NOT NULL "
-                    "AND (? IS NULL OR refused_code = ?)",
-                    (code, code),
-                )
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise JournalError(f"cannot release quarantined scans: {_describe(exc)}") from exc
-        return cursor.rowcount
+        return self._write(
+            "release quarantined scans",
+            "UPDATE scans SET refused_code = NULL, refused_reason = NULL, refused_at_ms = NULL "
+            "WHERE refused_code IS NOT NULL AND (? IS NULL OR refused_code = ?)",
+            (code, code),
+        )
 
     def purge_settled(self, before: datetime) -> int:
         """Delete settled scans made and settled before `before`; return how many.
@@ -384,18 +377,12 @@ class ScanJournal(Closeable):
         newest row is never deleted (it is where `last_scan_at()` comes from).
         """
         before_ms = to_ms(before)
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                cursor = conn.execute(
-                    "DELETE FROM scans WHERE acked_at_ms IS NOT NULL AND acked_at_ms < ? "
-                    "AND scanned_at_ms < ? AND seq < (SELECT max(seq) FROM scans)",
-                    (before_ms, before_ms),
-                )
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise JournalError(f"cannot purge settled scans: {_describe(exc)}") from exc
-        return cursor.rowcount
+        return self._write(
+            "purge settled scans",
+            "DELETE FROM scans WHERE acked_at_ms IS NOT NULL AND acked_at_ms < ? "
+            "AND scanned_at_ms < ? AND seq < (SELECT max(seq) FROM scans)",
+            (before_ms, before_ms),
+        )
 
     # -- status -------------------------------------------------------------------
 
@@ -462,6 +449,16 @@ class ScanJournal(Closeable):
         if self._conn is None:
             raise JournalError(f"the scan journal {self.path} is closed")
         return self._conn
+
+    def _write(self, what: str, sql: str, params: tuple[object, ...]) -> int:
+        """One autocommitted statement; the rows it changed. Faults: `JournalError`."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                return conn.execute(sql, params).rowcount
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise JournalError(f"cannot {what}: {_describe(exc)}") from exc
 
     def _query_int(self, sql: str) -> int | None:
         with self._lock:
