@@ -59,6 +59,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from device.answers import Deferrals, read_answer
 from device.clock import BOOT_ID, Clock, SystemClock
 from device.config import BrokerConfig, SyncConfig
 from doorscan import __version__
@@ -190,9 +191,8 @@ class MqttSync:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._in_flight: dict[str, _InFlight] = {}
-        # Scans the hub asked to have again later: id -> monotonic time they may go.
-        self._deferred: dict[str, float] = {}
-        self._retry_round = 0
+        # Scans the hub asked to have again later (device.answers).
+        self._deferrals = Deferrals(self._cfg.retry_refused_min_s, self._cfg.retry_refused_max_s)
         self._hub_revision: int | None = None
         self._hub_too_old_logged = False
         self.quarantined_now = 0
@@ -325,34 +325,12 @@ class MqttSync:
             return
         with self._lock:
             flight = self._in_flight.get(ack.batch_id)
-        final: list[tuple[str, str, str]] = []
-        later: list[str] = []
-        if ack.refusal is not None:
-            # The whole batch: the scans it carried are known only while it is in flight.
-            ids = sorted(flight.scan_ids) if flight is not None else []
-            log.warning(
-                "hub refused batch %s (%d scans) whole: %s: %s",
-                ack.batch_id,
-                len(ids),
-                ack.refusal.code,
-                ack.refusal.reason,
-            )
-            if ack.refusal.retry:
-                later = ids
-            else:
-                final = [(i, ack.refusal.code, ack.refusal.reason) for i in ids]
-        for refused in ack.refused:
-            log.warning("hub refused scan %s: %s", refused.scan_id, refused.reason)
-            if refused.retry:
-                later.append(refused.scan_id)
-            else:
-                # An older hub gives no code: its refusals are final too.
-                final.append((refused.scan_id, refused.code or "refused", refused.reason))
+        verdicts = read_answer(ack, flight.scan_ids if flight is not None else ())
         try:
             now = self._clock.now()
-            self._outbox.settle(ack.stored, now)
-            if final:
-                self.quarantined_now += self._outbox.quarantine(final, now)
+            self._outbox.settle(verdicts.stored, now)
+            if verdicts.final:
+                self.quarantined_now += self._outbox.quarantine(verdicts.final, now)
         except Exception:
             # They stay pending, and are sent again later.
             log.exception(
@@ -361,26 +339,16 @@ class MqttSync:
             return
         self._on_hub_time(ack.hub_time)
         with self._lock:
-            self._defer(later)
+            delay = self._deferrals.defer(verdicts.later, self._clock.monotonic())
             self._in_flight.pop(ack.batch_id, None)
             self.acks_received += 1
-        if final:
+        if delay is not None:
+            log.warning(
+                "%d scans the hub cannot take now: sent again in %.0f s", len(verdicts.later), delay
+            )
+        if verdicts.final:
             self.publish_status()  # the quarantined count moved
         self._wake.set()
-
-    def _defer(self, scan_ids: list[str]) -> None:
-        """Hold `scan_ids` back for the current backoff (the caller holds the lock)."""
-        if not scan_ids:
-            self._retry_round = 0
-            return
-        delay = min(
-            self._cfg.retry_refused_min_s * 2**self._retry_round, self._cfg.retry_refused_max_s
-        )
-        self._retry_round = min(self._retry_round + 1, 30)
-        due = self._clock.monotonic() + delay
-        for scan_id in scan_ids:
-            self._deferred[scan_id] = due
-        log.warning("%d scans the hub cannot take now: sent again in %.0f s", len(scan_ids), delay)
 
     def _on_hub_status(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if not message.payload:
@@ -449,10 +417,9 @@ class MqttSync:
         with self._lock:
             if len(self._in_flight) >= self._cfg.max_in_flight:
                 return False
-            now = self._clock.monotonic()
-            for scan_id in [i for i, due in self._deferred.items() if due <= now]:
-                del self._deferred[scan_id]
-            skip = frozenset(self._deferred).union(*(f.scan_ids for f in self._in_flight.values()))
+            skip = self._deferrals.waiting(self._clock.monotonic()).union(
+                *(f.scan_ids for f in self._in_flight.values())
+            )
         scans = self._outbox.pending(self._cfg.batch_size, skip=skip)
         if not scans or not self._connected.is_set():
             return False

@@ -37,7 +37,7 @@ STATUSES = [
     ),
     UnitStatus(
         unit_id="door-bv", online=True, at=NOW, software="1.5.0", camera_ok=False,
-        decode_rate_hz=0.0, config_version=2,
+        decode_rate_hz=0.0, config_version=2, backlog=3, quarantined=2,
     ),
 ]  # fmt: skip
 
@@ -85,6 +85,8 @@ def test_the_units_page_shows_health_figures_and_the_applied_config(store: HubSt
     refused = f"4 Config refused: {unescape(HTML_ERROR)}"
     assert cho[7:] == ["1.5.0", "Yes", "52.6 °C", "11520 MB", "14.8", refused]
     assert bv[7:] == ["1.5.0", "No", "—", "—", "0.0", "2"]
+    # Scans the hub refused for good, kept on the unit, show beside its backlog.
+    assert (cho[5], bv[5]) == ("0", "3 Refused, kept on the unit: 2")
 
 
 def test_a_venue_owner_sees_the_figures_of_its_own_units_only(store: HubStore) -> None:
