@@ -268,13 +268,19 @@ class Ingestor:
     def _handle_batch(
         self, topic: str, unit_id: str, payload: bytes, retained: bool, qos: int
     ) -> list[Reply]:
-        if not payload and retained:
-            return []  # a retained batch the hub itself cleared (below): nothing to keep
-        read = read_batch(unit_id, payload)  # unanswerable: Refusal, kept whole
-        replies: list[Reply] = []
+        if not payload:
+            # Nothing to keep and nobody to answer: the hub's own clearing of a retained
+            # batch (below) comes back to it like this, live or at a subscribe.
+            return []
+        # Kept by the broker, a retained batch would come back at every subscribe: clear it,
+        # whatever it holds.
+        replies = [Reply(topic, b"", retain=True)] if retained else []
+        try:
+            read = read_batch(unit_id, payload)
+        except Refusal as refusal:  # nobody to answer: kept whole
+            self._dead_letter(topic, payload, refusal)
+            return replies
         if retained:
-            # Kept by the broker, it would come back at every subscribe: clear it.
-            replies.append(Reply(topic, b"", retain=True))
             read.refusal = Refusal("retained", "a scan batch must not be published retained")
         elif qos != 1:
             read.refusal = Refusal(

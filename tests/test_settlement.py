@@ -220,11 +220,14 @@ def test_retained_or_qos0_batches_are_refused_and_a_retained_one_cleared(hub: Hu
     assert Reply(SCANS, b"", retain=True) in replies
     [ack] = [decode_message(r.payload, Ack) for r in replies if r.topic.endswith("/ack")]
     assert ack.refusal is not None and ack.refusal.code == "retained"
-    # The hub's own clearing comes back to it: nothing to keep.
+    # The hub's own clearing comes back to it, live or retained: nothing to keep.
     assert hub.ingestor.handle(SCANS, b"", retained=True) == []
+    assert hub.ingestor.handle(SCANS, b"") == []
+    # Retained junk nobody can be answered for is kept, and cleared all the same.
+    assert hub.ingestor.handle(SCANS, b"junk", retained=True) == [Reply(SCANS, b"", retain=True)]
     ack2 = hub.send(hub.batch([hub.scan()]), qos=0)
     assert ack2 is not None and ack2.refusal is not None and ack2.refusal.code == "not_qos1"
-    assert hub.codes() == ["not_qos1", "retained"]
+    assert hub.codes() == ["not_json", "not_qos1", "retained"]
     assert hub.store.counts()["scans"] == 0
 
 
