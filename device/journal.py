@@ -44,7 +44,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -296,20 +296,11 @@ class ScanJournal(Closeable):
         params = [(at_ms, scan_id) for scan_id in dict.fromkeys(scan_ids)]
         if not params:
             return 0
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                cursor = conn.executemany(
-                    "UPDATE scans SET acked_at_ms = ? WHERE scan_id = ? AND acked_at_ms IS NULL",
-                    params,
-                )
-                changed = cursor.rowcount
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise JournalError(f"cannot settle {len(params)} scans: {_describe(exc)}") from exc
-        return changed
+        return self._write_many(
+            f"settle {len(params)} scans",
+            "UPDATE scans SET acked_at_ms = ? WHERE scan_id = ? AND acked_at_ms IS NULL",
+            params,
+        )
 
     def quarantine(self, refusals: Iterable[tuple[str, str, str]], at: datetime) -> int:
         """Take scans the hub refused for good out of the queue: (scan_id, code, reason).
@@ -325,19 +316,7 @@ class ScanJournal(Closeable):
         ]
         if not params:
             return 0
-        with self._lock:
-            conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                cursor = conn.executemany(_QUARANTINE_SQL, params)
-                changed = cursor.rowcount
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise JournalError(
-                    f"cannot quarantine {len(params)} scans: {_describe(exc)}"
-                ) from exc
-        return changed
+        return self._write_many(f"quarantine {len(params)} scans", _QUARANTINE_SQL, params)
 
     def quarantined(self, limit: int = 100) -> list[QuarantinedScan]:
         """The oldest `limit` quarantined scans, with the hub's code and reason."""
@@ -459,6 +438,19 @@ class ScanJournal(Closeable):
             except sqlite3.Error as exc:
                 self._rollback(conn)
                 raise JournalError(f"cannot {what}: {_describe(exc)}") from exc
+
+    def _write_many(self, what: str, sql: str, params: Sequence[tuple[object, ...]]) -> int:
+        """One statement for each of `params`, in one transaction; the rows changed."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                changed = conn.executemany(sql, params).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise JournalError(f"cannot {what}: {_describe(exc)}") from exc
+        return changed
 
     def _query_int(self, sql: str) -> int | None:
         with self._lock:

@@ -89,6 +89,7 @@ from doorscan.wire import (
     topic_hub_status,
     topic_scans,
     topic_status,
+    written_for,
 )
 
 __all__ = [
@@ -103,8 +104,6 @@ log = logging.getLogger(__name__)
 
 STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted")
 """Health fields whose change is published at once, not at the next minute."""
-
-_STATUS_FIELDS_SINCE_REV_6 = ("quarantined", "config_refused_version")
 
 
 class Outbox(Protocol):
@@ -195,7 +194,6 @@ class MqttSync:
         self._deferrals = Deferrals(self._cfg.retry_refused_min_s, self._cfg.retry_refused_max_s)
         self._hub_revision: int | None = None
         self._hub_too_old_logged = False
-        self.quarantined_now = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         self.batches_sent = 0
@@ -330,7 +328,7 @@ class MqttSync:
             now = self._clock.now()
             self._outbox.settle(verdicts.stored, now)
             if verdicts.final:
-                self.quarantined_now += self._outbox.quarantine(verdicts.final, now)
+                self._outbox.quarantine(verdicts.final, now)
         except Exception:
             # They stay pending, and are sent again later.
             log.exception(
@@ -433,15 +431,15 @@ class MqttSync:
             sent_mono_ms=int(self._clock.monotonic() * 1000),
             rev=self._batch_revision(),
         )
-        hub = self._hub_revision
-        if hub is not None and revision_of(batch) > hub:
+        hub, needed = self._hub_revision, revision_of(batch)
+        if hub is not None and needed > hub:
             # The hub announced a revision that cannot read these scans: wait for its upgrade.
             if not self._hub_too_old_logged:
                 self._hub_too_old_logged = True
                 log.error(
                     "the hub reads revision %d, these scans need %d; they wait for the hub",
                     hub,
-                    revision_of(batch),
+                    needed,
                 )
             return False
         info = self._client.publish(topic_scans(self.unit_id), encode_message(batch), qos=1)
@@ -510,8 +508,7 @@ class MqttSync:
         return encode_message(self._readable_by_hub(status))
 
     def _readable_by_hub(self, status: UnitStatus) -> UnitStatus:
-        """The status without the fields a hub of an older revision would refuse it for."""
+        """The status without the fields a hub of an older revision would refuse it for
+        (without an announced revision: as revision 5, the last without announcements)."""
         hub = self._hub_revision
-        if hub is not None and hub >= REV_FIELD_SINCE:
-            return status
-        return status.model_copy(update=dict.fromkeys(_STATUS_FIELDS_SINCE_REV_6))
+        return written_for(status, REV_FIELD_SINCE - 1 if hub is None else hub)

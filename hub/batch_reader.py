@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from doorscan.errors import Refusal
 from doorscan.wire import (
     MAX_BATCH_SCANS,
+    SCAN_ID_PATTERN,
     WIRE_REVISION,
     BatchHead,
     Scan,
@@ -42,7 +43,7 @@ from doorscan.wire import (
 
 __all__ = ["ReadBatch", "ReadScan", "RefusedRead", "read_batch"]
 
-_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_SCAN_ID = re.compile(SCAN_ID_PATTERN)
 
 
 @dataclass(frozen=True)

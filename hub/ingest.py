@@ -227,10 +227,8 @@ class Ingestor:
         if unit.unit_id != unit_id:
             raise Refusal("id_mismatch", f"unit {unit.unit_id} published on {unit_id}'s topic")
         with _storing():
-            if self._store.venue(unit.venue_id) is None:
-                known = False
-            else:
-                known = True
+            known = self._store.venue(unit.venue_id) is not None
+            if known:
                 self._store.upsert_unit(unit)
         if not known:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")

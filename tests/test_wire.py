@@ -238,3 +238,17 @@ def test_every_refusal_code_the_hub_writes_is_documented() -> None:
     found |= {"unsealable", "poison", "replayed_batch", "internal_error"}  # raised elsewhere
     assert found <= documented, found - documented
     assert len(found) >= 25  # the search finds the codes: a broken pattern finds none
+
+
+def test_a_message_written_for_an_older_reader_leaves_out_what_it_would_refuse() -> None:
+    status = wire.UnitStatus(
+        unit_id="u1", online=True, uptime_s=5, config_version=3, quarantined=2, rev=6
+    )
+    for revision, kept in ((6, 6), (5, 5), (4, 4), (3, 1)):
+        older = wire.written_for(status, revision)
+        assert wire.revision_of(older) == kept
+        decode_message(encode_message(older), wire.UnitStatus)  # still a valid message
+    assert wire.written_for(status, 5).config_version == 3
+    assert wire.written_for(status, 5).quarantined is None and "rev" not in json.loads(
+        encode_message(wire.written_for(status, 5))
+    )

@@ -26,6 +26,7 @@ from doorscan.wire.codec import (
     load_json,
     revision_of,
     schema_refusal,
+    written_for,
 )
 from doorscan.wire.limits import (
     MAX_BATCH_SCANS,
@@ -41,6 +42,7 @@ from doorscan.wire.messages import (
     ID_PATTERN,
     MESSAGES,
     QUIET_HOURS_TZ,
+    SCAN_ID_PATTERN,
     SCHEMA_VERSION,
     SUB_ALL_SCANS,
     SUB_ALL_STATUS,
@@ -82,6 +84,7 @@ __all__ = [
     "QUIET_HOURS_TZ",
     "REVISIONS",
     "REV_FIELD_SINCE",
+    "SCAN_ID_PATTERN",
     "SCHEMA_VERSION",
     "SUB_ALL_SCANS",
     "SUB_ALL_STATUS",
@@ -115,4 +118,5 @@ __all__ = [
     "topic_registry_venue",
     "topic_scans",
     "topic_status",
+    "written_for",
 ]

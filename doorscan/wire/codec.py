@@ -29,6 +29,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from doorscan.errors import Refusal
 from doorscan.timefmt import format_rfc3339, parse_rfc3339
@@ -51,6 +52,7 @@ __all__ = [
     "load_json",
     "render_revisions",
     "revision_of",
+    "written_for",
     "schema_refusal",
 ]
 
@@ -111,6 +113,13 @@ _TIME_KEYS = frozenset(
 M = TypeVar("M", bound=BaseModel)
 
 
+def _since(field: FieldInfo) -> int | None:
+    """The revision a field was added in (its ``since``), None for one of revision 1."""
+    extra = field.json_schema_extra
+    added = extra.get("since") if isinstance(extra, dict) else None
+    return added if isinstance(added, int) else None
+
+
 def revision_of(message: BaseModel) -> int:
     """The lowest revision that has every field `message` sets (nested messages too)."""
     revision = _MESSAGE_SINCE.get(type(message), 1)
@@ -118,14 +127,26 @@ def revision_of(message: BaseModel) -> int:
         value = getattr(message, name)
         if value is None or name == "rev":
             continue
-        extra = field.json_schema_extra
-        added = extra.get("since") if isinstance(extra, dict) else None
-        if isinstance(added, int):
+        if (added := _since(field)) is not None:
             revision = max(revision, added)
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, BaseModel):
                 revision = max(revision, revision_of(item))
     return revision
+
+
+def written_for(message: M, revision: int) -> M:
+    """`message` without the fields a reader of `revision` does not know (they are optional).
+
+    For a writer that cannot know its reader's revision in advance (a unit's status, read
+    by a hub that may be older): what the reader would refuse is left out.
+    """
+    newer = {
+        name
+        for name, field in type(message).model_fields.items()
+        if (added := _since(field)) is not None and added > revision
+    }
+    return message.model_copy(update=dict.fromkeys(newer)) if newer else message
 
 
 def canonical_bytes(message: BaseModel) -> bytes:

@@ -46,6 +46,7 @@ from doorscan.wire.limits import (
 
 __all__ = [
     "ID_PATTERN",
+    "SCAN_ID_PATTERN",
     "CODE_PATTERN",
     "SCHEMA_VERSION",
     "TOPIC_ROOT",
@@ -81,13 +82,15 @@ SCHEMA_VERSION = 1
 """The major version: ``"v": 1`` in every message and ``doorscan/v1`` in every topic."""
 TOPIC_ROOT = "doorscan/v1"
 ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+SCAN_ID_PATTERN = r"[A-Za-z0-9_-]{8,64}"
+"""Scan and batch ids: minted by units, so wider than a topic-level id."""
 CODE_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 """A refusal code: a short lowercase name of the rule (docs/wire.md lists them)."""
 _ID_RE = re.compile(ID_PATTERN)
 
 # The wire never carries a name of anything that could break a topic (`+`, `#`, `/`).
 EntityId = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
-ScanId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+ScanId = Annotated[str, StringConstraints(pattern=f"^{SCAN_ID_PATTERN}$")]
 BootId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,32}$")]
 Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
 WireInt = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
