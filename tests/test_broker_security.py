@@ -49,6 +49,7 @@ from doorscan.wire import (
     topic_registry_venue,
     topic_scans,
 )
+from doorscan.wire.limits import BROKER_MAX_PACKET_BYTES
 from hub.ingest import Ingestor
 from hub.service import HubService
 from provisioning.broker_pki import BrokerPKI
@@ -466,3 +467,17 @@ def test_the_broker_forwards_no_payload_over_the_wire_limit(fleet: Fleet) -> Non
     finally:
         hub.close()
         unit.close()
+
+
+def test_the_broker_cuts_off_a_client_sending_a_packet_past_the_limit(fleet: Fleet) -> None:
+    """`max_packet_size`: the broker need not read (and hold) a huge packet to refuse it."""
+    ca = fleet.broker_dir / "ca.pem"
+    unit = _client("unit-b", fleet.unit_files("unit-b"), ca)
+    assert _try_connect(unit, fleet.port)
+    dropped = threading.Event()
+    unit.on_disconnect = lambda c, u, f, reason, p: dropped.set()
+    unit.publish(topic_scans("unit-b"), b"x" * (BROKER_MAX_PACKET_BYTES + 1), qos=1)
+    try:
+        assert dropped.wait(10), "the broker kept a client that sent an oversize packet"
+    finally:
+        unit.loop_stop()

@@ -132,6 +132,7 @@ def test_a_scan_the_hub_cannot_take_now_is_kept_and_sent_again_later(
     broker: LocalBroker, store: HubStore, tmp_path: Path
 ) -> None:
     # door-2 is not in the hub's registry yet (its record is late): "not now".
+    sniffer = Sniffer(broker)
     with ScanJournal(tmp_path / "journal.db") as journal:
         journal.record(_scan(1))
         with _hub(store, broker) as hub, _sync(journal, broker, "door-2").start() as sync:
@@ -141,7 +142,11 @@ def test_a_scan_the_hub_cannot_take_now_is_kept_and_sent_again_later(
             store.upsert_unit(UnitRecord(unit_id="door-2", venue_id="hospital"))
             assert wait_for(lambda: journal.backlog() == 0, 10)
             assert sync.acks_received >= 2
+    sniffer.close()
     assert store.dead_letters() == [] and store.counts()["scans"] == 1
+    # The same scan went twice, each time in a batch of its own id (docs/wire.md).
+    sent = [b["batch_id"] for b in sniffer.on(topic_scans("door-2"))]
+    assert len(sent) >= 2 and len(set(sent)) == len(sent)
 
 
 def test_the_unit_writes_the_revision_the_hub_announced(

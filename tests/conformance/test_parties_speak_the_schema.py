@@ -97,3 +97,10 @@ def test_every_message_the_parties_send_matches_its_schema(
     scans = [json.loads(p) for t, p in listener.received if t.endswith("clinic-door/scans")]
     assert all(s.get("sealed") and "qr_text" not in s for b in scans for s in b["scans"])
     assert scans[-1]["rev"] == 6
+    # The hub said it went away when it was restarted, and that it was back, in that order.
+    hub_says = [
+        json.loads(p)["online"] for t, p in listener.received if t == "doorscan/v1/hub/status"
+    ]
+    assert hub_says[-2:] == [False, True]
+    # Each batch the unit sent has an id of its own.
+    assert len({b["batch_id"] for b in scans}) == len(scans)
