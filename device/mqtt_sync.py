@@ -105,6 +105,9 @@ log = logging.getLogger(__name__)
 STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted")
 """Health fields whose change is published at once, not at the next minute."""
 
+HUB_STATUS_WAIT_S = 5.0
+"""After a connect, how long the first batch waits for the hub's retained status at most."""
+
 
 class Outbox(Protocol):
     """What the sync needs of the journal (device.journal.ScanJournal provides it)."""
@@ -189,6 +192,10 @@ class MqttSync:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # Set once the broker has handed over the retained hub status (or there is none).
+        self._heard_hub = threading.Event()
+        self._connected_at = 0.0
+        self._barrier_mid: int | None = None
         self._in_flight: dict[str, _InFlight] = {}
         # Scans the hub asked to have again later (device.answers).
         self._deferrals = Deferrals(self._cfg.retry_refused_min_s, self._cfg.retry_refused_max_s)
@@ -282,6 +289,7 @@ class MqttSync:
         configure_client_auth(client, self._broker)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.message_callback_add(topic_ack(self.unit_id), self._on_ack)
         client.message_callback_add(topic_hub_status(), self._on_hub_status)
         if self._on_config_payload is not None:
@@ -297,6 +305,12 @@ class MqttSync:
         if self._on_config_payload is not None:
             topics.append((topic_config(self.unit_id), 1))
         client.subscribe(topics)
+        # The broker hands a subscription's retained messages (the hub's status) over
+        # before it answers a later SUBSCRIBE: this one's SUBACK says they are all in, so
+        # the first batch is written in the revision the hub announced.
+        self._heard_hub.clear()
+        self._connected_at = self._clock.monotonic()
+        _, self._barrier_mid = client.subscribe(topic_ack(self.unit_id), 1)
         self.publish_status()
         with self._lock:
             # Whatever was in flight may never be acked (the broker may have lost it): resend.
@@ -304,6 +318,14 @@ class MqttSync:
         self._connected.set()
         self._wake.set()
         log.info("connected to %s:%d", self._broker.host, self._broker.port)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        if mid == self._barrier_mid and not self._heard_hub.is_set():
+            self._heard_hub.set()
+            self.publish_status()  # now in the revision the hub reads
+            self._wake.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -412,6 +434,9 @@ class MqttSync:
                     del self._in_flight[batch_id]
 
     def _send_one_batch(self) -> bool:
+        waited = self._clock.monotonic() - self._connected_at
+        if not self._heard_hub.is_set() and waited < HUB_STATUS_WAIT_S:
+            return False  # the hub's retained status is on its way (see _on_connect)
         with self._lock:
             if len(self._in_flight) >= self._cfg.max_in_flight:
                 return False

@@ -22,6 +22,7 @@ from device.config import BrokerConfig, SyncConfig
 from device.journal import ScanJournal
 from device.mqtt_sync import MqttSync
 from doorscan.localbroker import LocalBroker
+from doorscan.sealing import generate_key, seal
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
     Scan,
@@ -29,6 +30,7 @@ from doorscan.wire import (
     UnitStatus,
     VenueRecord,
     decode_message,
+    topic_hub_status,
     topic_scans,
     topic_status,
 )
@@ -205,3 +207,44 @@ def test_the_quarantine_command_lists_and_releases_as_documented(tmp_path: Path)
     assert [json.loads(line)["code"] for line in device().splitlines()] == ["future_time"]
     with ScanJournal(tmp_path / "journal.db") as journal:
         assert journal.backlog() == 2 and journal.quarantine_count() == 1
+
+
+def test_a_unit_holds_scans_that_the_hub_it_hears_cannot_read(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """A hub that announces an older revision than a scan needs gets nothing it would
+    refuse: the unit waits, and sends once a hub that reads it announces itself."""
+    sniffer = Sniffer(broker)
+    announce = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    announce.connect(broker.host, broker.port)
+    announce.loop_start()
+
+    def hub_reads(revision: int) -> None:
+        status = {"v": 1, "rev": 6, "schema": "doorscan.hub-status", "online": True}
+        status["revision"] = revision
+        announce.publish(
+            topic_hub_status(), json.dumps(status).encode(), qos=1, retain=True
+        ).wait_for_publish(5)
+
+    hub_reads(2)  # sealed scans came in revision 3
+    with ScanJournal(tmp_path / "journal.db") as journal:
+        sealed = seal(cccd_text(PEOPLE[0]), generate_key().public_key())
+        journal.record(
+            Scan(
+                scan_id="sealed-000001",
+                venue_id="hospital",
+                scanned_at=T0,
+                sealed=sealed,
+                kind="cccd",
+            )
+        )
+        with _sync(journal, broker).start() as sync:
+            assert sync.wait_connected(10) and wait_for(lambda: sync.hub_revision == 2)
+            sync.notify()
+            assert not wait_for(lambda: bool(sniffer.on(topic_scans("door-1"))), 1.5)
+            hub_reads(6)
+            assert wait_for(lambda: bool(sniffer.on(topic_scans("door-1"))), 10)
+    announce.loop_stop()
+    sniffer.close()
+    [sent] = sniffer.on(topic_scans("door-1"))
+    assert sent["rev"] == 6 and sent["scans"][0]["sealed"] == sealed  # type: ignore[index]
