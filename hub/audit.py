@@ -18,23 +18,33 @@ What a chain cannot see, and what covers it:
   separate one-row table (``audit_head``), updated in the same transaction as each
   insert; `verify_chain` compares the chain's end with it.
 - **A rewrite by someone who can write the file.** The hash is not keyed: whoever
-  can edit the database can recompute every hash and the head. The chain makes
-  tampering *evident* to anyone who noted an earlier head (``audit verify`` prints
-  it), not impossible. Copying the head hash somewhere the hub cannot write (a
-  ticket, a second machine) turns every later rewrite of earlier entries into a
-  detectable one.
+  can edit the database can recompute every hash and the head. So the head is
+  *anchored*: ``doorscan-hub audit anchor`` (a systemd timer, every 15 minutes) signs
+  it with the hub's Ed25519 audit key (`Anchor`), appends it to an anchors file meant
+  to be shipped off the box, and prints it to the journal. ``audit verify --anchors``
+  then fails when an anchored entry is gone or has another hash (`check_anchors`):
+  truncation plus re-hashing, which the chain alone cannot see.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "GENESIS_HASH",
+    "Anchor",
+    "AnchorKeys",
+    "AnchorSigner",
+    "check_anchors",
+    "make_anchor",
     "AuditHead",
     "AuditRow",
     "AuditVerification",
@@ -158,3 +168,117 @@ def verify_chain(rows: Iterable[AuditRow], head: AuditHead | None) -> AuditVerif
 
 def _bad(entries: int, first_bad_id: int | None, problem: str, head: str) -> AuditVerification:
     return AuditVerification(False, entries, first_bad_id, problem, head_hash=head)
+
+
+# -- anchors: the head, signed and copied where the database's owner cannot rewrite it -------
+
+ANCHOR_DOMAIN = b"doorscan-audit-anchor-v1\n"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The chain's head at one moment, signed with the hub's Ed25519 audit key.
+
+    One JSON object per line in an anchors file (`to_line`, `from_line`). Anyone who can
+    write the database can rewrite the chain and its head; nobody can make an entry
+    that an anchor copied elsewhere names disappear or change its hash, so
+    `check_anchors` catches a truncated tail and a chain hashed again up to the newest
+    anchor. Entries written after the newest anchor are covered only by the next one.
+    """
+
+    entries: int
+    last_id: int | None
+    head_hash: str
+    at: str  # RFC 3339, when the anchor was taken
+    key_id: str
+    signature: str = ""  # base64 of the Ed25519 signature over `signed_bytes`
+
+    def signed_bytes(self) -> bytes:
+        body = [self.entries, self.last_id, self.head_hash, self.at, self.key_id]
+        return ANCHOR_DOMAIN + json.dumps(body, separators=(",", ":")).encode("ascii")
+
+    def to_line(self) -> str:
+        return json.dumps(
+            {
+                "v": 1,
+                "entries": self.entries,
+                "last_id": self.last_id,
+                "head_hash": self.head_hash,
+                "at": self.at,
+                "key_id": self.key_id,
+                "signature": self.signature,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_line(cls, line: str) -> Anchor:
+        """One line of an anchors file; `ValueError` if it is not one."""
+        data = json.loads(line)
+        if not isinstance(data, dict) or data.get("v") != 1:
+            raise ValueError("not an audit anchor of version 1")
+        try:
+            return cls(
+                entries=int(data["entries"]),
+                last_id=None if data["last_id"] is None else int(data["last_id"]),
+                head_hash=str(data["head_hash"]),
+                at=str(data["at"]),
+                key_id=str(data["key_id"]),
+                signature=str(data["signature"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"an audit anchor without {exc}") from None
+
+
+class AnchorSigner(Protocol):
+    key_id: str
+
+    def sign(self, body: bytes) -> bytes: ...
+
+
+class AnchorKeys(Protocol):
+    def get(self, key_id: str) -> Ed25519PublicKey | None: ...
+
+
+def make_anchor(
+    check: AuditVerification, last_id: int | None, at: str, signer: AnchorSigner
+) -> Anchor:
+    """Sign the head of a chain that `verify_chain` found intact."""
+    if not check.ok:
+        raise ValueError("the audit log is broken: an anchor would vouch for it")
+    unsigned = Anchor(check.entries, last_id, check.head_hash, at, signer.key_id)
+    signature = base64.b64encode(signer.sign(unsigned.signed_bytes())).decode("ascii")
+    return Anchor(check.entries, last_id, check.head_hash, at, signer.key_id, signature)
+
+
+def check_anchors(
+    anchors: Iterable[Anchor],
+    keys: AnchorKeys,
+    entries: int,
+    hash_at: Callable[[int], str | None],
+) -> str | None:
+    """The first problem of the chain against `anchors`, or None when every one holds.
+
+    Each anchor must carry a good signature of a trusted key; the chain must have at
+    least as many entries as it names, and its entry ``last_id`` must have the hash it
+    names (`hash_at` reads one entry's stored hash; the chain itself was checked).
+    """
+    for number, anchor in enumerate(anchors, start=1):
+        key = keys.get(anchor.key_id)
+        if key is None:
+            return f"anchor {number} ({anchor.at}) is signed by unknown key {anchor.key_id}"
+        try:
+            key.verify(base64.b64decode(anchor.signature), anchor.signed_bytes())
+        except (InvalidSignature, ValueError):
+            return f"anchor {number} ({anchor.at}) has a bad signature"
+        if entries < anchor.entries:
+            return (
+                f"anchor {number} ({anchor.at}) saw {anchor.entries} entries; the log has "
+                f"{entries}: entries were deleted"
+            )
+        if anchor.last_id is not None and hash_at(anchor.last_id) != anchor.head_hash:
+            return (
+                f"entry {anchor.last_id} no longer has the hash anchor {number} ({anchor.at}) "
+                "recorded: the log was rewritten"
+            )
+    return None

@@ -9,14 +9,18 @@ turns it back into a `User`, whose `principal()` is what `hub.access` checks:
     >>> user = create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None,
     ...                    "a long passphrase", now)                        # doctest: +SKIP
     >>> issued = login(store, "ytepleiku", "a long passphrase", now)        # doctest: +SKIP
-    >>> authenticate(store, issued.token, now).principal()                  # doctest: +SKIP
-    Principal(role=<Role.TRACER: 'tracer'>, venue_id=None)
+    >>> authenticate(store, issued.token, now).principal(Channel.API, "10.0.0.7")  # doctest: +SKIP
+    Principal(role=<Role.TRACER: 'tracer'>, venue_id=None, account='ytepleiku', ...)
 
 What is stored, and why:
 
-* Passwords as scrypt (n=2**14, r=8, p=1, 16-byte random salt, 32-byte key) in a
-  self-describing string, ``scrypt$16384$8$1$<salt>$<key>`` (base64), so the cost can be
-  raised later and old hashes still verify. Compared in constant time.
+* Passwords as scrypt at one of OWASP's current parameter sets (n=2**14, r=8, p=5:
+  16 MiB and about 0.24 s per check on the test machine; the set n=2**17, p=1 costs the
+  same time but 128 MiB a check, which a burst of logins on a small hub would feel;
+  16-byte random salt, 32-byte key) in a self-describing string,
+  ``scrypt$16384$8$5$<salt>$<key>`` (base64), so old hashes
+  still verify; a login whose hash was made at a lower cost stores it again at the
+  current one (`login`). Compared in constant time.
 * Tokens are 32 random bytes (``secrets.token_urlsafe``), shown once; the store keeps
   only their SHA-256. A token has 256 bits of entropy, so a fast hash is enough (there
   is nothing to brute-force), and a copy of the database (a backup, a stolen disk)
@@ -24,6 +28,9 @@ What is stored, and why:
 * A token is refused once revoked (`logout`), expired, or when its user is inactive or
   gone; `authenticate` checks all three on every request, so disabling a user takes
   effect at once.
+
+Every login (ok, failed, locked), logout, token made or revoked and user change is an
+audit entry naming the account (`hub.access.record_event`).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from typing import Protocol
 from doorscan.errors import Refusal
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import ID_PATTERN
-from hub.access import Principal, PrincipalError, Role
-from hub.store import StoredToken, StoredUser, UserStore
+from hub.access import Channel, Principal, PrincipalError, Role, record_event
+from hub.login_throttle import LoginThrottle
+from hub.store import AuditLog, StoredToken, StoredUser, UserStore
 from hub.store.base import Registry
 
 __all__ = [
@@ -50,14 +58,21 @@ __all__ = [
     "SESSION_HOURS",
     "AuthStore",
     "IssuedToken",
+    "LoginOutcome",
     "User",
     "authenticate",
+    "change_role",
+    "checked_login",
     "create_user",
     "hash_password",
     "hash_token",
     "issue_api_token",
     "login",
     "logout",
+    "reset_password",
+    "revoke_token",
+    "set_active",
+    "unlock",
     "verify_password",
 ]
 
@@ -67,15 +82,16 @@ API_TOKEN_MAX_DAYS = 3650
 MIN_PASSWORD_CHARS = 12
 """A passphrase, not a word: scrypt slows guessing, it does not make a short password strong."""
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 5
 SCRYPT_SALT_BYTES, SCRYPT_KEY_BYTES = 16, 32
 TOKEN_BYTES = 32
 _SCHEME = "scrypt"
 _USER_ID_RE = re.compile(ID_PATTERN)
 
 
-class AuthStore(UserStore, Registry, Protocol):
-    """A store with users and tokens, and the venue registry (the venue role needs it)."""
+class AuthStore(UserStore, Registry, AuditLog, Protocol):
+    """A store with users, tokens and failed logins, the venue registry (the venue role
+    needs it) and the audit log (every account event is recorded)."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +103,11 @@ class User:
     role: Role
     venue_id: str | None
 
-    def principal(self) -> Principal:
-        return Principal(self.role, self.venue_id)
+    def principal(self, channel: Channel, address: str | None) -> Principal:
+        """This user asking over `channel` from `address`: what `hub.access` checks."""
+        return Principal(
+            self.role, self.venue_id, account=self.user_id, channel=channel, address=address
+        )
 
 
 @dataclass(frozen=True)
@@ -151,8 +170,12 @@ def create_user(
     venue_id: str | None,
     password: str,
     now: datetime,
+    *,
+    by: Principal | None = None,
 ) -> User:
     """Add an active user; `Refusal` for a bad id, role/venue mismatch or short password.
+
+    Audited as ``user_add``, by `by` (the operator; None when the hub sets itself up).
 
     The venue role must name a registered venue (the foreign key would refuse it too,
     but with a message nobody can act on). `hub.store.UserExists` if the
@@ -169,7 +192,7 @@ def create_user(
         raise Refusal("no_name", "give the user's name as people will see it")
     try:
         user = User(user_id, display_name, Role(role), venue_id)
-        user.principal()
+        user.principal(Channel.CLI, None)
     except (PrincipalError, ValueError) as exc:
         raise Refusal("bad_role", str(exc)) from None
     if venue_id is not None and store.venue(venue_id) is None:
@@ -189,6 +212,7 @@ def create_user(
             created_at_ms=to_ms(now),
         )
     )
+    record_event(store, "user_add", user_id, now, by=by, role=str(user.role), venue_id=venue_id)
     return user
 
 
@@ -211,21 +235,69 @@ def _issue(
     return IssuedToken(token, user, from_ms(to_ms(expires)))
 
 
+def _current_cost(stored_hash: str) -> bool:
+    return stored_hash.split("$")[1:4] == [str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P)]
+
+
 def login(store: AuthStore, user_id: str, password: str, now: datetime) -> IssuedToken | None:
     """A session token (`SESSION_HOURS`) for the right password of an active user, else None.
 
     The answer does not tell an unknown user from a wrong password or a disabled user,
-    and takes as long either way.
+    and takes as long either way. A right password hashed at an older, lower cost is
+    hashed again at the current one. Not throttled and not audited: `checked_login` is.
     """
     stored = store.user(user_id) if _USER_ID_RE.fullmatch(user_id) else None
     matches = verify_password(password, stored.password_hash if stored else _DUMMY_HASH)
     if stored is None or not matches or not stored.active:
         return None
+    if not _current_cost(stored.password_hash):
+        store.set_password_hash(stored.user_id, hash_password(password))
     return _issue(store, _user(stored), "session", timedelta(hours=SESSION_HOURS), now)
 
 
-def issue_api_token(store: AuthStore, user_id: str, days: int, now: datetime) -> IssuedToken:
-    """An API token for scripts, valid `days` days; `Refusal` for an unknown or inactive user."""
+@dataclass(frozen=True)
+class LoginOutcome:
+    """A throttled login: a token, or None; `wait_s` > 0 when refused before any check."""
+
+    issued: IssuedToken | None
+    wait_s: float = 0.0
+
+
+def checked_login(
+    store: AuthStore,
+    throttle: LoginThrottle,
+    user_id: str,
+    password: str,
+    *,
+    channel: Channel,
+    address: str,
+    now: datetime,
+) -> LoginOutcome:
+    """`login` behind the throttle, audited as ``login``, ``login_failed`` or ``login_locked``.
+
+    A locked attempt is refused before the password is checked, so guessing gains
+    nothing from it. `address` is the client's (`hub.web.deps.client_address`).
+    """
+    attempt = throttle.reserve(store, user_id, address, now)
+    if attempt.wait_s > 0:
+        record_event(store, "login_locked", user_id, now, channel=str(channel), address=address)
+        return LoginOutcome(None, attempt.wait_s)
+    issued: IssuedToken | None = None
+    try:
+        issued = login(store, user_id, password, now)
+    finally:
+        throttle.settle(store, attempt, ok=issued is not None)
+    action = "login" if issued else "login_failed"
+    record_event(store, action, user_id, now, channel=str(channel), address=address)
+    return LoginOutcome(issued)
+
+
+def issue_api_token(
+    store: AuthStore, user_id: str, days: int, now: datetime, *, by: Principal | None = None
+) -> IssuedToken:
+    """An API token for scripts, valid `days` days; `Refusal` for an unknown or inactive user.
+
+    Audited as ``token_create`` (the first 12 hex digits of its hash name it there)."""
     if not 1 <= days <= API_TOKEN_MAX_DAYS:
         raise Refusal("bad_days", f"days must be 1..{API_TOKEN_MAX_DAYS}, not {days}")
     stored = store.user(user_id)
@@ -233,7 +305,11 @@ def issue_api_token(store: AuthStore, user_id: str, days: int, now: datetime) ->
         raise Refusal("unknown_user", f"no user {user_id!r}")
     if not stored.active:
         raise Refusal("inactive_user", f"the user {user_id!r} is disabled")
-    return _issue(store, _user(stored), "api", timedelta(days=days), now)
+    issued = _issue(store, _user(stored), "api", timedelta(days=days), now)
+    record_event(
+        store, "token_create", user_id, now, by=by, token=hash_token(issued.token)[:12], days=days
+    )
+    return issued
 
 
 def authenticate(store: AuthStore, token: str, now: datetime) -> User | None:
@@ -249,8 +325,70 @@ def authenticate(store: AuthStore, token: str, now: datetime) -> User | None:
     return _user(owner)
 
 
-def logout(store: AuthStore, token: str, now: datetime) -> None:
+def logout(store: AuthStore, token: str, now: datetime, by: Principal) -> None:
     """Revoke the token (an unknown one is ignored: logging out twice is not an error)."""
-    del now  # kept in the signature so a later audit of logouts has its time
-    if token and len(token) <= 256:
-        store.revoke_token(hash_token(token))
+    if token and len(token) <= 256 and store.revoke_token(hash_token(token)):
+        record_event(store, "logout", by.account, now, by=by)
+
+
+def revoke_token(store: AuthStore, token_hash: str, now: datetime, by: Principal) -> bool:
+    """Revoke a token by its hash (an admin ending someone's session); audited."""
+    stored = store.token(token_hash)
+    if stored is None or not store.revoke_token(token_hash):
+        return False
+    record_event(
+        store, "token_revoke", stored.user_id, now, by=by, token=token_hash[:12], kind=stored.kind
+    )
+    return True
+
+
+# -- an admin's changes to accounts (each audited, naming who made it) -------------------------
+
+
+def set_active(store: AuthStore, user_id: str, active: bool, now: datetime, by: Principal) -> None:
+    """Disable a user (their tokens stop working at once) or enable them again."""
+    if not store.set_user_active(user_id, active):
+        raise Refusal("unknown_user", f"no user {user_id!r}")
+    record_event(store, "user_change", user_id, now, by=by, active=active)
+
+
+def reset_password(
+    store: AuthStore, user_id: str, password: str, now: datetime, by: Principal
+) -> None:
+    """Give a user a new password (at least `MIN_PASSWORD_CHARS` characters)."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise Refusal(
+            "short_password", f"the password needs at least {MIN_PASSWORD_CHARS} characters"
+        )
+    if not store.set_password_hash(user_id, hash_password(password)):
+        raise Refusal("unknown_user", f"no user {user_id!r}")
+    record_event(store, "user_change", user_id, now, by=by, change="password reset")
+
+
+def change_role(
+    store: AuthStore,
+    user_id: str,
+    role: Role,
+    venue_id: str | None,
+    now: datetime,
+    by: Principal,
+) -> None:
+    """Give a user another role (the venue role with a registered venue)."""
+    try:
+        Principal(role, venue_id, account=user_id, channel=Channel.CLI)
+    except PrincipalError as exc:
+        raise Refusal("bad_role", str(exc)) from None
+    if venue_id is not None and store.venue(venue_id) is None:
+        raise Refusal("unknown_venue", f"no venue {venue_id!r} is registered")
+    if not store.set_user_role(user_id, str(role), venue_id):
+        raise Refusal("unknown_user", f"no user {user_id!r}")
+    record_event(store, "user_change", user_id, now, by=by, role=str(role), venue_id=venue_id)
+
+
+def unlock(
+    store: AuthStore, throttle: LoginThrottle, user_id: str, now: datetime, by: Principal
+) -> int:
+    """Lift a lock on a user's logins (forget their failures); how many were forgotten."""
+    forgotten = throttle.unlock(store, user_id)
+    record_event(store, "unlock", user_id, now, by=by, failures=forgotten)
+    return forgotten

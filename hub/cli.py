@@ -59,7 +59,7 @@ from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
 from hub.cli_unitconfig import add_unit_config
 from hub.cli_web import add_token, add_user, add_web
-from hub.store import StoreError
+from hub.store.factory import StoreError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

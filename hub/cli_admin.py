@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from doorscan.atomicfile import write_atomic
 from doorscan.cards import CardKeyring
+from doorscan.ed25519keys import Ed25519Keyring, Ed25519Signer
 from doorscan.errors import Refusal
 from doorscan.timefmt import format_rfc3339
-from hub.cli_common import Commands, UsageError, db_parent, open_store, printable, table
+from hub.access import AccessControlledStore, AuditQuery, DeadLetter
+from hub.audit import Anchor
+from hub.cli_common import (
+    Commands,
+    UsageError,
+    cli_principal,
+    db_parent,
+    open_store,
+    printable,
+    table,
+    time_arg,
+)
 from hub.csv_import import import_csv
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
@@ -104,17 +118,36 @@ def _run_import_csv(args: argparse.Namespace) -> int:
 
 def add_dead_letters(commands: Commands) -> None:
     parser = commands.add_parser(
-        "dead-letters", parents=[db_parent()], help="refused messages and scans, newest first"
+        "dead-letters",
+        parents=[db_parent()],
+        help="refused messages and scans, newest first (payloads only with a reason)",
+        description="Lists what ingest refused: when, from where, the code and why, and "
+        "the payload's size. A payload can hold an identity (a refused scan's QR text), so "
+        "it is printed only with --payloads and a --reason, and that read is audited.",
     )
     parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument(
+        "--payloads", action="store_true", help="print the first 60 characters of each payload"
+    )
+    parser.add_argument("--reason", default="", help="why payloads are read (with --payloads)")
     parser.set_defaults(run=_run_dead_letters)
 
 
 def _run_dead_letters(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if args.payloads and not args.reason.strip():
+        raise UsageError("--payloads needs --reason: a payload can hold an identity")
     with open_store(args.db, args.vault_key, must_exist=True) as store:
-        letters = store.dead_letters(args.limit)
+        letters = AccessControlledStore(store, cli_principal()).dead_letters(
+            args.limit, datetime.now(UTC), payloads=args.payloads, reason=args.reason
+        )
+
+    def payload(d: DeadLetter) -> str:
+        if not d.payload:
+            return f"({d.size} bytes)"
+        return printable(d.payload.decode("utf-8", "surrogateescape"), 60) + f" ({d.size} bytes)"
+
     rows = [
         [
             format_rfc3339(d.received_at),
@@ -122,8 +155,7 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
             printable(d.topic, 80),
             d.code,
             printable(d.reason, 120),
-            printable(d.payload.decode("utf-8", "surrogateescape"), 60)
-            + f" ({len(d.payload)} bytes)",
+            payload(d),
         ]
         for d in letters
     ]
@@ -154,14 +186,9 @@ def _run_held(args: argparse.Namespace) -> int:
     if args.release and not (args.reason or "").strip():
         raise UsageError("--release needs --reason: releasing puts scans into traces")
     with open_store(args.db, args.vault_key, must_exist=True) as store:
+        reader = AccessControlledStore(store, cli_principal())
         if args.release:
-            released = store.release_held(args.release)
-            store.record_audit(
-                "release_held",
-                args.reason.strip(),
-                {"asked": sorted(set(args.release)), "released": released},
-                datetime.now(UTC),
-            )
+            released = reader.release_held(args.release, args.reason, datetime.now(UTC))
             missing = sorted(set(args.release) - set(released))
             print(f"released {len(released)} held scans into the scans")
             if missing:
@@ -169,7 +196,7 @@ def _run_held(args: argparse.Namespace) -> int:
             return 0
         if args.limit < 1:
             raise UsageError("--limit must be at least 1")
-        held = store.held_scans(args.limit)
+        held = reader.held(args.limit, datetime.now(UTC))
     rows = [
         [
             format_rfc3339(h.received_at),
@@ -205,31 +232,126 @@ def add_audit(commands: Commands) -> None:
     parser = commands.add_parser("audit", help="check or list the hash-chained audit log")
     actions = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = actions.add_parser(
-        "verify", parents=[db_parent()], help="check the chain; exit 1 if it is broken"
+        "verify",
+        parents=[db_parent()],
+        help="check the chain (and its anchors); exit 1 if it is broken",
+        description="Checks every entry's link and hash and the recorded head. With "
+        "--anchors, also that every anchor (a signed copy of an earlier head, kept off the "
+        "hub) still holds: an entry it names is there with the hash it names.",
+    )
+    verify.add_argument("--anchors", type=Path, metavar="FILE", help="an anchors file")
+    verify.add_argument(
+        "--anchor-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEM",
+        help="the audit key's public half (repeatable: old keys too)",
     )
     verify.set_defaults(run=_run_audit_verify)
-    listing = actions.add_parser("list", parents=[db_parent()], help="entries, newest first")
+    keygen = actions.add_parser(
+        "keygen",
+        help="make the hub's audit key (Ed25519) that signs anchors",
+        description="Writes the private key to FILE (mode 0600) and its public half to "
+        "FILE.pub; give the public half to whoever keeps the anchors.",
+    )
+    keygen.add_argument("file", type=Path, metavar="FILE")
+    keygen.set_defaults(run=_run_audit_keygen)
+    anchor = actions.add_parser(
+        "anchor",
+        parents=[db_parent()],
+        help="sign the chain's head and append it to an anchors file (run it from a timer)",
+        description="Checks the chain, signs its head with the audit key and appends the "
+        "anchor as one JSON line to --out; also prints it (into the journal under systemd). "
+        "Ship the file off the hub: an anchor is worth what the place it is kept is.",
+    )
+    anchor.add_argument("--key", type=Path, required=True, metavar="FILE", help="audit key")
+    anchor.add_argument("--out", type=Path, required=True, metavar="FILE", help="anchors file")
+    anchor.set_defaults(run=_run_audit_anchor)
+    listing = actions.add_parser(
+        "list",
+        parents=[db_parent()],
+        help="entries, newest first, with their reasons (reading the log is audited)",
+    )
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--account", help="only this account (hub user id, or os:NAME)")
+    listing.add_argument("--action", help="only this action (trace, login_failed, ...)")
+    listing.add_argument("--since", type=time_arg, help="from this time (RFC 3339)")
+    listing.add_argument("--until", type=time_arg, help="until this time (RFC 3339)")
     listing.set_defaults(run=_run_audit_list)
 
 
 def _run_audit_verify(args: argparse.Namespace) -> int:
+    anchors: list[Anchor] = []
+    keys = None
+    if args.anchors is not None:
+        if not args.anchor_key:
+            raise UsageError("--anchors needs --anchor-key (the audit key's public half)")
+        try:
+            keys = Ed25519Keyring.from_pem_files(args.anchor_key)
+            lines = args.anchors.read_text(encoding="utf-8").splitlines()
+            anchors = [Anchor.from_line(line) for line in lines if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--anchors/--anchor-key: {exc}") from None
     with open_store(args.db, args.vault_key, must_exist=True) as store:
-        check = store.verify_audit()
-    if check.ok:
-        print(f"audit log intact: {check.entries} entries (head {check.head_hash})")
-        return 0
-    where = "" if check.first_bad_id is None else f" at entry {check.first_bad_id}"
-    print(f"audit log BROKEN{where}: {check.problem}")
-    print(f"{check.entries} entries check good before it (last good hash {check.head_hash})")
-    return 1
+        check, anchor_problem = AccessControlledStore(store, cli_principal()).verify_audit(
+            datetime.now(UTC), anchors, keys
+        )
+    if not check.ok:
+        where = "" if check.first_bad_id is None else f" at entry {check.first_bad_id}"
+        print(f"audit log BROKEN{where}: {check.problem}")
+        print(f"{check.entries} entries check good before it (last good hash {check.head_hash})")
+        return 1
+    if anchor_problem is not None:
+        print(f"audit log BROKEN: {anchor_problem}")
+        return 1
+    held = f", {len(anchors)} anchors hold" if anchors else ""
+    print(f"audit log intact: {check.entries} entries (head {check.head_hash}){held}")
+    return 0
+
+
+def _run_audit_keygen(args: argparse.Namespace) -> int:
+    public = args.file.with_name(args.file.name + ".pub")
+    if args.file.exists() or public.exists():
+        raise UsageError(f"{args.file} or {public} exists: an audit key is never replaced")
+    signer = Ed25519Signer.generate()
+    write_atomic(args.file, signer.private_pem(), mode=0o600)
+    public.write_bytes(signer.public_pem())
+    print(f"wrote the audit key {signer.key_id} to {args.file} (mode 0600) and {public}")
+    return 0
+
+
+def _run_audit_anchor(args: argparse.Namespace) -> int:
+    try:
+        signer = Ed25519Signer.from_pem_file(args.key)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--key: {exc}") from None
+    with open_store(args.db, args.vault_key, must_exist=True) as store:
+        try:
+            anchor = AccessControlledStore(store, cli_principal()).audit_anchor(
+                signer, datetime.now(UTC)
+            )
+        except ValueError as exc:
+            print(f"not anchored: {exc}", file=sys.stderr)
+            return 1
+    line = anchor.to_line()
+    with args.out.open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    print(f"audit anchor {line}")
+    return 0
 
 
 def _run_audit_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    query = AuditQuery(account=args.account, action=args.action, since=args.since, until=args.until)
     with open_store(args.db, args.vault_key, must_exist=True) as store:
-        entries = store.audit_entries(args.limit)
+        view = AccessControlledStore(store, cli_principal()).audit_log(
+            args.limit, datetime.now(UTC), query
+        )
+    entries = view.entries
     rows = [
         [
             str(e.id),
@@ -276,7 +398,7 @@ def add_purge(commands: Commands) -> None:
 def _run_purge(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     with open_store(args.db, args.vault_key, must_exist=True) as store:
-        counts = purge_expired(store, now, args.retention_days)
+        counts = purge_expired(store, now, args.retention_days, by=cli_principal())
     print(
         f"purged everything older than {format_rfc3339(retention_cutoff(now, args.retention_days))}"
         f": {counts['scans']} scans, {counts['dead_letters']} dead letters, "

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
-from hub.store import HubStore, StoreError
-from hub.store.factory import is_postgres, open_hub_store, sqlite_path
+from hub.access import Channel, Principal, Role
+from hub.store.factory import HubStore, StoreError, is_postgres, open_hub_store, sqlite_path
 from hub.trace import MAX_DEPTH
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
@@ -32,7 +32,9 @@ __all__ = [
     "EXIT_FORBIDDEN",
     "Commands",
     "UsageError",
+    "add_role_options",
     "broker_parent",
+    "cli_principal",
     "csv_lines",
     "db_parent",
     "depth_arg",
@@ -40,7 +42,9 @@ __all__ = [
     "load_vault",
     "minutes_arg",
     "open_store",
+    "os_account",
     "period_options",
+    "principal_from_args",
     "printable",
     "table",
     "time_arg",
@@ -55,6 +59,47 @@ EXIT_FORBIDDEN = 3
 
 class UsageError(DoorscanError, ValueError):
     """The command line asks for something impossible; exit code 2."""
+
+
+def os_account() -> str:
+    """The operating-system user running the command, as the audit log names it.
+
+    Read from the process's real uid, not from ``$USER`` (which anyone can set); a
+    command run through sudo names the user who ran sudo too.
+    """
+    import pwd  # POSIX only, like the hub itself
+
+    name = pwd.getpwuid(os.getuid()).pw_name
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and sudo_user != name:
+        return f"os:{name} (sudo by {sudo_user})"[:64]
+    return f"os:{name}"[:64]
+
+
+def cli_principal(role: Role = Role.ADMIN, venue_id: str | None = None) -> Principal:
+    """The command-line operator in `role` (admin for the operators' commands)."""
+    return Principal(role, venue_id, account=os_account(), channel=Channel.CLI)
+
+
+def add_role_options(parser: argparse.ArgumentParser) -> None:
+    """``--role`` (default tracer) and ``--as-venue``, for commands that read identities."""
+    parser.add_argument(
+        "--role",
+        choices=[str(r) for r in Role],
+        default=str(Role.TRACER),
+        help="who asks: tracer (health service, full data; the default), venue (own venue, "
+        "masked as MoH decision 2666/QĐ-BYT says), reporter or admin (no identities)",
+    )
+    parser.add_argument(
+        "--as-venue", metavar="VENUE_ID", help="the venue id of the venue role (only with it)"
+    )
+
+
+def principal_from_args(args: argparse.Namespace) -> Principal:
+    """The principal `add_role_options` names, as the OS user; `PrincipalError` if they
+    do not fit. A role on the command line is a claim: whoever can open the database can
+    read everything (docs/security.md); the audit still names who ran the command."""
+    return cli_principal(Role(args.role), args.as_venue)
 
 
 def load_vault(vault_key: Path | None) -> Vault:

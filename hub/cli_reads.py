@@ -7,18 +7,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from doorscan.timefmt import format_rfc3339, from_ms
-from hub.access import (
-    AccessControlledStore,
-    Forbidden,
-    Principal,
-    PrincipalError,
-    add_role_options,
-    principal_from_args,
-)
+from hub.access import AccessControlledStore, Forbidden, Principal, PrincipalError
 from hub.cli_common import (
     EXIT_FORBIDDEN,
     Commands,
     UsageError,
+    add_role_options,
     csv_lines,
     db_parent,
     depth_arg,
@@ -26,6 +20,7 @@ from hub.cli_common import (
     minutes_arg,
     open_store,
     period_options,
+    principal_from_args,
     table,
     to_json,
 )

@@ -32,7 +32,7 @@ from doorscan.cards import CardKeyring
 from doorscan.sealing import load_private_key
 from doorscan.wire.limits import RATE_MAX_SCANS
 from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
-from hub.cli_web import WebThread, http_address, where
+from hub.cli_web import WebThread, add_trusted_proxy, http_address, where
 from hub.ingest import IngestCounters, Ingestor, describe
 from hub.service import (
     SHARED_GROUP,
@@ -83,6 +83,7 @@ def add_serve(commands: Commands) -> None:
         metavar="HOST:PORT",
         help="also serve the web API and dashboard here (e.g. 127.0.0.1:8080)",
     )
+    add_trusted_proxy(parser)
     parser.add_argument(
         "--workers",
         type=_worker_count,
@@ -164,7 +165,11 @@ def _run_hub(args: argparse.Namespace) -> int:
             tls=tls,
             shared_group=group,
         ) as service:
-            web = WebThread(store, args.http, metrics) if args.http else None
+            web = (
+                WebThread(store, args.http, metrics, trusted_proxies=args.trusted_proxy)
+                if args.http
+                else None
+            )
             try:
                 if not service.wait_connected(30):
                     print(f"{name}: no broker yet; retrying in the background", file=sys.stderr)

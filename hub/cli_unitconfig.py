@@ -56,7 +56,7 @@ from doorscan.wire import (
     topic_status,
 )
 from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
-from hub.store import HubStore, StoreError
+from hub.store.factory import HubStore, StoreError
 
 __all__ = ["add_unit_config", "parse_settings"]
 

@@ -21,18 +21,21 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hub.access import Role
-from hub.auth import create_user, issue_api_token
-from hub.cli_common import Commands, UsageError, db_parent, open_store
+from hub.auth import create_user, issue_api_token, set_active, unlock
+from hub.cli_common import Commands, UsageError, cli_principal, db_parent, open_store
+from hub.login_throttle import LoginThrottle
 
 __all__ = [
     "WebThread",
     "add_token",
     "add_user",
+    "add_trusted_proxy",
     "add_web",
     "http_address",
     "read_password",
@@ -66,7 +69,7 @@ def read_password(args: argparse.Namespace) -> str:
 
 def add_user(commands: Commands) -> None:
     parser = commands.add_parser(
-        "user", help="operators of the web API and dashboard (add, disable)"
+        "user", help="operators of the web API and dashboard (add, disable, enable, unlock)"
     )
     actions = parser.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = actions.add_parser(
@@ -91,7 +94,21 @@ def add_user(commands: Commands) -> None:
         help="disable an operator: their sessions and tokens stop working at once",
     )
     disable.add_argument("--id", dest="user_id", required=True)
-    disable.set_defaults(run=_run_user_disable)
+    disable.set_defaults(run=_run_user_disable, active=False)
+    enable = actions.add_parser(
+        "enable", parents=[db_parent()], help="enable a disabled operator again"
+    )
+    enable.add_argument("--id", dest="user_id", required=True)
+    enable.set_defaults(run=_run_user_disable, active=True)
+    unlock_parser = actions.add_parser(
+        "unlock",
+        parents=[db_parent()],
+        help="let an operator log in again after too many failed logins",
+        description="Forget the failed logins of a user id (anyone who knows a login id can "
+        "lock it by failing; the audit log's login_failed entries say from where).",
+    )
+    unlock_parser.add_argument("--id", dest="user_id", required=True)
+    unlock_parser.set_defaults(run=_run_user_unlock)
 
 
 def _run_user_add(args: argparse.Namespace) -> int:
@@ -99,7 +116,14 @@ def _run_user_add(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=False) as opened:
         store = opened
         user = create_user(
-            store, args.user_id, args.name, Role(args.role), args.venue, password, _now()
+            store,
+            args.user_id,
+            args.name,
+            Role(args.role),
+            args.venue,
+            password,
+            _now(),
+            by=cli_principal(),
         )
     where = f" of {user.venue_id}" if user.venue_id else ""
     print(f"user {user.user_id} added: {user.role}{where}")
@@ -108,9 +132,19 @@ def _run_user_add(args: argparse.Namespace) -> int:
 
 def _run_user_disable(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=True) as opened:
-        if not opened.set_user_active(args.user_id, False):
+        if opened.user(args.user_id) is None:
             raise UsageError(f"no user {args.user_id!r}")
-    print(f"user {args.user_id} disabled")
+        set_active(opened, args.user_id, args.active, _now(), cli_principal())
+    print(f"user {args.user_id} {'enabled' if args.active else 'disabled'}")
+    return 0
+
+
+def _run_user_unlock(args: argparse.Namespace) -> int:
+    with open_store(args.db, args.vault_key, must_exist=True) as opened:
+        if opened.user(args.user_id) is None:
+            raise UsageError(f"no user {args.user_id!r}")
+        forgotten = unlock(opened, LoginThrottle(), args.user_id, _now(), cli_principal())
+    print(f"user {args.user_id} unlocked ({forgotten} failed logins forgotten)")
     return 0
 
 
@@ -132,7 +166,7 @@ def add_token(commands: Commands) -> None:
 
 def _run_token_create(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=True) as opened:
-        issued = issue_api_token(opened, args.user, args.days, _now())
+        issued = issue_api_token(opened, args.user, args.days, _now(), by=cli_principal())
     print(issued.token)
     print(
         f"token for {issued.user.user_id} ({issued.user.role}) until "
@@ -158,8 +192,20 @@ def add_web(commands: Commands) -> None:
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:8080; put a TLS proxy in front)",
     )
+    add_trusted_proxy(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.set_defaults(run=_run_web)
+
+
+def add_trusted_proxy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy whose X-Forwarded-For/-Proto headers are believed (repeatable; "
+        "default none: the TCP peer is the client)",
+    )
 
 
 def _run_web(args: argparse.Namespace) -> int:
@@ -170,7 +216,7 @@ def _run_web(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with open_store(args.db, args.vault_key, must_exist=False) as store:
-        web = WebThread(store, args.http, metrics=None)
+        web = WebThread(store, args.http, metrics=None, trusted_proxies=args.trusted_proxy)
         try:
             if not web.wait_started(30):
                 raise UsageError(f"the web server did not start on {where(args.http)}")
@@ -198,14 +244,32 @@ class WebThread:
     process would end by the signal, not with exit code 0.)
     """
 
-    def __init__(self, store: Any, address: tuple[str, int], metrics: Any) -> None:
+    def __init__(
+        self,
+        store: Any,
+        address: tuple[str, int],
+        metrics: Any,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         import uvicorn  # imported here: the other commands do not need a web server
 
         from hub.web.app import create_app
 
         host, port = address
         app = create_app(store, metrics=metrics)
-        config = uvicorn.Config(app, host=host, port=port, log_config=None, proxy_headers=True)
+        # uvicorn's access log writes every URL with its query string; the app logs its
+        # own line per request without it (hub.web.app). X-Forwarded-For and -Proto are
+        # believed only from the proxies named: from anyone else they are ignored, so a
+        # client cannot pick the address the login throttle and the audit log see.
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies) or None,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="hub-web", daemon=True)
         self._thread.start()

@@ -20,12 +20,29 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Literal
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 
-__all__ = ["FORMULA_START", "Cell", "neutralise", "to_csv", "to_xlsx"]
+if TYPE_CHECKING:
+    from fastapi import Response
+
+    from hub.trace import TraceResult
+
+__all__ = [
+    "FORMULA_START",
+    "MEDIA",
+    "TRACE_HEADERS",
+    "Cell",
+    "ExportFormat",
+    "neutralise",
+    "to_csv",
+    "to_xlsx",
+    "trace_download",
+    "trace_rows",
+]
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """What a text cell may not start with (OWASP's list for CSV injection)."""
@@ -81,3 +98,60 @@ def to_xlsx(
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+# -- a trace as a file (the API's export and the dashboard's) ----------------------------------
+
+ExportFormat = Literal["csv", "xlsx"]
+VIETNAM = timezone(timedelta(hours=7))
+TRACE_HEADERS = ("degree", "id_number", "name", "venue_id", "venue", "time (UTC+7)", "via")
+MEDIA = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+
+def trace_rows(result: TraceResult, names: dict[str, str]) -> list[list[Cell]]:
+    """The index person's visits (degree 0), then every contact, times in Vietnam time."""
+    index = result.index
+    rows: list[list[Cell]] = [
+        [
+            0,
+            index.id_number,
+            index.name or "",
+            v.venue_id,
+            names.get(v.venue_id, ""),
+            v.at.astimezone(VIETNAM),
+            "",
+        ]
+        for v in index.visits
+    ]
+    rows += [
+        [
+            c.degree,
+            c.id_number,
+            c.name,
+            c.venue_id,
+            names.get(c.venue_id, ""),
+            c.exposed_at.astimezone(VIETNAM),
+            c.via,
+        ]
+        for c in result.contacts
+    ]
+    return rows
+
+
+def trace_download(fmt: ExportFormat, result: TraceResult, names: dict[str, str]) -> Response:
+    """The trace as an attachment: CSV (UTF-8 with BOM) or an XLSX workbook."""
+    from fastapi import Response  # here: the CLI imports this module without the web stack
+
+    rows = trace_rows(result, names)
+    content = to_csv(TRACE_HEADERS, rows) if fmt == "csv" else to_xlsx(TRACE_HEADERS, rows, "trace")
+    return Response(
+        content,
+        media_type=MEDIA[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="trace.{fmt}"',
+            "Cache-Control": "no-store",
+        },
+    )

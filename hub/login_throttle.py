@@ -1,30 +1,61 @@
-"""Slow down password guessing: a few failed logins, then a pause.
+"""Slow down password guessing: a few failed logins, then a pause; decided atomically.
 
-scrypt makes each guess cost the hub ~50 ms, which still allows tens of thousands of
-guesses a day against one account. `LoginThrottle` counts failed logins in a sliding
-window, per user id and per client address, and refuses further attempts (before the
-password is even checked) until the oldest failure in the window ages out:
+scrypt makes each guess cost the hub a fraction of a second, which still allows tens of
+thousands of guesses a day against one account. `LoginThrottle` counts failed logins in
+a sliding window, per user id and per client address, in the hub's database:
 
     >>> throttle = LoginThrottle()
-    >>> throttle.retry_after("ytepleiku", "10.0.0.7", now)   # doctest: +SKIP
-    0.0                     # go ahead; after 5 failures within 15 min: seconds to wait
-    >>> throttle.failed("ytepleiku", "10.0.0.7", now)        # doctest: +SKIP
-    >>> throttle.succeeded("ytepleiku", "10.0.0.7")          # doctest: +SKIP
+    >>> attempt = throttle.reserve(store, "ytepleiku", "10.0.0.7", now)   # doctest: +SKIP
+    >>> attempt.wait_s                    # 0.0: go ahead; else seconds to wait
+    >>> throttle.settle(store, attempt, ok=False)                         # doctest: +SKIP
 
-What it is and is not: state lives in the web process (a restart forgets it, and each
-of N web processes counts on its own), which is enough to turn an online guessing run
-into a crawl without a table to migrate. A locked user id is locked for everybody, which
-lets an attacker keep a known account out for as long as it keeps failing; the per-address
-limit is higher for the same reason (many tracers can sit behind one office NAT).
+An attempt is counted *before* its password is checked (`reserve`, one serialised
+transaction) and taken back only if the password was right (`settle`), so a burst of
+concurrent guesses checks at most the limit's worth of passwords, never more. The count
+lives in the database: N web processes share it, a restart keeps it, and a flood of
+made-up user ids cannot push a real one out (each ages out of the window on its own).
+
+A locked user id is locked for everybody (the per-address limit is higher: many tracers
+sit behind one office NAT), so whoever knows a login id can keep it locked by failing;
+an admin lifts that with ``doorscan-hub user unlock`` (`unlock`), and the audit log
+names the addresses the failures came from.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
-__all__ = ["LoginThrottle"]
+from doorscan.timefmt import to_ms
+
+__all__ = ["LoginAttempt", "LoginThrottle", "ThrottleStore", "user_key"]
+
+
+class ThrottleStore(Protocol):
+    def reserve_login(
+        self, limits: list[tuple[str, int]], now_ms: int, window_ms: int
+    ) -> tuple[int, list[int]]: ...
+    def settle_login(self, reserved: list[int], succeeded_key: str | None) -> None: ...
+    def clear_login_failures(self, key: str) -> int: ...
+
+
+def user_key(user_id: str) -> str:
+    return "user:" + user_id.casefold()[:128]
+
+
+def _address_key(address: str) -> str:
+    return "address:" + address[:64]
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """One login attempt as counted: `wait_s` > 0 means refused before any check."""
+
+    user_id: str
+    address: str
+    wait_s: float
+    reserved: list[int] = field(default_factory=list)
 
 
 class LoginThrottle:
@@ -34,48 +65,26 @@ class LoginThrottle:
         per_user: int = 5,
         per_address: int = 30,
         window: timedelta = timedelta(minutes=15),
-        max_tracked: int = 10_000,
     ) -> None:
-        self._limits = {"user": per_user, "address": per_address}
-        self._window = window
-        self._max_tracked = max_tracked
-        self._failures: OrderedDict[tuple[str, str], deque[datetime]] = OrderedDict()
-        self._lock = threading.Lock()
+        self.per_user = per_user
+        self.per_address = per_address
+        self.window = window
 
-    def retry_after(self, user_id: str, address: str, now: datetime) -> float:
-        """Seconds until a login for this user from this address may be tried; 0 if now."""
-        with self._lock:
-            wait = 0.0
-            for key in self._keys(user_id, address):
-                times = self._recent(key, now)
-                if len(times) >= self._limits[key[0]]:
-                    # Free again once enough old failures leave the window.
-                    oldest_to_expire = times[len(times) - self._limits[key[0]]]
-                    wait = max(wait, (oldest_to_expire + self._window - now).total_seconds())
-            return wait
+    def reserve(
+        self, store: ThrottleStore, user_id: str, address: str, now: datetime
+    ) -> LoginAttempt:
+        """Count this attempt as a failure until settled; or say how long to wait."""
+        limits = [(user_key(user_id), self.per_user), (_address_key(address), self.per_address)]
+        window_ms = int(self.window.total_seconds() * 1000)
+        wait_ms, reserved = store.reserve_login(limits, to_ms(now), window_ms)
+        return LoginAttempt(user_id, address, wait_ms / 1000, reserved)
 
-    def failed(self, user_id: str, address: str, now: datetime) -> None:
-        with self._lock:
-            for key in self._keys(user_id, address):
-                times = self._recent(key, now)
-                times.append(now)
-                self._failures[key] = times
-                self._failures.move_to_end(key)
-            # Bounded memory under a flood of made-up user ids: forget the stalest first.
-            while len(self._failures) > self._max_tracked:
-                self._failures.popitem(last=False)
-
-    def succeeded(self, user_id: str, address: str) -> None:
-        """A good password clears the user's count (not the address's: others may guess)."""
-        with self._lock:
-            self._failures.pop(("user", user_id.casefold()), None)
+    def settle(self, store: ThrottleStore, attempt: LoginAttempt, *, ok: bool) -> None:
+        """A right password clears the user's failures and takes this attempt back."""
+        if attempt.wait_s <= 0:
+            store.settle_login(attempt.reserved, user_key(attempt.user_id) if ok else None)
 
     @staticmethod
-    def _keys(user_id: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ("user", user_id.casefold()), ("address", address)
-
-    def _recent(self, key: tuple[str, str], now: datetime) -> deque[datetime]:
-        times = self._failures.get(key, deque())
-        while times and times[0] <= now - self._window:
-            times.popleft()
-        return times
+    def unlock(store: ThrottleStore, user_id: str) -> int:
+        """Forget a user's failed logins; how many there were."""
+        return store.clear_login_failures(user_key(user_id))

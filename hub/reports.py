@@ -1,13 +1,8 @@
 """Usage reports and unit health, checked against the asking principal's role.
 
-Counts only: nothing here reads an identity, so no reason is asked and nothing is
-audited except a refusal. The rules:
-
-* ``admin``, ``reporter`` and ``tracer`` see every venue and every unit;
-* ``venue`` sees its own venue only: its counts, its units, whether it is quiet. Asking
-  for another venue by id is refused (`hub.access.Forbidden`) and the refusal is
-  audited like the access layer's, so probing other venues leaves a trace;
-* any other role is refused.
+Counts only: nothing here reads an identity. Who may see which venue's counts is the
+access layer's rule (`hub.access.AccessControlledStore`), which calls these with the one
+venue the answer is limited to (`scope`), or None for every venue.
 
 Days are Vietnam days (UTC+7, no daylight saving): a scan at 17:30 UTC counts for
 the next day. A unit is *online* while its latest status message says so: the unit
@@ -20,7 +15,7 @@ wedged sender; or a unit older than the periodic status, which reports only on
 connect) is highlighted too. An offline unit is not silent until the threshold passes,
 so a short network blip shows as offline but is not highlighted.
 
-    >>> usage_per_day(store, Principal(Role.REPORTER), date(2026, 1, 1),  # doctest: +SKIP
+    >>> usage_per_day(store, None, date(2026, 1, 1),  # doctest: +SKIP
     ...               date(2026, 1, 31), by="district")
     [DayCount(day=datetime.date(2026, 1, 1), key='Thành phố Pleiku', scans=412), ...]
 """
@@ -29,11 +24,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Literal, Protocol
 
 from doorscan.errors import Refusal
-from hub.access import Forbidden, Principal, Role
 from hub.store import DayCount, ReportStore, Store, VenueLastScan
 
 __all__ = [
@@ -54,8 +48,6 @@ VIETNAM = timezone(timedelta(hours=7), "ICT")
 DEFAULT_SILENT = timedelta(minutes=30)
 MAX_REPORT_DAYS = 366
 """A usage report covers at most a year of days: longer asks are refused, not slow."""
-
-_ALL_VENUES = (Role.ADMIN, Role.REPORTER, Role.TRACER)
 
 
 class ReportsStore(Store, ReportStore, Protocol):
@@ -86,31 +78,6 @@ def vietnam_today(now: datetime) -> date:
     return now.astimezone(VIETNAM).date()
 
 
-def _venue_scope(
-    store: ReportsStore, principal: Principal, venue_id: str | None, what: str, now: datetime
-) -> str | None:
-    """The one venue the answer is limited to, or None for all; refuse what the role may not."""
-    if principal.role in _ALL_VENUES:
-        return venue_id
-    if principal.role is Role.VENUE:
-        if venue_id is not None and venue_id != principal.venue_id:
-            why = f"a venue owner sees its own venue only ({principal.venue_id}), not {venue_id}"
-            store.record_audit(
-                "refused",
-                "(no reason given)",
-                {
-                    "attempted": what,
-                    "why": why,
-                    "venue_id": venue_id,
-                    "principal": principal.to_audit(),
-                },
-                now,
-            )
-            raise Forbidden(why)
-        return principal.venue_id
-    raise Forbidden(f"the {principal.role} role may not read {what}")
-
-
 def _as_day(value: date) -> date:
     # A datetime is also a date: take its Vietnam day, not its UTC one.
     return vietnam_today(value) if isinstance(value, datetime) else value
@@ -118,13 +85,10 @@ def _as_day(value: date) -> date:
 
 def usage_per_day(
     store: ReportsStore,
-    principal: Principal,
+    scope: str | None,
     since: date,
     until: date,
     by: Literal["venue", "district"],
-    *,
-    venue_id: str | None = None,
-    now: datetime | None = None,
 ) -> list[UsageRow]:
     """Scans per Vietnam day (since..until, both included) per venue or per district.
 
@@ -138,25 +102,22 @@ def usage_per_day(
         raise Refusal("period_too_long", f"a report covers at most {MAX_REPORT_DAYS} days")
     if by not in ("venue", "district"):
         raise Refusal("bad_grouping", f"group by venue or district, not {str(by)[:40]!r}")
-    scope = _venue_scope(store, principal, venue_id, "usage", now or datetime.now(UTC))
-    rows = store.scans_per_day(since, until, by, venue_id=scope)
-    return rows
+    return store.scans_per_day(since, until, by, venue_id=scope)
 
 
 def quiet_venues(
-    store: ReportsStore, principal: Principal, days: int, now: datetime
+    store: ReportsStore, scope: str | None, days: int, now: datetime
 ) -> list[QuietVenue]:
     """Venues with no scan in the last `days` days (or none ever), by venue id."""
     if days < 1:
         raise Refusal("bad_days", "days must be 1 or more")
-    scope = _venue_scope(store, principal, None, "quiet venues", now)
     quiet = store.venues_last_scan(now - timedelta(days=days))
     return [v for v in quiet if scope is None or v.venue_id == scope]
 
 
 def units_overview(
     store: ReportsStore,
-    principal: Principal,
+    scope: str | None,
     now: datetime,
     *,
     silent_after: timedelta = DEFAULT_SILENT,
@@ -165,7 +126,6 @@ def units_overview(
 
     Sorted: unregistered first (they need an operator), then by unit id.
     """
-    scope = _venue_scope(store, principal, None, "units", now)
     statuses = {s.unit_id: s for s in store.unit_statuses()}
     units: list[UnitHealth] = []
     for summary in store.unit_scan_summaries():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from hub.access import Principal
 from hub.store import Retention
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "purge_expired", "retention_cutoff"]
@@ -38,11 +39,17 @@ def retention_cutoff(now: datetime, retention_days: float) -> datetime:
 
 
 def purge_expired(
-    store: Retention, now: datetime, retention_days: float = DEFAULT_RETENTION_DAYS
+    store: Retention,
+    now: datetime,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    *,
+    by: Principal | None = None,
 ) -> dict[str, int]:
-    """Delete what is older than the period in one transaction, with an audit entry."""
+    """Delete what is older than the period in one transaction, with an audit entry
+    naming `by` (who ran the purge; None for the hub's own timer)."""
     return store.purge_older_than(
         retention_cutoff(now, retention_days),
         at=now,
         reason=f"retention: {retention_days:g} days",
+        by=by.to_audit() if by is not None else None,
     )

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
+from hub.access import Channel, Principal, Role
 
 TODAY = date(2022, 1, 15)
 P = make_people(5, seed=11)
@@ -35,3 +36,8 @@ VISITS: list[tuple[Identity, str, datetime]] = [
 ]
 FULL_NAMES = {A.name, B.name, H.name, U.name, D.name}
 FULL_IDS = {A.id_number, B.id_number, U.id_number, D.id_number}
+
+
+def principal(role: Role, venue_id: str | None = None, account: str = "tester") -> Principal:
+    """A principal as the command line makes one (tests name the account themselves)."""
+    return Principal(role, venue_id, account=account, channel=Channel.CLI)

@@ -12,6 +12,7 @@ from doorscan.errors import Refusal
 from doorscan.wire import VenueRecord
 from hub.access import (
     AccessControlledStore,
+    Channel,
     Forbidden,
     Principal,
     PrincipalError,
@@ -37,6 +38,7 @@ from tests.access_data import (
     H,
     P,
     U,
+    principal,
 )
 from tests.hubstore import open_store
 
@@ -67,7 +69,7 @@ def store(db: str) -> Iterator[HubStore]:
 
 
 def reader(store: HubStore, role: Role, venue_id: str | None = None) -> AccessControlledStore:
-    return AccessControlledStore(store, Principal(role, venue_id))
+    return AccessControlledStore(store, principal(role, venue_id))
 
 
 def visitors(r: AccessControlledStore, venue_id: str = MARKET) -> list[tuple[str, str, str]]:
@@ -122,13 +124,24 @@ def test_mask_id_number(number: str, masked: str) -> None:
 
 def test_principal_validation() -> None:
     with pytest.raises(PrincipalError):
-        Principal(Role.VENUE)
+        principal(Role.VENUE)
     with pytest.raises(PrincipalError):
-        Principal(Role.VENUE, "  ")
+        principal(Role.VENUE, "  ")
     for role in (Role.TRACER, Role.REPORTER, Role.ADMIN):
         with pytest.raises(PrincipalError):
-            Principal(role, MARKET)
-    assert Principal(Role.VENUE, MARKET).to_audit() == {"role": "venue", "venue_id": MARKET}
+            principal(role, MARKET)
+    with pytest.raises(PrincipalError, match="names its account"):
+        principal(Role.TRACER, account=" ")
+    owner = Principal(
+        Role.VENUE, MARKET, account="chu-cho", channel=Channel.WEB, address="10.0.0.9"
+    )
+    assert owner.to_audit() == {
+        "role": "venue",
+        "venue_id": MARKET,
+        "account": "chu-cho",
+        "channel": "web",
+        "address": "10.0.0.9",
+    }
 
 
 # -- what each role may read ---------------------------------------------------------------
@@ -152,7 +165,7 @@ def test_tracer_sees_full_identities_and_is_audited(store: HubStore) -> None:
     entries = store.audit_entries()  # newest first
     assert [e.action for e in entries] == ["trace", "trace", "visitors"]
     for entry in entries:
-        assert entry.params["principal"] == {"role": "tracer", "venue_id": None}
+        assert entry.params["principal"] == principal(Role.TRACER).to_audit()
     assert entries[-1].params["masked"] is False
     assert entries[0].params["subject"] == store.pseudonym(A.person_key)
     assert entries[0].reason == "ca F0 số 12"
@@ -172,7 +185,7 @@ def test_venue_sees_its_own_venue_masked(store: HubStore) -> None:
     assert not any(number in shown for number in FULL_IDS)
     [entry] = store.audit_entries()
     assert (entry.action, entry.reason) == ("visitors", "kiểm tra")
-    assert entry.params["principal"] == {"role": "venue", "venue_id": MARKET}
+    assert entry.params["principal"] == principal(Role.VENUE, MARKET).to_audit()
     assert entry.params["masked"] is True
 
 
@@ -192,7 +205,7 @@ def test_venue_is_refused_another_venue_and_trace(store: HubStore) -> None:
         ("refused", "trace"),
     ]
     assert [e.params.get("venue_id") for e in refused[:2]] == [HOSPITAL, "khong-co"]
-    assert all(e.params["principal"] == {"role": "venue", "venue_id": MARKET} for e in refused)
+    assert all(e.params["principal"] == principal(Role.VENUE, MARKET).to_audit() for e in refused)
     # Whom it tried to trace, by pseudonym: no identity in the log.
     assert refused[2].params["subject"] == store.pseudonym(f"id:{A.id_number}")
     logged = repr([e.params for e in refused])
@@ -264,7 +277,10 @@ def test_cli_venue_role_masks(db: str, capsys: pytest.CaptureFixture[str]) -> No
     assert "masked" in table and "Rơ Châm***" in table and B.id_number not in table
     with open_store(db) as store:
         principals = [e.params["principal"] for e in store.audit_entries()]
-    assert principals == [{"role": "venue", "venue_id": MARKET}] * 2
+    assert all(p["role"] == "venue" and p["venue_id"] == MARKET for p in principals)
+    # The command line names the operating-system user that ran it.
+    assert all(p["channel"] == "cli" and p["account"].startswith("os:") for p in principals)
+    assert len(principals) == 2
 
 
 def test_cli_default_role_is_tracer(db: str, capsys: pytest.CaptureFixture[str]) -> None:

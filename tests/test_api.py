@@ -144,13 +144,13 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/logout", {}),
     ("GET", "/api/v1/me", {}),
     ("GET", "/api/v1/venues", {}),
-    ("GET", _visitors_path(), {**PERIOD, "reason": REASON}),
+    ("POST", _visitors_path(), {**PERIOD, "reason": REASON}),
     ("POST", "/api/v1/trace", _trace_body()),
-    ("GET", f"/api/v1/people/{A.id_number}/timeline", {**PERIOD, "reason": REASON}),
-    ("GET", "/api/v1/people/search", {"name": "nguyen thi mai", "reason": REASON}),
+    ("POST", "/api/v1/people/timeline", {"id": A.id_number, **PERIOD, "reason": REASON}),
+    ("POST", "/api/v1/people/search", {"name": "nguyen thi mai", "reason": REASON}),
     ("GET", "/api/v1/audit", {}),
-    ("GET", "/api/v1/exports/trace.csv", {"id": A.id_number, **PERIOD, "reason": REASON}),
-    ("GET", "/api/v1/exports/trace.xlsx", {"id": A.id_number, **PERIOD, "reason": REASON}),
+    ("POST", "/api/v1/exports/trace.csv", {"id": A.id_number, **PERIOD, "reason": REASON}),
+    ("POST", "/api/v1/exports/trace.xlsx", {"id": A.id_number, **PERIOD, "reason": REASON}),
 ]
 
 
@@ -254,7 +254,7 @@ def test_venues(hub: Hub, role: str, seen: list[str]) -> None:
 
 
 def test_tracer_sees_visitors_in_full(hub: Hub) -> None:
-    response = hub.get("tracer", _visitors_path(), **PERIOD, reason=REASON)
+    response = hub.post("tracer", _visitors_path(), {**PERIOD, "reason": REASON})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["masked"] is False
@@ -266,11 +266,17 @@ def test_tracer_sees_visitors_in_full(hub: Hub) -> None:
     ]
     [entry] = hub.audit()
     assert (entry.action, entry.reason) == ("visitors", REASON)
-    assert entry.params["principal"] == {"role": "tracer", "venue_id": None}
+    assert entry.params["principal"] == {
+        "role": "tracer",
+        "venue_id": None,
+        "account": "u-tracer",
+        "channel": "api",
+        "address": "testclient",
+    }
 
 
 def test_venue_sees_its_own_visitors_masked_without_person_keys(hub: Hub) -> None:
-    response = hub.get("venue", _visitors_path(), **PERIOD, reason=REASON)
+    response = hub.post("venue", _visitors_path(), {**PERIOD, "reason": REASON})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["masked"] is True
@@ -285,7 +291,13 @@ def test_venue_sees_its_own_visitors_masked_without_person_keys(hub: Hub) -> Non
     assert not any(n in text for n in FULL_NAMES) and not any(i in text for i in FULL_IDS)
     [entry] = hub.audit()
     assert entry.action == "visitors" and entry.params["masked"] is True
-    assert entry.params["principal"] == {"role": "venue", "venue_id": MARKET}
+    assert entry.params["principal"] == {
+        "role": "venue",
+        "venue_id": MARKET,
+        "account": "u-venue",
+        "channel": "api",
+        "address": "testclient",
+    }
 
 
 @pytest.mark.parametrize(
@@ -293,7 +305,7 @@ def test_venue_sees_its_own_visitors_masked_without_person_keys(hub: Hub) -> Non
     [("venue", HOSPITAL), ("venue", "khong-co"), ("reporter", MARKET), ("admin", MARKET)],
 )
 def test_visitors_refused_and_audited(hub: Hub, role: str, venue: str) -> None:
-    response = hub.get(role, _visitors_path(venue), **PERIOD, reason=REASON)
+    response = hub.post(role, _visitors_path(venue), {**PERIOD, "reason": REASON})
     assert response.status_code == 403, response.text
     assert response.json()["error"] == "forbidden"
     assert not any(n in response.text for n in FULL_NAMES)
@@ -303,26 +315,28 @@ def test_visitors_refused_and_audited(hub: Hub, role: str, venue: str) -> None:
 
 
 def test_visitors_bad_input(hub: Hub) -> None:
-    no_reason = hub.get("tracer", _visitors_path(), **PERIOD)
+    no_reason = hub.post("tracer", _visitors_path(), {**PERIOD})
     assert no_reason.status_code == 422 and no_reason.json()["error"] == "bad_request"
-    blank = hub.get("tracer", _visitors_path(), **PERIOD, reason="   ")
+    blank = hub.post("tracer", _visitors_path(), {**PERIOD, "reason": "   "})
     assert blank.status_code == 400 and blank.json()["error"] == "no_reason"
-    unknown = hub.get("tracer", _visitors_path("khong-co"), **PERIOD, reason=REASON)
+    unknown = hub.post("tracer", _visitors_path("khong-co"), {**PERIOD, "reason": REASON})
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_venue"
-    backwards = hub.get(
-        "tracer", _visitors_path(), since=UNTIL.isoformat(), until=SINCE.isoformat(), reason="x"
-    )
-    assert backwards.status_code == 400 and backwards.json()["error"] == "empty_period"
-    naive = hub.get(
-        "tracer", _visitors_path(), since="2021-08-15T00:00", until="2021-08-16T00:00", reason="x"
-    )
-    assert naive.status_code == 422
-    ancient = hub.get(
+    backwards = hub.post(
         "tracer",
         _visitors_path(),
-        since="0001-01-01T00:00+07:00",
-        until=UNTIL.isoformat(),
-        reason="x",
+        {"since": UNTIL.isoformat(), "until": SINCE.isoformat(), "reason": "x"},
+    )
+    assert backwards.status_code == 400 and backwards.json()["error"] == "empty_period"
+    naive = hub.post(
+        "tracer",
+        _visitors_path(),
+        {"since": "2021-08-15T00:00", "until": "2021-08-16T00:00", "reason": "x"},
+    )
+    assert naive.status_code == 422
+    ancient = hub.post(
+        "tracer",
+        _visitors_path(),
+        {"since": "0001-01-01T00:00+07:00", "until": UNTIL.isoformat(), "reason": "x"},
     )
     assert ancient.status_code == 400 and ancient.json()["error"] == "bad_time"
     assert hub.audit() == []  # refused as malformed: nothing read, nothing audited
@@ -378,7 +392,9 @@ def test_trace_bad_input(hub: Hub) -> None:
 
 
 def test_tracer_reads_a_timeline(hub: Hub) -> None:
-    response = hub.get("tracer", f"/api/v1/people/{B.id_number}/timeline", **PERIOD, reason=REASON)
+    response = hub.post(
+        "tracer", "/api/v1/people/timeline", {"id": B.id_number, **PERIOD, "reason": REASON}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["id_number"], body["name"]) == (B.id_number, B.name)
@@ -395,7 +411,9 @@ def test_tracer_reads_a_timeline(hub: Hub) -> None:
 
 @pytest.mark.parametrize("role", ["venue", "reporter", "admin"])
 def test_timeline_refused_for_other_roles(hub: Hub, role: str) -> None:
-    response = hub.get(role, f"/api/v1/people/{B.id_number}/timeline", **PERIOD, reason=REASON)
+    response = hub.post(
+        role, "/api/v1/people/timeline", {"id": B.id_number, **PERIOD, "reason": REASON}
+    )
     assert response.status_code == 403
     assert B.name not in response.text
     [entry] = hub.audit()
@@ -403,12 +421,16 @@ def test_timeline_refused_for_other_roles(hub: Hub, role: str) -> None:
 
 
 def test_tracer_searches_by_name_without_diacritics(hub: Hub) -> None:
-    response = hub.get("tracer", "/api/v1/people/search", name="nguyen thi mai", reason=REASON)
+    response = hub.post(
+        "tracer", "/api/v1/people/search", {"name": "nguyen thi mai", "reason": REASON}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["matches"] == [
         {"person_key": U.person_key, "id_number": U.id_number, "name": "NGUYỄN THỊ MAI"}
     ]
-    nobody = hub.get("tracer", "/api/v1/people/search", name="tran van khong", reason=REASON)
+    nobody = hub.post(
+        "tracer", "/api/v1/people/search", {"name": "tran van khong", "reason": REASON}
+    )
     assert nobody.json()["matches"] == []  # the control: a name nobody has finds nobody
     entries = hub.audit()
     assert [e.action for e in entries] == ["find_people", "find_people"]
@@ -418,7 +440,7 @@ def test_tracer_searches_by_name_without_diacritics(hub: Hub) -> None:
 
 @pytest.mark.parametrize("role", ["venue", "reporter", "admin"])
 def test_search_refused_for_other_roles(hub: Hub, role: str) -> None:
-    response = hub.get(role, "/api/v1/people/search", name="Nguyễn Thị Mai", reason=REASON)
+    response = hub.post(role, "/api/v1/people/search", {"name": "Nguyễn Thị Mai", "reason": REASON})
     assert response.status_code == 403
     assert U.id_number not in response.text
     [entry] = hub.audit()
@@ -434,9 +456,14 @@ def test_admin_reads_the_audit_log(hub: Hub) -> None:
     response = hub.get("admin", "/api/v1/audit", limit=10)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["verification"]["ok"] is True and body["verification"]["entries"] == 1
+    # The read of the log is itself recorded, after the entries it returned.
+    assert body["verification"]["ok"] is True and body["verification"]["entries"] == 2
     assert [e["action"] for e in body["entries"]] == ["trace"]
     assert A.id_number not in response.text and A.name not in response.text
+    assert body["entries"][0]["reason"] == REASON  # stored sealed, opened for the admin
+    again = hub.get("admin", "/api/v1/audit", limit=10, account="u-admin").json()
+    assert [e["action"] for e in again["entries"]] == ["audit_log"]
+    assert again["entries"][0]["params"]["principal"]["account"] == "u-admin"
 
 
 @pytest.mark.parametrize("role", ["tracer", "venue", "reporter"])
@@ -452,7 +479,7 @@ def test_audit_log_refused_for_other_roles(hub: Hub, role: str) -> None:
 
 def test_tracer_exports_the_trace(hub: Hub) -> None:
     params = {"id": A.id_number, **PERIOD, "reason": REASON}
-    csv_response = hub.get("tracer", "/api/v1/exports/trace.csv", **params)
+    csv_response = hub.post("tracer", "/api/v1/exports/trace.csv", params)
     assert csv_response.status_code == 200, csv_response.text
     assert csv_response.headers["content-disposition"] == 'attachment; filename="trace.csv"'
     text = csv_response.content.decode("utf-8-sig")
@@ -460,20 +487,20 @@ def test_tracer_exports_the_trace(hub: Hub) -> None:
     assert lines[0] == "degree,id_number,name,venue_id,venue,time (UTC+7),via"
     assert lines[1].startswith(f"0,{A.id_number},{A.name},{MARKET},Chợ Pleiku,2021-08-15T10:00:00")
     assert len(lines) == 1 + 1 + 4  # header, A's one visit, four contacts
-    xlsx = hub.get("tracer", "/api/v1/exports/trace.xlsx", **params)
+    xlsx = hub.post("tracer", "/api/v1/exports/trace.xlsx", params)
     assert xlsx.status_code == 200
     sheet = load_workbook(io.BytesIO(xlsx.content)).active
     assert sheet is not None
     rows = list(sheet.iter_rows(values_only=True))
     assert rows[0][0] == "degree" and rows[-1][1] == D.id_number and len(rows) == 6
-    assert [e.action for e in hub.audit()] == ["trace", "trace"]
+    assert [e.action for e in hub.audit()] == ["export_trace", "export_trace"]
 
 
 @pytest.mark.parametrize("role", ["venue", "reporter", "admin"])
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_exports_refused_for_other_roles(hub: Hub, role: str, fmt: str) -> None:
     params = {"id": A.id_number, **PERIOD, "reason": REASON}
-    response = hub.get(role, f"/api/v1/exports/trace.{fmt}", **params)
+    response = hub.post(role, f"/api/v1/exports/trace.{fmt}", params)
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
     [entry] = hub.audit()
@@ -500,3 +527,25 @@ def test_a_trace_is_timed_in_the_metrics(hub: Hub) -> None:
         )
         assert refused.status_code == 401
     assert "doorscan_trace_seconds_count 1.0" in metrics.render().decode()
+
+
+# -- cross-site requests ---------------------------------------------------------------------
+
+
+def test_a_cookie_post_from_another_site_is_refused_before_anything_runs(hub: Hub) -> None:
+    """A page elsewhere cannot make a logged-in browser trace: the API checks Origin too."""
+    login = hub.post(None, "/api/v1/login", {"user_id": "u-tracer", "password": PASSWORD})
+    assert login.status_code == 200
+    session = {"doorscan_session": login.json()["token"]}
+    hub.client.cookies.update(session)
+    before = len(hub.audit())
+    for header in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/x"}):
+        response = hub.client.post("/api/v1/trace", json=_trace_body(), headers=header)
+        assert response.status_code == 403, response.text
+        assert response.json()["error"] == "bad_origin"
+    assert len(hub.audit()) == before  # nothing ran, nothing was read
+    # Control: the same request from the hub's own origin goes through.
+    own = hub.client.post(
+        "/api/v1/trace", json=_trace_body(), headers={"Origin": "http://testserver"}
+    )
+    assert own.status_code == 200, own.text

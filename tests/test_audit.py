@@ -56,11 +56,15 @@ def test_each_entry_chains_from_the_one_before(db: str) -> None:
     assert entries[0].prev_hash == GENESIS_HASH
     for before, after in itertools.pairwise(entries):
         assert after.prev_hash == before.hash
+    # The hash covers the reason as stored: sealed (the store hands it back opened).
+    assert entries[2].reason == "ca F0 số 2"
+    ((stored_reason,),) = raw_sql(db, "SELECT reason FROM audit WHERE id = 3")
+    assert stored_reason.startswith("sealed1:") and "ca F0" not in stored_reason
     assert entries[2].hash == entry_hash(
         3,
         1628994720000,  # T0 + 2 minutes
         "trace",
-        "ca F0 số 2",
+        stored_reason,
         '{"depth": 2, "id": "064090123402"}',
         entries[1].hash,
     )
@@ -165,12 +169,19 @@ def test_a_file_at_the_previous_schema_is_chained_when_it_opens(tmp_path: Path) 
     raw.close()
 
     with open_store(path) as store:
-        assert store.verify_audit().entries == 3
+        # Chained (schema 4), then the clear reasons sealed and the chain hashed again
+        # (schema 9), which an entry of its own records with the head from before.
+        migrated = store.audit_entries(1)[0]
+        assert store.verify_audit().entries == 4
         store.record_audit("visitors", "new", {}, T0)
         check = store.verify_audit()
         oldest = store.audit_entries()[-1]
-    assert (check.ok, check.entries) == (True, 4)
+    assert (migrated.action, migrated.params["entries_rewritten"]) == ("audit-migration", 3)
+    assert len(migrated.params["previous_head"]) == 64
+    assert (check.ok, check.entries) == (True, 5)
     assert (oldest.reason, oldest.prev_hash) == ("old 0", GENESIS_HASH)
+    stored = [r for (r,) in raw_sql(str(path), "SELECT reason FROM audit ORDER BY id")]
+    assert not any(r.startswith("old") for r in stored)
     tamper(str(path), "UPDATE audit SET reason = 'rewritten' WHERE id = 2")
     assert verify(str(path))[:2] == (False, 2)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import shutil
 import signal
@@ -18,7 +20,7 @@ import pytest
 from doorscan.errors import Refusal
 from doorscan.localbroker import LocalBroker, free_port
 from doorscan.wire import VenueRecord
-from hub.access import Principal, Role
+from hub.access import Channel, Principal, Role
 from hub.auth import (
     SESSION_HOURS,
     User,
@@ -51,11 +53,27 @@ def test_password_hash_is_salted_self_describing_and_verifies() -> None:
     first, second = hash_password(PASSWORD), hash_password(PASSWORD)
     assert first != second  # a fresh salt each time
     scheme, n, r, p, _salt, _key = first.split("$")
-    assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1")
+    # OWASP's password storage cheat sheet: scrypt N=2^14, r=8, p=5 (or an equal set).
+    assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "5")
     assert verify_password(PASSWORD, first) and verify_password(PASSWORD, second)
     assert not verify_password(PASSWORD + " ", first)
     assert not verify_password(PASSWORD, "not a hash")
     assert not verify_password(PASSWORD, "bcrypt$1$2$3$AAAA$AAAA")
+
+
+def test_a_login_rehashes_a_password_kept_at_an_older_cost(store: HubStore) -> None:
+    create_user(store, "ytepleiku", "Y tế Pleiku", Role.TRACER, None, PASSWORD, NOW)
+    # As an older doorscan stored it: scrypt N=2^14, r=8, p=1.
+    salt = b"0123456789abcdef"
+    key = hashlib.scrypt(PASSWORD.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    old = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+    store.set_password_hash("ytepleiku", old)
+    assert login(store, "ytepleiku", "wrong password!!", NOW) is None
+    assert store.user("ytepleiku").password_hash == old  # type: ignore[union-attr]
+    assert login(store, "ytepleiku", PASSWORD, NOW) is not None
+    rehashed = store.user("ytepleiku").password_hash  # type: ignore[union-attr]
+    assert rehashed.split("$")[1:4] == ["16384", "8", "5"]
+    assert verify_password(PASSWORD, rehashed)
 
 
 def test_login_gives_a_session_that_authenticates_as_the_user(store: HubStore) -> None:
@@ -65,7 +83,9 @@ def test_login_gives_a_session_that_authenticates_as_the_user(store: HubStore) -
     assert issued is not None and issued.user == user
     assert issued.expires_at == NOW + timedelta(hours=SESSION_HOURS)
     assert authenticate(store, issued.token, NOW) == user
-    assert user.principal() == Principal(Role.TRACER)
+    assert user.principal(Channel.API, "10.0.0.7") == Principal(
+        Role.TRACER, account="ytepleiku", channel=Channel.API, address="10.0.0.7"
+    )
 
 
 def test_wrong_password_and_unknown_user_get_nothing(store: HubStore) -> None:
@@ -92,10 +112,11 @@ def test_api_token_lives_its_days_and_logout_revokes(store: HubStore) -> None:
     assert authenticate(store, issued.token, NOW + timedelta(days=89)) is not None
     assert authenticate(store, issued.token, NOW + timedelta(days=90)) is None
     other = issue_api_token(store, "bot", 90, NOW)
-    logout(store, other.token, NOW)
+    bot = other.user.principal(Channel.API, "10.0.0.7")
+    logout(store, other.token, NOW, bot)
     assert authenticate(store, other.token, NOW) is None
-    logout(store, other.token, NOW)  # twice is harmless
-    logout(store, "never issued", NOW)
+    logout(store, other.token, NOW, bot)  # twice is harmless
+    logout(store, "never issued", NOW, bot)
     assert authenticate(store, issued.token, NOW) is not None  # the other token still works
     with pytest.raises(Refusal, match="days"):
         issue_api_token(store, "bot", 0, NOW)
@@ -133,7 +154,7 @@ def test_user_rules(store: HubStore) -> None:
     with pytest.raises(Refusal, match="at least"):
         create_user(store, "admin", "X", Role.ADMIN, None, "short", NOW)
     owner = create_user(store, "owner", "Chủ chợ", Role.VENUE, "cho-pleiku", PASSWORD, NOW)
-    assert owner.principal() == Principal(Role.VENUE, "cho-pleiku")
+    assert owner.principal(Channel.WEB, None).venue_id == "cho-pleiku"
     with pytest.raises(UserExists):
         create_user(store, "owner", "Again", Role.ADMIN, None, PASSWORD, NOW)
     assert [u.user_id for u in store.users()] == ["owner"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 import uvicorn
-from playwright.sync_api import Dialog, Page, sync_playwright
+from playwright.sync_api import Dialog, Page, Route, sync_playwright
 
 from doorscan.synthetic import cccd_text
 from tests.hubstore import open_store
@@ -177,3 +177,40 @@ def test_dashboard_in_chromium(base_url: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert dialogs == []
+
+
+def test_api_docs_render_with_no_network_and_break_no_csp_rule(base_url: str) -> None:
+    """/docs and /redoc in Chromium with every request off the hub cut: they still render
+    (their files are the hub's own), under a CSP that lets no other script run."""
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    outside: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page()
+
+            def cut_off(route: Route) -> None:
+                if route.request.url.startswith(base_url):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", cut_off)
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
+            page.goto(f"{base_url}/docs")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+            assert "doorscan hub" in page.inner_text(".swagger-ui .info .title")
+            page.wait_for_selector('[data-path="/api/v1/trace"]', timeout=30_000)
+            page.goto(f"{base_url}/redoc")
+            page.wait_for_selector("h1", timeout=30_000)
+            assert "doorscan hub" in page.inner_text("h1")
+        finally:
+            browser.close()
+    assert outside == []
+    # ReDoc's own footer links a logo on its CDN: the CSP blocks it, which is its job. No
+    # script, style or connection of the pages is blocked (they would then be broken).
+    blocked = [m for m in console if "Content Security Policy" in m]
+    assert all("Loading the image 'https://cdn.redoc.ly/" in m for m in blocked), blocked

@@ -184,9 +184,15 @@ def test_visitors(db: str, capsys: pytest.CaptureFixture[str]) -> None:
 def test_dead_letters_are_escaped_and_truncated(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Without a reason: what and why, the size, never the payload (it can hold an identity).
     assert main(["dead-letters", "--db", db, "--limit", "5"]) == 0
     out = capsys.readouterr().out
     assert "1 dead letters" in out and "not_json" in out and "message is not JSON" in out
+    assert "Nguyễn" not in out and f"({len(BAD_PAYLOAD)} bytes)" in out
+    assert main(["dead-letters", "--db", db, "--payloads"]) == 2  # no reason: refused
+    capsys.readouterr()
+    assert main(["dead-letters", "--db", db, "--payloads", "--reason", "unit u1 sends junk"]) == 0
+    out = capsys.readouterr().out
     assert "\\x00\\n\\x1b[31m\\xff\\xfeNguyễn" in out
     assert f"… ({len(BAD_PAYLOAD)} bytes)" in out
     assert all(line.isprintable() for line in out.splitlines())

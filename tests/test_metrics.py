@@ -25,13 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from doorscan.localbroker import LocalBroker
 from doorscan.synthetic import blank_frame
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.access import Principal, Role
+from hub.access import AccessControlledStore, Role
 from hub.auth import create_user, issue_api_token
 from hub.ingest import Ingestor
-from hub.reports import units_overview
 from hub.service import HubService
 from hub.web.app import create_app
 from hub.web.metrics import HubMetrics
+from tests.access_data import principal
 from tests.hubstore import open_store
 from tests.test_reports import NOW, Clock, Hub
 from tests.waiting import wait_for
@@ -170,5 +170,5 @@ def test_a_unit_status_and_its_last_will_reach_the_units_table(
             assert wait_for(lambda: [s.online for s in store.unit_statuses()] == [False], 60)
         assert samples(metrics.render(store).decode())["doorscan_units_online"] == 0
         assert store.dead_letters() == []
-        (health,) = units_overview(store, Principal(Role.ADMIN), datetime.now(UTC))
+        (health,) = AccessControlledStore(store, principal(Role.ADMIN)).units(datetime.now(UTC))
         assert (health.unit_id, health.online, health.registered) == ("door-1", False, True)

@@ -394,10 +394,19 @@ def test_trace_by_number_shows_degrees_timeline_and_exports(
     svg = re.search(r"<svg.*?</svg>", page.text, re.S)
     assert svg is not None
     parse_svg(svg.group(0))
-    link = re.search(r'href="(/api/v1/exports/trace\.csv\?[^"]+)"', page.text)
-    assert link is not None
-    csv = client.get(html_unescape(link.group(1)))
+    # The export buttons post the shown trace again (nothing identifying in a link).
+    export_form = re.search(
+        r'<form method="post" action="/trace/export".*?</form>', page.text, re.S
+    )
+    assert export_form is not None and "href=" not in export_form.group(0)
+    fields = {
+        html_unescape(name): html_unescape(value)
+        for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', export_form.group(0))
+    }
+    fields["format"] = "csv"
+    csv = client.post("/trace/export", data=fields)
     assert csv.status_code == 200 and F2.id_number in csv.content.decode("utf-8-sig")
+    assert store.audit_entries(1)[0].action == "export_trace"
 
 
 def test_trace_with_a_scanned_cccd_text_in_the_id_field(client: TestClient) -> None:

@@ -20,12 +20,13 @@ from doorscan.payloads import parse_qr
 from doorscan.synthetic import cccd_text
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.access import AccessControlledStore, Principal, Role
+from hub.access import AccessControlledStore, Role
 from hub.store import StoredScan, StoreError
 from hub.store.common_store import CHECKINS_AT_SQL, CHECKINS_OF_SQL
 from hub.store.postgres import DELETE_DATED_AHEAD, PostgresStore
 from hub.store.postgres_schema import SCHEMA_VERSION
 from hub.vault import Vault
+from tests.access_data import principal
 from tests.hubdb import PG_URL, pg_schema_url, raw_sql
 from tests.hubstore import TEST_VAULT
 from tests.test_vault import PEOPLE, leaks
@@ -110,7 +111,13 @@ def test_each_vietnam_day_gets_its_partition_and_purge_drops_whole_days(pg_url: 
 
         counts = store.purge_older_than(cutoff, at=NOW, reason="test")
 
-        assert counts == {"scans": 5, "dead_letters": 0, "batches": 0, "held_scans": 0}
+        assert counts == {
+            "scans": 5,
+            "dead_letters": 0,
+            "batches": 0,
+            "held_scans": 0,
+            "login_failures": 0,
+        }
         assert _partitions(pg_url) == [*DAYS[1:], TOMORROW]
         assert sorted(raw_sql(pg_url, "SELECT scan_id FROM scan_ids")) == [
             ("d2-evening",),
@@ -307,7 +314,7 @@ def test_a_dump_of_the_database_holds_no_name_and_no_id_number(pg_url: str, tmp_
         # A refused code, kept as it came, with a reason that quotes it.
         qr = cccd_text(PEOPLE[0]).encode()
         store.add_dead_letter("mqtt", "t", qr, "bad", f"not {PEOPLE[0].name}", NOW)
-        tracer = AccessControlledStore(store, Principal(Role.TRACER))
+        tracer = AccessControlledStore(store, principal(Role.TRACER))
         found = tracer.trace(PEOPLE[3].id_number, DAY1, NOW, timedelta(minutes=60), 2, "ca 1", NOW)
         assert found.index.name == PEOPLE[3].name
         assert store.person_keys_by_name(PEOPLE[4].name) == [PEOPLE[4].person_key]

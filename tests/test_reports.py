@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -30,12 +31,13 @@ from doorscan.wire import (
     topic_scans,
     topic_status,
 )
-from hub.access import Forbidden, Principal, Role
+from hub import reports
+from hub.access import AccessControlledStore, Forbidden, Principal, Role
 from hub.ingest import Ingestor
 from hub.namefold import fold
-from hub.reports import quiet_venues, units_overview, usage_per_day
 from hub.store import HubStore, SqliteStore
 from hub.store.sqlite_schema import seal_identity
+from tests.access_data import principal
 from tests.hubdb import raw_sql
 from tests.hubstore import TEST_VAULT, open_store
 
@@ -46,8 +48,33 @@ VENUES = {
     "benh-vien": "Thành phố Pleiku",
     "uy-ban-iagrai": "Huyện Ia Grai",
 }
-REPORTER = Principal(Role.REPORTER)
-OWNER = Principal(Role.VENUE, "cho-pleiku")
+REPORTER = principal(Role.REPORTER)
+OWNER = principal(Role.VENUE, "cho-pleiku")
+
+
+# The reports as every caller reads them: through the access layer, which scopes them.
+def usage_per_day(
+    store: HubStore,
+    who: Principal,
+    since: date,
+    until: date,
+    by: Literal["venue", "district"],
+    *,
+    venue_id: str | None = None,
+) -> list[reports.UsageRow]:
+    return AccessControlledStore(store, who).usage(since, until, by, NOW, venue_id=venue_id)
+
+
+def quiet_venues(
+    store: HubStore, who: Principal, days: int, now: datetime
+) -> list[reports.QuietVenue]:
+    return AccessControlledStore(store, who).quiet_venues(days, now)
+
+
+def units_overview(
+    store: HubStore, who: Principal, now: datetime, silent_after: timedelta = reports.DEFAULT_SILENT
+) -> list[reports.UnitHealth]:
+    return AccessControlledStore(store, who).units(now, silent_after)
 
 
 class Clock:
@@ -162,7 +189,7 @@ def test_a_venue_owner_asking_for_another_venue_is_refused_and_audited(hub: Hub)
     for role in (Role.ADMIN, Role.REPORTER, Role.TRACER):
         rows = usage_per_day(
             hub.store,
-            Principal(role),
+            principal(role),
             date(2026, 3, 1),
             date(2026, 3, 19),
             "venue",
@@ -273,7 +300,7 @@ def test_a_recent_scan_keeps_an_offline_unit_from_being_silent(hub: Hub) -> None
 
 def test_a_unit_that_talks_without_being_registered_is_kept_and_flagged(hub: Hub) -> None:
     hub.status("door-ghost", True, software="0.9.0")
-    units = units_overview(hub.store, Principal(Role.ADMIN), NOW)
+    units = units_overview(hub.store, principal(Role.ADMIN), NOW)
     assert units[0].unit_id == "door-ghost"  # listed first: an operator should look
     assert (units[0].registered, units[0].venue_id, units[0].online) == (False, None, True)
     assert all(u.registered for u in units[1:]) and len(units) == 4

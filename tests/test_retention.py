@@ -73,7 +73,13 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(db: str) -> None:
     with open_store(db) as store:
         counts = store.purge_older_than(CUTOFF, at=NOW)
         assert store.counts()["scans"] == 2
-    assert counts == {"scans": 2, "dead_letters": 2, "batches": 2, "held_scans": 0}
+    assert counts == {
+        "scans": 2,
+        "dead_letters": 2,
+        "batches": 2,
+        "held_scans": 0,
+        "login_failures": 0,
+    }
     assert remaining(db) == {
         "scans": ["scan-at_cutoff", "scan-new"],
         "dead_letters": ["at_cutoff", "new"],
@@ -93,7 +99,13 @@ def test_purge_is_recorded_in_the_audit_chain_and_the_log_is_kept(db: str) -> No
     assert entries[0].at == NOW
     assert entries[0].params == {
         "cutoff": "2021-09-02T12:00:00.000Z",
-        "deleted": {"scans": 2, "dead_letters": 2, "batches": 2, "held_scans": 0},
+        "deleted": {
+            "scans": 2,
+            "dead_letters": 2,
+            "batches": 2,
+            "held_scans": 0,
+            "login_failures": 0,
+        },
     }
     assert (check.ok, check.entries) == (True, 2)
 
@@ -108,6 +120,7 @@ def test_a_second_purge_finds_nothing_and_a_scan_older_than_received_also_goes(
             "dead_letters": 0,
             "batches": 0,
             "held_scans": 0,
+            "login_failures": 0,
         }
         # Dated a minute after the cutoff (clock ahead) but received before it.
         ahead = CUTOFF + timedelta(minutes=1)
@@ -178,6 +191,7 @@ def test_after_a_purge_no_table_holds_a_time_older_than_the_cutoff(hub_db: str) 
         "dead_letters.received_at_ms",
         "held_scans.received_at_ms",
         "held_scans.scanned_at_ms",
+        "login_failures.at_ms",
         *own_ids,
         "scans.received_at_ms",
         "scans.scanned_at_ms",

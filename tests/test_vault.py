@@ -23,7 +23,7 @@ from doorscan.payloads import parse_qr
 from doorscan.synthetic import Person, cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import Scan, ScanBatch, UnitRecord, VenueRecord, encode_message, topic_scans
-from hub.access import AccessControlledStore, Principal, Role
+from hub.access import AccessControlledStore, Role
 from hub.cli import main
 from hub.ingest import Ingestor
 from hub.scan_ids import csv_scan_id
@@ -31,6 +31,7 @@ from hub.store import SqliteStore, StoredScan, StoreError
 from hub.store.factory import is_postgres, open_hub_store
 from hub.trace import run_trace
 from hub.vault import ENV_VAULT_KEY, SealedDataError, Vault, VaultKeyError
+from tests.access_data import principal
 from tests.hubdb import raw_sql
 from tests.hubstore import TEST_VAULT, open_store
 
@@ -249,7 +250,7 @@ def test_no_name_or_id_number_reaches_the_hub_files(tmp_path: Path) -> None:
         assert ingestor.counters.scans_stored == 100
         assert ingestor.counters.dead_letters == 2
 
-        tracer = AccessControlledStore(store, Principal(Role.TRACER))
+        tracer = AccessControlledStore(store, principal(Role.TRACER))
         result = tracer.trace(
             PEOPLE[3].id_number, DAY, DAY + timedelta(days=1), timedelta(minutes=60), 2, "ca 1", NOW
         )
@@ -341,10 +342,12 @@ def test_a_version_4_file_is_sealed_when_it_opens(tmp_path: Path) -> None:
         # The old trace entry names its subject by pseudonym now; the chain still holds,
         # and a new entry says the hub rewrote it, from which head.
         assert store.verify_audit().ok
-        migration, trace = store.audit_entries()
+        # (Then schema 9 seals the old trace's clear reason and says so in an entry too.)
+        sealing, migration, trace = store.audit_entries()
         assert trace.params == {"subject": store.pseudonym(PEOPLE[0].person_key)}
         assert migration.action == "vault-migration"
         assert migration.params["entries_rewritten"] == 1
+        assert (sealing.action, sealing.params["entries_rewritten"]) == ("audit-migration", 1)
         run_trace(store, PEOPLE[0].id_number, DAY, NOW, timedelta(hours=1), 1, "ca 2", NOW)
         assert [c.id_number for c in store.checkins_of(PEOPLE[1].person_key, 0, 2**62)] == [
             PEOPLE[1].id_number

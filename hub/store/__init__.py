@@ -8,6 +8,7 @@ a store with `hub.store.factory.open_hub_store` (a path or a ``postgresql://`` U
 from hub.store.base import (
     AuditEntry,
     AuditLog,
+    AuditQuery,
     AuditVerification,
     BatchConflict,
     BatchKey,
@@ -41,6 +42,7 @@ from hub.store.sqlite import SqliteStore
 
 __all__ = [
     "AuditEntry",
+    "AuditQuery",
     "AuditLog",
     "AuditVerification",
     "BatchConflict",

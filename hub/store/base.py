@@ -52,7 +52,7 @@ connection handling, and how scans are filed and purged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -221,12 +221,34 @@ class DeadLetter:
     code: str
     reason: str
     payload: bytes
+    size: int = -1  # the payload's length; kept when the payload itself is left out
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.payload))
+
+    def without_payload(self) -> DeadLetter:
+        """The letter as an operator sees it without a reason: its size, not its bytes."""
+        return replace(self, payload=b"", size=self.size)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which audit entries to list: by account (the principal's or the event's), action
+    and period; None leaves a field open."""
+
+    account: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One read of identities: who asked is the OS user's business; why is `reason`.
+    """One audited event: an identity read, a refusal, a login, a purge...
 
+    Who is in ``params["principal"]`` (or ``params["account"]`` for account events);
+    why is `reason`, which the store keeps encrypted and hands back opened.
     `prev_hash` and `hash` chain the entries (`hub.audit`); they are filled by the store.
     """
 
@@ -290,15 +312,23 @@ class AuditLog(Protocol):
     def record_audit(
         self, action: str, reason: str, params: dict[str, Any], at: datetime
     ) -> int: ...
-    def audit_entries(self, limit: int = 100) -> list[AuditEntry]: ...
+    def audit_entries(
+        self, limit: int = 100, query: AuditQuery | None = None
+    ) -> list[AuditEntry]: ...
     def verify_audit(self) -> AuditVerification: ...
+    def audit_hash_at(self, entry_id: int) -> str | None: ...
 
 
 class Retention(Protocol):
     """Forgetting old data. The audit log is never purged here (see `purge_older_than`)."""
 
     def purge_older_than(
-        self, cutoff: datetime, *, at: datetime | None = None, reason: str = "retention"
+        self,
+        cutoff: datetime,
+        *,
+        at: datetime | None = None,
+        reason: str = "retention",
+        by: dict[str, Any] | None = None,
     ) -> dict[str, int]: ...
 
 
@@ -356,6 +386,14 @@ class UserStore(Protocol):
     def add_token(self, token: StoredToken) -> None: ...
     def token(self, token_hash: str) -> StoredToken | None: ...
     def revoke_token(self, token_hash: str) -> bool: ...
+    def set_password_hash(self, user_id: str, password_hash: str) -> bool: ...
+    def set_user_role(self, user_id: str, role: str, venue_id: str | None) -> bool: ...
+    def tokens_of(self, user_id: str) -> list[StoredToken]: ...
+    def reserve_login(
+        self, limits: Sequence[tuple[str, int]], now_ms: int, window_ms: int
+    ) -> tuple[int, list[int]]: ...
+    def settle_login(self, reserved: Sequence[int], succeeded_key: str | None) -> None: ...
+    def clear_login_failures(self, key: str) -> int: ...
 
 
 # -- counts and unit health (hub.reports, the units page, the name search) ---------------------

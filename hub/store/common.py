@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from doorscan.payloads import Identity
 from doorscan.timefmt import to_ms
-from hub.audit import entry_hash
+from hub.audit import GENESIS_HASH, entry_hash
 from hub.namefold import fold
 from hub.store.base import StoredScan, StoreError
 from hub.vault import Vault
@@ -37,9 +37,12 @@ __all__ = [
     "dead_letter_aad",
     "identity_fields",
     "name_key",
+    "open_audit_reason",
     "scan_aad",
     "scan_digest",
     "scan_row",
+    "seal_audit_reason",
+    "seal_clear_audit_reasons",
     "seal_dead_letter",
     "seal_identity",
     "to_format_params",
@@ -119,6 +122,29 @@ def seal_dead_letter(vault: Vault, letter_id: int, payload: bytes, reason: str) 
     # refused code (a birth date, a province code), and a payload may be a clear QR text.
     envelope = {"payload": base64.b64encode(payload).decode("ascii"), "reason": reason}
     return vault.seal(json.dumps(envelope).encode("utf-8"), dead_letter_aad(letter_id))
+
+
+SEALED_REASON_PREFIX = "sealed1:"
+_REASON_AAD = b"doorscan audit reason v1"
+
+
+def seal_audit_reason(vault: Vault, reason: str) -> str:
+    """The reason as the audit table keeps it: encrypted, as text (the chain hashes it).
+
+    Tracers type a case's name and ID number into the reason, so it is an identity like
+    the scans' and is kept the same way; `open_audit_reason` gives it back. The entry's
+    hash covers the sealed text, so the chain can be checked without the vault key.
+    """
+    sealed = vault.seal(reason.encode("utf-8"), _REASON_AAD)
+    return SEALED_REASON_PREFIX + base64.b64encode(sealed).decode("ascii")
+
+
+def open_audit_reason(vault: Vault, stored: str) -> str:
+    """The clear reason of a stored entry; `SealedDataError` if it does not open."""
+    if not stored.startswith(SEALED_REASON_PREFIX):
+        return stored  # written by a migration's own entry, which holds no identity
+    blob = base64.b64decode(stored[len(SEALED_REASON_PREFIX) :])
+    return vault.open(blob, _REASON_AAD).decode("utf-8")
 
 
 def name_key(vault: Vault, name: str) -> str | None:
@@ -213,3 +239,54 @@ def append_audit(
         "UPDATE audit_head SET last_id = ?, last_hash = ? WHERE one_row = 1", (entry_id, digest)
     )
     return int(entry_id)
+
+
+_MIGRATION_ACTIONS = ("vault-migration", "audit-migration")
+"""Entries a migration writes itself: their reasons are the hub's words, not a tracer's."""
+
+
+def seal_clear_audit_reasons(
+    conn: SqlConnection, vault: Vault, now: datetime, insert_sql: str = AUDIT_INSERT
+) -> None:
+    """Encrypt the reasons of entries written before reasons were sealed (a migration).
+
+    This edits entries of the hash chain, so the chain is hashed again from the first
+    entry and an ``audit-migration`` entry records the head hash from before: whoever
+    noted that hash (or holds an anchor of it) sees that the hub itself rewrote the
+    chain, and when. A database with no clear reason keeps its chain untouched.
+    """
+    rewritten = 0
+    for entry_id, action, reason in conn.execute(
+        "SELECT id, action, reason FROM audit ORDER BY id"
+    ).fetchall():
+        if action in _MIGRATION_ACTIONS or str(reason).startswith(SEALED_REASON_PREFIX):
+            continue
+        conn.execute(
+            "UPDATE audit SET reason = ? WHERE id = ?",
+            (seal_audit_reason(vault, str(reason)), entry_id),
+        )
+        rewritten += 1
+    if not rewritten:
+        return
+    (previous_head,) = conn.execute("SELECT last_hash FROM audit_head WHERE one_row = 1").fetchone()
+    prev_hash, last_id, count = GENESIS_HASH, None, 0
+    for id_, at_ms, action, reason, params_json in conn.execute(
+        "SELECT id, at_ms, action, reason, params_json FROM audit ORDER BY id"
+    ).fetchall():
+        digest = entry_hash(id_, at_ms, action, reason, params_json, prev_hash)
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (prev_hash, digest, id_)
+        )
+        prev_hash, last_id, count = digest, id_, count + 1
+    conn.execute(
+        "UPDATE audit_head SET last_id = ?, last_hash = ?, entries = ? WHERE one_row = 1",
+        (last_id, prev_hash, count),
+    )
+    append_audit(
+        conn,
+        "audit-migration",
+        "audit reasons sealed at rest: entries hashed again",
+        {"previous_head": previous_head, "entries_rewritten": rewritten},
+        now,
+        insert_sql=insert_sql,
+    )

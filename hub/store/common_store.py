@@ -27,6 +27,7 @@ from doorscan.wire import UnitRecord, VenueRecord, topic_scans
 from hub.audit import AuditHead, AuditRow, AuditVerification, verify_chain
 from hub.store.base import (
     AuditEntry,
+    AuditQuery,
     BatchConflict,
     BatchKey,
     Checkin,
@@ -44,9 +45,11 @@ from hub.store.common import (
     SqlConnection,
     append_audit,
     dead_letter_aad,
+    open_audit_reason,
     scan_aad,
     scan_digest,
     scan_row,
+    seal_audit_reason,
     seal_dead_letter,
 )
 from hub.store.common_reports import SqlReports
@@ -380,21 +383,56 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
     def _append_audit(
         self, conn: SqlConnection, action: str, reason: str, params: dict[str, Any], at: datetime
     ) -> int:
+        sealed = seal_audit_reason(self._vault, reason)
         try:
-            return append_audit(conn, action, reason, params, at, insert_sql=self._audit_insert)
+            return append_audit(conn, action, sealed, params, at, insert_sql=self._audit_insert)
         except StoreError as exc:
             raise StoreError(f"{self._where}: {exc}") from None
 
-    def audit_entries(self, limit: int = 100) -> list[AuditEntry]:
-        """The newest `limit` audit rows, newest first."""
-        rows = self._query(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",  # noqa: S608
-            (int(limit),),
+    def audit_entries(self, limit: int = 100, query: AuditQuery | None = None) -> list[AuditEntry]:
+        """The newest `limit` audit rows matching `query`, newest first, reasons opened.
+
+        Action and period are filtered in SQL; the account in the entry's parameters
+        (``principal.account``, or ``account`` for account events) as rows are read.
+        """
+        query = query or AuditQuery()
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if query.action is not None:
+            where.append("action = ?")
+            args.append(query.action)
+        if query.since is not None:
+            where.append("at_ms >= ?")
+            args.append(to_ms(query.since))
+        if query.until is not None:
+            where.append("at_ms <= ?")
+            args.append(to_ms(query.until))
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY id DESC"
         )
-        return [
-            AuditEntry(id, from_ms(at_ms), action, reason, json.loads(params), prev, digest)
-            for id, at_ms, action, reason, params, prev, digest in rows
-        ]
+        entries: list[AuditEntry] = []
+        with self._snapshot() as conn:
+            for id, at_ms, action, reason, params_json, prev, digest in conn.execute(sql, args):
+                params = json.loads(params_json)
+                if query.account is not None and _entry_account(params) != query.account:
+                    continue
+                opened = self._open_reason(reason)
+                entries.append(AuditEntry(id, from_ms(at_ms), action, opened, params, prev, digest))
+                if len(entries) >= limit:
+                    break
+        return entries
+
+    def _open_reason(self, stored: str) -> str:
+        try:
+            return open_audit_reason(self._vault, stored)
+        except (SealedDataError, ValueError):
+            return "(a reason that does not open with this vault key)"
+
+    def audit_hash_at(self, entry_id: int) -> str | None:
+        """The stored hash of entry `entry_id`, or None if there is no such entry."""
+        rows = self._query("SELECT hash FROM audit WHERE id = ?", (int(entry_id),))
+        return str(rows[0][0]) if rows else None
 
     def verify_audit(self) -> AuditVerification:
         """Check the whole chain and its head (`hub.audit.verify_chain`).
@@ -416,7 +454,12 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
     # -- retention -------------------------------------------------------------------
 
     def purge_older_than(
-        self, cutoff: datetime, *, at: datetime | None = None, reason: str = "retention"
+        self,
+        cutoff: datetime,
+        *,
+        at: datetime | None = None,
+        reason: str = "retention",
+        by: dict[str, Any] | None = None,
     ) -> dict[str, int]:
         """Delete what is older than `cutoff` (strictly: a row at exactly `cutoff` stays).
 
@@ -441,8 +484,15 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                     "DELETE FROM held_scans WHERE scanned_at_ms < ? OR received_at_ms < ?",
                     (cutoff_ms, cutoff_ms),
                 ).rowcount,
+                # Addresses of failed logins are about people too; the throttle needs
+                # only its window of them.
+                "login_failures": conn.execute(
+                    "DELETE FROM login_failures WHERE at_ms < ?", (cutoff_ms,)
+                ).rowcount,
             }
             params: dict[str, Any] = {"cutoff": format_rfc3339(cutoff), "deleted": counts}
+            if by is not None:
+                params["principal"] = by  # who purged (`hub.access.Principal.to_audit`)
             self._append_audit(conn, "purge", reason, params, at or datetime.now(UTC))
         return counts
 
@@ -460,6 +510,14 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                 "dead_letters": one("SELECT COUNT(*) FROM dead_letters"),
                 "held": one("SELECT COUNT(*) FROM held_scans"),
             }
+
+
+def _entry_account(params: dict[str, Any]) -> str | None:
+    principal = params.get("principal")
+    if isinstance(principal, dict) and isinstance(principal.get("account"), str):
+        return str(principal["account"])
+    account = params.get("account")
+    return account if isinstance(account, str) else None
 
 
 def _conflict_letter(scan: StoredScan) -> NewDeadLetter:

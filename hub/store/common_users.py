@@ -71,6 +71,91 @@ class SqlUsers:
             )
             return cursor.rowcount == 1
 
+    def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        """Replace a user's password hash (a reset, or a rehash at a higher cost)."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id)
+            )
+            return cursor.rowcount == 1
+
+    def set_user_role(self, user_id: str, role: str, venue_id: str | None) -> bool:
+        """Change a user's role (and venue, for the venue role); False if no such user."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE users SET role = ?, venue_id = ? WHERE user_id = ?",
+                (role, venue_id, user_id),
+            )
+            return cursor.rowcount == 1
+
+    def tokens_of(self, user_id: str) -> list[StoredToken]:
+        """A user's tokens (hashes only), newest first."""
+        rows = self._query(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = ? "  # noqa: S608
+            "ORDER BY created_at_ms DESC",
+            (user_id,),
+        )
+        return [StoredToken(h, u, k, c, e, bool(r)) for h, u, k, c, e, r in rows]
+
+    # -- failed logins (hub.login_throttle decides; this keeps the count atomic) -------------
+
+    _login_lock_sql = ""
+    """Serialises login decisions; PostgreSQL sets an advisory lock, SQLite's BEGIN
+    IMMEDIATE already holds the write lock."""
+
+    def reserve_login(
+        self, limits: Sequence[tuple[str, int]], now_ms: int, window_ms: int
+    ) -> tuple[int, list[int]]:
+        """Count a login attempt against each (key, limit) before its password is checked.
+
+        In one serialised transaction: forget failures older than the window; if any key
+        has `limit` failures left in it, return the milliseconds until the oldest that
+        counts ages out (and record nothing); else record one failure per key and return
+        (0, their ids). The attempt counts as failed until `settle_login` says otherwise,
+        so a burst of concurrent attempts cannot check more passwords than the limit.
+        """
+        with self._transaction() as conn:
+            if self._login_lock_sql:
+                conn.execute(self._login_lock_sql)
+            conn.execute("DELETE FROM login_failures WHERE at_ms <= ?", (now_ms - window_ms,))
+            wait_ms = 0
+            for key, limit in limits:
+                times = [
+                    int(t)
+                    for (t,) in conn.execute(
+                        "SELECT at_ms FROM login_failures WHERE key = ? ORDER BY at_ms", (key,)
+                    ).fetchall()
+                ]
+                if len(times) >= limit:
+                    wait_ms = max(wait_ms, times[len(times) - limit] + window_ms - now_ms)
+            if wait_ms > 0:
+                return wait_ms, []
+            ids = [
+                int(
+                    conn.execute(
+                        "INSERT INTO login_failures (key, at_ms) VALUES (?, ?) RETURNING id",
+                        (key, now_ms),
+                    ).fetchall()[0][0]
+                )
+                for key, _ in limits
+            ]
+            return 0, ids
+
+    def settle_login(self, reserved: Sequence[int], succeeded_key: str | None) -> None:
+        """After the check: a good password takes back its reservation and clears the
+        failures of `succeeded_key` (the user's); a wrong one leaves them counted."""
+        if succeeded_key is None:
+            return
+        with self._transaction() as conn:
+            for row_id in reserved:
+                conn.execute("DELETE FROM login_failures WHERE id = ?", (row_id,))
+            conn.execute("DELETE FROM login_failures WHERE key = ?", (succeeded_key,))
+
+    def clear_login_failures(self, key: str) -> int:
+        """Forget a key's failures (an admin unlocking a user); how many were forgotten."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM login_failures WHERE key = ?", (key,)).rowcount
+
     def add_token(self, token: StoredToken) -> None:
         with self._transaction() as conn:
             conn.execute(

@@ -5,6 +5,10 @@
 
 The PostgreSQL backend (and psycopg) is imported only when a URL asks for it, so a
 SQLite hub starts without it.
+
+This is the one store module the web and CLI layers import (tests/test_layers.py):
+they open a store here and hand it to `hub.access`, `hub.auth` or ingest, and take the
+store's type and error from here too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from hub.store.base import HubStore, StoreError
 from hub.store.sqlite import SqliteStore
 from hub.vault import Vault
 
-__all__ = ["is_postgres", "open_hub_store", "sqlite_path"]
+__all__ = ["HubStore", "StoreError", "is_postgres", "open_hub_store", "sqlite_path"]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

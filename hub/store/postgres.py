@@ -115,6 +115,10 @@ class PostgresStore(SqlStore):
     `vault` is required: a database written with another vault is refused (`StoreError`).
     """
 
+    _login_lock_sql = (
+        "SELECT pg_advisory_xact_lock(hashtext('doorscan-login:' || current_schema()))"
+    )
+
     def __init__(self, url: str, *, vault: Vault) -> None:
         self.url = url
         self._vault = vault

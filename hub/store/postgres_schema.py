@@ -23,7 +23,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from datetime import date
+from datetime import UTC, date, datetime
 
 from hub.audit import GENESIS_HASH
 from hub.store.base import StoreError
@@ -33,6 +33,7 @@ from hub.store.common import (
     SqlConnection,
     day_of_number,
     day_start_ms,
+    seal_clear_audit_reasons,
 )
 from hub.vault import Vault
 
@@ -207,6 +208,18 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             issued_at_ms BIGINT NOT NULL,
             PRIMARY KEY (unit_id, version)
         )""",
+    ),
+    # 3: SQLite's schema 9: failed logins in the database; audit reasons sealed.
+    (
+        """CREATE TABLE login_failures (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            key TEXT COLLATE "C" NOT NULL,
+            at_ms BIGINT NOT NULL
+        )""",
+        "CREATE INDEX login_failures_by_key ON login_failures (key, at_ms)",
+        lambda conn, vault: seal_clear_audit_reasons(
+            conn, vault, datetime.now(UTC), insert_sql=AUDIT_INSERT_PG
+        ),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

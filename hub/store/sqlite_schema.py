@@ -24,6 +24,7 @@ from hub.store.common import (
     dead_letter_aad,
     name_key,
     scan_aad,
+    seal_clear_audit_reasons,
     seal_dead_letter,
     seal_identity,
 )
@@ -323,6 +324,18 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             issued_at_ms BIGINT NOT NULL,
             PRIMARY KEY (unit_id, version)
         )""",
+    ),
+    # 9: accountable access. Failed logins (and logins being checked) kept in the
+    # database, so every web process counts the same and a restart forgets nothing
+    # (hub.login_throttle); audit reasons encrypted like identities.
+    (
+        """CREATE TABLE login_failures (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,
+            at_ms BIGINT NOT NULL
+        )""",
+        "CREATE INDEX login_failures_by_key ON login_failures (key, at_ms)",
+        lambda conn, vault: seal_clear_audit_reasons(conn, vault, datetime.now(UTC)),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

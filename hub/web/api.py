@@ -1,10 +1,12 @@
 """The hub's JSON API for identities and sign-in: login, trace, visitors, timeline, search.
 
-Every read of identities goes through `hub.access.AccessControlledStore` (via
+Every read goes through `hub.access.AccessControlledStore` (via
 `hub.web.deps.access_for`), which checks the role, masks for venue owners (MoH decision
-2666/QĐ-BYT) and writes the audit entry; this module only turns HTTP into those calls
-and their answers into the response models below, so that the OpenAPI document says
-exactly what each role gets back. Every identity read takes a required ``reason``.
+2666/QĐ-BYT) and writes the audit entry naming the account; this module only turns HTTP
+into those calls and their answers into the response models below, so that the OpenAPI
+document says exactly what each role gets back. Every identity read takes a required
+``reason``, and is a POST: an ID number, a name or a reason in a URL would land in
+proxy logs, browser history and the hub's own log; in a body it lands nowhere.
 
     curl -H "Authorization: Bearer $TOKEN" -X POST http://hub:8080/api/v1/trace \\
         -d '{"id": "064090123456", "since": "2021-08-15T00:00+07:00",
@@ -18,27 +20,28 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 from pydantic import AwareDatetime
 
-from doorscan.errors import Refusal
-from hub.access import Timeline, VisitorList
+from hub.access import AuditQuery, Timeline, VisitorList
 from hub.auth import User, logout
-from hub.exports import Cell, to_csv, to_xlsx
-from hub.trace import MAX_DEPTH, TraceResult
+from hub.exports import MEDIA, ExportFormat, trace_download
+from hub.trace import TraceResult
 from hub.web.api_models import (
-    MAX_WINDOW_MINUTES,
     AuditEntryOut,
     AuditOut,
     AuditVerificationOut,
     ContactOut,
     IndexPersonOut,
     LoginIn,
+    PeriodIn,
     PersonMatchOut,
+    SearchIn,
     SearchOut,
+    TimelineIn,
     TimelineOut,
     TokenOut,
     TraceIn,
@@ -59,40 +62,18 @@ from hub.web.deps import (
     current_user,
     get_now,
     get_store,
+    principal_for,
     throttled_login,
 )
 
 __all__ = ["router"]
 
 VIETNAM = timezone(timedelta(hours=7))
-_EARLIEST = datetime(1971, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-"""Times outside these bounds name no scan and would overflow the millisecond clock."""
-
-
 # Documents the Bearer scheme in OpenAPI; `current_user` does the checking (header or cookie).
 _bearer = Security(HTTPBearer(auto_error=False, description="an API or session token"))
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 
 CurrentUser = Annotated[User, Depends(current_user)]
-Reason = Annotated[
-    str,
-    Query(
-        min_length=1,
-        max_length=500,
-        description="why identities are read (e.g. the case number); written to the audit log",
-    ),
-]
-Since = Annotated[AwareDatetime, Query(description="start of the period (with UTC offset)")]
-Until = Annotated[AwareDatetime, Query(description="end of the period (with UTC offset)")]
-
-
-def _check_period(since: datetime, until: datetime) -> None:
-    for value in (since, until):
-        if not _EARLIEST <= value <= _LATEST:
-            raise Refusal("bad_time", f"times must lie between {_EARLIEST.year} and 9000")
-    if since > until:
-        raise Refusal("empty_period", "since is after until")
 
 
 def _user_out(user: User) -> UserOut:
@@ -101,12 +82,7 @@ def _user_out(user: User) -> UserOut:
     )
 
 
-def _venue_names(request: Request) -> dict[str, str]:
-    return {v.venue_id: v.name for v in get_store(request).venues()}
-
-
-def _run_trace(request: Request, user: User, body: TraceIn) -> TraceResult:
-    _check_period(body.since, body.until)
+def _run_trace(request: Request, user: User, body: TraceIn, action: str) -> TraceResult:
     started = time.perf_counter()
     result = access_for(request, user).trace(
         body.id,
@@ -116,6 +92,7 @@ def _run_trace(request: Request, user: User, body: TraceIn) -> TraceResult:
         body.depth,
         body.reason,
         at=get_now(request),
+        action=action,
     )
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:  # /metrics' trace_seconds (`hub.web.metrics.HubMetrics`)
@@ -178,7 +155,7 @@ def api_logout(user: CurrentUser, request: Request) -> Response:
     """Revoke the token this request came with (header or session cookie)."""
     token = bearer_or_cookie(request)
     if token is not None:
-        logout(get_store(request), token, get_now(request))
+        logout(get_store(request), token, get_now(request), principal_for(request, user))
     response = Response(status_code=204)
     clear_session_cookie(response, request)
     return response
@@ -205,7 +182,7 @@ def api_venues(user: CurrentUser, request: Request) -> list[VenueOut]:
 # -- identities ------------------------------------------------------------------------------
 
 
-@router.get(
+@router.post(
     "/venues/{venue_id}/visitors",
     response_model=VisitorListOut,
     tags=["identities"],
@@ -213,17 +190,11 @@ def api_venues(user: CurrentUser, request: Request) -> list[VenueOut]:
     responses={404: {"model": ErrorOut, "description": "no such venue"}},
 )
 def api_visitors(
-    venue_id: str,
-    since: Since,
-    until: Until,
-    reason: Reason,
-    user: CurrentUser,
-    request: Request,
+    venue_id: str, body: PeriodIn, user: CurrentUser, request: Request
 ) -> VisitorListOut:
     """Who checked in at the venue in the period. Tracer: in full; venue: own venue, masked."""
-    _check_period(since, until)
     listing: VisitorList = access_for(request, user).visitors(
-        venue_id, since, until, reason, at=get_now(request)
+        venue_id, body.since, body.until, body.reason, at=get_now(request)
     )
     return VisitorListOut(
         venue_id=listing.venue_id,
@@ -245,18 +216,16 @@ def api_visitors(
 @router.post("/trace", response_model=TraceOut, tags=["identities"], dependencies=[_bearer])
 def api_trace(body: TraceIn, user: CurrentUser, request: Request) -> TraceOut:
     """Contacts of a person by degree (tracer only); the rule of `hub.trace`."""
-    return _trace_out(_run_trace(request, user, body), _venue_names(request))
+    result = _run_trace(request, user, body, "trace")
+    return _trace_out(result, access_for(request, user).venue_names())
 
 
-@router.get("/people/search", response_model=SearchOut, tags=["identities"], dependencies=[_bearer])
-def api_search(
-    name: Annotated[str, Query(min_length=1, max_length=200, description="diacritics optional")],
-    reason: Reason,
-    user: CurrentUser,
-    request: Request,
-) -> SearchOut:
+@router.post(
+    "/people/search", response_model=SearchOut, tags=["identities"], dependencies=[_bearer]
+)
+def api_search(body: SearchIn, user: CurrentUser, request: Request) -> SearchOut:
     """People scanned under a name, diacritics and case ignored (tracer only)."""
-    matches = access_for(request, user).find_people(name, reason, at=get_now(request))
+    matches = access_for(request, user).find_people(body.name, body.reason, at=get_now(request))
     return SearchOut(
         matches=[
             PersonMatchOut(person_key=m.person_key, id_number=m.id_number, name=m.name)
@@ -265,24 +234,13 @@ def api_search(
     )
 
 
-@router.get(
-    "/people/{id}/timeline",
-    response_model=TimelineOut,
-    tags=["identities"],
-    dependencies=[_bearer],
+@router.post(
+    "/people/timeline", response_model=TimelineOut, tags=["identities"], dependencies=[_bearer]
 )
-def api_timeline(
-    id: str,
-    since: Since,
-    until: Until,
-    reason: Reason,
-    user: CurrentUser,
-    request: Request,
-) -> TimelineOut:
+def api_timeline(body: TimelineIn, user: CurrentUser, request: Request) -> TimelineOut:
     """A person's own check-ins with venue names (tracer only)."""
-    _check_period(since, until)
     timeline: Timeline = access_for(request, user).timeline(
-        id, since, until, reason, at=get_now(request)
+        body.id, body.since, body.until, body.reason, at=get_now(request)
     )
     return TimelineOut(
         person_key=timeline.person_key,
@@ -304,9 +262,15 @@ def api_audit(
     user: CurrentUser,
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    account: Annotated[str | None, Query(max_length=64, description="who acted")] = None,
+    action: Annotated[str | None, Query(max_length=64, description="e.g. trace")] = None,
+    since: Annotated[AwareDatetime | None, Query()] = None,
+    until: Annotated[AwareDatetime | None, Query()] = None,
 ) -> AuditOut:
-    """The newest audit entries and the check of the whole chain (admin only)."""
-    view = access_for(request, user).audit_log(limit, at=get_now(request))
+    """The newest audit entries matching the filters and the check of the whole chain
+    (admin only); reasons are shown opened, to admins only."""
+    query = AuditQuery(account=account, action=action, since=since, until=until)
+    view = access_for(request, user).audit_log(limit, at=get_now(request), query=query)
     check = view.verification
     return AuditOut(
         entries=[
@@ -333,119 +297,31 @@ def api_audit(
 
 # -- exports ---------------------------------------------------------------------------------
 
-_TRACE_HEADERS = (
-    "degree",
-    "id_number",
-    "name",
-    "venue_id",
-    "venue",
-    "time (UTC+7)",
-    "via",
-)
-_MEDIA = {
-    "csv": "text/csv; charset=utf-8",
-    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-}
+
+def _export_trace(fmt: ExportFormat, request: Request, user: User, body: TraceIn) -> Response:
+    result = _run_trace(request, user, body, "export_trace")
+    return trace_download(fmt, result, access_for(request, user).venue_names())
 
 
-def _trace_rows(result: TraceResult, names: dict[str, str]) -> list[list[Cell]]:
-    """The index person's visits (degree 0), then every contact, times in Vietnam time."""
-    index = result.index
-    rows: list[list[Cell]] = [
-        [
-            0,
-            index.id_number,
-            index.name or "",
-            v.venue_id,
-            names.get(v.venue_id, ""),
-            v.at.astimezone(VIETNAM),
-            "",
-        ]
-        for v in index.visits
-    ]
-    rows += [
-        [
-            c.degree,
-            c.id_number,
-            c.name,
-            c.venue_id,
-            names.get(c.venue_id, ""),
-            c.exposed_at.astimezone(VIETNAM),
-            c.via,
-        ]
-        for c in result.contacts
-    ]
-    return rows
-
-
-def _export_trace(
-    fmt: Literal["csv", "xlsx"],
-    request: Request,
-    user: User,
-    id: str,
-    since: datetime,
-    until: datetime,
-    window_minutes: float,
-    depth: int,
-    reason: str,
-) -> Response:
-    body = TraceIn.model_construct(
-        id=id, since=since, until=until, window_minutes=window_minutes, depth=depth, reason=reason
-    )
-    result = _run_trace(request, user, body)
-    rows = _trace_rows(result, _venue_names(request))
-    content = (
-        to_csv(_TRACE_HEADERS, rows) if fmt == "csv" else to_xlsx(_TRACE_HEADERS, rows, "trace")
-    )
-    return Response(
-        content,
-        media_type=_MEDIA[fmt],
-        headers={"Content-Disposition": f'attachment; filename="trace.{fmt}"'},
-    )
-
-
-IdQuery = Annotated[str, Query(min_length=1, max_length=64, description="the index person")]
-WindowQuery = Annotated[float, Query(ge=0, le=MAX_WINDOW_MINUTES)]
-DepthQuery = Annotated[int, Query(ge=0, le=MAX_DEPTH)]
-
-
-@router.get(
+@router.post(
     "/exports/trace.csv",
     response_class=Response,
     tags=["exports"],
     dependencies=[_bearer],
     responses={200: {"content": {"text/csv": {}}, "description": "the trace as CSV (UTF-8)"}},
 )
-def api_export_trace_csv(
-    id: IdQuery,
-    since: Since,
-    until: Until,
-    reason: Reason,
-    user: CurrentUser,
-    request: Request,
-    window_minutes: WindowQuery = 60,
-    depth: DepthQuery = 2,
-) -> Response:
-    """The trace as a CSV file (tracer only); audited like a trace."""
-    return _export_trace("csv", request, user, id, since, until, window_minutes, depth, reason)
+def api_export_trace_csv(body: TraceIn, user: CurrentUser, request: Request) -> Response:
+    """The trace as a CSV file (tracer only); audited as ``export_trace``."""
+    return _export_trace("csv", request, user, body)
 
 
-@router.get(
+@router.post(
     "/exports/trace.xlsx",
     response_class=Response,
     tags=["exports"],
     dependencies=[_bearer],
-    responses={200: {"content": {_MEDIA["xlsx"]: {}}, "description": "the trace as XLSX"}},
+    responses={200: {"content": {MEDIA["xlsx"]: {}}, "description": "the trace as XLSX"}},
 )
-def api_export_trace_xlsx(
-    id: IdQuery,
-    since: Since,
-    until: Until,
-    reason: Reason,
-    user: CurrentUser,
-    request: Request,
-    window_minutes: WindowQuery = 60,
-    depth: DepthQuery = 2,
-) -> Response:
-    """The trace as an XLSX workbook (tracer only); audited like a trace."""
-    return _export_trace("xlsx", request, user, id, since, until, window_minutes, depth, reason)
+def api_export_trace_xlsx(body: TraceIn, user: CurrentUser, request: Request) -> Response:
+    """The trace as an XLSX workbook (tracer only); audited as ``export_trace``."""
+    return _export_trace("xlsx", request, user, body)

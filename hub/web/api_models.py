@@ -23,6 +23,9 @@ __all__ = [
     "IndexPersonOut",
     "ContactOut",
     "TraceIn",
+    "PeriodIn",
+    "TimelineIn",
+    "SearchIn",
     "TraceOut",
     "VisitorOut",
     "VisitorListOut",
@@ -92,13 +95,33 @@ class ContactOut(_Out):
     via: str = Field(description="id number of the person of one degree lower they met")
 
 
-class TraceIn(_Out):
+_REASON = Field(
+    min_length=1,
+    max_length=500,
+    description="why identities are read (e.g. the case); kept encrypted in the audit log",
+)
+
+
+class PeriodIn(_Out):
+    """A period and a reason: a visitor list's request (in the body, never the URL)."""
+
+    since: AwareDatetime = Field(description="start of the period (with UTC offset)")
+    until: AwareDatetime = Field(description="end of the period (with UTC offset)")
+    reason: str = _REASON
+
+
+class TimelineIn(PeriodIn):
     id: str = Field(min_length=1, max_length=64, description="CCCD/CMND/passport or card id")
-    since: AwareDatetime
-    until: AwareDatetime
+
+
+class SearchIn(_Out):
+    name: str = Field(min_length=1, max_length=200, description="diacritics optional")
+    reason: str = _REASON
+
+
+class TraceIn(TimelineIn):
     window_minutes: float = Field(60, ge=0, le=MAX_WINDOW_MINUTES)
     depth: int = Field(2, ge=0, le=MAX_DEPTH)
-    reason: str = Field(min_length=1, max_length=500)
 
 
 class TraceOut(_Out):

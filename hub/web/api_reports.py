@@ -27,7 +27,7 @@ from hub import reports
 from hub.access import Forbidden, Role
 from hub.auth import User
 from hub.exports import Cell, to_csv, to_xlsx
-from hub.web.deps import current_user, get_now, get_store
+from hub.web.deps import access_for, current_user, get_now
 from hub.web.metrics import CONTENT_TYPE, HubMetrics
 
 __all__ = ["router"]
@@ -122,10 +122,6 @@ VenueFilter = Annotated[
 ]
 
 
-def _store(request: Request) -> reports.ReportsStore:
-    return get_store(request)
-
-
 def _period(request: Request, since: date | None, until: date | None) -> tuple[date, date]:
     last = until or reports.vietnam_today(get_now(request))
     first = since or last - timedelta(days=DEFAULT_REPORT_DAYS - 1)
@@ -141,11 +137,9 @@ def _usage(
     venue_id: str | None,
 ) -> UsageOut:
     first, last = _period(request, since, until)
-    store = _store(request)
-    rows = reports.usage_per_day(
-        store, user.principal(), first, last, by, venue_id=venue_id, now=get_now(request)
-    )
-    names = {v.venue_id: v.name for v in store.venues()} if by == "venue" else {}
+    reader = access_for(request, user)
+    rows = reader.usage(first, last, by, get_now(request), venue_id=venue_id)
+    names = reader.venue_names() if by == "venue" else {}
     return UsageOut(
         since=first,
         until=last,
@@ -169,11 +163,8 @@ def api_units(
     ] = 30,
 ) -> list[UnitOut]:
     """Every unit with its health; units that talk without being registered come first."""
-    units = reports.units_overview(
-        _store(request),
-        user.principal(),
-        get_now(request),
-        silent_after=timedelta(minutes=silent_minutes),
+    units = access_for(request, user).units(
+        get_now(request), silent_after=timedelta(minutes=silent_minutes)
     )
     return [UnitOut(**u.__dict__) for u in units]
 
@@ -198,7 +189,7 @@ def api_quiet_venues(
     days: Annotated[int, Query(ge=1, le=3650, description="no scan for this many days")] = 7,
 ) -> list[QuietVenueOut]:
     """Venues with no scan in the last `days` days, or none ever."""
-    quiet = reports.quiet_venues(_store(request), user.principal(), days, get_now(request))
+    quiet = access_for(request, user).quiet_venues(days, get_now(request))
     return [QuietVenueOut(**q.__dict__) for q in quiet]
 
 
@@ -278,4 +269,4 @@ def metrics(user: CurrentUser, request: Request) -> Response:
         # A web-only process ingests nothing: its counters are zero, units online is real.
         hub_metrics = HubMetrics()
         request.app.state.metrics = hub_metrics
-    return Response(hub_metrics.render(_store(request)), media_type=CONTENT_TYPE)
+    return Response(hub_metrics.render(access_for(request, user)), media_type=CONTENT_TYPE)

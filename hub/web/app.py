@@ -11,26 +11,42 @@ already audited), 400 for refused input (`doorscan.errors.Refusal`, its code), 4
 an unknown venue, 422 for a request the schema refuses. Pages (paths outside ``/api/``)
 get a redirect to the login page instead of a 401, and the dashboard's "not allowed"
 page instead of a JSON 403.
+
+What every response gets (`_guard_requests`): ``X-Content-Type-Options: nosniff``;
+API answers ``Cache-Control: no-store`` (they carry identities, and a shared computer
+or a proxy keeps what it may cache); a POST whose ``Origin`` (or ``Referer``) names
+another site is refused with 403 before any handler runs, API included, so a page
+elsewhere cannot make a logged-in browser act with its cookie. The log line of a
+request names its method, path and status, never its query string (identities travel
+in POST bodies, which are never logged). /docs and /redoc are served from files in the
+``fastapi-offline`` package under a strict Content-Security-Policy: they work on a hub
+without internet and run no script from anywhere else.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from doorscan.errors import Refusal
 from hub.access import Forbidden
 from hub.login_throttle import LoginThrottle
-from hub.web.deps import NotAuthenticated, TooManyLogins, WebStore, is_api_path
+from hub.web.deps import NotAuthenticated, TooManyLogins, WebStore, is_api_path, origin_ok
 
 __all__ = ["API_TITLE", "create_app", "error_body"]
 
@@ -38,6 +54,10 @@ API_TITLE = "doorscan hub"
 _log = logging.getLogger(__name__)
 _STATIC = Path(__file__).parent / "static"
 _NOT_FOUND_CODES = {"unknown_venue"}
+_DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+_DOCS_STATIC = "/static/api-docs"
+_requests_log = logging.getLogger("hub.web.requests")
+_Next = Callable[[Request], Awaitable[Response]]
 
 
 def error_body(code: str, detail: str) -> dict[str, str]:
@@ -57,6 +77,8 @@ def create_app(
     from hub.web import api, api_reports, pages
 
     app = FastAPI(
+        docs_url=None,  # served below from local files, under a CSP
+        redoc_url=None,
         title=API_TITLE,
         version="1",
         description="Contact tracing and usage reports of the doorscan hub. "
@@ -70,10 +92,94 @@ def create_app(
     app.include_router(api.router)
     app.include_router(api_reports.router)
     app.include_router(pages.router)
+    _add_docs(app)
+    app.mount(_DOCS_STATIC, StaticFiles(directory=_DOCS_ASSETS), name="api-docs")
     if _STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     _add_error_handlers(app)
+    _guard_requests(app)
     return app
+
+
+def _guard_requests(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        if request.method == "POST" and not origin_ok(request):
+            response = _bad_origin(request)
+        else:
+            response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if is_api_path(request.url.path):
+            response.headers.setdefault("Cache-Control", "no-store")
+        _requests_log.info(
+            "%s %s %d %.0f ms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+
+def _bad_origin(request: Request) -> Response:
+    """The answer to a POST from another site: JSON on the API, the 403 page elsewhere."""
+    if is_api_path(request.url.path):
+        detail = "a form or script of another site may not post here"
+        return JSONResponse(error_body("bad_origin", detail), status_code=403)
+    from hub.web.i18n import t
+    from hub.web.pages_common import forbidden_page, lang_of
+
+    return forbidden_page(request, t("forbidden_origin", lang_of(request)))
+
+
+def _inline_script_hashes(html: str) -> str:
+    """CSP sources allowing exactly the inline scripts of `html` (FastAPI's page init)."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in scripts
+    )
+
+
+def _docs_response(html: str) -> HTMLResponse:
+    response = HTMLResponse(html)
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'self' {_inline_script_hashes(html)}; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; "
+        "connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def _add_docs(app: FastAPI) -> None:
+    assert app.openapi_url is not None
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{API_TITLE} - Swagger UI",
+            swagger_js_url=f"{_DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{_DOCS_STATIC}/favicon.png",
+        )
+        return _docs_response(bytes(page.body).decode())
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{API_TITLE} - ReDoc",
+            redoc_js_url=f"{_DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{_DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )
+        return _docs_response(bytes(page.body).decode())
 
 
 def _add_error_handlers(app: FastAPI) -> None:

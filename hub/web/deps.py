@@ -19,15 +19,15 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 from fastapi import Request, Response
 from pydantic import BaseModel, Field
 
 from doorscan.errors import DoorscanError
-from hub.access import AccessControlledStore
-from hub.auth import IssuedToken, User, authenticate, login
-from hub.login_throttle import LoginThrottle
-from hub.store import HubStore
+from hub.access import AccessControlledStore, Channel, Principal
+from hub.auth import IssuedToken, User, authenticate, checked_login
+from hub.store.factory import HubStore
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -38,12 +38,16 @@ __all__ = [
     "WebStore",
     "access_for",
     "bearer_or_cookie",
+    "channel_of",
+    "client_address",
     "clear_session_cookie",
     "current_user",
     "get_now",
     "get_store",
     "is_api_path",
     "optional_user",
+    "origin_ok",
+    "principal_for",
     "throttled_login",
     "set_session_cookie",
 ]
@@ -99,24 +103,48 @@ def get_now(request: Request) -> datetime:
     return now() if now is not None else datetime.now(UTC)
 
 
-def throttled_login(request: Request, user_id: str, password: str) -> IssuedToken | None:
-    """`hub.auth.login` behind the app's `LoginThrottle`; `TooManyLogins` while locked.
+def client_address(request: Request) -> str:
+    """The client's address: the TCP peer, or what a trusted proxy said it forwarded for.
 
-    A locked attempt is refused before the password is checked, so guessing gains nothing
-    from it. The address is the TCP peer: behind a reverse proxy, the proxy's.
+    uvicorn rewrites the peer from ``X-Forwarded-For`` only when the connection comes
+    from an address given to ``--trusted-proxy`` (`hub.cli_web.WebThread`); from any
+    other peer the header is ignored, so nobody picks their own address.
     """
-    throttle: LoginThrottle = request.app.state.login_throttle
-    address = request.client.host if request.client else "unknown"
-    now = get_now(request)
-    wait = throttle.retry_after(user_id, address, now)
-    if wait > 0:
-        raise TooManyLogins(wait)
-    issued = login(get_store(request), user_id, password, now)
-    if issued is None:
-        throttle.failed(user_id, address, now)
-    else:
-        throttle.succeeded(user_id, address)
-    return issued
+    return request.client.host if request.client else "unknown"
+
+
+def channel_of(request: Request) -> Channel:
+    """The API (paths under /api/ and /metrics) or the dashboard's pages."""
+    return Channel.API if is_api_path(request.url.path) else Channel.WEB
+
+
+def throttled_login(request: Request, user_id: str, password: str) -> IssuedToken | None:
+    """`hub.auth.checked_login` behind the app's `LoginThrottle`; `TooManyLogins` while locked."""
+    outcome = checked_login(
+        get_store(request),
+        request.app.state.login_throttle,
+        user_id,
+        password,
+        channel=channel_of(request),
+        address=client_address(request),
+        now=get_now(request),
+    )
+    if outcome.wait_s > 0:
+        raise TooManyLogins(outcome.wait_s)
+    return outcome.issued
+
+
+def origin_ok(request: Request) -> bool:
+    """Whether a POST came from our own pages: its Origin (or Referer) is this host.
+
+    A browser sends Origin with every cross-site POST; a request with neither header
+    is a script's or an old browser's and carries no other site's intent.
+    """
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return True
+    host = request.headers.get("host", "")
+    return source != "null" and urlsplit(source).netloc == host
 
 
 def is_api_path(path: str) -> bool:
@@ -150,9 +178,14 @@ def current_user(request: Request) -> User:
     return user
 
 
+def principal_for(request: Request, user: User) -> Principal:
+    """`user` asking through this request: account, channel and client address."""
+    return user.principal(channel_of(request), client_address(request))
+
+
 def access_for(request: Request, user: User) -> AccessControlledStore:
-    """The checked reader for `user`: every read of identities goes through it."""
-    return AccessControlledStore(get_store(request), user.principal())
+    """The checked reader for `user`: every read of the web layer goes through it."""
+    return AccessControlledStore(get_store(request), principal_for(request, user))
 
 
 def set_session_cookie(response: Response, request: Request, issued: IssuedToken) -> None:

@@ -39,7 +39,7 @@ from markupsafe import Markup
 from doorscan.errors import Refusal
 from doorscan.wire import UnitStatus, decode_message
 from hub import reports
-from hub.access import Forbidden
+from hub.access import Forbidden, UnitStatusRow
 from hub.auth import logout
 from hub.web.deps import (
     SESSION_COOKIE,
@@ -49,6 +49,7 @@ from hub.web.deps import (
     get_now,
     get_store,
     optional_user,
+    principal_for,
     set_session_cookie,
     throttled_login,
 )
@@ -61,10 +62,8 @@ from hub.web.pages_common import (
     guard,
     int_field,
     lang_of,
-    origin_ok,
     period,
     render,
-    report_store,
     venue_names,
 )
 from hub.web.pages_trace import router as trace_router
@@ -107,8 +106,6 @@ def login_form(request: Request) -> Response:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login_submit(request: Request) -> Response:
-    if not origin_ok(request):
-        return forbidden_page(request, t("forbidden_origin", lang_of(request)))
     form = await request.form()
     user_id = str(form.get("user_id", "")).strip()
     password = str(form.get("password", ""))
@@ -147,11 +144,11 @@ async def login_submit(request: Request) -> Response:
 
 @router.post("/logout")
 def logout_submit(request: Request) -> Response:
-    if not origin_ok(request):
-        return forbidden_page(request, t("forbidden_origin", lang_of(request)))
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        logout(get_store(request), token, get_now(request))
+        user = optional_user(request)
+        if user is not None:
+            logout(get_store(request), token, get_now(request), principal_for(request, user))
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(response, request)
     return response
@@ -176,11 +173,11 @@ def units_page(request: Request) -> Response:
     reader = access_for(request, user)
     names = venue_names(reader)
     try:
-        units = reports.units_overview(report_store(request), user.principal(), get_now(request))
+        units = reader.units(get_now(request))
+        details = unit_details(reader.unit_statuses(get_now(request)))
     except Forbidden:
         return forbidden_page(request)
     units = sorted(units, key=lambda u: not u.silent)  # stable: keeps the module's order
-    details = unit_details(report_store(request), {u.unit_id for u in units})
     return render(
         request,
         "units.html",
@@ -192,15 +189,13 @@ def units_page(request: Request) -> Response:
     )
 
 
-def unit_details(store: reports.ReportsStore, unit_ids: set[str]) -> dict[str, UnitStatus]:
-    """The latest status of each of `unit_ids` (health figures, remote config), by unit.
+def unit_details(statuses: Sequence[UnitStatusRow]) -> dict[str, UnitStatus]:
+    """The latest status of each unit (health figures, remote config), by unit.
 
-    Only units the role already sees are asked for, so nothing leaks past the venue scope.
+    The access layer hands over only the units the role sees (`unit_statuses`).
     """
     details: dict[str, UnitStatus] = {}
-    for stored in store.unit_statuses():
-        if stored.unit_id not in unit_ids:
-            continue
+    for stored in statuses:
         try:
             details[stored.unit_id] = decode_message(stored.status_json.encode(), UnitStatus)
         except Refusal:
@@ -239,7 +234,6 @@ def reports_page(request: Request) -> Response:
         "until": query.get("until") or today.isoformat(),
         "days": query.get("days") or str(QUIET_DAYS),
     }
-    store, principal = report_store(request), user.principal()
     reader = access_for(request, user)
     names = venue_names(reader)
     context: dict[str, Any] = {
@@ -255,10 +249,10 @@ def reports_page(request: Request) -> Response:
         if (until - since).days >= _MAX_REPORT_DAYS:
             raise Refusal("long_period", f"a report covers at most {_MAX_REPORT_DAYS} days")
         first, last = since.date(), until.date()  # Vietnam days: both are in VN_TZ
-        by_venue = reports.usage_per_day(store, principal, first, last, "venue", now=now)
-        by_district = reports.usage_per_day(store, principal, first, last, "district", now=now)
-        quiet = reports.quiet_venues(store, principal, days, now)
-        units = reports.units_overview(store, principal, now)
+        by_venue = reader.usage(first, last, "venue", now)
+        by_district = reader.usage(first, last, "district", now)
+        quiet = reader.quiet_venues(days, now)
+        units = reader.units(now)
     except Refusal as refusal:
         return render(
             request,

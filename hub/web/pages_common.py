@@ -11,20 +11,16 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from doorscan.errors import Refusal
-from hub import reports
 from hub.access import AccessControlledStore, Role
 from hub.auth import User
-from hub.web.deps import (
-    get_store,
-    optional_user,
-)
+from hub.web.deps import optional_user
 from hub.web.i18n import VN_TZ, Lang, format_date, format_time, pick_lang, t
 
 __all__ = [
@@ -37,9 +33,7 @@ __all__ = [
     "period",
     "vn_day",
     "lang_of",
-    "origin_ok",
     "render",
-    "report_store",
     "venue_names",
 ]
 
@@ -138,15 +132,6 @@ def forbidden_page(request: Request, detail: str = "") -> HTMLResponse:
     )
 
 
-def origin_ok(request: Request) -> bool:
-    """Whether a POST came from our own pages (see the module docstring)."""
-    source = request.headers.get("origin") or request.headers.get("referer")
-    if source is None:
-        return True
-    host = request.headers.get("host", "")
-    return source != "null" and urlsplit(source).netloc == host
-
-
 def guard(request: Request, page: str) -> tuple[User | None, Response | None]:
     """The user, or the response to send instead: the login page, or the 403 page."""
     user = optional_user(request)
@@ -155,10 +140,6 @@ def guard(request: Request, page: str) -> tuple[User | None, Response | None]:
     if user.role not in PAGE_ROLES[page]:
         return user, forbidden_page(request)
     return user, None
-
-
-def report_store(request: Request) -> reports.ReportsStore:
-    return get_store(request)
 
 
 def venue_names(reader: AccessControlledStore) -> dict[str, str]:

@@ -2,7 +2,9 @@
 
 A name search lists the matches to pick from (`AccessControlledStore.find_people`); a
 USB scanner typing a CCCD QR text into the ID field is reduced to its number. A trace
-reads identities and writes an audit entry, so it is a POST.
+reads identities and writes an audit entry, so it is a POST; so are its exports (the
+result's export buttons post the same fields to /trace/export): an ID number or a
+reason in a link would land in the browser's history and in logs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -20,6 +21,8 @@ from markupsafe import Markup
 
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
+from hub.access import AccessControlledStore, PersonMatch
+from hub.exports import ExportFormat, trace_download
 from hub.trace import DEFAULT_DEPTH, DEFAULT_WINDOW, MAX_DEPTH, Contact, TraceResult
 from hub.web.api_models import MAX_WINDOW_MINUTES
 from hub.web.deps import (
@@ -28,11 +31,9 @@ from hub.web.deps import (
 )
 from hub.web.i18n import VN_TZ, Lang, format_time, t
 from hub.web.pages_common import (
-    forbidden_page,
     guard,
     int_field,
     lang_of,
-    origin_ok,
     period,
     render,
     venue_names,
@@ -116,8 +117,6 @@ async def trace_submit(request: Request) -> Response:
     if refused is not None:
         return refused
     assert user is not None  # _guard returned no refusal
-    if not origin_ok(request):
-        return forbidden_page(request, t("forbidden_origin", lang_of(request)))
     lang = lang_of(request)
     raw = await request.form()
     form = TraceForm(**{k: str(raw.get(k, "")) for k in TraceForm.__dataclass_fields__})
@@ -131,22 +130,9 @@ async def trace_submit(request: Request) -> Response:
         "max_window": MAX_WINDOW_MINUTES,
     }
     try:
-        since, until = period(form.since, form.until)
-        window_minutes = int_field(form.window_minutes, "window")
-        if not 0 <= window_minutes <= MAX_WINDOW_MINUTES:
-            # The API's bound, so that the page's export links take what the page took.
-            raise Refusal("bad_window", f"the window must be 0..{MAX_WINDOW_MINUTES} minutes")
-        window = timedelta(minutes=window_minutes)
-        depth = int_field(form.depth, "depth")
-        subject = subject_from_text(form.subject)
-        if subject is None:
-            matches = reader.find_people(form.subject, form.reason, now)
-            if len(matches) != 1:
-                return render(
-                    request, "trace.html", user, "trace", **{**context, "matches": matches}
-                )
-            subject = matches[0].person_key
-        result = reader.trace(subject, since, until, window, depth, form.reason, now)
+        result = _trace_of_form(reader, form, now, "trace")
+        if isinstance(result, list):
+            return render(request, "trace.html", user, "trace", **{**context, "matches": result})
     except Refusal as refusal:
         return render(
             request,
@@ -166,6 +152,60 @@ async def trace_submit(request: Request) -> Response:
         "trace",
         **{**context, **_result_context(result, form, names, lang)},
     )
+
+
+def _trace_of_form(
+    reader: AccessControlledStore, form: TraceForm, now: datetime, action: str
+) -> TraceResult | list[PersonMatch]:
+    """The trace the form asks for, or the people its name matches when not exactly one."""
+    since, until = period(form.since, form.until)
+    window_minutes = int_field(form.window_minutes, "window")
+    if not 0 <= window_minutes <= MAX_WINDOW_MINUTES:
+        raise Refusal("bad_window", f"the window must be 0..{MAX_WINDOW_MINUTES} minutes")
+    window = timedelta(minutes=window_minutes)
+    depth = int_field(form.depth, "depth")
+    subject = subject_from_text(form.subject)
+    if subject is None:
+        matches = reader.find_people(form.subject, form.reason, now)
+        if len(matches) != 1:
+            return matches
+        subject = matches[0].person_key
+    return reader.trace(subject, since, until, window, depth, form.reason, now, action=action)
+
+
+@router.post("/trace/export")
+async def trace_export(request: Request) -> Response:
+    """The result's CSV or XLSX: the trace run again from the posted fields, audited as
+    ``export_trace`` (so an export is told apart from a look at the page)."""
+    user, refused = guard(request, "/trace")
+    if refused is not None:
+        return refused
+    assert user is not None
+    raw = await request.form()
+    form = TraceForm(**{k: str(raw.get(k, "")) for k in TraceForm.__dataclass_fields__})
+    fmt: ExportFormat = "xlsx" if raw.get("format") == "xlsx" else "csv"
+    reader = access_for(request, user)
+    try:
+        result = _trace_of_form(reader, form, get_now(request), "export_trace")
+    except Refusal as refusal:
+        lang = lang_of(request)
+        errors = [t("bad_input", lang, detail=refusal.reason)]
+        return render(
+            request,
+            "trace.html",
+            user,
+            "trace",
+            status=400,
+            errors=errors,
+            form=form,
+            matches=None,
+            result=None,
+            max_depth=MAX_DEPTH,
+            max_window=MAX_WINDOW_MINUTES,
+        )
+    if isinstance(result, list):
+        raise Refusal("ambiguous_name", "the name matches more than one person: pick one")
+    return trace_download(fmt, result, reader.venue_names())
 
 
 def _result_context(
@@ -196,22 +236,19 @@ def _result_context(
         lang=lang,
         legend=(t("timeline_visit", lang), t("timeline_contact", lang)),
     )
-    query = urlencode(
-        {
-            "id": result.params.person_key,
-            "since": result.params.since.isoformat(),
-            "until": result.params.until.isoformat(),
-            "window_minutes": form.window_minutes.strip(),
-            "depth": result.params.depth,
-            "reason": form.reason,
-        }
-    )
     return {
         "result": result,
         "by_degree": sorted(by_degree.items()),
         "venue_name": venue_name,
         "via_name": lambda id_number: f"{people.get(id_number, id_number)} ({id_number})",
         "timeline": Markup(timeline) if result.index.visits else None,  # noqa: S704 escaped in svg.py
-        "export_csv": f"/api/v1/exports/trace.csv?{query}",
-        "export_xlsx": f"/api/v1/exports/trace.xlsx?{query}",
+        # What the export buttons post again: the trace exactly as shown.
+        "export_fields": {
+            "subject": result.params.person_key,
+            "reason": form.reason,
+            "since": form.since,
+            "until": form.until,
+            "window_minutes": form.window_minutes.strip(),
+            "depth": str(result.params.depth),
+        },
     }
