@@ -12,7 +12,8 @@ all: test
 
 # System packages: installed with apt-get when we are root, otherwise we stop and say how.
 # chromium is Debian's, for the dashboard's browser tests (Playwright drives it; no download);
-# shellcheck checks deploy/install-unit.sh.
+# shellcheck checks deploy/install-unit.sh; fonts-dejavu-core prints visitor cards (every
+# Vietnamese letter with its marks).
 system-deps:
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing="$$missing libzbar0"; \
@@ -20,6 +21,7 @@ system-deps:
 	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -85,6 +85,7 @@ from doorscan.wire import (
     encode_message,
     revision_of,
     topic_ack,
+    topic_card_revocations,
     topic_config,
     topic_hub_status,
     topic_scans,
@@ -164,6 +165,7 @@ class MqttSync:
         health: Callable[[], Mapping[str, Any]] = dict,
         status_every_s: float = 60.0,
         on_config: Callable[[bytes], bool] | None = None,
+        on_card_revocations: Callable[[bytes], bool] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
     ) -> None:
         """`health` returns optional `UnitStatus` fields (uptime_s, camera_ok, ...).
@@ -175,6 +177,7 @@ class MqttSync:
         """
         self._wall = wall_clock or (clock or SystemClock()).now
         self._on_config_payload = on_config
+        self._on_revocations_payload = on_card_revocations
         self.unit_id = unit_id
         self._outbox = outbox
         self._broker = broker
@@ -294,6 +297,8 @@ class MqttSync:
         client.message_callback_add(topic_hub_status(), self._on_hub_status)
         if self._on_config_payload is not None:
             client.message_callback_add(topic_config(self.unit_id), self._on_config)
+        if self._on_revocations_payload is not None:
+            client.message_callback_add(topic_card_revocations(), self._on_revocations)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -304,6 +309,8 @@ class MqttSync:
         topics = [(topic_ack(self.unit_id), 1), (topic_hub_status(), 1)]
         if self._on_config_payload is not None:
             topics.append((topic_config(self.unit_id), 1))
+        if self._on_revocations_payload is not None:
+            topics.append((topic_card_revocations(), 1))
         client.subscribe(topics)
         # The broker hands a subscription's retained messages (the hub's status) over
         # before it answers a later SUBSCRIBE: this one's SUBACK says they are all in, so
@@ -400,6 +407,15 @@ class MqttSync:
             return
         if changed:
             self.publish_status()
+
+    def _on_revocations(
+        self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage
+    ) -> None:
+        assert self._on_revocations_payload is not None
+        try:
+            self._on_revocations_payload(bytes(message.payload))
+        except Exception:
+            log.exception("handling the card revocation list failed; the held one stays")
 
     # -- the sender thread -------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
 from doorscan.payloads import Identity, parse_qr
 from doorscan.sealing import seal
+from doorscan.timefmt import vietnam_day
 from doorscan.wire import Scan
 
 __all__ = ["ScanOutcome", "Scanner"]
@@ -156,7 +157,7 @@ class Scanner:
     def _handle_text(self, text: str) -> ScanOutcome:
         now = self._clock.now()
         try:
-            identity = parse_qr(text, card_keys=self._card_keys, today=now.date())
+            identity = parse_qr(text, card_keys=self._card_keys, today=vietnam_day(now))
         except Refusal as refusal:
             log.info("refused a code: %s", refusal.reason)
             return ScanOutcome(Feedback.REFUSED, reason=refusal.reason)

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from device.card_revocations import CardRevocationList
 from device.clock import Clock, SystemClock, UnitClock
 from device.config import UnitConfig
 from device.debounce import Debounce
@@ -164,6 +165,12 @@ class Unit:
         self.indicators.sound_allowed = lambda: self.remote_config.settings.sound_allowed(
             self.clock.now()
         )
+        card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
+        # Revoked cards as last heard, kept in the state file: refused even after an
+        # offline restart. Without card keys every card is refused anyway.
+        self.card_revocations = (
+            CardRevocationList(card_keys, self.state) if card_keys is not None else None
+        )
         self.sync = MqttSync(
             config.unit_id,
             self.journal,
@@ -178,9 +185,9 @@ class Unit:
             health=self.health,
             status_every_s=status_every_s,
             on_config=self.remote_config.receive,
+            on_card_revocations=self.card_revocations.receive if self.card_revocations else None,
             wall_clock=self.clock.now,
         )
-        card_keys = CardKeyring.from_pem_files(config.card_keys) if config.card_keys else None
         self.scanner = Scanner(
             unit_id=config.unit_id,
             venue_id=config.venue_id,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from doorscan.cards import CARD_PREFIX, CardKeyring, parse_card
+from doorscan.cards import CARD_PREFIX, CARD_PREFIX_V1, CardKeyring, parse_card
 from doorscan.errors import Refusal
 from doorscan.wire.limits import MAX_QR_CHARS
 
@@ -256,8 +256,8 @@ def parse_qr(
         raise Refusal("too_long", f"the code is over {MAX_QR_CHARS} characters")
     if not text.strip():
         raise Refusal("empty", "the code is empty")
-    if text.startswith(CARD_PREFIX):
-        card = parse_card(text, card_keys)
+    if text.startswith((CARD_PREFIX, CARD_PREFIX_V1)):
+        card = parse_card(text, card_keys, today)
         return Identity(
             kind="card", person_key=f"card:{card.card_id}", id_number=card.card_id, name=card.name
         )

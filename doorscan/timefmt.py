@@ -6,9 +6,9 @@ integer comparisons; the wire and every output use RFC 3339 with a `Z`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 
-__all__ = ["format_rfc3339", "parse_rfc3339", "to_ms", "from_ms"]
+__all__ = ["VIETNAM", "format_rfc3339", "from_ms", "parse_rfc3339", "to_ms", "vietnam_day"]
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -43,3 +43,12 @@ def to_ms(value: datetime) -> int:
 def from_ms(ms: int) -> datetime:
     """Inverse of `to_ms`."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+VIETNAM = timezone(timedelta(hours=7), "ICT")
+"""Vietnam's time: UTC+7 all year. The dates on documents (a CCCD's, a card's) are its days."""
+
+
+def vietnam_day(value: datetime) -> date:
+    """The Vietnam calendar day of an aware time: 17:30 UTC is already tomorrow there."""
+    return value.astimezone(VIETNAM).date()

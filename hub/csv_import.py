@@ -42,7 +42,7 @@ from pathlib import Path
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
-from doorscan.timefmt import parse_rfc3339, to_ms
+from doorscan.timefmt import parse_rfc3339, to_ms, vietnam_day
 from doorscan.wire import ID_PATTERN, VenueRecord
 from doorscan.wire.limits import EARLIEST_SCAN, FUTURE_TOLERANCE_S
 from hub.scan_ids import csv_scan_id
@@ -171,7 +171,7 @@ def _judge_row(
         raise _RowError(f"unknown venue {venue_id} (use --add-venues)")
     scanned_at = _scan_time(scanned_text, received_at)
     try:
-        identity = parse_qr(qr_text, card_keys=card_keys, today=scanned_at.date())
+        identity = parse_qr(qr_text, card_keys=card_keys, today=vietnam_day(scanned_at))
     except Refusal as refusal:
         raise _RowError(f"qr_text {_show(qr_text, 40)} refused: {refusal.reason}") from None
     unit_id: str | None = None

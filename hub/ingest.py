@@ -45,6 +45,7 @@ from doorscan.errors import Refusal
 from doorscan.timefmt import to_ms
 from doorscan.wire import (
     MAX_MESSAGE_BYTES,
+    CardRevocations,
     UnitRecord,
     UnitStatus,
     VenueRecord,
@@ -179,6 +180,8 @@ class Ingestor:
                 self._handle_unit(entity_id, payload)
             elif kind == "status":
                 self._handle_status(entity_id, payload)
+            elif kind == "card_revocations":
+                self._handle_card_revocations(payload)
             # Ack, config and hub topics are the hub's own words: nothing to store.
             return []
         except Refusal as refusal:
@@ -232,6 +235,17 @@ class Ingestor:
                 self._store.upsert_unit(unit)
         if not known:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")
+
+    def _handle_card_revocations(self, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained list would un-revoke every card: never taken
+        revocations = decode_message(payload, CardRevocations)
+        if self._judge.revoke_cards(revocations):
+            log.info(
+                "card revocations version %d: %d cards",
+                revocations.version,
+                len(revocations.revoked),
+            )
 
     def _handle_status(self, unit_id: str, payload: bytes) -> None:
         if not payload:

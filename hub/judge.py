@@ -26,7 +26,8 @@ from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
 from doorscan.sealing import open_sealed
-from doorscan.wire import BatchHead, Scan, UnitRecord
+from doorscan.timefmt import vietnam_day
+from doorscan.wire import BatchHead, CardRevocations, Scan, UnitRecord
 from doorscan.wire.codes import retry_codes
 from doorscan.wire.limits import EARLIEST_SCAN, FUTURE_TOLERANCE_S
 from hub.store import StoredScan
@@ -83,6 +84,19 @@ class ScanJudge:
         self._card_keys = card_keys
         self._sealing_key = sealing_key
         self._future_tolerance = future_tolerance
+        self._revocations_version = 0
+
+    def revoke_cards(self, revocations: CardRevocations) -> bool:
+        """Take the fleet's list of revoked cards if it is newer than the one held.
+
+        False for an older or equal version (a retained list delivered again, or late).
+        """
+        if revocations.version <= self._revocations_version:
+            return False
+        self._revocations_version = revocations.version
+        if self._card_keys is not None:
+            self._card_keys.set_revoked(revocations.by_card())
+        return True
 
     def judge(
         self,
@@ -113,7 +127,7 @@ class ScanJudge:
                 "implausible_time", f"scanned_at {scan.scanned_at.isoformat()} is before 2020"
             )
         identity = parse_qr(
-            self._text_of(scan), card_keys=self._card_keys, today=scan.scanned_at.date()
+            self._text_of(scan), card_keys=self._card_keys, today=vietnam_day(scan.scanned_at)
         )
         if scan.kind is not None and scan.kind != identity.kind:
             raise Refusal("kind_mismatch", f"scan says {scan.kind}, the code is {identity.kind}")

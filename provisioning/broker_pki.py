@@ -6,7 +6,8 @@ own CA; Mosquitto takes the certificate's CN as the user name
 
     a unit (CN = unit id)        writes  doorscan/v1/units/<own id>/scans and /status
                                  reads   doorscan/v1/units/<own id>/ack and /config,
-                                         doorscan/v1/hub/status
+                                         doorscan/v1/hub/status,
+                                         doorscan/v1/registry/cards/revoked
     doorscan-hub                 reads   every unit's scans and status, the registry
     doorscan-hub-<n> (n=1..64)   writes  every unit's ack and config, hub/status (and a
                                          retained scans message, to clear it)
@@ -365,6 +366,8 @@ def acl_text(hub_workers: int = 0) -> str:
         f"pattern read {units}/%u/config\n"
         "# every client: the hub's retained status (which revision of the contract it reads)\n"
         f"pattern read {TOPIC_ROOT}/hub/status\n"
+        "# every client: the fleet's retained list of revoked visitor cards\n"
+        f"pattern read {TOPIC_ROOT}/registry/cards/revoked\n"
         f"{hub_blocks}"
         "\n"
         f"user {PROVISIONING_CN}\n"

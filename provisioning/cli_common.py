@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from doorscan.mqtt import TlsFiles
-from doorscan.wire import ID_PATTERN, UnitRecord, VenueRecord
+from doorscan.wire import ID_PATTERN, CardRevocations, UnitRecord, VenueRecord
 from provisioning.fleet import FleetHome, InvalidInput, describe_validation_error
 from provisioning.publish import PublishError, publish_messages, registry_messages
 
@@ -128,8 +128,9 @@ def publish_registry(
     port: int,
     venues: Sequence[VenueRecord],
     units: Sequence[UnitRecord],
+    revocations: CardRevocations | None = None,
 ) -> int:
-    messages = registry_messages(venues, units)
+    messages = registry_messages(venues, units, revocations)
     tls = _client_tls(args)
     count = publish_messages(messages, host, port, timeout_s=args.timeout_s, tls=tls)
     how = " over TLS" if tls else ""
@@ -140,14 +141,17 @@ def publish_registry(
 
 
 def publish_now(
-    args: argparse.Namespace, venues: Sequence[VenueRecord], units: Sequence[UnitRecord]
+    args: argparse.Namespace,
+    venues: Sequence[VenueRecord],
+    units: Sequence[UnitRecord],
+    revocations: CardRevocations | None = None,
 ) -> None:
     """`--publish-to` after a change that is already saved: say so if the broker fails."""
     if args.publish_to is None:
         return
     host, port = args.publish_to
     try:
-        publish_registry(args, host, port, venues, units)
+        publish_registry(args, host, port, venues, units, revocations)
     except PublishError as exc:
         raise PublishError(
             f"{exc} (the registry change is saved; run `publish` when the broker is reachable)"

@@ -50,7 +50,7 @@ from doorscan.atomicfile import write_atomic
 from doorscan.cards import CardSigner, parse_card
 from doorscan.errors import DoorscanError
 from doorscan.lifecycle import Closeable
-from doorscan.wire import UnitRecord, VenueRecord
+from doorscan.wire import CardRevocations, RevokedCard, UnitRecord, VenueRecord
 
 __all__ = [
     "ENV_HOME",
@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 ENV_HOME = "DOORSCAN_FLEET"
-CARD_SUFFIXES = (".png", ".svg")
+CARD_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_CONTACT_CHARS = 300
 # 10 px per module at 300 dpi is 0.85 mm: a version-8 card code (about 150 bytes of
 # text) prints 4.8 cm wide with its 4-module quiet zone and reads from 30 cm away.
@@ -155,6 +155,8 @@ class IssuedCard:
     contact: str
     issued: date
     key_id: str
+    expires: date | None = None  # None: a first-format card (doorscan.cards.LEGACY_VALID_DAYS)
+    revoked_on: date | None = None
 
 
 class Registry(Closeable):
@@ -210,14 +212,52 @@ class Registry(Closeable):
     def add_card(self, card: IssuedCard) -> None:
         if self.has_card(card.card_id):
             raise InvalidInput(f"card id {card.card_id} is already in the registry")
-        self._db.table("cards").insert({**asdict(card), "issued": card.issued.isoformat()})
+        self._db.table("cards").insert(_card_fields(card))
 
     def cards(self) -> list[IssuedCard]:
         """In the order they were issued."""
-        return [
-            IssuedCard(**{**doc, "issued": date.fromisoformat(doc["issued"])})
-            for doc in self._db.table("cards").all()
+        # By document id: the file keeps ids as JSON keys, which read back "1", "10", "2"...
+        docs = sorted(self._db.table("cards").all(), key=lambda doc: doc.doc_id)
+        return [_card(doc) for doc in docs]
+
+    def revoke_card(self, card_id: str, on: date, at: datetime) -> CardRevocations:
+        """Mark a card revoked from the Vietnam day `on`; return the fleet's new list.
+
+        The list's version goes up by one with each revocation, so units and the hub
+        keep the newest. Revoking a card twice keeps its first day.
+        """
+        doc = self._db.table("cards").get(Query().card_id == card_id)
+        if not isinstance(doc, dict):
+            raise InvalidInput(f"no card {card_id!r} in the registry")
+        card = _card(doc)
+        if card.revoked_on is None:
+            self._db.table("cards").update(
+                {"revoked_on": on.isoformat()}, Query().card_id == card_id
+            )
+        version = int(self._meta("card_revocations_version", 0)) + 1
+        self._set_meta("card_revocations_version", version)
+        revocations = self.card_revocations(at)
+        assert revocations is not None
+        return revocations
+
+    def card_revocations(self, at: datetime) -> CardRevocations | None:
+        """The list to publish (retained), or None while no card was ever revoked."""
+        version = int(self._meta("card_revocations_version", 0))
+        if version == 0:
+            return None
+        revoked = [
+            RevokedCard(card_id=c.card_id, revoked_on=c.revoked_on)
+            for c in self.cards()
+            if c.revoked_on is not None
         ]
+        return CardRevocations(version=version, issued_at=at, revoked=revoked)
+
+    def _meta(self, key: str, default: Any) -> Any:
+        doc = self._db.table("meta").get(Query().key == key)
+        return doc["value"] if isinstance(doc, dict) else default
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._upsert("meta", "key", key, {"key": key, "value": value})
 
     def _upsert(self, table: str, key: str, value: str, fields: dict[str, Any]) -> bool:
         # Not TinyDB's upsert: for a new record it writes the file twice (update, insert).
@@ -232,6 +272,21 @@ class Registry(Closeable):
         if not self._closed:
             self._closed = True
             self._db.close()
+
+
+def _card_fields(card: IssuedCard) -> dict[str, Any]:
+    return {
+        name: value.isoformat() if isinstance(value, date) else value
+        for name, value in asdict(card).items()
+    }
+
+
+def _card(doc: dict[str, Any]) -> IssuedCard:
+    dates = {
+        name: date.fromisoformat(doc[name]) if doc.get(name) else None
+        for name in ("issued", "expires", "revoked_on")
+    }
+    return IssuedCard(**{**doc, **dates})
 
 
 def record_fields(record: VenueRecord | UnitRecord) -> dict[str, Any]:
@@ -358,7 +413,7 @@ def write_unit_config(
 
 def check_card_output(out: Path) -> None:
     if out.suffix.lower() not in CARD_SUFFIXES:
-        raise InvalidInput(f"--out {out}: a card is written as .png or .svg")
+        raise InvalidInput(f"--out {out}: a card is written as .png, .pdf or .svg")
 
 
 def _check_contact(contact: str) -> str:
@@ -371,19 +426,25 @@ def _check_contact(contact: str) -> str:
 
 
 def issue_card(
-    signer: CardSigner, registry: Registry, name: str, contact: str, issued: date
+    signer: CardSigner,
+    registry: Registry,
+    name: str,
+    contact: str,
+    issued: date,
+    expires: date | None = None,
 ) -> tuple[IssuedCard, str]:
-    """Sign a card, record it (with the contact) in the registry; return it and its QR text."""
+    """Sign a card valid through `expires` (default a year), record it (with the contact)
+    in the registry; return it and its QR text."""
     contact = _check_contact(contact)
     for _ in range(8):
-        text = signer.issue(name, issued)
+        text = signer.issue(name, issued, expires=expires)
         # Parsing our own output gives the normalised name the door will show.
         card = parse_card(text, signer.keyring())
         if not registry.has_card(card.card_id):
             break
     else:  # 8 collisions in a 50-bit id space means the random source is broken
         raise ProvisioningError("could not draw an unused card id")
-    record = IssuedCard(card.card_id, card.name, contact, card.issued, card.key_id)
+    record = IssuedCard(card.card_id, card.name, contact, card.issued, card.key_id, card.expires)
     registry.add_card(record)
     return record, text
 

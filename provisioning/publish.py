@@ -51,9 +51,11 @@ from doorscan.mqtt import (
     use_tls,
 )
 from doorscan.wire import (
+    CardRevocations,
     UnitRecord,
     VenueRecord,
     encode_message,
+    topic_card_revocations,
     topic_registry_unit,
     topic_registry_venue,
 )
@@ -88,10 +90,17 @@ class Message:
     payload: bytes
 
 
-def registry_messages(venues: Iterable[VenueRecord], units: Iterable[UnitRecord]) -> list[Message]:
-    """Venues first, so a hub that reads them in order knows a unit's venue before the unit."""
+def registry_messages(
+    venues: Iterable[VenueRecord],
+    units: Iterable[UnitRecord],
+    revocations: CardRevocations | None = None,
+) -> list[Message]:
+    """Venues first, so a hub that reads them in order knows a unit's venue before the unit;
+    then the card revocation list, when there is one."""
     messages = [Message(topic_registry_venue(v.venue_id), encode_message(v)) for v in venues]
     messages += [Message(topic_registry_unit(u.unit_id), encode_message(u)) for u in units]
+    if revocations is not None:
+        messages.append(Message(topic_card_revocations(), encode_message(revocations)))
     return messages
 
 

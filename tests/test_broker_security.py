@@ -39,12 +39,14 @@ from doorscan.wire import (
     MAX_MESSAGE_BYTES,
     SUB_ALL_SCANS,
     TOPIC_ROOT,
+    CardRevocations,
     Scan,
     UnitRecord,
     VenueRecord,
     decode_message,
     encode_message,
     topic_ack,
+    topic_card_revocations,
     topic_registry_unit,
     topic_registry_venue,
     topic_scans,
@@ -481,3 +483,31 @@ def test_the_broker_cuts_off_a_client_sending_a_packet_past_the_limit(fleet: Fle
         assert dropped.wait(10), "the broker kept a client that sent an oversize packet"
     finally:
         unit.loop_stop()
+
+
+def test_units_read_the_card_revocation_list_and_cannot_write_it(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    _ok(fleet.home, f"card --name 'Lê Thị Hà' --out {fleet.home / 'acl-card.png'}")
+    card_id = capsys.readouterr().out.split()[1]
+    tls = _tls_options(fleet.role_files("provisioning"))
+    _ok(
+        fleet.home,
+        f"card-revoke --id {card_id} --publish-to {HOST}:{fleet.port} --timeout-s 5 {tls}",
+    )
+    topic = topic_card_revocations()
+    ca = fleet.broker_dir / "ca.pem"
+    unit = _Listener(_client("unit-a", fleet.unit_files("unit-a"), ca), fleet.port, topic)
+    try:
+        assert unit.granted == [True]
+        assert wait_for(lambda: len(unit.payloads(topic)) == 1)
+        listed = decode_message(unit.payloads(topic)[0], CardRevocations)
+        assert card_id in listed.by_card()
+        # A unit cannot empty or forge the list: the broker drops its publish.
+        forged = CardRevocations(version=listed.version + 1, issued_at=listed.issued_at, revoked=[])
+        _publish(unit, topic, encode_message(forged), retain=True)
+    finally:
+        unit.close()
+    [kept] = _retained(fleet, topic, 1)
+    assert decode_message(kept, CardRevocations) == listed

@@ -25,7 +25,7 @@ from doorscan.localbroker import LocalBroker, find_mosquitto
 from doorscan.mqtt import make_client
 from doorscan.mqtt_fake import FakeBroker
 from doorscan.synthetic import cccd_text, make_people
-from doorscan.wire import Scan, UnitRecord, VenueRecord, topic_ack, topic_scans
+from doorscan.wire import WIRE_REVISION, Scan, UnitRecord, VenueRecord, topic_ack, topic_scans
 from hub.ingest import Ingestor
 from hub.service import HubService
 from tests.hubstore import open_store
@@ -168,7 +168,7 @@ def test_a_unit_and_the_hub_over_the_fake_settle_and_quarantine(
         ).start()
         try:
             assert hub.wait_connected(5) and sync.wait_connected(5)
-            assert wait_for(lambda: sync.hub_revision == 6, 5)
+            assert wait_for(lambda: sync.hub_revision == WIRE_REVISION, 5)
             for n, person in enumerate(people):
                 text = cccd_text(person) if n else "not a code"
                 journal.record(
@@ -185,5 +185,5 @@ def test_a_unit_and_the_hub_over_the_fake_settle_and_quarantine(
     # The fake's record: the batch in revision 6, then the hub's answer, in that order.
     topics = [p.topic for p in broker.published]
     batch = next(p for p in broker.published if p.topic == topic_scans("door-1"))
-    assert json.loads(batch.payload)["rev"] == 6
+    assert json.loads(batch.payload)["rev"] == WIRE_REVISION
     assert topics.index(topic_scans("door-1")) < topics.index(topic_ack("door-1"))

@@ -295,7 +295,7 @@ def test_a_card_with_a_bad_name_or_file_is_refused_before_it_is_recorded(
     assert run(home, f"card --name {shlex.quote(name)}") == 1
     assert "card_name" in capsys.readouterr().err
     assert run(home, f"card --name Lan --out {tmp_path / 'card.jpg'}") == 1
-    assert ".png or .svg" in capsys.readouterr().err
+    assert ".png, .pdf or .svg" in capsys.readouterr().err
     assert listed(home, capsys)["cards"] == []
 
 

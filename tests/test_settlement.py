@@ -19,6 +19,7 @@ from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
     MAX_BATCH_SCANS,
     MAX_MESSAGE_BYTES,
+    WIRE_REVISION,
     Ack,
     Scan,
     UnitRecord,
@@ -198,7 +199,7 @@ def test_a_scan_id_twice_in_a_batch_is_refused_once_and_kept_whole(hub: Hub) -> 
         ({"sent_at": 12}, "schema"),
         ({"colour": "red"}, "schema"),
         ({"unit_id": "door-2"}, "unit_mismatch"),
-        ({"rev": 7}, "unsupported_revision"),
+        ({"rev": WIRE_REVISION + 1}, "unsupported_revision"),
     ],
 )
 def test_a_bad_batch_head_is_answered_whole(hub: Hub, changes: dict[str, Any], code: str) -> None:

@@ -25,6 +25,7 @@ from doorscan.localbroker import LocalBroker
 from doorscan.sealing import generate_key, seal
 from doorscan.synthetic import cccd_text, make_people
 from doorscan.wire import (
+    WIRE_REVISION,
     Scan,
     UnitRecord,
     UnitStatus,
@@ -106,7 +107,7 @@ def test_a_scan_refused_for_good_is_quarantined_kept_and_counted(
         _sync(journal, broker).start() as sync,
     ):
         assert hub.wait_connected(10) and sync.wait_connected(10)
-        assert wait_for(lambda: sync.hub_revision == 6)
+        assert wait_for(lambda: sync.hub_revision == WIRE_REVISION)
         # A text the hub's parsers refuse (a journal of an older unit may hold one).
         journal.record(_scan(1, text="not a code anyone issued"))
         journal.record(_scan(2))
@@ -170,7 +171,7 @@ def test_the_unit_writes_the_revision_the_hub_announced(
                 assert wait_for(lambda: journal.backlog() == 0)
     sniffer.close()
     batches = sniffer.on(topic_scans("door-1"))
-    assert batches[-1]["rev"] == 6
+    assert batches[-1]["rev"] == WIRE_REVISION
 
 
 def test_the_quarantine_command_lists_and_releases_as_documented(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ __all__ = [
     "schema_refusal",
 ]
 
-WIRE_REVISION = 6
+WIRE_REVISION = 7
 """The revision this code writes and reads (and every older one)."""
 REV_FIELD_SINCE = 6
 """The first revision whose messages may carry ``rev``."""
@@ -89,6 +89,11 @@ REVISIONS: tuple[tuple[int, str], ...] = (
         "`RefusedScan.retry`; `Ack.refusal` (`BatchRefusal`); `UnitStatus.quarantined` and "
         "`UnitStatus.config_refused_version`; `HubStatus` on `hub/status`; "
         "`UnitRecord.registered_at`.",
+    ),
+    (
+        7,
+        "Visitor cards expire and can be revoked: `CardRevocations` on "
+        "`registry/cards/revoked`; refusal codes `card_expired` and `card_revoked`.",
     ),
 )
 

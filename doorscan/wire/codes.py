@@ -61,6 +61,8 @@ REFUSAL_CODES: tuple[RefusalCode, ...] = (
     RefusalCode("no_seal_key", "scan", True, "sealed, and the hub has no sealing key (yet)"),
     RefusalCode("unsealable", "scan", False, "sealed text that does not open"),
     RefusalCode("card_no_key", "scan", True, "a visitor card, and the hub has no card key (yet)"),
+    RefusalCode("card_expired", "scan", False, "a visitor card past its expiry date"),
+    RefusalCode("card_revoked", "scan", False, "a visitor card revoked before the scan's day"),
     RefusalCode("kind_mismatch", "scan", False, "`kind` is not the kind of the code"),
     RefusalCode("before_registration", "hold", False, "dated before the unit was registered"),
     RefusalCode(

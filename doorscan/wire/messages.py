@@ -22,7 +22,7 @@ talk.
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -186,6 +186,11 @@ def topic_registry_unit(unit_id: str) -> str:
     return f"{TOPIC_ROOT}/registry/units/{_topic(unit_id).rsplit('/', 1)[1]}"
 
 
+def topic_card_revocations() -> str:
+    """The fleet's retained `CardRevocations`; only provisioning may write it (broker ACL)."""
+    return f"{TOPIC_ROOT}/registry/cards/revoked"
+
+
 SUB_ALL_SCANS = f"{TOPIC_ROOT}/units/+/scans"
 SUB_ALL_STATUS = f"{TOPIC_ROOT}/units/+/status"
 SUB_REGISTRY = f"{TOPIC_ROOT}/registry/#"
@@ -211,6 +216,8 @@ def parse_topic(topic: str) -> tuple[str, str]:
         return parts[3].rstrip("s"), parts[4]
     if topic == topic_hub_status():
         return "hub", "hub"
+    if topic == topic_card_revocations():
+        return "card_revocations", "cards"
     raise Refusal("unknown_topic", f"topic {topic[:200]!r} is not part of the wire contract")
 
 
@@ -518,6 +525,38 @@ class UnitRecord(_Message):
     )
 
 
+CardId = Annotated[str, StringConstraints(pattern=r"^[0-9A-HJKMNP-TV-Z]{10}$")]
+MAX_REVOKED_CARDS = 100_000
+"""Revoked cards in one list: a province's cards over years, a few MB at most."""
+
+
+class RevokedCard(_Message):
+    card_id: CardId
+    revoked_on: date = Field(description="Vietnam day: scans of the card from this day are refused")
+
+
+class CardRevocations(_Message):
+    """Every revoked visitor card of the fleet, retained on `topic_card_revocations`.
+
+    The whole list each time (a unit that was offline for a month needs no history):
+    `version` goes up by one with each change, and a reader keeps the highest it has seen,
+    so an older list delivered late never undoes a revocation. Units refuse a revoked
+    card at the door (red, ``card_revoked``); the hub refuses scans of it dated from
+    `revoked_on`. Only provisioning may write the topic (the broker ACL is the guarantee
+    of origin, as for `UnitConfigUpdate`).
+    """
+
+    schema_: Literal["doorscan.card-revocations"] = Field(
+        "doorscan.card-revocations", alias="schema"
+    )
+    version: int = Field(ge=1, le=MAX_WIRE_INT, description="goes up by one with each change")
+    issued_at: UtcTime
+    revoked: list[RevokedCard] = Field(max_length=MAX_REVOKED_CARDS)
+
+    def by_card(self) -> dict[str, date]:
+        return {r.card_id: r.revoked_on for r in self.revoked}
+
+
 MESSAGES: tuple[type[_Message], ...] = (
     ScanBatch,
     Ack,
@@ -526,5 +565,6 @@ MESSAGES: tuple[type[_Message], ...] = (
     HubStatus,
     VenueRecord,
     UnitRecord,
+    CardRevocations,
 )
 """Every message that travels alone on a topic (`docs/schema/` has one file each)."""

@@ -23,6 +23,7 @@ from device.clock import ManualClock
 from device.config import load_config
 from device.unit import Unit
 from doorscan.synthetic import blank_frame, cccd_text, make_people, render_frame
+from doorscan.wire import WIRE_REVISION
 from tests.conformance.conftest import HubUnderTest
 from tests.conformance.outsider import valid
 from tests.waiting import wait_for
@@ -35,6 +36,7 @@ SCHEMA_OF_TOPIC = (
     (r"doorscan/v1/hub/status", "hub-status"),
     (r"doorscan/v1/registry/venues/[^/]+", "venue-record"),
     (r"doorscan/v1/registry/units/[^/]+", "unit-record"),
+    (r"doorscan/v1/registry/cards/revoked", "card-revocations"),
 )
 PEOPLE = make_people(3, seed=61)
 
@@ -59,6 +61,10 @@ def test_every_message_the_parties_send_matches_its_schema(
     _command(*home, "init")
     _command(*home, "add-venue", "--id", "clinic", "--name", "Phòng khám")
     _command(*home, "add-device", "--id", "clinic-door", "--venue", "clinic", "--data-dir", "d")
+    card = tmp_path / "card.png"
+    issued = _command(*home, "card", "--name", "Lê Thị Hà", "--out", str(card))
+    card_id = issued.split()[1]  # "card <id> for <name>, ..."
+    _command(*home, "card-revoke", "--id", card_id)
     _command(*home, "publish", *where)
     hub.restart(seal_key=tmp_path / "fleet" / "keys" / "hub-seal.key")
     config = load_config(tmp_path / "fleet" / "units" / "clinic-door.json")
@@ -93,10 +99,11 @@ def test_every_message_the_parties_send_matches_its_schema(
         seen[schema] = seen.get(schema, 0) + 1
     listener.close()
     assert set(seen) == {name for _, name in SCHEMA_OF_TOPIC}, seen
-    # The unit sealed its scans (the fleet home has a sealing key) and said so in revision 6.
+    # The unit sealed its scans (the fleet home has a sealing key) and said so in the current
+    # revision.
     scans = [json.loads(p) for t, p in listener.received if t.endswith("clinic-door/scans")]
     assert all(s.get("sealed") and "qr_text" not in s for b in scans for s in b["scans"])
-    assert scans[-1]["rev"] == 6
+    assert scans[-1]["rev"] == WIRE_REVISION
     # The hub said it went away when it was restarted, and that it was back, in that order.
     hub_says = [
         json.loads(p)["online"] for t, p in listener.received if t == "doorscan/v1/hub/status"
