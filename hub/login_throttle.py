@@ -38,6 +38,7 @@ class ThrottleStore(Protocol):
     ) -> tuple[int, list[int]]: ...
     def settle_login(self, reserved: list[int], succeeded_key: str | None) -> None: ...
     def clear_login_failures(self, key: str) -> int: ...
+    def login_failure_counts(self, since_ms: int) -> dict[str, int]: ...
 
 
 def user_key(user_id: str) -> str:
@@ -83,6 +84,17 @@ class LoginThrottle:
         """A right password clears the user's failures and takes this attempt back."""
         if attempt.wait_s <= 0:
             store.settle_login(attempt.reserved, user_key(attempt.user_id) if ok else None)
+
+    def locked_users(self, store: ThrottleStore, now: datetime) -> set[str]:
+        """User ids (case-folded) whose failures in the window reach the per-user limit."""
+        since_ms = to_ms(now) - int(self.window.total_seconds() * 1000)
+        counts = store.login_failure_counts(since_ms)
+        prefix = "user:"
+        return {
+            key[len(prefix) :]
+            for key, count in counts.items()
+            if key.startswith(prefix) and count >= self.per_user
+        }
 
     @staticmethod
     def unlock(store: ThrottleStore, user_id: str) -> int:

@@ -24,7 +24,7 @@ from playwright.sync_api import Dialog, Page, Route, sync_playwright
 
 from doorscan.synthetic import cccd_text
 from tests.hubstore import open_store
-from tests.test_pages import F1, F2, INDEX, NOW, PASSWORD, XSS, fill_store
+from tests.test_pages import DAY, F1, F2, INDEX, NOW, PASSWORD, XSS, fill_store
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.browser
@@ -214,3 +214,49 @@ def test_api_docs_render_with_no_network_and_break_no_csp_rule(base_url: str) ->
     # script, style or connection of the pages is blocked (they would then be broken).
     blocked = [m for m in console if "Content Security Policy" in m]
     assert all("Loading the image 'https://cdn.redoc.ly/" in m for m in blocked), blocked
+
+
+def test_operator_pages_in_chromium(base_url: str) -> None:
+    """The admin adds a user and finds the change in the audit log; a venue owner lists its
+    visitors, masked; both languages, every page without a script (the CSP forbids them)."""
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1200, "height": 800}, locale="vi-VN")
+            page = context.new_page()
+            _log_in(page, base_url, "admin")
+            page.goto(f"{base_url}/users?lang=vi")
+            assert page.inner_text("h1") == "Người dùng"
+            page.fill("#new_user_id", "ytepleiku2")
+            page.fill("#new_name", "Y tế Pleiku 2")
+            page.select_option("#new_role", "tracer")
+            page.fill("#new_password", PASSWORD)
+            page.click("#add-user")
+            page.wait_for_selector("#user-ytepleiku2")
+            assert "Đã thêm người dùng ytepleiku2." in page.inner_text("main")
+            _shot(page, "users-vi")
+            page.click("#toggle-ytepleiku2")
+            page.wait_for_selector("#user-ytepleiku2.silent")
+            page.goto(f"{base_url}/audit?lang=en&account=admin")
+            assert page.inner_text("h1") == "Audit log"
+            assert "The log is intact" in page.inner_text("#chain-check")
+            cells = page.inner_text("table.audit")
+            assert "user_add" in cells and "user_change" in cells and "web" in cells
+            _shot(page, "audit-en")
+            page.click("#logout")
+            _log_in(page, base_url, "venue")
+            page.goto(f"{base_url}/visitors?lang=vi")
+            page.fill("#reason", "kiểm tra khách")
+            page.fill("#since", DAY.strftime("%d/%m/%Y"))
+            page.fill("#until", DAY.strftime("%d/%m/%Y"))
+            page.click("#show-visitors")
+            page.wait_for_selector("#visitors-result")
+            text = page.inner_text("#visitors-result")
+            assert "Quyết định 2666/QĐ-BYT" in text
+            assert INDEX.id_number not in text and INDEX.id_number[:7] in text
+            _shot(page, "visitors-vi")
+            assert page.evaluate("document.scripts.length") == 0
+        finally:
+            browser.close()

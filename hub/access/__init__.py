@@ -25,6 +25,7 @@ from hub.access.policy import (
 )
 from hub.access.reader import AccessControlledStore, AuditQuery
 from hub.access.views import (
+    AccountView,
     AuditLogView,
     DeadLetter,
     HeldScan,
@@ -32,6 +33,7 @@ from hub.access.views import (
     PersonMatch,
     Timeline,
     TimelineVisit,
+    TokenView,
     UnitStatusRow,
     Visitor,
     VisitorList,
@@ -39,6 +41,7 @@ from hub.access.views import (
 
 __all__ = [
     "AccessControlledStore",
+    "AccountView",
     "AuditQuery",
     "AuditLogView",
     "AuditTrail",
@@ -53,6 +56,7 @@ __all__ = [
     "Role",
     "Timeline",
     "TimelineVisit",
+    "TokenView",
     "UnitStatusRow",
     "Visitor",
     "VisitorList",

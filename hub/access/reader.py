@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from doorscan.errors import Refusal
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
@@ -47,11 +47,13 @@ from hub.access.policy import (
     mask_name,
 )
 from hub.access.views import (
+    AccountView,
     AuditLogView,
     NameSearch,
     PersonMatch,
     Timeline,
     TimelineVisit,
+    TokenView,
     Visitor,
     VisitorList,
 )
@@ -67,7 +69,13 @@ from hub.namefold import fold
 from hub.store import AuditQuery, DeadLetter, HeldScan, HubStore, StoredUnitStatus
 from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
 
-__all__ = ["AccessControlledStore", "AuditQuery"]
+__all__ = ["AccessControlledStore", "AuditQuery", "LockedLogins"]
+
+
+class LockedLogins(Protocol):
+    """What the users list needs of the login throttle (`hub.login_throttle`)."""
+
+    def locked_users(self, store: Any, now: datetime) -> set[str]: ...
 
 
 class AccessControlledStore:
@@ -339,6 +347,38 @@ class AccessControlledStore:
         if keys is None:
             raise Refusal("no_anchor_key", "checking anchors needs the audit key's public half")
         return check, check_anchors(anchors, keys, check.entries, self._store.audit_hash_at)
+
+    def accounts(self, at: datetime, throttle: LockedLogins) -> list[AccountView]:
+        """Every operator account with its tokens and whether logins are locked; admin only.
+
+        No identity of the public is in it, so it is not audited; changes to accounts are
+        (`hub.auth`).
+        """
+        self._admin_only("accounts", "list the hub's users", at)
+        locked = throttle.locked_users(self._store, at)
+        now_ms = to_ms(at)
+        return [
+            AccountView(
+                user_id=u.user_id,
+                display_name=u.display_name,
+                role=u.role,
+                venue_id=u.venue_id,
+                active=u.active,
+                locked=u.user_id.casefold() in locked,
+                tokens=[
+                    TokenView(
+                        token_hash=k.token_hash,
+                        kind=k.kind,
+                        created_at=from_ms(k.created_at_ms),
+                        expires_at=from_ms(k.expires_at_ms),
+                        revoked=k.revoked,
+                        live=not k.revoked and now_ms < k.expires_at_ms,
+                    )
+                    for k in self._store.tokens_of(u.user_id)
+                ],
+            )
+            for u in self._store.users()
+        ]
 
     def dead_letters(
         self, limit: int, at: datetime, *, payloads: bool = False, reason: str = ""

@@ -13,7 +13,9 @@ from hub.audit import AuditVerification
 from hub.store import AuditEntry, DeadLetter, HeldScan, StoredUnitStatus
 
 __all__ = [
+    "AccountView",
     "AuditLogView",
+    "TokenView",
     "DeadLetter",
     "HeldScan",
     "NameSearch",
@@ -79,6 +81,31 @@ class AuditLogView:
 
     entries: list[AuditEntry]
     verification: AuditVerification
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """One of an account's tokens as an admin sees it: its hash (never the token)."""
+
+    token_hash: str
+    kind: str
+    created_at: datetime
+    expires_at: datetime
+    revoked: bool
+    live: bool  # neither revoked nor expired
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """An operator account as an admin sees it: no password hash."""
+
+    user_id: str
+    display_name: str
+    role: str
+    venue_id: str | None
+    active: bool
+    locked: bool  # too many failed logins in the throttle's window
+    tokens: list[TokenView]
 
 
 UnitStatusRow = StoredUnitStatus

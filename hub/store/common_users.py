@@ -151,6 +151,13 @@ class SqlUsers:
                 conn.execute("DELETE FROM login_failures WHERE id = ?", (row_id,))
             conn.execute("DELETE FROM login_failures WHERE key = ?", (succeeded_key,))
 
+    def login_failure_counts(self, since_ms: int) -> dict[str, int]:
+        """Failures (and attempts being checked) per key since `since_ms`."""
+        rows = self._query(
+            "SELECT key, COUNT(*) FROM login_failures WHERE at_ms > ? GROUP BY key", (since_ms,)
+        )
+        return {str(key): int(count) for key, count in rows}
+
     def clear_login_failures(self, key: str) -> int:
         """Forget a key's failures (an admin unlocking a user); how many were forgotten."""
         with self._transaction() as conn:

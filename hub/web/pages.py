@@ -54,6 +54,7 @@ from hub.web.deps import (
     throttled_login,
 )
 from hub.web.i18n import VN_TZ, t
+from hub.web.pages_admin import router as admin_router
 from hub.web.pages_common import (
     HOME,
     LANG_COOKIE,
@@ -73,6 +74,7 @@ __all__ = ["HOME", "LANG_COOKIE", "PAGE_ROLES", "forbidden_page", "router"]
 
 router = APIRouter(include_in_schema=False)
 router.include_router(trace_router)
+router.include_router(admin_router)
 
 REPORT_DAYS = 14
 QUIET_DAYS = 7

@@ -47,11 +47,21 @@ HOME: dict[Role, str] = {
 """Where each role lands after login (a venue owner's useful page is its own usage)."""
 PAGE_ROLES: dict[str, frozenset[Role]] = {
     "/trace": frozenset({Role.TRACER}),
+    "/visitors": frozenset({Role.TRACER, Role.VENUE}),
     "/units": frozenset(Role),
     "/reports": frozenset(Role),
+    "/users": frozenset({Role.ADMIN}),
+    "/audit": frozenset({Role.ADMIN}),
 }
 """Who may open which page; `hub.reports` narrows the venue role to its own venue."""
-_NAV_KEYS = {"/trace": "trace", "/units": "units", "/reports": "reports"}
+_NAV_KEYS = {
+    "/trace": "trace",
+    "/visitors": "visitors",
+    "/units": "units",
+    "/reports": "reports",
+    "/users": "users",
+    "/audit": "audit",
+}
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,  # every template, whatever its name: all of them show strangers' text
@@ -150,10 +160,16 @@ def venue_names(reader: AccessControlledStore) -> dict[str, str]:
 
 
 def vn_day(text: str, what: str) -> date:
+    """A day typed as dd/mm/yyyy (how Vietnam writes dates) or sent as YYYY-MM-DD (a date
+    field's value); never mm/dd, which would read 05/12 as May."""
+    value = text.strip()
     try:
-        return date.fromisoformat(text.strip())
+        if "/" in value:
+            day, month, year = (int(part) for part in value.split("/"))
+            return date(year, month, day)
+        return date.fromisoformat(value)
     except ValueError:
-        raise Refusal("bad_date", f"{what} {text[:20]!r} is not a date (YYYY-MM-DD)") from None
+        raise Refusal("bad_date", f"{what} {text[:20]!r} is not a date (dd/mm/yyyy)") from None
 
 
 def period(since_text: str, until_text: str) -> tuple[datetime, datetime]:
