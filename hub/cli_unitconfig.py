@@ -55,7 +55,16 @@ from doorscan.wire import (
     topic_scans,
     topic_status,
 )
-from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
+from hub.access import record_event
+from hub.cli_common import (
+    Commands,
+    UsageError,
+    broker_parent,
+    cli_principal,
+    db_parent,
+    open_store,
+    tls_files,
+)
 from hub.store.factory import HubStore, StoreError
 
 __all__ = ["add_unit_config", "parse_settings"]
@@ -272,6 +281,15 @@ def _run_unit_config(args: argparse.Namespace) -> int:
             # Recorded once the broker took it, so a refused publish leaves no version.
             try:
                 store.record_unit_config(args.unit, update.version, merged, update.issued_at)
+                record_event(
+                    store,
+                    "unit_config",
+                    args.unit,
+                    update.issued_at,
+                    by=cli_principal(),
+                    version=update.version,
+                    settings=update.settings(),
+                )
             except StoreError as exc:
                 raise UsageError(f"published, but not recorded: {exc}") from None
             print(

@@ -24,6 +24,7 @@ from doorscan.wire import topic_config, topic_hub_status
 from hub.cli import main as hub_main
 from hub.cli_common import UsageError
 from hub.cli_unitconfig import parse_settings
+from tests.hubstore import open_store
 from tests.test_broker_security import HOST, Fleet
 from tests.test_broker_security import fleet as fleet  # the TLS broker fixture, re-exported
 from tests.test_status import Watcher
@@ -129,6 +130,15 @@ def test_a_running_unit_applies_a_new_debounce_window_at_once(
         _set(broker, "feedback_volume=40")
         assert wait_for(lambda: watcher.statuses()[-1].config_version == 2)
         assert unit.debounce.window_s == 30  # kept from version 1: the keys merge
+    # Each issued version is an audit entry naming who issued it and what it set.
+    with open_store(str(tmp_path / "hub.db")) as store:
+        issued = [e for e in reversed(store.audit_entries(50)) if e.action == "unit_config"]
+    assert [(e.params["account"], e.params["version"]) for e in issued] == [
+        ("door-1", 1),
+        ("door-1", 2),
+    ]
+    assert issued[1].params["settings"] == {"debounce_s": 30, "feedback_volume": 40}
+    assert issued[0].params["principal"]["channel"] == "cli"
 
 
 def test_quiet_hours_and_volume_zero_silence_the_buzzer_not_the_leds(
