@@ -6,7 +6,7 @@ cached. Index people are drawn at random (fixed seed) among those with a check-i
 the period; each is traced through the real engine (`hub.trace.trace`, which reads
 only through the store's two indexed range queries) at depth 1 (F1) and depth 2
 (F2), over the data set's last 14 days with the default one-hour window. The audit
-entry `run_trace` writes first is left out: it is one small commit, not the trace.
+entry the access layer writes is left out: it is one small commit, not the trace.
 
 Baseline, in the same run: the same answer by brute force. One SQL statement reads
 every row of the period with no index (SQLite ``NOT INDEXED``; PostgreSQL with index

@@ -23,20 +23,17 @@ and opens one check-in per person it reports: the one that made them a contact, 
 ID number and name the contact then shows (as scanned at that venue). A person found at
 the last degree asked is not expanded further, so their visits are not read at all.
 
-    >>> result = run_trace(store, "064090123456", since, until,     # doctest: +SKIP
-    ...                    timedelta(minutes=60), 2, reason="ca F0 số 12", at=now)
-    >>> [(c.degree, c.name) for c in result.contacts]               # doctest: +SKIP
+    >>> params = TraceParams(person_key_from_id("064090123456"), since, until)  # doctest: +SKIP
+    >>> [(c.degree, c.name) for c in trace(store, params).contacts]            # doctest: +SKIP
 
-Every trace is written to the store's audit log with its reason before it runs:
-the hub holds identities, and reading them must leave a trace of its own. The log
-names the traced person by the store's pseudonym (`CheckinReader.pseudonym`), never
-by ID number.
+This module reads and audits nothing itself: every caller reaches it through
+`hub.access.AccessControlledStore.trace`, which checks the role and the reason and
+writes the audit entry (the traced person by the store's pseudonym, never by ID number).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +41,7 @@ from typing import Any
 from doorscan.errors import Refusal
 from doorscan.payloads import person_key_for_id
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
-from hub.store import CheckinReader, SealedCheckin, Store
+from hub.store import CheckinReader, SealedCheckin
 
 __all__ = [
     "DEFAULT_DEPTH",
@@ -56,7 +53,6 @@ __all__ = [
     "TraceResult",
     "Visit",
     "person_key_from_id",
-    "run_trace",
     "trace",
 ]
 
@@ -221,7 +217,7 @@ class _Found:
 
 
 def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
-    """Run the rule in the module docstring; no audit (see `run_trace`)."""
+    """Run the rule in the module docstring; no audit (`hub.access` writes it)."""
     since_ms, until_ms, window_ms = to_ms(params.since), to_ms(params.until), params.window_ms
     key = params.person_key
     known = reader.person(key)
@@ -291,38 +287,3 @@ def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
         frontier.sort(key=lambda f: f.person_key)
     contacts.sort(key=lambda c: (c.degree, c.exposed_at, c.id_number, c.person_key))
     return TraceResult(index=index, contacts=contacts, params=params)
-
-
-def run_trace(
-    store: Store,
-    id_text: str,
-    since: datetime,
-    until: datetime,
-    window: timedelta,
-    depth: int,
-    reason: str,
-    at: datetime,
-    audit_extra: Mapping[str, Any] | None = None,
-) -> TraceResult:
-    """Check the request, write it to the audit log, then trace.
-
-    Refuses (`Refusal`) an empty reason, an id that names nobody, or bad parameters;
-    a refused request leaves no audit row because it read nothing. `audit_extra` is
-    added to the audit entry's parameters (the access layer records who asked).
-    """
-    reason = " ".join(reason.split())
-    if not reason:
-        raise Refusal("no_reason", "a trace reads identities: give the reason (e.g. the case)")
-    params = TraceParams(
-        person_key=person_key_from_id(id_text),
-        since=since,
-        until=until,
-        window=window,
-        depth=depth,
-        id_text=id_text.strip(),
-    )
-    # Before the work, so that a trace that fails half-way is still on the record. The
-    # subject is named by pseudonym: the audit log is read by admins, who see no identity.
-    audited = {**params.to_audit_dict(store.pseudonym(params.person_key)), **(audit_extra or {})}
-    store.record_audit("trace", reason, audited, at)
-    return trace(store, params)

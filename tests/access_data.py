@@ -12,7 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
-from hub.access import Channel, Principal, Role
+from hub.access import AccessControlledStore, Channel, Principal, Role
+from hub.store import HubStore
+from hub.trace import TraceResult
 
 TODAY = date(2022, 1, 15)
 P = make_people(5, seed=11)
@@ -41,3 +43,18 @@ FULL_IDS = {A.id_number, B.id_number, U.id_number, D.id_number}
 def principal(role: Role, venue_id: str | None = None, account: str = "tester") -> Principal:
     """A principal as the command line makes one (tests name the account themselves)."""
     return Principal(role, venue_id, account=account, channel=Channel.CLI)
+
+
+def traced(
+    store: HubStore,
+    id_text: str,
+    since: datetime,
+    until: datetime,
+    window: timedelta,
+    depth: int,
+    reason: str,
+    at: datetime,
+) -> TraceResult:
+    """A trace as a tracer on the command line runs it: checked, audited, through hub.access."""
+    reader = AccessControlledStore(store, principal(Role.TRACER))
+    return reader.trace(id_text, since, until, window, depth, reason, at)

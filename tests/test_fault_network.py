@@ -29,7 +29,7 @@ from hub.ingest import Ingestor
 from hub.launcher import HubProcess
 from hub.service import HubService
 from hub.store.factory import is_postgres
-from hub.trace import run_trace
+from tests.access_data import traced
 from tests.fault_net_support import (
     FAST_DOORS,
     PEOPLE,
@@ -380,7 +380,7 @@ def test_arrival_order_does_not_change_what_the_hub_knows(
             _deliver(broker, db, tmp_path, run, scans, mixed=mixed)
             with open_store(db) as store:
                 checkins = store.checkins_at("hospital", 0, 2**62)
-                trace = run_trace(
+                trace = traced(
                     store, PEOPLE[0].id_number, start - timedelta(hours=1), now(),
                     timedelta(minutes=30), 2, "order test", now(),
                 )  # fmt: skip

@@ -18,7 +18,8 @@ from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Checkin, HubStore, SealedCheckin, StoredScan
-from hub.trace import TraceParams, TraceResult, person_key_from_id, run_trace, trace
+from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
+from tests.access_data import traced
 from tests.hubstore import open_store
 
 TODAY = date(2022, 1, 15)
@@ -362,33 +363,36 @@ def test_a_masked_health_qr_person_is_traced_by_qid(hub_db: str) -> None:
     identities = [WHO[0], masked]
     with build_store(hub_db, [Row(0, 0, at(0)), Row(1, 0, at(5))], identities) as store:
         since, until = from_ms(at(-10)), from_ms(at(10))
-        result = run_trace(store, masked.person_key, since, until, timedelta(0), 1, "x", NOW)
+        result = traced(store, masked.person_key, since, until, timedelta(0), 1, "x", NOW)
         assert result.index.visits and result.contacts == []
         five = timedelta(minutes=5)
-        result = run_trace(store, masked.person_key, since, until, five, 1, "ca F0", NOW)
+        result = traced(store, masked.person_key, since, until, five, 1, "ca F0", NOW)
     assert [c.id_number for c in result.contacts] == [WHO[0].id_number]
     assert result.index.id_number.startswith("******")
 
 
-def test_run_trace_audits_and_refuses_without_reason(hub_db: str) -> None:
+def test_a_trace_is_audited_and_refused_without_reason(hub_db: str) -> None:
     rows = [Row(0, 0, at(0)), Row(1, 0, at(10))]
     since, until = from_ms(at(-60)), from_ms(at(60))
     with build_store(hub_db, rows) as store:
         for reason in ("", "   \n"):
             with pytest.raises(Refusal) as refused:
-                run_trace(store, WHO[0].id_number, since, until, timedelta(hours=1), 2, reason, NOW)
+                traced(store, WHO[0].id_number, since, until, timedelta(hours=1), 2, reason, NOW)
             assert refused.value.code == "no_reason"
         with pytest.raises(Refusal):
-            run_trace(store, WHO[0].id_number, until, since, timedelta(hours=1), 2, "r", NOW)
+            traced(store, WHO[0].id_number, until, since, timedelta(hours=1), 2, "r", NOW)
         with pytest.raises(Refusal):
-            run_trace(store, WHO[0].id_number, since, until, timedelta(hours=1), 9, "r", NOW)
+            traced(store, WHO[0].id_number, since, until, timedelta(hours=1), 9, "r", NOW)
         assert store.audit_entries() == []
-        result = run_trace(
+        result = traced(
             store, f" {WHO[0].id_number} ", since, until, timedelta(hours=1), 2, "ca F0 số 7", NOW
         )
         (entry,) = store.audit_entries()
     assert (entry.action, entry.reason, entry.at) == ("trace", "ca F0 số 7", NOW)
-    # The audit names the subject by pseudonym only: no ID number, no person key.
+    # The audit names the subject by pseudonym only: no ID number, no person key; and
+    # who asked, and how many contacts the answer held.
+    assert entry.params.pop("principal")["role"] == "tracer"
+    assert entry.params.pop("results") == len(result.contacts) == 1
     assert entry.params == {
         "subject": store.pseudonym(WHO[0].person_key),
         "since": "2021-08-15T02:00:00.000Z",

@@ -29,9 +29,8 @@ from hub.ingest import Ingestor
 from hub.scan_ids import csv_scan_id
 from hub.store import SqliteStore, StoredScan, StoreError
 from hub.store.factory import is_postgres, open_hub_store
-from hub.trace import run_trace
 from hub.vault import ENV_VAULT_KEY, SealedDataError, Vault, VaultKeyError
-from tests.access_data import principal
+from tests.access_data import principal, traced
 from tests.hubdb import raw_sql
 from tests.hubstore import TEST_VAULT, open_store
 
@@ -348,7 +347,7 @@ def test_a_version_4_file_is_sealed_when_it_opens(tmp_path: Path) -> None:
         assert migration.action == "vault-migration"
         assert migration.params["entries_rewritten"] == 1
         assert (sealing.action, sealing.params["entries_rewritten"]) == ("audit-migration", 1)
-        run_trace(store, PEOPLE[0].id_number, DAY, NOW, timedelta(hours=1), 1, "ca 2", NOW)
+        traced(store, PEOPLE[0].id_number, DAY, NOW, timedelta(hours=1), 1, "ca 2", NOW)
         assert [c.id_number for c in store.checkins_of(PEOPLE[1].person_key, 0, 2**62)] == [
             PEOPLE[1].id_number
         ]
