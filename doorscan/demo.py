@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
@@ -44,12 +44,12 @@ from doorscan.synthetic import (
     make_people,
     render_frame,
 )
+from doorscan.timefmt import VIETNAM
 from hub.launcher import HubProcess
 
 __all__ = ["main"]
 
-ICT = timezone(timedelta(hours=7))
-DAY = datetime(2022, 1, 10, tzinfo=ICT)
+DAY = datetime(2022, 1, 10, tzinfo=VIETNAM)
 VENUES = [
     ("bv-pleiku", "Bệnh viện Đa khoa tỉnh Gia Lai", "132 Tôn Thất Tùng", "Thành phố Pleiku"),
     ("cho-ia-kha", "Chợ Ia Kha", "Thị trấn Ia Kha", "Huyện Ia Grai"),

@@ -20,11 +20,13 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
+
+from doorscan.timefmt import VIETNAM
 
 if TYPE_CHECKING:
     from fastapi import Response
@@ -103,7 +105,6 @@ def to_xlsx(
 # -- a trace as a file (the API's export and the dashboard's) ----------------------------------
 
 ExportFormat = Literal["csv", "xlsx"]
-VIETNAM = timezone(timedelta(hours=7))
 TRACE_HEADERS = ("degree", "id_number", "name", "venue_id", "venue", "time (UTC+7)", "via")
 MEDIA = {
     "csv": "text/csv; charset=utf-8",

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Literal, Protocol
 
 from doorscan.errors import Refusal
+from doorscan.timefmt import VIETNAM, vietnam_day
 from hub.store import DayCount, ReportStore, Store, VenueLastScan
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "vietnam_today",
 ]
 
-VIETNAM = timezone(timedelta(hours=7), "ICT")
 DEFAULT_SILENT = timedelta(minutes=30)
 MAX_REPORT_DAYS = 366
 """A usage report covers at most a year of days: longer asks are refused, not slow."""
@@ -75,7 +75,7 @@ class UnitHealth:
 
 
 def vietnam_today(now: datetime) -> date:
-    return now.astimezone(VIETNAM).date()
+    return vietnam_day(now)
 
 
 def _as_day(value: date) -> date:

@@ -22,7 +22,7 @@ talk.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from doorscan.errors import Refusal
-from doorscan.timefmt import parse_rfc3339
+from doorscan.timefmt import VIETNAM, parse_rfc3339
 from doorscan.wire.limits import (
     MAX_BATCH_SCANS,
     MAX_QR_CHARS,
@@ -439,7 +439,7 @@ class HubStatus(_Message):
 CONFIG_SETTINGS = ("debounce_s", "feedback_volume", "frame_rate", "quiet_hours")
 """The settings a `UnitConfigUpdate` may carry (`hub unit-config UNIT key=value`)."""
 
-QUIET_HOURS_TZ = timezone(timedelta(hours=7), "ICT")
+QUIET_HOURS_TZ = VIETNAM
 """Quiet hours are Vietnam's local time (UTC+7 all year: Vietnam has no daylight saving)."""
 
 _QUIET_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")

@@ -19,7 +19,7 @@ their header. Usage reports, units and metrics are `hub.web.api_reports`.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
@@ -68,7 +68,6 @@ from hub.web.deps import (
 
 __all__ = ["router"]
 
-VIETNAM = timezone(timedelta(hours=7))
 # Documents the Bearer scheme in OpenAPI; `current_user` does the checking (header or cookie).
 _bearer = Security(HTTPBearer(auto_error=False, description="an API or session token"))
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)

@@ -19,8 +19,10 @@ time without its zone is a time someone will read as UTC.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from typing import Final, Literal
+
+from doorscan.timefmt import VIETNAM
 
 __all__ = [
     "CATALOGS",
@@ -37,7 +39,7 @@ __all__ = [
 Lang = Literal["vi", "en"]
 LANGS: Final[tuple[Lang, ...]] = ("vi", "en")
 DEFAULT_LANG: Final[Lang] = "vi"
-VN_TZ: Final = timezone(timedelta(hours=7), "UTC+7")
+VN_TZ: Final = VIETNAM
 """Vietnam's only zone (Indochina Time); it has had no daylight saving since 1975."""
 
 _VI: Final[dict[str, str]] = {
