@@ -10,13 +10,15 @@ import csv
 import io
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
+from doorscan.payloads import parse_qr
 from doorscan.synthetic import cccd_text
 from hub.auth import authenticate, issue_api_token
-from hub.store import HubStore
+from hub.store import Hold, HubStore, StoredScan
 from hub.web.app import create_app
 from tests.test_pages import INDEX, NOW, PASSWORD, log_in, store, text_of, users
 
@@ -175,3 +177,50 @@ def test_the_visitors_page_lists_in_full_for_a_tracer_and_masked_for_the_owner(
     log_in(client, "reporter")
     assert client.get("/visitors").status_code == 403
     assert cccd_text(INDEX)  # the fixture's people are real CCCD texts
+
+
+def test_an_admin_releases_held_scans_with_a_reason_and_sees_refused_messages_without_payloads(
+    client: TestClient, store: HubStore
+) -> None:
+    who = parse_qr(cccd_text(INDEX))
+    store.insert_scans(
+        [
+            StoredScan(
+                f"held-{n:04d}",
+                None,
+                "cho-pleiku",
+                NOW - timedelta(minutes=n),
+                True,
+                who,
+                "csv",
+                hold=Hold("too_fast", "more scans in a minute than a door lets through"),
+            )
+            for n in range(2)
+        ],
+        received_at=NOW,
+    )
+    store.add_dead_letter(
+        "mqtt", "doorscan/v1/units/door-cho/scans", cccd_text(INDEX).encode(), "schema", "bad", NOW
+    )
+    log_in(client, "tracer")
+    assert client.get("/held").status_code == 403
+    client.cookies.clear()
+    log_in(client, "admin")
+    page = client.get("/held?lang=en")
+    assert page.status_code == 200
+    text = text_of(page.text)
+    assert "too_fast" in text and "Chợ Pleiku" in text and "schema" in text
+    assert INDEX.name not in text and INDEX.id_number not in text  # never who, never a payload
+    assert f"{len(cccd_text(INDEX).encode())}" in text  # the payload's size only
+    no_reason = client.post(
+        "/held/release?lang=en", data={"scan_id": "held-0000", "reason": " "}, headers=ORIGIN
+    )
+    assert no_reason.status_code == 400 and store.counts()["held"] == 2
+    done = _post(client, "/held/release?lang=en", scan_id="held-0000", reason="checked by phone")
+    assert "1 scans released" in done
+    assert store.counts()["held"] == 1
+    [entry] = [e for e in store.audit_entries(20) if e.action == "release_held"]
+    assert entry.reason == "checked by phone" and entry.params["released"] == ["held-0000"]
+    assert entry.params["principal"]["account"] == "admin"
+    listed = [e for e in store.audit_entries(20) if e.action == "dead_letters"]
+    assert listed and listed[0].params["principal"]["channel"] == "web"

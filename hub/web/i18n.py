@@ -180,6 +180,29 @@ _VI: Final[dict[str, str]] = {
     "kind_cccd": "CCCD",
     "kind_health": "Mã QR y tế",
     "kind_card": "Thẻ khách",
+    "held": "Quét bị giữ lại",
+    "held_note": (
+        "Lượt quét một thiết bị không thể có (trước khi đăng ký, trước lần báo đã gửi "
+        "hết, nhanh hơn một cửa) được giữ riêng: không vào truy vết, danh sách hay báo "
+        "cáo. Chọn những lượt đã kiểm tra là thật để đưa vào, kèm lý do."
+    ),
+    "held_scans": "Lượt quét bị giữ",
+    "received": "Nhận lúc",
+    "scanned": "Quét lúc",
+    "code": "Mã",
+    "why": "Lý do",
+    "release": "Đưa vào dữ liệu",
+    "no_held": "Không có lượt quét nào bị giữ.",
+    "done_release": "Đã đưa {n} lượt quét vào dữ liệu.",
+    "dead_letters": "Tin nhắn bị từ chối",
+    "dead_letters_note": (
+        "Nội dung tin nhắn có thể chứa danh tính nên không hiển thị ở đây (dùng lệnh "
+        "doorscan-hub dead-letters --payloads kèm lý do)."
+    ),
+    "source": "Nguồn",
+    "topic": "Chủ đề",
+    "size": "Kích thước (byte)",
+    "no_dead_letters": "Không có tin nhắn nào bị từ chối.",
 }
 
 _EN: Final[dict[str, str]] = {
@@ -321,6 +344,29 @@ _EN: Final[dict[str, str]] = {
     "kind_cccd": "CCCD",
     "kind_health": "Health QR",
     "kind_card": "Visitor card",
+    "held": "Held scans",
+    "held_note": (
+        "Scans a unit cannot have made (before its registration, before it last said it "
+        "had sent everything, faster than a door) are held apart: no trace, list or "
+        "report reads them. Release those checked genuine, with the reason."
+    ),
+    "held_scans": "Held scans",
+    "received": "Received",
+    "scanned": "Scanned",
+    "code": "Code",
+    "why": "Why",
+    "release": "Release into the scans",
+    "no_held": "No scan is held.",
+    "done_release": "{n} scans released into the scans.",
+    "dead_letters": "Refused messages",
+    "dead_letters_note": (
+        "A payload can hold an identity, so none is shown here (use doorscan-hub "
+        "dead-letters --payloads with a reason)."
+    ),
+    "source": "Source",
+    "topic": "Topic",
+    "size": "Size (bytes)",
+    "no_dead_letters": "No message was refused.",
 }
 
 CATALOGS: Final[dict[Lang, dict[str, str]]] = {"vi": _VI, "en": _EN}

@@ -5,6 +5,8 @@
   change goes through `hub.auth` and is an audit entry naming the admin.
 * ``/audit`` (admin): the audit log filtered by account, action and days, the chain's
   check, and a CSV export of what is shown (the read is itself audited).
+* ``/held`` (admin): scans held apart from traces (`hub.history`), released with a reason
+  (audited), and the refused messages' metadata (never a payload: it can hold an identity).
 * ``/visitors`` (tracer, venue owner): who checked in at a venue in a period, through
   `hub.access` (masked for a venue owner, with a required reason, audited). A POST:
   the reason is typed by people and travels in the body, never in a URL.
@@ -325,3 +327,56 @@ async def visitors_submit(request: Request) -> Response:
             **context,
         )
     return render(request, "visitors.html", user, "visitors", listing=listing, **context)
+
+
+# -- held scans and refused messages -------------------------------------------------------------
+
+HELD_PAGE_ROWS = 200
+"""Rows of each list on the page; the command line lists more (`doorscan-hub held --limit`)."""
+
+
+def _held_page(request: Request, user: User, notices: list[str], errors: list[str]) -> Response:
+    reader = access_for(request, user)
+    now = get_now(request)
+    names = venue_names(reader)
+    return render(
+        request,
+        "held.html",
+        user,
+        "held",
+        status=400 if errors else 200,
+        errors=errors,
+        notices=notices,
+        held=reader.held(HELD_PAGE_ROWS, now),
+        letters=reader.dead_letters(HELD_PAGE_ROWS, now),
+        venue_name=lambda v: names.get(v, v),
+    )
+
+
+@router.get("/held", response_class=HTMLResponse)
+def held_page(request: Request) -> Response:
+    user, refused = guard(request, "/held")
+    if refused is not None:
+        return refused
+    assert user is not None
+    return _held_page(request, user, [], [])
+
+
+@router.post("/held/release", response_class=HTMLResponse)
+async def held_release(request: Request) -> Response:
+    user, refused = guard(request, "/held")
+    if refused is not None:
+        return refused
+    assert user is not None
+    form = await request.form()
+    scan_ids = [str(v) for v in form.getlist("scan_id")]
+    lang = lang_of(request)
+    try:
+        if not scan_ids:
+            raise Refusal("nothing_chosen", "choose the scans to release")
+        released = access_for(request, user).release_held(
+            scan_ids, str(form.get("reason", "")), get_now(request)
+        )
+    except Refusal as refusal:
+        return _held_page(request, user, [], [t("bad_input", lang, detail=refusal.reason)])
+    return _held_page(request, user, [t("done_release", lang, n=len(released))], [])

@@ -52,6 +52,7 @@ PAGE_ROLES: dict[str, frozenset[Role]] = {
     "/reports": frozenset(Role),
     "/users": frozenset({Role.ADMIN}),
     "/audit": frozenset({Role.ADMIN}),
+    "/held": frozenset({Role.ADMIN}),
 }
 """Who may open which page; `hub.reports` narrows the venue role to its own venue."""
 _NAV_KEYS = {
@@ -61,6 +62,7 @@ _NAV_KEYS = {
     "/reports": "reports",
     "/users": "users",
     "/audit": "audit",
+    "/held": "held",
 }
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
