@@ -33,26 +33,17 @@ with `set_defaults`, then add it to `COMMANDS`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from doorscan.cards import DEFAULT_VALID_DAYS, MAX_VALID_DAYS, CardSigner
-from doorscan.errors import DoorscanError, Refusal
+from doorscan.errors import DoorscanError
 from doorscan.wire import UnitRecord, VenueRecord
-from provisioning import broker_cli, bundle, enroll_cli
+from provisioning import broker_cli, bundle, card_cli, enroll_cli
 from provisioning.broker_pki import reserved_cn_reason
-from provisioning.card_print import (
-    DEFAULT_RETENTION_DAYS,
-    PrintedCard,
-    card_image,
-    save_cards,
-)
 from provisioning.cli_common import (
     Commands,
     Handler,
@@ -68,18 +59,12 @@ from provisioning.fleet import (
     FleetHome,
     InvalidInput,
     UnknownVenue,
-    check_card_output,
-    issue_card,
     record_fields,
-    render_card,
-    today_vn,
     write_unit_config,
 )
 
 __all__ = ["build_parser", "main"]
 
-MAX_SHEET_CARDS = 1000
-"""Cards printed from one CSV: a sheet run, not a registry import."""
 
 DEFAULT_DATA_DIR = "/var/lib/doorscan"
 
@@ -249,142 +234,6 @@ def _register_add_device(commands: Commands) -> None:
     cmd.set_defaults(handler=_add_device)
 
 
-# -- card ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CardRequest:
-    name: str
-    contact: str
-
-
-def _card_requests(args: argparse.Namespace) -> list[_CardRequest]:
-    """The cards asked for: one (--name), or one per row of --csv (header: name,contact)."""
-    if args.csv is None:
-        return [_CardRequest(args.name, args.contact)]
-    try:
-        with args.csv.open(encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidInput(f"--csv {args.csv}: {exc}") from None
-    if not rows or "name" not in rows[0]:
-        raise InvalidInput(f"--csv {args.csv}: a header row with a name column (and contact)")
-    if len(rows) > MAX_SHEET_CARDS:
-        raise InvalidInput(f"--csv {args.csv}: at most {MAX_SHEET_CARDS} cards at once")
-    requests = [_CardRequest(r.get("name") or "", r.get("contact") or "") for r in rows]
-    for line, request in enumerate(requests, start=2):
-        try:
-            CardSigner.check_name(request.name)
-        except Refusal as refusal:
-            raise InvalidInput(f"--csv {args.csv} line {line}: {refusal.reason}") from None
-    return requests
-
-
-def _card(args: argparse.Namespace, home: FleetHome) -> int:
-    if (args.name is None) == (args.csv is None):
-        raise InvalidInput("give --name (one card) or --csv FILE (a sheet)")
-    if args.csv is not None and (args.out is None or args.out.suffix.lower() != ".pdf"):
-        raise InvalidInput("--csv prints a sheet: give --out FILE.pdf")
-    if not 1 <= args.valid_days <= MAX_VALID_DAYS:
-        raise InvalidInput(f"--valid-days: 1 to {MAX_VALID_DAYS}")
-    if args.out is not None:
-        check_card_output(args.out)  # before a card id is spent on a bad file name
-    requests = _card_requests(args)  # every row checked before any card is issued
-    signer = home.signer()
-    issued = today_vn()
-    expires = issued + timedelta(days=args.valid_days)
-    printed: list[PrintedCard] = []
-    with home.registry() as registry:
-        for request in requests:
-            card, text = issue_card(
-                signer, registry, request.name, request.contact, issued, expires
-            )
-            printed.append(
-                PrintedCard(
-                    text, card.name, card.card_id, args.issuer, expires, args.retention_days
-                )
-            )
-            print(
-                f"card {card.card_id} for {card.name}, issued {card.issued:%Y-%m-%d}, "
-                f"valid through {expires:%Y-%m-%d}"
-            )
-    out = args.out if args.out is not None else home.cards_dir / f"{printed[0].card_id}.png"
-    if out.suffix.lower() == ".svg":
-        render_card(printed[0].text, out)  # the QR alone, for a layout of one's own
-    else:
-        pages = save_cards([card_image(c) for c in printed], out)
-        print(f"{len(printed)} card(s) on {pages} page(s)")
-    print(f"wrote {out}")
-    return 0
-
-
-def _register_card(commands: Commands) -> None:
-    cmd = commands.add_parser(
-        "card",
-        help="issue and print signed visitor cards (one, or a sheet from a CSV)",
-        description="A printed card (PNG or PDF) shows the name, the card number, the issuing "
-        "office, the expiry date, the QR and what a door records; .svg writes the QR alone. "
-        "--csv FILE prints a sheet (A4, 10 cards a page) from a CSV with a header row "
-        "name,contact.",
-    )
-    cmd.add_argument("--name", help="the visitor's name, as it will show")
-    cmd.add_argument(
-        "--contact", default="", help="phone or address; kept in the registry, not on the card"
-    )
-    cmd.add_argument("--csv", type=Path, metavar="FILE", help="one card per row: name,contact")
-    cmd.add_argument(
-        "--issuer", default="", help="the issuing office, printed on the card (e.g. the CDC)"
-    )
-    cmd.add_argument(
-        "--retention-days",
-        type=int,
-        default=DEFAULT_RETENTION_DAYS,
-        help="how long the hub keeps check-ins, printed on the card (default %(default)s)",
-    )
-    cmd.add_argument(
-        "--valid-days",
-        type=int,
-        default=DEFAULT_VALID_DAYS,
-        help="the card is refused after this many days (default %(default)s)",
-    )
-    cmd.add_argument(
-        "--out", type=Path, help="FILE.png, FILE.pdf or FILE.svg (default HOME/cards/ID.png)"
-    )
-    cmd.set_defaults(handler=_card)
-
-
-def _card_revoke(args: argparse.Namespace, home: FleetHome) -> int:
-    with home.registry() as registry:
-        revocations = registry.revoke_card(args.id, today_vn(), datetime.now(UTC))
-        venues, units = registry.venues(), registry.units()
-    print(
-        f"card {args.id} revoked from {today_vn():%Y-%m-%d}; revocation list version "
-        f"{revocations.version} ({len(revocations.revoked)} cards)"
-    )
-    if args.publish_to is not None:
-        publish_now(args, venues, units, revocations)
-    else:
-        print("publish it (`publish` or --publish-to) so that doors and the hub refuse the card")
-    return 0
-
-
-def _register_card_revoke(commands: Commands) -> None:
-    cmd = commands.add_parser(
-        "card-revoke",
-        parents=[publish_options()],
-        help="revoke a visitor card: doors light red for it once they have the list",
-        description="Marks the card revoked from today (Vietnam day) and, with --publish-to, "
-        "publishes the fleet's revocation list retained: every unit takes it at its next "
-        "connect, keeps it across restarts and refuses the card; the hub refuses scans of it "
-        "from that day.",
-    )
-    cmd.add_argument("--id", required=True, help="the card number printed on the card")
-    cmd.add_argument(
-        "--publish-to", type=host_port, metavar="HOST:PORT", help="publish the list now"
-    )
-    cmd.set_defaults(handler=_card_revoke)
-
-
 # -- list ----------------------------------------------------------------------------
 
 
@@ -492,8 +341,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     _register_init_seal_key,
     _register_add_venue,
     _register_add_device,
-    _register_card,
-    _register_card_revoke,
+    card_cli.register,
     _register_list,
     _register_publish,
     broker_cli.register,
