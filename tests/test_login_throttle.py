@@ -8,6 +8,7 @@ proxy, a restart, and the documented ``doorscan-hub user unlock``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -227,3 +228,29 @@ def test_a_lock_survives_a_restart_and_an_admin_lifts_it(
     assert entry.params["account"] == "tracer"
     assert entry.params["principal"]["channel"] == "cli"
     assert entry.params["principal"]["account"].startswith("os:")
+
+
+def test_eight_connections_reserving_at_once_never_pass_the_limit(hub_db: str) -> None:
+    """Eight stores (eight database connections, as eight web processes) reserve the same
+    user's attempt at the same instant, ten rounds: each round grants at most the limit.
+    Without the serialising lock, PostgreSQL's READ COMMITTED lets every one of them count
+    the same rows and pass."""
+    throttle = LoginThrottle(per_user=5, per_address=1_000)
+    stores = [open_store(hub_db) for _ in range(8)]
+    try:
+        for round_number in range(10):
+            at = T0 + timedelta(hours=round_number)  # a fresh window each round
+            barrier = threading.Barrier(len(stores))
+
+            def reserve(
+                store: HubStore, at: datetime = at, gate: threading.Barrier = barrier
+            ) -> float:
+                gate.wait(10)
+                return throttle.reserve(store, "tracer", "10.0.0.1", at).wait_s
+
+            with ThreadPoolExecutor(max_workers=len(stores)) as pool:
+                waits = list(pool.map(reserve, stores))
+            assert sum(1 for w in waits if w == 0) == 5, (round_number, waits)
+    finally:
+        for store in stores:
+            store.close()
