@@ -254,3 +254,37 @@ def test_python_dash_m_hub(db: str) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["scans"] == 6
     assert main(["--help"]) == 0
+
+
+def test_audit_list_filters_and_names_the_operating_system_user(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(trace_args(db, "--reason", "ca F0 số 3")) == 0
+    assert main(["dead-letters", "--db", db, "--payloads", "--reason", "unit u1 sends junk"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "list", "--db", db, "--action", "trace"]) == 0
+    traces = capsys.readouterr().out
+    assert "1 audit entries" in traces and "ca F0 số 3" in traces  # the reason, opened
+    assert A.id_number not in traces  # the subject by pseudonym only
+    assert main(["audit", "list", "--db", db, "--action", "dead_letter_payloads"]) == 0
+    payloads = capsys.readouterr().out
+    assert "1 audit entries" in payloads and "unit u1 sends junk" in payloads
+    assert '"account": "os:' in payloads and '"channel": "cli"' in payloads
+    assert main(["audit", "list", "--db", db, "--account", "nobody"]) == 0
+    assert "0 audit entries" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "audit",
+                "list",
+                "--db",
+                db,
+                "--since",
+                "2000-01-01T00:00Z",
+                "--until",
+                "2000-01-02T00:00Z",
+            ]
+        )
+        == 0
+    )
+    assert "0 audit entries" in capsys.readouterr().out
