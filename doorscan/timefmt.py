@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
 
-__all__ = ["VIETNAM", "format_rfc3339", "from_ms", "parse_rfc3339", "to_ms", "vietnam_day"]
+__all__ = [
+    "VIETNAM",
+    "format_rfc3339",
+    "format_vietnam",
+    "from_ms",
+    "parse_rfc3339",
+    "to_ms",
+    "vietnam_day",
+]
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -31,6 +39,14 @@ def format_rfc3339(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("naive datetime: doorscan only handles aware times")
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_vietnam(value: datetime) -> str:
+    """An aware datetime as people in Vietnam read it, offset written:
+    ``2021-08-15T10:00:00.000+07:00`` (the same instant as ``2021-08-15T03:00:00.000Z``)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: doorscan only handles aware times")
+    return value.astimezone(VIETNAM).isoformat(timespec="milliseconds")
 
 
 def to_ms(value: datetime) -> int:

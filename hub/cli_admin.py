@@ -23,8 +23,10 @@ from hub.cli_common import (
     db_parent,
     open_store,
     printable,
+    shown_time,
     table,
     time_arg,
+    utc_option,
 )
 from hub.csv_import import import_csv
 from hub.retention import DEFAULT_RETENTION_DAYS, purge_expired, retention_cutoff
@@ -130,6 +132,7 @@ def add_dead_letters(commands: Commands) -> None:
         "--payloads", action="store_true", help="print the first 60 characters of each payload"
     )
     parser.add_argument("--reason", default="", help="why payloads are read (with --payloads)")
+    utc_option(parser)
     parser.set_defaults(run=_run_dead_letters)
 
 
@@ -150,7 +153,7 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
 
     rows = [
         [
-            format_rfc3339(d.received_at),
+            shown_time(d.received_at, args),
             d.source,
             printable(d.topic, 80),
             d.code,
@@ -179,6 +182,7 @@ def add_held(commands: Commands) -> None:
         "--release", nargs="+", metavar="SCAN_ID", help="move these held scans into the scans"
     )
     parser.add_argument("--reason", help="why they are released (required with --release)")
+    utc_option(parser)
     parser.set_defaults(run=_run_held)
 
 
@@ -199,10 +203,10 @@ def _run_held(args: argparse.Namespace) -> int:
         held = reader.held(args.limit, datetime.now(UTC))
     rows = [
         [
-            format_rfc3339(h.received_at),
+            shown_time(h.received_at, args),
             h.unit_id or "-",
             h.venue_id,
-            format_rfc3339(h.scanned_at),
+            shown_time(h.scanned_at, args),
             h.code,
             h.scan_id,
             printable(h.reason, 100),
@@ -278,6 +282,7 @@ def add_audit(commands: Commands) -> None:
     listing.add_argument("--action", help="only this action (trace, login_failed, ...)")
     listing.add_argument("--since", type=time_arg, help="from this time (RFC 3339)")
     listing.add_argument("--until", type=time_arg, help="until this time (RFC 3339)")
+    utc_option(listing)
     listing.set_defaults(run=_run_audit_list)
 
 
@@ -355,7 +360,7 @@ def _run_audit_list(args: argparse.Namespace) -> int:
     rows = [
         [
             str(e.id),
-            format_rfc3339(e.at),
+            shown_time(e.at, args),
             e.action,
             printable(e.reason, 80),
             printable(json.dumps(e.params, ensure_ascii=False, sort_keys=True), 100),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from doorscan.errors import DoorscanError
-from doorscan.timefmt import parse_rfc3339
+from doorscan.timefmt import format_rfc3339, format_vietnam, parse_rfc3339
 from hub.access import Channel, Principal, Role
 from hub.store.factory import HubStore, StoreError, is_postgres, open_hub_store, sqlite_path
 from hub.trace import MAX_DEPTH
@@ -46,9 +46,11 @@ __all__ = [
     "period_options",
     "principal_from_args",
     "printable",
+    "shown_time",
     "table",
     "time_arg",
     "tls_files",
+    "utc_option",
     "to_json",
 ]
 
@@ -210,6 +212,26 @@ def depth_arg(text: str) -> int:
 
 def format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("json", "table", "csv"), default="table")
+    utc_option(parser)
+
+
+def utc_option(parser: argparse.ArgumentParser) -> None:
+    """``--utc``: tables print Vietnam time with its offset unless asked for UTC."""
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        help="print the table's times in UTC (default: Vietnam time, +07:00; JSON and CSV "
+        "are always UTC)",
+    )
+
+
+def shown_time(value: datetime, args: argparse.Namespace) -> str:
+    """A time in a table: Vietnam time with its offset, or UTC with ``--utc``.
+
+    People compare these with their day; a UTC time on a table read in Pleiku is a time
+    someone reads seven hours wrong. Machine formats (JSON, CSV) stay UTC.
+    """
+    return format_rfc3339(value) if getattr(args, "utc", False) else format_vietnam(value)
 
 
 def period_options(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from hub.cli_common import (
     open_store,
     period_options,
     principal_from_args,
+    shown_time,
     table,
     to_json,
 )
@@ -71,28 +72,32 @@ def _run_trace(args: argparse.Namespace) -> int:
             return _not_allowed(args, exc)
     if not result.index.visits:
         print(f"note: no check-ins of {result.index.person_key} in the period", file=sys.stderr)
-    print(_render_trace(result, args.format))
+    print(_render_trace(result, args))
     return 0
 
 
-def _render_trace(result: TraceResult, fmt: str) -> str:
-    if fmt == "json":
+def _render_trace(result: TraceResult, args: argparse.Namespace) -> str:
+    if args.format == "json":
         return to_json(result.to_json_dict())
     headers = ("id_number", "name", "degree", "exposed_at", "venue_id", "via")
     rows = [
         [c.id_number, c.name, str(c.degree), format_rfc3339(c.exposed_at), c.venue_id, c.via]
         for c in result.contacts
     ]
-    if fmt == "csv":
+    if args.format == "csv":
         return csv_lines(headers, rows)
-    index, params = result.index, result.params.to_json_dict()
-    visits = [[format_rfc3339(v.at), v.venue_id] for v in index.visits]
-    table_rows = [[f"F{r[2]}", r[3], r[4], r[0], r[1], r[5]] for r in rows]
+    index, params = result.index, result.params
+    visits = [[shown_time(v.at, args), v.venue_id] for v in index.visits]
+    table_rows = [
+        [f"F{c.degree}", shown_time(c.exposed_at, args), c.venue_id, c.id_number, c.name, c.via]
+        for c in result.contacts
+    ]
+    window = params.to_json_dict()["window_minutes"]
     return "\n".join(
         [
             f"Index (F0): {index.id_number}  {index.name or '(never seen)'}  [{index.person_key}]",
-            f"Period: {params['since']} .. {params['until']}, window "
-            f"{params['window_minutes']} min, depth {params['depth']}",
+            f"Period: {shown_time(params.since, args)} .. {shown_time(params.until, args)}, "
+            f"window {window} min, depth {params.depth}",
             "",
             f"Visits of the index ({len(visits)}):",
             table(("AT", "VENUE"), visits),
@@ -132,9 +137,9 @@ def _run_visitors(args: argparse.Namespace) -> int:
         "until": format_rfc3339(args.until),
         "masked": listing.masked,
     }
-    rows = [
-        [format_rfc3339(from_ms(v.at_ms)), v.name, v.id_number, v.kind] for v in listing.visitors
-    ]
+    # A table is read by people (Vietnam time); JSON and CSV by programs (UTC).
+    when = (lambda at: shown_time(at, args)) if args.format == "table" else format_rfc3339
+    rows = [[when(from_ms(v.at_ms)), v.name, v.id_number, v.kind] for v in listing.visitors]
     headers = ("at", "name", "id_number", "kind")
     if args.format == "json":
         visitors = [dict(zip(headers, row, strict=True)) for row in rows]
@@ -143,10 +148,8 @@ def _run_visitors(args: argparse.Namespace) -> int:
         print(csv_lines(headers, rows))
     else:
         masked = " (names and ID numbers masked: MoH 2666/QĐ-BYT)" if listing.masked else ""
-        print(
-            f"{len(rows)} check-ins at {args.venue}, {params['since']} .. {params['until']}"
-            + masked
-        )
+        period = f"{shown_time(args.since, args)} .. {shown_time(args.until, args)}"
+        print(f"{len(rows)} check-ins at {args.venue}, {period}{masked}")
         print(table([h.upper().replace("_", " ") for h in headers], rows))
     return 0
 

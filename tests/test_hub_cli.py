@@ -288,3 +288,25 @@ def test_audit_list_filters_and_names_the_operating_system_user(
         == 0
     )
     assert "0 audit entries" in capsys.readouterr().out
+
+
+def test_tables_show_vietnam_time_and_utc_on_request_while_json_stays_utc(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A's visit at 03:00 UTC is 10:00 in Pleiku: what the person remembers of their day.
+    assert main(trace_args(db, "--reason", "r")) == 0
+    local = capsys.readouterr().out
+    assert "2021-08-15T10:00:00.000+07:00" in local and "03:00:00.000Z" not in local
+    assert main(trace_args(db, "--reason", "r", "--utc")) == 0
+    assert "2021-08-15T03:00:00.000Z" in capsys.readouterr().out
+    assert main(trace_args(db, "--reason", "r", "--format", "json")) == 0
+    assert "2021-08-15T03:00:00.000Z" in capsys.readouterr().out
+    visitors = ["visitors", "--db", db, "--venue", "cho-pleiku", "--since", SINCE]
+    assert main([*visitors, "--until", UNTIL, "--reason", "r"]) == 0
+    listed = capsys.readouterr().out
+    assert "2021-08-15T00:00:00.000+07:00 .. 2021-08-16T00:00:00.000+07:00" in listed
+    assert "2021-08-15T10:30:00.000+07:00" in listed
+    assert main(["dead-letters", "--db", db]) == 0
+    assert "+07:00" in capsys.readouterr().out
+    assert main(["dead-letters", "--db", db, "--utc"]) == 0
+    assert "+07:00" not in capsys.readouterr().out
