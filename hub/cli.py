@@ -29,10 +29,10 @@ refused input (import-csv), 2 bad arguments (also: no vault key, or the wrong on
 not allowed for the role (one line ``not allowed: ...`` on stderr; nothing was read).
 
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
-reads), `hub.cli_admin` (init-vault, import-csv, dead-letters, held, stats, audit, purge),
-`hub.cli_serve` (serve), `hub.cli_web` (web, user, token), `hub.cli_unitconfig`
-(unit-config), with what they share in
-`hub.cli_common`. To add a command, write
+reads), `hub.cli_admin` (init-vault, import-csv, stats, audit, purge), `hub.cli_letters`
+(dead-letters, held), `hub.cli_serve` (serve), `hub.cli_web` (web, user, token),
+`hub.cli_unitconfig` (unit-config), with what they share in `hub.cli_common`.
+To add a command, write
 ``add_x(commands)`` that registers a parser with ``parents=[db_parent()]`` and
 ``set_defaults(run=...)`` (a function of the parsed arguments returning the exit code),
 and append it to `COMMANDS`.
@@ -47,14 +47,13 @@ from collections.abc import Callable, Sequence
 from doorscan.errors import Refusal
 from hub.cli_admin import (
     add_audit,
-    add_dead_letters,
-    add_held,
     add_import_csv,
     add_init_vault,
     add_purge,
     add_stats,
 )
 from hub.cli_common import Commands, UsageError
+from hub.cli_letters import add_dead_letters, add_held
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
 from hub.cli_unitconfig import add_unit_config

@@ -1,4 +1,4 @@
-"""`init-vault`, `import-csv`, `dead-letters`, `held`, `stats`, `audit`, `purge`: the hub's data."""
+"""`init-vault`, `import-csv`, `stats`, `audit`, `purge`: the hub's data and its record."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from doorscan.cards import CardKeyring
 from doorscan.ed25519keys import Ed25519Keyring, Ed25519Signer
 from doorscan.errors import Refusal
 from doorscan.timefmt import format_rfc3339
-from hub.access import AccessControlledStore, AuditQuery, DeadLetter
+from hub.access import AccessControlledStore, AuditQuery
 from hub.audit import Anchor
 from hub.cli_common import (
     Commands,
@@ -34,8 +34,6 @@ from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 
 __all__ = [
     "add_audit",
-    "add_dead_letters",
-    "add_held",
     "add_import_csv",
     "add_init_vault",
     "add_purge",
@@ -115,107 +113,7 @@ def _run_import_csv(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-# -- dead-letters and stats ----------------------------------------------------------------
-
-
-def add_dead_letters(commands: Commands) -> None:
-    parser = commands.add_parser(
-        "dead-letters",
-        parents=[db_parent()],
-        help="refused messages and scans, newest first (payloads only with a reason)",
-        description="Lists what ingest refused: when, from where, the code and why, and "
-        "the payload's size. A payload can hold an identity (a refused scan's QR text), so "
-        "it is printed only with --payloads and a --reason, and that read is audited.",
-    )
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument(
-        "--payloads", action="store_true", help="print the first 60 characters of each payload"
-    )
-    parser.add_argument("--reason", default="", help="why payloads are read (with --payloads)")
-    utc_option(parser)
-    parser.set_defaults(run=_run_dead_letters)
-
-
-def _run_dead_letters(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    if args.payloads and not args.reason.strip():
-        raise UsageError("--payloads needs --reason: a payload can hold an identity")
-    with open_store(args.db, args.vault_key, must_exist=True) as store:
-        letters = AccessControlledStore(store, cli_principal()).dead_letters(
-            args.limit, datetime.now(UTC), payloads=args.payloads, reason=args.reason
-        )
-
-    def payload(d: DeadLetter) -> str:
-        if not d.payload:
-            return f"({d.size} bytes)"
-        return printable(d.payload.decode("utf-8", "surrogateescape"), 60) + f" ({d.size} bytes)"
-
-    rows = [
-        [
-            shown_time(d.received_at, args),
-            d.source,
-            printable(d.topic, 80),
-            d.code,
-            printable(d.reason, 120),
-            payload(d),
-        ]
-        for d in letters
-    ]
-    print(f"{len(rows)} dead letters (newest first)")
-    print(table(("RECEIVED", "SOURCE", "TOPIC", "CODE", "REASON", "PAYLOAD"), rows))
-    return 0
-
-
-def add_held(commands: Commands) -> None:
-    parser = commands.add_parser(
-        "held",
-        parents=[db_parent()],
-        help="scans held apart from traces (hub.history), newest first; release them",
-        description="A scan a unit claims at a time it cannot have scanned (before it was "
-        "registered, before it last said it had sent everything, or faster than a door) is "
-        "kept apart: traces, visitor lists and reports do not read it. List them, or "
-        "release those found genuine into the scans (audited, with the reason).",
-    )
-    parser.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    parser.add_argument(
-        "--release", nargs="+", metavar="SCAN_ID", help="move these held scans into the scans"
-    )
-    parser.add_argument("--reason", help="why they are released (required with --release)")
-    utc_option(parser)
-    parser.set_defaults(run=_run_held)
-
-
-def _run_held(args: argparse.Namespace) -> int:
-    if args.release and not (args.reason or "").strip():
-        raise UsageError("--release needs --reason: releasing puts scans into traces")
-    with open_store(args.db, args.vault_key, must_exist=True) as store:
-        reader = AccessControlledStore(store, cli_principal())
-        if args.release:
-            released = reader.release_held(args.release, args.reason, datetime.now(UTC))
-            missing = sorted(set(args.release) - set(released))
-            print(f"released {len(released)} held scans into the scans")
-            if missing:
-                print(f"not held (unknown, or released before): {' '.join(missing)}")
-            return 0
-        if args.limit < 1:
-            raise UsageError("--limit must be at least 1")
-        held = reader.held(args.limit, datetime.now(UTC))
-    rows = [
-        [
-            shown_time(h.received_at, args),
-            h.unit_id or "-",
-            h.venue_id,
-            shown_time(h.scanned_at, args),
-            h.code,
-            h.scan_id,
-            printable(h.reason, 100),
-        ]
-        for h in held
-    ]
-    print(f"{len(rows)} held scans (newest first)")
-    print(table(("RECEIVED", "UNIT", "VENUE", "SCANNED", "CODE", "SCAN", "WHY"), rows))
-    return 0
+# -- stats ---------------------------------------------------------------------------------
 
 
 def add_stats(commands: Commands) -> None:

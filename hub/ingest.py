@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from doorscan.cards import CardKeyring
 from doorscan.errors import Refusal
-from doorscan.timefmt import to_ms
+from doorscan.timefmt import format_rfc3339, to_ms
 from doorscan.wire import (
     MAX_MESSAGE_BYTES,
     CardRevocations,
@@ -54,6 +54,7 @@ from doorscan.wire import (
     parse_topic,
     topic_ack,
 )
+from doorscan.wire.codec import load_json
 from doorscan.wire.limits import (
     DEAD_LETTER_PREFIX_BYTES,
     FUTURE_TOLERANCE_S,
@@ -126,6 +127,30 @@ class _Verdicts:
     good: list[StoredScan] = field(default_factory=list)
     refused: list[tuple[str, Refusal]] = field(default_factory=list)
     letters: list[NewDeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """A replayed message: the scan ids now stored (new or already there), and the refused."""
+
+    stored: list[str]
+    refused: list[tuple[str, Refusal]]
+
+
+def _as_batch(unit_id: str, payload: bytes, sent_at: datetime) -> bytes:
+    """The payload as a batch: a per-scan dead letter holds the scan alone."""
+    _, data = load_json(payload)
+    if data.get("schema") == "doorscan.scan-batch" or "scans" in data:
+        return payload
+    batch = {
+        "v": 1,
+        "schema": "doorscan.scan-batch",
+        "batch_id": "replay-" + hashlib.sha256(payload).hexdigest()[:32],
+        "unit_id": unit_id,
+        "sent_at": format_rfc3339(sent_at),
+        "scans": [data],
+    }
+    return json.dumps(batch, ensure_ascii=False).encode("utf-8")
 
 
 class Ingestor:
@@ -211,6 +236,35 @@ class Ingestor:
         except Exception:  # unanswerable: the dead letter is all there is
             return []
         return self._replies(read, [], [], refusal)
+
+    def replay(
+        self, topic: str, payload: bytes, sent_at: datetime, *, store: bool = True
+    ) -> ReplayOutcome:
+        """Judge a kept scan message again, with today's keys and registry; store what passes.
+
+        For `hub.replay`: no ack is sent (the unit was answered when the message came) and
+        nothing is dead-lettered again (the letter stays as it is). `payload` is a whole
+        batch, or one scan as a per-scan dead letter keeps it, which is judged as a batch
+        of one sent at `sent_at`. Raises `Refusal` for a message that cannot be read at
+        all, `StoreFailure` when the store fails. With `store` false, nothing is
+        written: `stored` lists what would be.
+        """
+        kind, unit_id = parse_topic(topic)
+        if kind != "scans":
+            raise Refusal("not_replayable", f"a {kind} message carries no scans")
+        read = read_batch(unit_id, _as_batch(unit_id, payload, sent_at))
+        if read.refusal is not None:
+            return ReplayOutcome([], [(read.batch_id, read.refusal)])
+        verdicts = self._verdicts(topic, read, self._now())
+        if not store:
+            return ReplayOutcome([s.scan_id for s in verdicts.good], verdicts.refused)
+        with _storing():
+            result = self._store.insert_scans(verdicts.good, received_at=self._now())
+        conflicts = [
+            (scan_id, Refusal("scan_id_conflict", "stored before with other content"))
+            for scan_id in result.conflict
+        ]
+        return ReplayOutcome(result.new + result.duplicate, verdicts.refused + conflicts)
 
     # -- registry and status ------------------------------------------------------------
 

@@ -290,6 +290,16 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
         )
         return [int(ms) for (ms,) in rows]
 
+    def remove_dead_letters(self, letter_ids: Sequence[int]) -> int:
+        """Delete dead letters a replay recovered (`hub.replay`); how many went."""
+        removed = 0
+        with self._transaction() as conn:
+            for letter_id in letter_ids:
+                removed += conn.execute(
+                    "DELETE FROM dead_letters WHERE id = ?", (int(letter_id),)
+                ).rowcount
+        return removed
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest `limit` dead letters, newest first, opened."""
         rows = self._query(
