@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import subprocess
@@ -127,8 +128,11 @@ def _provision(work: Path, host: str, port: int) -> list[UnitConfig]:
         _python(*prov, "add-venue", "--id", venue_id, "--name", name, "--address", address,
                 "--district", district)  # fmt: skip
         unit_id = f"{venue_id}-door-1"
+        # The invented day is in the past, so the units are registered as of the day
+        # before it: the hub holds apart scans a unit claims before its registration.
         _python(*prov, "add-device", "--id", unit_id, "--venue", venue_id, *broker,
-                "--decoder", decoder, "--data-dir", str(work / "units" / unit_id))  # fmt: skip
+                "--decoder", decoder, "--data-dir", str(work / "units" / unit_id),
+                "--registered-at", (DAY - timedelta(days=1)).isoformat())  # fmt: skip
         configs.append(load_config(fleet / "units" / f"{unit_id}.json"))
     _python(*prov, "publish", *broker)
     _say(f"provision: {len(VENUES)} venues, {len(configs)} units registered and published")
@@ -166,7 +170,12 @@ def _report(db: Path, vault_key: Path, people: list[Person]) -> None:
     hub = ("-m", "hub")
     store = ("--db", str(db), "--vault-key", str(vault_key))
     period = ("--since", DAY.isoformat(), "--until", (DAY + timedelta(days=1)).isoformat())
-    _say("\n== hub stats ==\n" + _python(*hub, "stats", *store))
+    counts = json.loads(_python(*hub, "stats", *store))
+    _say(
+        f"\nThe hub holds {counts['scans']} check-ins of {counts['people']} people at "
+        f"{counts['venues']} venues from {counts['units']} units; {counts['dead_letters']} "
+        f"refused messages, {counts['held']} scans held apart. Times below are Vietnam time."
+    )
     _say(f"\n== who was at {VENUES[0][1]} ==")
     _say(_python(*hub, "visitors", *store, "--venue", VENUES[0][0], *period,
                  "--reason", "DEMO-VENUE-LIST", "--format", "table"))  # fmt: skip
@@ -175,6 +184,20 @@ def _report(db: Path, vault_key: Path, people: list[Person]) -> None:
     _say(_python(*hub, "trace", *store, "--id", index.id_number, *period,
                  "--window-minutes", "60", "--depth", "2", "--reason", "DEMO-CASE-001",
                  "--format", "table"))  # fmt: skip
+
+
+def _next_steps(work: Path, db: Path, vault_key: Path, *, keep: bool) -> str:
+    """How to look at the demo's data in the dashboard (the work folder is kept with --keep)."""
+    if not keep:
+        return "To look at this day in the dashboard, run the demo again with --keep."
+    store = f"--db {db} --vault-key {vault_key}"
+    return (
+        f"Files kept in {work}. To open the dashboard on them:\n"
+        f"  {sys.executable} -m hub user add {store} --id tracer --name Tracer --role tracer "
+        "--password-stdin   # type a password of 12 or more characters\n"
+        f"  {sys.executable} -m hub web {store} --http 127.0.0.1:8080\n"
+        "  then open http://127.0.0.1:8080 and log in as tracer"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,17 +237,23 @@ def main(argv: list[str] | None = None) -> int:
         for unit in units:
             unit.sync.wait_connected(10)
         feedback = _walk_through_the_day(units, clocks, visits, args.seed)
-        _say(f"units    : {len(visits)} visits shown to cameras; door feedback {dict(feedback)}")
+        shown = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(feedback.items()))
+        _say(f"units    : {len(visits)} visits shown to cameras; the doors answered: {shown}")
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(u.journal.backlog() for u in units):
             time.sleep(0.1)
         backlog = {u.config.unit_id: u.journal.backlog() for u in units}
-        _say(f"sync     : journals drained, backlog per unit {backlog}")
+        waiting = sum(backlog.values())
+        _say(
+            "sync     : every scan reached the hub and was acked"
+            if not waiting
+            else f"sync     : {waiting} scans still waiting on the units: {backlog}"
+        )
 
         _report(db, vault_key, people)
-        kept = f"; files kept in {work}" if args.keep else ""
-        _say(f"\ndemo finished in {time.monotonic() - started:.1f} s{kept}")
+        _say(f"\ndemo finished in {time.monotonic() - started:.1f} s")
+        _say(_next_steps(work, db, vault_key, keep=args.keep))
         return 1 if any(backlog.values()) or feedback[Feedback.FAULT.value] else 0
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from doorscan.errors import DoorscanError
+from doorscan.timefmt import parse_rfc3339
 from doorscan.wire import UnitRecord, VenueRecord
 from provisioning import broker_cli, bundle, card_cli, enroll_cli
 from provisioning.broker_pki import reserved_cn_reason
@@ -151,11 +152,21 @@ def _register_add_venue(commands: Commands) -> None:
 # -- add-device ----------------------------------------------------------------------
 
 
+def _registered_at(text: str) -> datetime:
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time with an offset"
+        ) from None
+
+
 def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     unit = record(
         UnitRecord,
         unit_id=check_id(args.id, "--id"),
         venue_id=check_id(args.venue, "--venue"),
+        registered_at=args.registered_at,
     )
     # Before anything is written: the id becomes the unit's certificate CN, and some
     # CNs carry the hub's rights on the broker.
@@ -223,6 +234,14 @@ def _register_add_device(commands: Commands) -> None:
         "--data-dir",
         default=DEFAULT_DATA_DIR,
         help="where the unit keeps its journal (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--registered-at",
+        type=_registered_at,
+        metavar="TIME",
+        help="when the unit was first put to work (RFC 3339; default now, and never moved "
+        "once set): only for a unit that scanned before this registry knew it, e.g. moved "
+        "from another fleet home. The hub holds apart any scan dated before it",
     )
     cmd.add_argument("--out", type=Path, help="folder for the config (default HOME/units)")
     cmd.add_argument(
