@@ -83,7 +83,8 @@ def replay_dead_letters(
     Admin only: the letters are read through `hub.access` (their payloads, audited with
     `reason`), so another role is refused before anything is read.
 
-    With `dry_run`, each letter is judged but nothing is stored, removed or audited: the
+    With `dry_run`, each letter is judged but nothing is stored or removed and no replay
+    entry is written (the payloads were still read, and that read is audited): the
     report says what a real run would do.
     """
     report = ReplayReport()
