@@ -199,8 +199,11 @@ def test_cli_verify_and_list(db: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["audit", "list", "--db", db, "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "2 audit entries (newest first)"
-    assert lines[2].split()[:3] == ["6", "2021-08-15T02:35:00.000Z", "trace"]
+    # Vietnam time by default (02:35 UTC is 09:35 in Pleiku); UTC with --utc.
+    assert lines[2].split()[:3] == ["6", "2021-08-15T09:35:00.000+07:00", "trace"]
     assert "ca F0 số 5" in lines[2] and "ca F0 số 3" not in "\n".join(lines)
+    assert main(["audit", "list", "--db", db, "--limit", "1", "--action", "trace", "--utc"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[1] == "2021-08-15T02:35:00.000Z"
 
     tamper(db, "UPDATE audit SET reason = 'x' WHERE id = 5")
     assert main(["audit", "verify", "--db", db]) == 1
