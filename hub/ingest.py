@@ -250,8 +250,8 @@ class Ingestor:
         written: `stored` lists what would be.
         """
         kind, unit_id = parse_topic(topic)
-        if kind != "scans":
-            raise Refusal("not_replayable", f"a {kind} message carries no scans")
+        if kind != "scans":  # callers pick scan letters (hub.replay); anything else is a bug
+            raise ValueError(f"only scan messages are replayed, not {kind} ({topic[:100]})")
         read = read_batch(unit_id, _as_batch(unit_id, payload, sent_at))
         if read.refusal is not None:
             return ReplayOutcome([], [(read.batch_id, read.refusal)])
