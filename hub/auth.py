@@ -15,9 +15,9 @@ turns it back into a `User`, whose `principal()` is what `hub.access` checks:
 What is stored, and why:
 
 * Passwords as scrypt at one of OWASP's current parameter sets (n=2**14, r=8, p=5:
-  16 MiB and about 0.24 s per check on the test machine; the set n=2**17, p=1 costs the
-  same time but 128 MiB a check, which a burst of logins on a small hub would feel;
-  16-byte random salt, 32-byte key) in a self-describing string,
+  16 MiB a check; the set n=2**17, p=1 asks the same work of a guesser but 128 MiB a
+  check, which a burst of logins on a small hub would feel; 16-byte random salt, 32-byte
+  key) in a self-describing string,
   ``scrypt$16384$8$5$<salt>$<key>`` (base64), so old hashes
   still verify; a login whose hash was made at a lower cost stores it again at the
   current one (`login`). Compared in constant time.

@@ -123,7 +123,8 @@ def add_stats(commands: Commands) -> None:
 
 def _run_stats(args: argparse.Namespace) -> int:
     with open_store(args.db, args.vault_key, must_exist=True) as store:
-        print(json.dumps(store.counts(), indent=2, sort_keys=True))
+        counts = AccessControlledStore(store, cli_principal()).counts()
+    print(json.dumps(counts, indent=2, sort_keys=True))
     return 0
 
 

@@ -9,6 +9,7 @@ pins (the red LED is looked at), the revocation list published retained by
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from device.state import UnitState
 from doorscan.cards import CardKeyring, CardSigner, parse_card
 from doorscan.errors import Refusal
 from doorscan.localbroker import LocalBroker
+from doorscan.sealing import load_private_key, open_sealed
 from doorscan.synthetic import blank_frame, render_frame
 from doorscan.wire import (
     CardRevocations,
@@ -86,8 +88,6 @@ def test_a_card_is_good_through_its_expiry_day_and_refused_after() -> None:
 def test_a_first_format_card_expires_a_year_after_issue() -> None:
     signer = CardSigner.generate()
     body = f"DSC1|{signer.key_id}|7QK2M9XG4B|Lê Thị Hà|20250301|"
-    import base64
-
     old = body + base64.urlsafe_b64encode(signer.sign(body.encode())).decode().rstrip("=")
     ring = signer.keyring()
     assert parse_card(old, ring, today=date(2026, 3, 1)).expires == date(2026, 3, 1)
@@ -231,7 +231,10 @@ def test_a_card_revoked_in_provisioning_lights_red_at_a_unit_even_after_an_offli
     assert re.search(r"refused a code: the card was revoked on \d\d/\d\d/\d{4}", again.stderr)
     with ScanJournal(tmp_path / "unit" / "data" / "journal.db") as journal:
         [scan] = journal.pending(10)
-    assert scan.sealed is not None or scan.qr_text == kept  # only the good card is recorded
+    # Only the good card is recorded: sealed for the hub, so opened with the fleet's hub key.
+    assert scan.sealed is not None
+    hub_key = load_private_key(home / "keys" / "hub-seal.key")
+    assert open_sealed(scan.sealed, hub_key) == kept
     with UnitState(state_file) as state:
         assert state.counters()["refused"] == 1
 

@@ -27,6 +27,7 @@ from doorscan.errors import DoorscanError, Refusal
 
 __all__ = [
     "ALL_VENUE_ROLES",
+    "MAX_REASON_CHARS",
     "Channel",
     "Forbidden",
     "Principal",

@@ -96,6 +96,9 @@ class AccessControlledStore:
     def _refuse(self, action: str, why: str, reason: str, at: datetime, **params: Any) -> Exception:
         return self._trail.refused(action, why, reason, at, **params)
 
+    def _not_own(self, venue_id: str) -> str:
+        return f"a venue owner sees its own venue only ({self.principal.venue_id}), not {venue_id}"
+
     def _admin_only(self, action: str, what: str, at: datetime) -> None:
         """Refuse (audited) any role but admin: the operators' reads."""
         if self.role is not Role.ADMIN:
@@ -124,11 +127,7 @@ class AccessControlledStore:
             return venue_id
         if self.role is Role.VENUE:
             if venue_id is not None and venue_id != self.principal.venue_id:
-                why = (
-                    f"a venue owner sees its own venue only ({self.principal.venue_id}), "
-                    f"not {venue_id}"
-                )
-                raise self._refuse(what, why, "", at, venue_id=venue_id)
+                raise self._refuse(what, self._not_own(venue_id), "", at, venue_id=venue_id)
             return self.principal.venue_id
         raise self._refuse(what, f"the {self.role} role may not read {what}", "", at)
 
@@ -156,9 +155,9 @@ class AccessControlledStore:
         scope = self._scope(None, "units", at)
         return reports.units_overview(self._store, scope, at, silent_after=silent_after)
 
-    def unit_statuses(self, at: datetime) -> list[StoredUnitStatus]:
-        """The latest status of every unit this principal sees (no identity in them)."""
-        visible = {u.unit_id for u in self.units(at)}
+    def unit_statuses(self, units: Sequence[reports.UnitHealth]) -> list[StoredUnitStatus]:
+        """The latest status of each of `units`, as `units` gave them (so in scope)."""
+        visible = {u.unit_id for u in units}
         return [s for s in self._store.unit_statuses() if s.unit_id in visible]
 
     def units_online(self) -> int:
@@ -181,10 +180,7 @@ class AccessControlledStore:
             why = f"the {role} role sees counts only, not who visited a venue"
             raise self._refuse("visitors", why, reason, at, venue_id=venue_id)
         if role is Role.VENUE and venue_id != self.principal.venue_id:
-            why = (
-                f"a venue owner sees its own venue only ({self.principal.venue_id}), not {venue_id}"
-            )
-            raise self._refuse("visitors", why, reason, at, venue_id=venue_id)
+            raise self._refuse("visitors", self._not_own(venue_id), reason, at, venue_id=venue_id)
         reason = clean_reason(reason, "a visitor list")
         check_period(since, until)
         if self._store.venue(venue_id) is None:

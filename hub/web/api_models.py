@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from hub.access import Role
+from hub.access.policy import MAX_REASON_CHARS
 from hub.trace import MAX_DEPTH
 
 __all__ = [
@@ -97,7 +98,7 @@ class ContactOut(_Out):
 
 _REASON = Field(
     min_length=1,
-    max_length=500,
+    max_length=MAX_REASON_CHARS,
     description="why identities are read (e.g. the case); kept encrypted in the audit log",
 )
 

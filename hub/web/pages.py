@@ -176,7 +176,7 @@ def units_page(request: Request) -> Response:
     names = venue_names(reader)
     try:
         units = reader.units(get_now(request))
-        details = unit_details(reader.unit_statuses(get_now(request)))
+        details = unit_details(reader.unit_statuses(units))
     except Forbidden:
         return forbidden_page(request)
     units = sorted(units, key=lambda u: not u.silent)  # stable: keeps the module's order
