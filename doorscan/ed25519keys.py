@@ -52,6 +52,10 @@ class Ed25519Keyring:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def public_keys(self) -> list[bytes]:
+        """The trusted keys' raw 32 bytes each."""
+        return [key.public_bytes_raw() for key in self._keys.values()]
+
 
 class Ed25519Signer:
     """A private key, its id, and its PEM forms; subclasses add what they sign."""

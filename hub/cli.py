@@ -14,14 +14,18 @@
     doorscan-hub purge --retention-days 28
     doorscan-hub user add --id ytepleiku --name "Y tế Pleiku" --role tracer --password-stdin
     doorscan-hub token create --user ytepleiku --days 90
-    doorscan-hub serve --http 127.0.0.1:8080 ...   # MQTT ingest and the web app, one process
+    doorscan-hub check --config /etc/doorscan-hub/hub.toml   # one line per check
+    doorscan-hub serve --config /etc/doorscan-hub/hub.toml   # MQTT ingest (and the web app)
     doorscan-hub unit-config door-1 debounce_s=120 quiet_hours=22:00-06:00   # remote config
 
-Every command but ``init-vault`` takes ``--db`` (default ``hub.db``; a path, or a
-``postgresql://`` URL) and
-``--vault-key FILE`` (default ``$DOORSCAN_HUB_VAULT_KEY``; there is no default key): the
-database keeps identities sealed with that key (`hub.vault`) and refuses to open with
-another. Commands that read identities (trace, visitors) require a reason and are
+Every command but ``init-vault`` takes ``--config FILE`` (default
+``$DOORSCAN_HUB_CONFIG``; the typed TOML file of `hub.config`, e.g.
+/etc/doorscan-hub/hub.toml), and flags given win over the file: ``--db`` (default
+``hub.db``; a path, or a ``postgresql://`` URL) and ``--vault-key FILE`` (default
+``$DOORSCAN_HUB_VAULT_KEY``, then the file's; there is no default key): the database
+keeps identities sealed with that key (`hub.vault`) and refuses to open with another.
+``doorscan-hub check`` verifies what a running hub needs (`hub.preflight`); ``serve``
+runs the same checks and refuses to start on a failure. Commands that read identities (trace, visitors) require a reason and are
 written to the audit log; they take ``--role tracer|venue|reporter|admin`` (default
 tracer) and ``--as-venue V`` for the venue role, and read through `hub.access`, which
 refuses, masks (MoH decision 2666/QĐ-BYT) and audits. Exit codes: 0 done, 1 done with
@@ -31,7 +35,8 @@ not allowed for the role (one line ``not allowed: ...`` on stderr; nothing was r
 The commands live in rooms of their own: `hub.cli_reads` (trace, visitors: identity
 reads), `hub.cli_admin` (init-vault, import-csv, stats, audit, purge), `hub.cli_letters`
 (dead-letters, held), `hub.cli_serve` (serve), `hub.cli_web` (web, user, token),
-`hub.cli_unitconfig` (unit-config), with what they share in `hub.cli_common`.
+`hub.cli_unitconfig` (unit-config), `hub.cli_check` (check), with what they share
+in `hub.cli_common` (where the config file and the flags meet: `apply_config`).
 To add a command, write
 ``add_x(commands)`` that registers a parser with ``parents=[db_parent()]`` and
 ``set_defaults(run=...)`` (a function of the parsed arguments returning the exit code),
@@ -52,7 +57,8 @@ from hub.cli_admin import (
     add_purge,
     add_stats,
 )
-from hub.cli_common import Commands, UsageError
+from hub.cli_check import add_check
+from hub.cli_common import Commands, UsageError, apply_config
 from hub.cli_letters import add_dead_letters, add_held
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
@@ -78,6 +84,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_token,
     add_web,
     add_unit_config,
+    add_check,
 ]
 
 
@@ -98,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 after --help
         return exc.code if isinstance(exc.code, int) else 0
     try:
+        apply_config(args)
         return int(args.run(args))
     except (UsageError, Refusal, StoreError) as exc:
         reason = exc.reason if isinstance(exc, Refusal) else str(exc)

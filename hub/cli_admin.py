@@ -78,9 +78,9 @@ def add_import_csv(commands: Commands) -> None:
     )
     parser.add_argument(
         "--card-key",
+        dest="card_keys",
         type=Path,
         action="append",
-        default=[],
         metavar="PEM",
         help="a visitor-card public key to trust (repeatable)",
     )
@@ -89,7 +89,7 @@ def add_import_csv(commands: Commands) -> None:
 
 def _run_import_csv(args: argparse.Namespace) -> int:
     try:
-        keys = CardKeyring.from_pem_files(args.card_key) if args.card_key else None
+        keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
     except (OSError, ValueError) as exc:
         raise UsageError(f"--card-key: {exc}") from None
     with open_store(args.db, args.vault_key, must_exist=False) as store:
@@ -293,7 +293,6 @@ def add_purge(commands: Commands) -> None:
     parser.add_argument(
         "--retention-days",
         type=_days_arg,
-        default=DEFAULT_RETENTION_DAYS,
         help=f"keep this many days (default {DEFAULT_RETENTION_DAYS})",
     )
     parser.set_defaults(run=_run_purge)

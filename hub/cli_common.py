@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import sys
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,6 +22,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import format_rfc3339, format_vietnam, parse_rfc3339
 from hub.access import Channel, Principal, Role
+from hub.config import (
+    ENV_CONFIG,
+    BrokerSettings,
+    ConfigFileError,
+    build_config,
+    is_loopback,
+    read_config_file,
+)
 from hub.store.factory import HubStore, StoreError, is_postgres, open_hub_store, sqlite_path
 from hub.trace import MAX_DEPTH
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
@@ -33,12 +42,17 @@ __all__ = [
     "Commands",
     "UsageError",
     "add_role_options",
+    "apply_config",
     "broker_parent",
+    "broker_problem",
+    "config_option",
     "cli_principal",
     "csv_lines",
     "db_parent",
     "depth_arg",
     "format_option",
+    "http_address",
+    "keys_parent",
     "load_vault",
     "minutes_arg",
     "open_store",
@@ -52,6 +66,7 @@ __all__ = [
     "tls_files",
     "utc_option",
     "to_json",
+    "where",
 ]
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -143,12 +158,22 @@ def open_store(db: str, vault_key: Path | None, *, must_exist: bool) -> HubStore
 
 
 def broker_parent() -> argparse.ArgumentParser:
-    """The options of every command that talks to the broker: where, and the TLS files."""
+    """The options of every command that talks to the broker: where, and the TLS files.
+
+    No default host: a command that publishes (a retained unit config) to whatever
+    broker happens to listen on this machine is how configs went to the wrong place.
+    """
     parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--broker-host", help="MQTT broker (or broker.host in --config)")
     parent.add_argument(
-        "--broker-host", default="127.0.0.1", help="MQTT broker (default 127.0.0.1)"
+        "--broker-port", type=int, help="MQTT port (default 8883 with TLS files, else 1883)"
     )
-    parent.add_argument("--broker-port", type=int, default=1883, help="MQTT port (default 1883)")
+    parent.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plain MQTT (no TLS) to a broker that is not on this machine",
+    )
     tls = parent.add_argument_group("TLS (all three, from `provisioning broker-files`)")
     tls.add_argument("--ca-file", type=Path, metavar="PEM", help="the fleet CA certificate")
     tls.add_argument("--cert-file", type=Path, metavar="PEM", help="the hub's client certificate")
@@ -157,23 +182,74 @@ def broker_parent() -> argparse.ArgumentParser:
 
 
 def tls_files(args: argparse.Namespace) -> TlsFiles | None:
-    """The TLS files `broker_parent` took: all three, or None for plain TCP."""
+    """The broker settings of `args` checked (`broker_problem`), and their TLS files:
+    all three, or None for plain TCP."""
     from doorscan.mqtt import TlsFiles  # here: only commands that connect need paho
 
-    given = (args.ca_file, args.cert_file, args.key_file)
-    if all(path is None for path in given):
+    problem = broker_problem(args.hub_config.broker)
+    if problem is not None:
+        raise UsageError(problem)
+    if args.ca_file is None:
+        if not is_loopback(args.broker_host):
+            print(
+                f"warning: plain MQTT to {args.broker_host}:{args.broker_port}: scans, "
+                "configs and credentials cross the network readable (--insecure)",
+                file=sys.stderr,
+            )
         return None
-    if any(path is None for path in given):
-        raise UsageError("--ca-file, --cert-file and --key-file go together")
     return TlsFiles(args.ca_file, args.cert_file, args.key_file)
 
 
-def db_parent() -> argparse.ArgumentParser:
-    """The options every command shares: the database and the vault key that opens it."""
+def broker_problem(broker: BrokerSettings) -> str | None:
+    """Why these broker settings must not be used, or None: no host, or plain MQTT to
+    another machine without ``insecure``."""
+    if broker.host is None:
+        return "no broker host: give --broker-host or broker.host in --config"
+    if not broker.tls and not broker.insecure and not is_loopback(broker.host):
+        return (
+            f"plain MQTT to {broker.host} would cross the network unencrypted: give the TLS "
+            "files (broker.ca_file, cert_file, key_file, or --ca-file ...), or --insecure "
+            "(broker.insecure = true) to mean it"
+        )
+    return None
+
+
+def keys_parent() -> argparse.ArgumentParser:
+    """The keys that open what units send: the sealing key and the card keys."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
+        "--seal-key",
+        type=Path,
+        metavar="KEY",
+        help="the hub's PRIVATE sealing key (PEM or 32 raw bytes): opens scans sent sealed",
+    )
+    parent.add_argument(
+        "--card-key",
+        dest="card_keys",
+        metavar="PEM",
+        type=Path,
+        action="append",
+        help="visitor-card public key to trust; repeat for several",
+    )
+    return parent
+
+
+def config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"the hub config file (TOML; default ${ENV_CONFIG}); flags given win over it",
+    )
+
+
+def db_parent() -> argparse.ArgumentParser:
+    """The options every command shares: the config file, the database and the vault key
+    that opens it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    config_option(parent)
+    parent.add_argument(
         "--db",
-        default="hub.db",
         help="the hub database: a path or postgresql://... URL (default: hub.db)",
     )
     parent.add_argument(
@@ -183,6 +259,82 @@ def db_parent() -> argparse.ArgumentParser:
         help=f"the hub's vault key (default: ${ENV_VAULT_KEY}); it opens the identities",
     )
     return parent
+
+
+# Each option that a config file can also set: its argparse dest, and (table, key).
+_FLAG_SETTINGS: dict[str, tuple[str, str]] = {
+    "db": ("database", "url"),
+    "vault_key": ("database", "vault_key"),
+    "broker_host": ("broker", "host"),
+    "broker_port": ("broker", "port"),
+    "client_id": ("broker", "client_id"),
+    "ca_file": ("broker", "ca_file"),
+    "cert_file": ("broker", "cert_file"),
+    "key_file": ("broker", "key_file"),
+    "insecure": ("broker", "insecure"),
+    "seal_key": ("keys", "seal_key"),
+    "card_keys": ("keys", "card_keys"),
+    "http": ("http", "listen"),
+    "http_cert": ("http", "cert_file"),
+    "http_key": ("http", "key_file"),
+    "trusted_proxy": ("http", "trusted_proxies"),
+    "http_insecure": ("http", "insecure"),
+    "workers": ("ingest", "workers"),
+    "max_scans_per_minute": ("ingest", "max_scans_per_minute"),
+    "report_every_s": ("ingest", "report_every_s"),
+    "retention_days": ("retention", "days"),
+    "log_level": ("logging", "level"),
+}
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """Lay the flags given over the config file (``--config``, else ``$DOORSCAN_HUB_CONFIG``),
+    check the result as one `HubConfig` (``args.hub_config``), and write the resolved
+    values back into `args` so each command reads one answer. A command without
+    ``--config`` (init-vault, keygen) is left as it is."""
+    if not hasattr(args, "config"):
+        return
+    path = args.config or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
+    try:
+        data = read_config_file(path) if path is not None else {}
+    except ConfigFileError as exc:
+        raise UsageError(str(exc)) from None
+    if getattr(args, "vault_key", None) is None and os.environ.get(ENV_VAULT_KEY, "").strip():
+        args.vault_key = Path(os.environ[ENV_VAULT_KEY].strip())
+    for dest, (section, key) in _FLAG_SETTINGS.items():
+        value = getattr(args, dest, None)
+        if value is None or value == []:
+            continue
+        if dest == "http":
+            value = where(value)
+        data.setdefault(section, {})[key] = value if not isinstance(value, Path) else str(value)
+    try:
+        config = build_config(data, str(path) if path else "the command line")
+    except ConfigFileError as exc:
+        raise UsageError(str(exc)) from None
+    args.hub_config = config
+    for dest, (section, key) in _FLAG_SETTINGS.items():
+        if hasattr(args, dest):
+            setattr(args, dest, getattr(getattr(config, section), key))
+    if hasattr(args, "broker_port"):
+        args.broker_port = config.broker.effective_port
+    if hasattr(args, "http"):
+        args.http = http_address(config.http.listen) if config.http.listen else None
+
+
+def http_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port), for ``--http``."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def where(address: tuple[str, int]) -> str:
+    """(host, port) as a URL authority: ``127.0.0.1:8080``, ``[::1]:8080``."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def time_arg(text: str) -> datetime:

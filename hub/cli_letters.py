@@ -76,7 +76,6 @@ def add_dead_letters(commands: Commands) -> None:
         dest="card_keys",
         type=Path,
         action="append",
-        default=[],
         metavar="PEM",
         help="replay: a visitor-card public key to trust (repeatable)",
     )

@@ -28,18 +28,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from doorscan.cards import CardKeyring
-from doorscan.sealing import load_private_key
+from doorscan.errors import ConfigError
 from doorscan.wire.limits import RATE_MAX_SCANS
-from hub.cli_common import Commands, UsageError, broker_parent, db_parent, open_store, tls_files
-from hub.cli_web import WebThread, add_trusted_proxy, http_address, where
-from hub.ingest import IngestCounters, Ingestor, describe
-from hub.service import (
-    SHARED_GROUP,
-    HubService,
-    hub_client_factory,
-    worker_client_factory,
+from hub.assembly import HubAssembly
+from hub.cli_common import (
+    Commands,
+    UsageError,
+    broker_parent,
+    db_parent,
+    keys_parent,
+    open_store,
+    tls_files,
 )
+from hub.cli_web import http_parent
+from hub.config import HubConfig
+from hub.ingest import IngestCounters, describe
+from hub.preflight import Check, failures, preflight, render
 from hub.workers import WORKER_PLACEHOLDER, WorkerPool, ready_line, supervisor_gone, worker_path
 
 if TYPE_CHECKING:
@@ -52,49 +56,23 @@ __all__ = ["add_serve"]
 def add_serve(commands: Commands) -> None:
     parser = commands.add_parser(
         "serve",
-        parents=[db_parent(), broker_parent()],
+        parents=[db_parent(), broker_parent(), keys_parent(), http_parent()],
         help="receive scans from the broker, store them, ack them (runs until stopped)",
         description="Subscribe to the registry and all scans; ack each batch after its commit.",
         epilog="With --workers N over TLS, --cert-file and --key-file contain {n}, which "
         "becomes each worker's number: --cert-file broker/hub-{n}-cert.pem "
         "(from `provisioning broker-files --hub-workers N`).",
     )
-    parser.add_argument(
-        "--client-id", default="doorscan-hub", help="MQTT client id (persistent session)"
-    )
-    parser.add_argument(
-        "--card-key",
-        dest="card_keys",
-        metavar="PEM",
-        type=Path,
-        action="append",
-        default=[],
-        help="visitor-card public key to trust; repeat for several",
-    )
-    parser.add_argument(
-        "--seal-key",
-        type=Path,
-        metavar="KEY",
-        help="the hub's PRIVATE sealing key (PEM or 32 raw bytes): opens scans sent sealed",
-    )
-    parser.add_argument(
-        "--http",
-        type=http_address,
-        metavar="HOST:PORT",
-        help="also serve the web API and dashboard here (e.g. 127.0.0.1:8080)",
-    )
-    add_trusted_proxy(parser)
+    parser.add_argument("--client-id", help="MQTT client id (persistent session)")
     parser.add_argument(
         "--workers",
         type=_worker_count,
-        default=1,
         metavar="N",
         help="N worker processes sharing the scans (MQTT shared subscription; default 1)",
     )
     parser.add_argument(
         "--max-scans-per-minute",
         type=int,
-        default=RATE_MAX_SCANS,
         metavar="N",
         help=f"scans one unit may claim in any minute before the rest are held apart from "
         f"traces (default {RATE_MAX_SCANS}: twice a busy door; 0: no bound)",
@@ -102,13 +80,12 @@ def add_serve(commands: Commands) -> None:
     parser.add_argument(
         "--report-every-s",
         type=float,
-        default=60.0,
         metavar="S",
         help="log the ingest counters every S seconds when they moved (0: never; default 60)",
     )
     # Set by the supervisor on the workers it starts; not for people.
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", help="logging level (default INFO)")
     parser.set_defaults(run=_run_serve)
 
 
@@ -125,69 +102,83 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_hub(args: argparse.Namespace) -> int:
-    """One hub process: the whole hub (``--workers 1``) or one worker of several."""
+    """One hub process: the whole hub (``--workers 1``) or one worker of several.
+
+    It first runs the checks of ``doorscan-hub check`` (without contacting the broker,
+    which the hub retries by itself) and refuses to start on a failure: a hub that
+    cannot open what units send would dead-letter every such scan while doors light
+    green. If the fleet's keys arrive while it runs and do not match, it stops the same
+    way, leaving the scans it could not open with the broker.
+    """
     worker = args.worker_index
     name = "hub" if worker is None else f"hub worker {worker}"
     # A worker names itself in each line: N workers write to one supervisor's output.
     who = "" if worker is None else f"{name} "
+    config: HubConfig = args.hub_config
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=config.logging.level,
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
     )
-    card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
-    sealing_key = load_private_key(args.seal_key) if args.seal_key else None
-    tls = tls_files(args)
+    tls_files(args)  # refuses no host, or plain MQTT across the network without --insecure
+    _refuse_on_failures(name, preflight(config, reach_broker=False))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    # The whole hub keeps its persistent session and plain subscription; a worker
-    # takes a clean session in the share group (hub.workers says why).
-    client_id, client_factory, group = (
-        (args.client_id, hub_client_factory, None)
-        if worker is None
-        else (f"{args.client_id}-{worker}", worker_client_factory, SHARED_GROUP)
-    )
-    with open_store(args.db, args.vault_key, must_exist=False) as store:
-        metrics = _metrics() if args.http else None
-        ingestor = Ingestor(
-            store,
-            card_keys=card_keys,
-            sealing_key=sealing_key,
-            metrics=metrics,
-            max_scans_per_minute=args.max_scans_per_minute,
-        )
-        with HubService(
-            ingestor,
-            args.broker_host,
-            args.broker_port,
-            client_id=client_id,
-            client_factory=client_factory,
-            tls=tls,
-            shared_group=group,
-        ) as service:
-            web = (
-                WebThread(store, args.http, metrics, trusted_proxies=args.trusted_proxy)
-                if args.http
-                else None
+    mismatch: list[str] = []
+
+    def on_key_mismatch(problems: list[str]) -> None:
+        mismatch.extend(problems)
+        stop.set()
+
+    try:
+        hub = HubAssembly(config, worker=worker)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    with hub.running(on_key_mismatch=on_key_mismatch) as parts:
+        if not parts.service.wait_connected(30):
+            print(f"{name}: no broker yet; retrying in the background", file=sys.stderr)
+        if parts.web is not None and not parts.web.wait_started(30):
+            raise UsageError(f"the web server did not start on {config.http.listen}")
+        if not mismatch:
+            # Scripts (the demo, tests) and the supervisor wait for this line.
+            scheme = "https" if config.http.cert_file else "http"
+            http = f" {scheme}={config.http.listen}" if config.http.listen else ""
+            ready = "hub ready" if worker is None else ready_line(worker)
+            print(
+                f"{ready}: db={args.db} broker={config.broker.host}:"
+                f"{config.broker.effective_port}{http}",
+                flush=True,
             )
-            try:
-                if not service.wait_connected(30):
-                    print(f"{name}: no broker yet; retrying in the background", file=sys.stderr)
-                if web is not None and not web.wait_started(30):
-                    raise UsageError(f"the web server did not start on {where(args.http)}")
-                # Scripts (the demo, tests) and the supervisor wait for this line.
-                http = f" http={where(args.http)}" if args.http else ""
-                ready = "hub ready" if worker is None else ready_line(worker)
-                print(
-                    f"{ready}: db={args.db} broker={args.broker_host}:{args.broker_port}{http}",
-                    flush=True,
-                )
-                _wait(stop, ingestor.counters, name, args.report_every_s, worker is not None)
-            finally:
-                if web is not None:
-                    web.close()
-        print(f"{name} stopped: {describe(ingestor.counters)}", flush=True)
+            _wait(
+                stop,
+                parts.ingestor.counters,
+                name,
+                config.ingest.report_every_s,
+                worker is not None,
+            )
+        counters = describe(parts.ingestor.counters)
+    if mismatch:
+        print(f"{name} stopped: {_MISMATCH}: {'; '.join(mismatch)}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    print(f"{name} stopped: {counters}", flush=True)
     return 0
+
+
+_MISMATCH = "the fleet's keys do not match this hub's; scans it cannot open stay with the broker"
+EXIT_REFUSED = 2
+"""``serve`` refused to start (or stopped) on a failed check; systemd does not restart it
+(``RestartPreventExitStatus=2`` in deploy/doorscan-hub.service): only a fix will help."""
+
+
+def _refuse_on_failures(name: str, checks: list[Check]) -> None:
+    failed = failures(checks)
+    if failed:
+        for line in render(checks):
+            print(line, file=sys.stderr)
+        raise UsageError(
+            f"{name} refuses to start: "
+            + "; ".join(f"{check.name}: {check.detail}" for check in failed)
+        )
 
 
 def _wait(
@@ -285,6 +276,8 @@ def _worker_argv(args: argparse.Namespace, tls: TlsFiles | None, index: int) -> 
     argv += ["--broker-port", str(args.broker_port), "--client-id", args.client_id]
     argv += ["--report-every-s", str(args.report_every_s), "--log-level", args.log_level]
     argv += ["--max-scans-per-minute", str(args.max_scans_per_minute)]
+    if args.insecure:
+        argv.append("--insecure")
     if args.vault_key is not None:
         argv += ["--vault-key", str(args.vault_key)]
     for key in args.card_keys:

@@ -20,36 +20,32 @@ import logging
 import signal
 import sys
 import threading
-import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from hub.access import Role
 from hub.auth import create_user, issue_api_token, set_active, unlock
-from hub.cli_common import Commands, UsageError, cli_principal, db_parent, open_store
+from hub.cli_common import (
+    Commands,
+    UsageError,
+    cli_principal,
+    db_parent,
+    http_address,
+    open_store,
+    where,
+)
+from hub.config import DEFAULT_HTTP, http_problem
 from hub.login_throttle import LoginThrottle
+from hub.web.server import WebThread
 
 __all__ = [
-    "WebThread",
     "add_token",
     "add_user",
-    "add_trusted_proxy",
+    "add_http_options",
+    "http_parent",
     "add_web",
-    "http_address",
     "read_password",
-    "where",
 ]
-
-
-def http_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as (host, port), for ``--http``."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
 
 
 def read_password(args: argparse.Namespace) -> str:
@@ -188,20 +184,40 @@ def add_web(commands: Commands) -> None:
     parser.add_argument(
         "--http",
         type=http_address,
-        default=("127.0.0.1", 8080),
         metavar="HOST:PORT",
-        help="where to listen (default 127.0.0.1:8080; put a TLS proxy in front)",
+        help=f"where to listen (default {DEFAULT_HTTP}; HTTPS with --http-cert/--http-key)",
     )
-    add_trusted_proxy(parser)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_http_options(parser)
+    parser.add_argument("--log-level", help="logging level (default INFO)")
     parser.set_defaults(run=_run_web)
 
 
-def add_trusted_proxy(parser: argparse.ArgumentParser) -> None:
+def http_parent() -> argparse.ArgumentParser:
+    """``--http`` for `serve` and `check` (`web` has its own, with a default)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--http",
+        type=http_address,
+        metavar="HOST:PORT",
+        help="also serve the web API and dashboard here (e.g. 127.0.0.1:8080)",
+    )
+    add_http_options(parent)
+    return parent
+
+
+def add_http_options(parser: argparse.ArgumentParser) -> None:
+    """HTTPS files and the proxies believed: what `web` and `serve --http` share."""
+    parser.add_argument("--http-cert", type=Path, metavar="PEM", help="HTTPS certificate")
+    parser.add_argument("--http-key", type=Path, metavar="PEM", help="HTTPS private key")
+    parser.add_argument(
+        "--http-insecure",
+        action="store_true",
+        default=None,
+        help="allow plain HTTP on an address other machines reach",
+    )
     parser.add_argument(
         "--trusted-proxy",
         action="append",
-        default=[],
         metavar="ADDRESS",
         help="a reverse proxy whose X-Forwarded-For/-Proto headers are believed (repeatable; "
         "default none: the TCP peer is the client)",
@@ -215,80 +231,30 @@ def _run_web(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    http = args.hub_config.http
+    address = args.http or http_address(DEFAULT_HTTP)
+    problem = http_problem(http.model_copy(update={"listen": where(address)}))
+    if problem:
+        raise UsageError(problem)
     with open_store(args.db, args.vault_key, must_exist=False) as store:
-        web = WebThread(store, args.http, metrics=None, trusted_proxies=args.trusted_proxy)
+        web = WebThread(
+            store,
+            address,
+            metrics=None,
+            trusted_proxies=http.trusted_proxies,
+            cert_file=http.cert_file,
+            key_file=http.key_file,
+        )
         try:
             if not web.wait_started(30):
-                raise UsageError(f"the web server did not start on {where(args.http)}")
-            print(f"hub web ready: db={args.db} http={where(args.http)}", flush=True)
+                raise UsageError(f"the web server did not start on {where(address)}")
+            scheme = "https" if http.cert_file else "http"
+            print(f"hub web ready: db={args.db} {scheme}={where(address)}", flush=True)
             stop.wait()
         finally:
             web.close()
     print("hub web stopped", flush=True)
     return 0
-
-
-def where(address: tuple[str, int]) -> str:
-    """(host, port) as a URL authority: ``127.0.0.1:8080``, ``[::1]:8080``."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class WebThread:
-    """uvicorn serving `hub.web.app.create_app(store)` in a thread; `close()` stops it.
-
-    uvicorn installs no signal handlers outside the main thread, so SIGTERM stays with
-    the command (`web`, `serve`), which calls `close()`: uvicorn stops accepting, lets
-    requests in flight finish, and the thread is joined before the store is closed.
-    (Run in the main thread, uvicorn would re-raise SIGTERM after its shutdown and the
-    process would end by the signal, not with exit code 0.)
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        address: tuple[str, int],
-        metrics: Any,
-        trusted_proxies: Sequence[str] = (),
-    ) -> None:
-        import uvicorn  # imported here: the other commands do not need a web server
-
-        from hub.web.app import create_app
-
-        host, port = address
-        app = create_app(store, metrics=metrics)
-        # uvicorn's access log writes every URL with its query string; the app logs its
-        # own line per request without it (hub.web.app). X-Forwarded-For and -Proto are
-        # believed only from the proxies named: from anyone else they are ignored, so a
-        # client cannot pick the address the login throttle and the audit log see.
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            proxy_headers=bool(trusted_proxies),
-            forwarded_allow_ips=list(trusted_proxies) or None,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="hub-web", daemon=True)
-        self._thread.start()
-
-    def wait_started(self, timeout_s: float) -> bool:
-        """True once uvicorn listens; False if it failed (port taken) or timed out."""
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started and time.monotonic() < deadline:
-            if not self._thread.is_alive():
-                return False  # uvicorn logged why (e.g. the port is taken)
-            time.sleep(0.05)
-        return self._server.started
-
-    def close(self) -> None:
-        """Stop and join (idempotent)."""
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():
-            logging.getLogger(__name__).error("the web server did not stop within 30 s")
 
 
 def _now() -> datetime:

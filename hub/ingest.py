@@ -46,6 +46,7 @@ from doorscan.timefmt import format_rfc3339, to_ms
 from doorscan.wire import (
     MAX_MESSAGE_BYTES,
     CardRevocations,
+    FleetKeys,
     UnitRecord,
     UnitStatus,
     VenueRecord,
@@ -65,18 +66,33 @@ from hub.answers import answer
 from hub.batch_reader import ReadBatch, read_batch
 from hub.history import UnitHistory, hold_of
 from hub.judge import RETRY_CODES, ScanJudge, dated
+from hub.keycheck import key_problems
 from hub.store import BatchConflict, BatchKey, NewDeadLetter, Store, StoredScan
 
 if TYPE_CHECKING:
     from hub.web.metrics import HubMetrics
 
-__all__ = ["IngestCounters", "Ingestor", "Reply", "StatusSink", "StoreFailure", "describe"]
+__all__ = [
+    "IngestCounters",
+    "Ingestor",
+    "KeysMismatch",
+    "Reply",
+    "StatusSink",
+    "StoreFailure",
+    "describe",
+]
 
 log = logging.getLogger(__name__)
 
 
 class StoreFailure(RuntimeError):
     """The store could not be read or written; nothing of the message was stored."""
+
+
+class KeysMismatch(RuntimeError):
+    """The hub's keys cannot open what the fleet sends (`hub.keycheck`): a scan batch is
+    left unsettled, for the broker to deliver again to a hub with the right keys, rather
+    than dead-lettered."""
 
 
 @runtime_checkable
@@ -166,13 +182,20 @@ class Ingestor:
         sealing_key: X25519PrivateKey | None = None,
         metrics: HubMetrics | None = None,
         max_scans_per_minute: int = RATE_MAX_SCANS,
+        on_key_mismatch: Callable[[list[str]], None] | None = None,
     ) -> None:
         """`sealing_key` is the hub's private sealing key: it opens scans sent `sealed`.
 
         `metrics` (`hub.web.metrics.HubMetrics`), if given, counts what is stored,
         dead-lettered and acked, and the ingest lag. `max_scans_per_minute` bounds how
-        fast one unit's scans may come (`hub.history`; 0: no bound).
+        fast one unit's scans may come (`hub.history`; 0: no bound). `on_key_mismatch`
+        is called with the problems when the fleet's `FleetKeys` arrive and the hub's
+        keys do not match them (``serve`` stops); scan batches then raise `KeysMismatch`.
         """
+        self._sealing_key = sealing_key
+        self._card_keys = card_keys
+        self._on_key_mismatch = on_key_mismatch
+        self.key_problems: list[str] = []
         self._max_per_window = max_scans_per_minute
         self._store = store
         self._statuses = store if isinstance(store, StatusSink) else None
@@ -198,6 +221,8 @@ class Ingestor:
         try:
             kind, entity_id = parse_topic(topic)
             if kind == "scans":
+                if self.key_problems:
+                    raise KeysMismatch("; ".join(self.key_problems))
                 return self._handle_batch(topic, entity_id, payload, retained, qos)
             if kind == "venue":
                 self._handle_venue(entity_id, payload)
@@ -207,6 +232,8 @@ class Ingestor:
                 self._handle_status(entity_id, payload)
             elif kind == "card_revocations":
                 self._handle_card_revocations(payload)
+            elif kind == "fleet_keys":
+                self._handle_fleet_keys(payload)
             # Ack, config and hub topics are the hub's own words: nothing to store.
             return []
         except Refusal as refusal:
@@ -289,6 +316,19 @@ class Ingestor:
                 self._store.upsert_unit(unit)
         if not known:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")
+
+    def _handle_fleet_keys(self, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message: keep comparing with the last keys known
+        fleet = decode_message(payload, FleetKeys)
+        with _storing():
+            # Kept, so that the next start compares before it takes any scan (hub.preflight).
+            self._store.set_fleet_keys(payload.decode("utf-8"), self._now())
+        self.key_problems = key_problems(fleet, self._sealing_key, self._card_keys)
+        for problem in self.key_problems:
+            log.error("the hub's keys do not match the fleet's: %s", problem)
+        if self.key_problems and self._on_key_mismatch is not None:
+            self._on_key_mismatch(self.key_problems)
 
     def _handle_card_revocations(self, payload: bytes) -> None:
         if not payload:

@@ -14,7 +14,9 @@ Three promises meet here:
   it is dead-lettered as ``poison`` and settled. A message that is never settled
   would hold one of the broker's in-flight slots for the hub, and a few of them stop
   the whole fleet's ingest (Mosquitto sends a client at most ``max_inflight_messages``
-  unacknowledged messages).
+  unacknowledged messages). The one exception: a hub whose keys do not match the
+  fleet's (`hub.keycheck`) leaves scan batches unsettled while it stops, so that they
+  are delivered again to a hub that can open them instead of being dead-lettered.
 
 Registry topics are subscribed before scan topics: the broker sends retained
 registry messages as it handles each SUBSCRIBE, so after a restart the hub knows
@@ -63,7 +65,7 @@ from doorscan.wire import (
     topic_hub_status,
 )
 from doorscan.wire.limits import MAX_DELIVERY_ATTEMPTS
-from hub.ingest import Ingestor, Reply
+from hub.ingest import Ingestor, KeysMismatch, Reply
 
 __all__ = [
     "SHARED_GROUP",
@@ -250,6 +252,10 @@ class HubService:
                 replies = self.ingestor.handle(
                     message.topic, payload, retained=bool(message.retain), qos=message.qos
                 )
+            except KeysMismatch:
+                # Left unacked on purpose: the hub is stopping (serve's on_key_mismatch),
+                # and the broker delivers the batch again to a hub that can open it.
+                return
             except Exception as exc:
                 self.failures += 1
                 given_up = self._after_failure(message, payload, exc)

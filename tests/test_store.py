@@ -223,7 +223,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 9
+        assert version == len(SqliteStore.MIGRATIONS) == 10
     finally:
         raw.close()
 

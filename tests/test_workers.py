@@ -235,7 +235,7 @@ def test_what_workers_cannot_do_is_refused_before_anything_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], refusal: str
 ) -> None:
     db = tmp_path / "hub.db"
-    args = ["serve", "--db", str(db), "--workers", "2", *extra]
+    args = ["serve", "--db", str(db), "--workers", "2", "--broker-host", "127.0.0.1", *extra]
     assert main(args) == 2
     assert refusal in capsys.readouterr().err
     assert not db.exists()

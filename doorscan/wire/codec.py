@@ -37,6 +37,7 @@ from doorscan.wire.limits import MAX_MESSAGE_BYTES
 from doorscan.wire.messages import (
     SCHEMA_VERSION,
     BatchRefusal,
+    FleetKeys,
     HubStatus,
     UnitConfigUpdate,
 )
@@ -56,7 +57,7 @@ __all__ = [
     "schema_refusal",
 ]
 
-WIRE_REVISION = 7
+WIRE_REVISION = 8
 """The revision this code writes and reads (and every older one)."""
 REV_FIELD_SINCE = 6
 """The first revision whose messages may carry ``rev``."""
@@ -95,6 +96,11 @@ REVISIONS: tuple[tuple[int, str], ...] = (
         "Visitor cards expire and can be revoked: `CardRevocations` on "
         "`registry/cards/revoked`; refusal codes `card_expired` and `card_revoked`.",
     ),
+    (
+        8,
+        "The fleet's public keys: `FleetKeys` on `registry/fleet/keys`, which the hub "
+        "checks its own keys against before it starts.",
+    ),
 )
 
 
@@ -110,6 +116,7 @@ _MESSAGE_SINCE: dict[type[BaseModel], int] = {
     UnitConfigUpdate: 5,
     HubStatus: 6,
     BatchRefusal: 6,
+    FleetKeys: 8,
 }
 _TIME_KEYS = frozenset(
     ("scanned_at", "sent_at", "hub_time", "at", "last_scan_at", "issued_at", "registered_at")

@@ -21,6 +21,7 @@ talk.
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import date, datetime, time
 from typing import Annotated, Any, Literal
@@ -191,6 +192,11 @@ def topic_card_revocations() -> str:
     return f"{TOPIC_ROOT}/registry/cards/revoked"
 
 
+def topic_fleet_keys() -> str:
+    """The fleet's retained `FleetKeys`; only provisioning may write it (broker ACL)."""
+    return f"{TOPIC_ROOT}/registry/fleet/keys"
+
+
 SUB_ALL_SCANS = f"{TOPIC_ROOT}/units/+/scans"
 SUB_ALL_STATUS = f"{TOPIC_ROOT}/units/+/status"
 SUB_REGISTRY = f"{TOPIC_ROOT}/registry/#"
@@ -218,6 +224,8 @@ def parse_topic(topic: str) -> tuple[str, str]:
         return "hub", "hub"
     if topic == topic_card_revocations():
         return "card_revocations", "cards"
+    if topic == topic_fleet_keys():
+        return "fleet_keys", "fleet"
     raise Refusal("unknown_topic", f"topic {topic[:200]!r} is not part of the wire contract")
 
 
@@ -557,6 +565,39 @@ class CardRevocations(_Message):
         return {r.card_id: r.revoked_on for r in self.revoked}
 
 
+RawKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
+"""A 32-byte public key (X25519 or Ed25519) in unpadded base64url."""
+MAX_CARD_KEYS = 16
+
+
+def raw_key_text(public_bytes: bytes) -> str:
+    """A 32-byte public key as `RawKey` text: unpadded base64url."""
+    if len(public_bytes) != 32:
+        raise ValueError(f"a raw public key is 32 bytes, not {len(public_bytes)}")
+    return base64.urlsafe_b64encode(public_bytes).decode("ascii").rstrip("=")
+
+
+class FleetKeys(_Message):
+    """The public keys the fleet's units and cards use, retained on `topic_fleet_keys`.
+
+    Provisioning publishes it with the registry. The hub compares it with the keys it
+    holds before it starts (``doorscan-hub check``): a hub without the private key whose
+    public half the units seal to, or without a card key the fleet signs with, would
+    dead-letter every such scan while the doors light green.
+    """
+
+    schema_: Literal["doorscan.fleet-keys"] = Field("doorscan.fleet-keys", alias="schema")
+    issued_at: UtcTime
+    seal_public_key: RawKey | None = Field(
+        None, description="the hub's public sealing key units seal to (None: scans in clear)"
+    )
+    card_public_keys: list[RawKey] = Field(
+        default_factory=list,
+        max_length=MAX_CARD_KEYS,
+        description="the Ed25519 keys visitor cards are signed with",
+    )
+
+
 MESSAGES: tuple[type[_Message], ...] = (
     ScanBatch,
     Ack,
@@ -566,5 +607,6 @@ MESSAGES: tuple[type[_Message], ...] = (
     VenueRecord,
     UnitRecord,
     CardRevocations,
+    FleetKeys,
 )
 """Every message that travels alone on a topic (`docs/schema/` has one file each)."""

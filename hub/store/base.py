@@ -267,6 +267,11 @@ class Registry(Protocol):
     def venue(self, venue_id: str) -> VenueRecord | None: ...
     def unit(self, unit_id: str) -> UnitRecord | None: ...
     def venues(self) -> list[VenueRecord]: ...
+    def set_fleet_keys(self, keys_json: str, received_at: datetime) -> None:
+        """Keep the fleet's `FleetKeys` message (its JSON) as last received."""
+
+    def fleet_keys(self) -> tuple[str, datetime] | None:
+        """The `FleetKeys` JSON last received and when, or None if none ever came."""
 
 
 class ScanSink(Protocol):

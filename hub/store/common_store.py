@@ -146,6 +146,19 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                 (unit.unit_id, unit.venue_id, unit.active, registered_ms),
             )
 
+    def set_fleet_keys(self, keys_json: str, received_at: datetime) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO fleet_keys (one_row, keys_json, received_at_ms) VALUES (1, ?, ?) "
+                "ON CONFLICT (one_row) DO UPDATE SET keys_json = excluded.keys_json, "
+                "received_at_ms = excluded.received_at_ms",
+                (keys_json, to_ms(received_at)),
+            )
+
+    def fleet_keys(self) -> tuple[str, datetime] | None:
+        rows = self._query("SELECT keys_json, received_at_ms FROM fleet_keys", ())
+        return (str(rows[0][0]), from_ms(int(rows[0][1]))) if rows else None
+
     def venue(self, venue_id: str) -> VenueRecord | None:
         rows = self._query(
             "SELECT venue_id, name, address, district FROM venues WHERE venue_id = ?", (venue_id,)

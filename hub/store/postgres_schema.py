@@ -221,6 +221,14 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             conn, vault, datetime.now(UTC), insert_sql=AUDIT_INSERT_PG
         ),
     ),
+    # 4: SQLite's schema 10: the fleet's public keys as last published.
+    (
+        """CREATE TABLE fleet_keys (
+            one_row INTEGER PRIMARY KEY CHECK (one_row = 1),
+            keys_json TEXT NOT NULL,
+            received_at_ms BIGINT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -337,5 +337,14 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX login_failures_by_key ON login_failures (key, at_ms)",
         lambda conn, vault: seal_clear_audit_reasons(conn, vault, datetime.now(UTC)),
     ),
+    # 10: the fleet's public keys as last published (`FleetKeys`), so that a hub whose
+    # keys do not match refuses to start before it takes a scan (hub.keycheck).
+    (
+        """CREATE TABLE fleet_keys (
+            one_row INTEGER PRIMARY KEY CHECK (one_row = 1),
+            keys_json TEXT NOT NULL,
+            received_at_ms BIGINT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

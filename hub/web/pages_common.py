@@ -122,7 +122,13 @@ def render(
     )
     if request.query_params.get("lang") == lang:
         response.set_cookie(
-            LANG_COOKIE, lang, max_age=365 * 24 * 3600, samesite="lax", httponly=True, path="/"
+            LANG_COOKIE,
+            lang,
+            max_age=365 * 24 * 3600,
+            samesite="lax",
+            httponly=True,
+            path="/",
+            secure=request.url.scheme == "https",
         )
     return response
 
