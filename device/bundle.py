@@ -9,7 +9,11 @@ Run at boot before the unit starts (the unit's service does it first). In order:
    copied or hand-edited bundle is refused whole and nothing is changed;
 3. the config must be one the unit accepts (`load_config`, checked on the copies in a
    staging folder beside the target, so relative paths resolve as they will later);
-4. the files replace those in `--into`, the private key and password mode 0600;
+4. the files replace those in `--into`, the private key and password mode 0600, and the
+   config is written as ``unit.json`` whatever its name in the bundle (provisioning names
+   it ``<unit id>.json``): /etc/doorscan/unit.json is the file the service runs, as after
+   enrollment. Renamed, not linked: one file, and a later bundle for another unit id
+   replaces it instead of leaving a link to the old one;
 5. the bundle is deleted from the boot partition, because FAT has no file modes and
    anyone who takes the card out could read the key there. A boot partition mounted
    read-only cannot be cleaned: the import still counts, and the error says so loudly.
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from device.config import load_config
+from device.config import UNIT_CONFIG_NAME, load_config
 from doorscan.atomicfile import write_atomic
 from doorscan.bundle import BUNDLE_DIR, MANIFEST, BundleManifest, file_digest
 from doorscan.errors import ConfigError
@@ -69,6 +73,11 @@ def import_bundle(boot: Path, into: Path) -> Imported | None:
         if file_digest(path) != digest:
             raise BundleError(f"{source}: {name} differs from the manifest; copy it again")
         contents[name] = path.read_bytes()
+    if UNIT_CONFIG_NAME in contents and manifest.config != UNIT_CONFIG_NAME:
+        raise BundleError(
+            f"{source}: {UNIT_CONFIG_NAME} is not the bundle's config, but the config is "
+            "installed under that name; rename the other file"
+        )
     into.mkdir(parents=True, exist_ok=True)
     staging = into.parent / f".{into.name}.bundle-staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -86,7 +95,8 @@ def import_bundle(boot: Path, into: Path) -> Imported | None:
     private = {p.name for p in (config.broker.key_file, config.broker.password_file) if p}
     # The config goes last: until it is replaced the unit runs on its old, whole set.
     for name in sorted(contents, key=lambda n: n == manifest.config):
-        write_atomic(into / name, contents[name], mode=0o600 if name in private else 0o644)
+        target = UNIT_CONFIG_NAME if name == manifest.config else name
+        write_atomic(into / target, contents[name], mode=0o600 if name in private else 0o644)
     removed = True
     try:
         shutil.rmtree(source)
@@ -98,4 +108,4 @@ def import_bundle(boot: Path, into: Path) -> Imported | None:
             source,
             exc,
         )
-    return Imported(manifest.unit_id, into / manifest.config, list(contents), removed)
+    return Imported(manifest.unit_id, into / UNIT_CONFIG_NAME, list(contents), removed)

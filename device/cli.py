@@ -2,8 +2,9 @@
 
 Commands:
 
-* ``decode [--decoder zxing|zbar] [--card-key PEM]... FILE...``: read the QR codes in
-  image files and judge them as a door would. One JSON line per file::
+* ``decode [--decoder zxing|zbar] [--card-key PEM]... [--config UNIT_JSON] FILE...``:
+  read the QR codes in image files and judge them as a door would (with that unit's
+  card keys, given ``--config``). One JSON line per file::
 
       {"file": "a.png", "codes": [{"text": "...", "kind": "cccd", "valid": true, "error": null}]}
 
@@ -12,9 +13,12 @@ Commands:
   cannot be read gives ``{"file": ..., "codes": [], "error": "..."}``, the other files
   are still read, and the exit status is 1.
 
-* ``run --config FILE [--max-frames N]``: run a door unit until SIGTERM/SIGINT (or
-  until an image folder runs out). The pins come from gpiozero's usual choice, so
-  ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a machine without GPIO. Under systemd
+* ``run --config FILE [--max-frames N] [--frames PATH] [--until-sent S]``: run a door
+  unit until SIGTERM/SIGINT (or until an image folder runs out). ``--frames`` is the
+  bench check: read images instead of the camera; ``--until-sent`` then waits for the
+  hub's ack of every scan (exit 1 if some are still waiting after S seconds). The pins
+  come from gpiozero's usual choice, so ``GPIOZERO_PIN_FACTORY=mock`` runs a unit on a
+  machine without GPIO. Under systemd
   (``Type=notify``) it says READY=1 once scanning and pets the watchdog from the frame
   loop (`device.sdnotify`). With ``pins.button`` set, a button held for 3 s at boot runs
   the self-test first.
@@ -35,8 +39,9 @@ Commands:
   running: the journal takes one writer at a time.
 
 * ``import-bundle [--boot /boot/firmware] [--into /etc/doorscan]``: take in the offline
-  config bundle written by ``provisioning bundle`` (`device.bundle`), then delete it from
-  the boot partition. Exit 0 when imported or when there is none, 1 when refused.
+  config bundle written by ``provisioning bundle`` (`device.bundle`), its config as
+  ``INTO/unit.json`` (the file the service runs), then delete it from the boot
+  partition. Exit 0 when imported or when there is none, 1 when refused.
 
 Each command is one function taking the parsed arguments and returning the exit
 status; `build_parser` registers it with ``set_defaults(handler=...)``.
@@ -50,6 +55,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="visitor-card public key to trust; repeat for several (default: cards are refused)",
     )
+    decode.add_argument(
+        "--config",
+        type=Path,
+        metavar="UNIT_JSON",
+        help="judge with this unit's card keys, as that door would",
+    )
     decode.add_argument("files", metavar="FILE", type=Path, nargs="+", help="image file")
     decode.set_defaults(handler=cmd_decode)
 
@@ -118,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, required=True, help="the unit's JSON config file")
     run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    run.add_argument(
+        "--frames",
+        type=Path,
+        metavar="PATH",
+        help="a bench check: read this image file or folder instead of the camera, once",
+    )
+    run.add_argument(
+        "--until-sent",
+        type=float,
+        metavar="S",
+        help="after the frames, wait up to S seconds for the hub to ack every scan; exit 1 "
+        "if some are still waiting",
+    )
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     run.set_defaults(handler=cmd_run)
 
@@ -179,7 +204,14 @@ def _verdict(symbol: DecodedSymbol, card_keys: CardKeyring | None) -> dict[str, 
     try:
         identity = parse_qr(symbol.text, card_keys=card_keys)
     except Refusal as refusal:
-        return {"text": symbol.text, "kind": None, "valid": False, "error": refusal.reason}
+        reason = refusal.reason
+        if refusal.code == "card_no_key" and card_keys is None:
+            # Not a verdict on the card: nothing to check its signature with was given.
+            reason = (
+                "a doorscan visitor card, its signature not checked: give --card-key "
+                "(the fleet's keys/card-signing.pub.pem) or --config UNIT_JSON"
+            )
+        return {"text": symbol.text, "kind": None, "valid": False, "error": reason}
     return {"text": symbol.text, "kind": identity.kind, "valid": True, "error": None}
 
 
@@ -189,8 +221,14 @@ def _print_json(line: dict[str, Any]) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     """``decode``: one JSON line per file; 1 if any file could not be read."""
+    paths = list(args.card_keys or [])
     try:
-        card_keys = CardKeyring.from_pem_files(args.card_keys) if args.card_keys else None
+        if args.config is not None:
+            paths += load_config(args.config).card_keys
+        card_keys = CardKeyring.from_pem_files(paths) if paths else None
+    except ConfigError as exc:
+        print(f"decode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (OSError, ValueError) as exc:
         print(f"decode: cannot load a card key: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -223,6 +261,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.frames is not None:
+        bench = config.frames.model_copy(update={"source": "files", "path": args.frames})
+        config = config.model_copy(update={"frames": bench})
+    waiting = 0
     notifier = SystemdNotifier.from_environment()
     try:
         if config.pins.button is not None and button_held(config.pins.button):
@@ -236,12 +278,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"unit {config.unit_id} at {config.venue_id}: running", flush=True)
             notifier.ready("scanning")
             frames = unit.run(max_frames=args.max_frames)
+            if args.until_sent is not None:
+                waiting = _wait_sent(unit, args.until_sent)
             notifier.stopping()
             unit.indicators.wait_idle(2.0)
     finally:
         notifier.close()
     print(f"unit {config.unit_id}: stopped after {frames} frames", flush=True)
-    return EXIT_OK
+    return EXIT_FAILED if waiting else EXIT_OK
+
+
+def _wait_sent(unit: Unit, timeout_s: float) -> int:
+    """Wait until the journal holds nothing unacked, or `timeout_s`; say which, return
+    how many scans still wait (they stay in the journal for the next run)."""
+    deadline = time.monotonic() + timeout_s
+    while unit.journal.backlog() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    waiting = unit.journal.backlog()
+    if waiting:
+        print(f"unit {unit.config.unit_id}: {waiting} scans not yet acked by the hub", flush=True)
+    else:
+        print(f"unit {unit.config.unit_id}: every scan acked by the hub", flush=True)
+    return waiting
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:

@@ -17,7 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from doorscan.errors import ConfigError
 from doorscan.wire import ID_PATTERN, MAX_BATCH_SCANS
 
-__all__ = ["BrokerConfig", "FramesConfig", "PinsConfig", "SyncConfig", "UnitConfig", "load_config"]
+__all__ = [
+    "UNIT_CONFIG_NAME",
+    "BrokerConfig",
+    "FramesConfig",
+    "PinsConfig",
+    "SyncConfig",
+    "UnitConfig",
+    "load_config",
+]
+
+# The one name the unit's config has on a Pi: /etc/doorscan/unit.json, which
+# deploy/doorscan-unit.service runs. Enrollment and the bundle import both write it, so a
+# unit set up either way starts without anyone renaming a file.
+UNIT_CONFIG_NAME = "unit.json"
 
 
 class _Strict(BaseModel):

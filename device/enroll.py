@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device.config import FramesConfig, PinsConfig, UnitConfig
+from device.config import UNIT_CONFIG_NAME, FramesConfig, PinsConfig, UnitConfig
 from device.decoders import Decoder, make_decoder
 from device.frames import FrameSource, FrameSourceError, open_frames
 from device.indicators import Feedback, Indicators
@@ -71,7 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UNIT_CONFIG_NAME = "unit.json"
 _SUFFIX_ALPHABET = "abcdefghjkmnpqrstvwxyz23456789"
 _SUFFIX_LEN = 6
 _RETRY_AFTER_FAULT_S = 5.0  # a network failure is retried with the same QR after this

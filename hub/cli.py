@@ -18,16 +18,18 @@
     doorscan-hub serve --config /etc/doorscan-hub/hub.toml   # MQTT ingest (and the web app)
     doorscan-hub unit-config door-1 debounce_s=120 quiet_hours=22:00-06:00   # remote config
 
-Every command but ``init-vault`` takes ``--config FILE`` (default
+Every command but ``init-vault`` and ``audit keygen`` (which only write a key file)
+takes ``--config FILE`` (default
 ``$DOORSCAN_HUB_CONFIG``; the typed TOML file of `hub.config`, e.g.
 /etc/doorscan-hub/hub.toml), and flags given win over the file: ``--db`` (default
 ``hub.db``; a path, or a ``postgresql://`` URL) and ``--vault-key FILE`` (default
 ``$DOORSCAN_HUB_VAULT_KEY``, then the file's; there is no default key): the database
 keeps identities sealed with that key (`hub.vault`) and refuses to open with another.
 ``doorscan-hub check`` verifies what a running hub needs (`hub.preflight`); ``serve``
-runs the same checks and refuses to start on a failure. Commands that read identities (trace, visitors) require a reason and are
-written to the audit log; they take ``--role tracer|venue|reporter|admin`` (default
-tracer) and ``--as-venue V`` for the venue role, and read through `hub.access`, which
+runs the same checks and refuses to start on a failure. Commands that read identities
+(trace, visitors) require a reason and are written to the audit log; they take
+``--role tracer|venue|reporter|admin`` (default tracer) and ``--as-venue V`` for the
+venue role, and read through `hub.access`, which
 refuses, masks (MoH decision 2666/QĐ-BYT) and audits. Exit codes: 0 done, 1 done with
 refused input (import-csv), 2 bad arguments (also: no vault key, or the wrong one), 3
 not allowed for the role (one line ``not allowed: ...`` on stderr; nothing was read).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from doorscan.errors import DoorscanError
+from doorscan.netaddr import is_loopback
 from doorscan.timefmt import format_rfc3339, format_vietnam, parse_rfc3339
 from hub.access import Channel, Principal, Role
 from hub.config import (
@@ -27,7 +28,6 @@ from hub.config import (
     BrokerSettings,
     ConfigFileError,
     build_config,
-    is_loopback,
     read_config_file,
 )
 from hub.store.factory import HubStore, StoreError, is_postgres, open_hub_store, sqlite_path

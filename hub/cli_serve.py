@@ -44,7 +44,14 @@ from hub.cli_web import http_parent
 from hub.config import HubConfig
 from hub.ingest import IngestCounters, describe
 from hub.preflight import Check, failures, preflight, render
-from hub.workers import WORKER_PLACEHOLDER, WorkerPool, ready_line, supervisor_gone, worker_path
+from hub.workers import (
+    EXIT_REFUSED,
+    WORKER_PLACEHOLDER,
+    WorkerPool,
+    ready_line,
+    supervisor_gone,
+    worker_path,
+)
 
 if TYPE_CHECKING:
     from doorscan.mqtt import TlsFiles
@@ -165,9 +172,9 @@ def _run_hub(args: argparse.Namespace) -> int:
 
 
 _MISMATCH = "the fleet's keys do not match this hub's; scans it cannot open stay with the broker"
-EXIT_REFUSED = 2
-"""``serve`` refused to start (or stopped) on a failed check; systemd does not restart it
-(``RestartPreventExitStatus=2`` in deploy/doorscan-hub.service): only a fix will help."""
+# EXIT_REFUSED (2): ``serve`` refused to start (or stopped) on a failed check; systemd does
+# not restart it (``RestartPreventExitStatus=2`` in deploy/doorscan-hub.service), and a
+# supervisor stops its other workers: only a fix will help.
 
 
 def _refuse_on_failures(name: str, checks: list[Check]) -> None:
@@ -218,10 +225,12 @@ def _run_supervisor(args: argparse.Namespace) -> int:
     tls = tls_files(args)
     if tls is not None:
         _check_worker_tls(tls, args.workers)
-    # Opened (and migrated) once here, before N workers race to do it, and so that a
-    # wrong --db or vault key is one clear error instead of N crash-looping workers.
+    # Opened (and migrated) once here, before N workers race to do it, and checked, so
+    # that a wrong database, vault key or seal key is one clear error instead of N
+    # workers refusing in turn.
     with open_store(args.db, args.vault_key, must_exist=False):
         pass
+    _refuse_on_failures("hub", preflight(args.hub_config, reach_broker=False))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -34,7 +34,6 @@ only the service can read).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from doorscan.errors import DoorscanError
+from doorscan.netaddr import is_loopback
 from doorscan.wire.limits import RATE_MAX_SCANS
 from hub.retention import DEFAULT_RETENTION_DAYS
 
@@ -58,7 +58,6 @@ __all__ = [
     "KeySettings",
     "build_config",
     "http_problem",
-    "is_loopback",
     "load_hub_config",
     "read_config_file",
     "resolve_path",
@@ -175,16 +174,6 @@ class HubConfig(_Strict):
     ingest: IngestSettings = IngestSettings()
     retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address or name that never leaves this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def http_problem(http: HttpSettings) -> str | None:

@@ -17,14 +17,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from doorscan.cards import CardKeyring
-from doorscan.wire import FleetKeys, raw_key_text
+from doorscan.wire import FleetKeys, key_fingerprint, raw_key_text
 
-__all__ = ["fingerprint", "key_problems"]
-
-
-def fingerprint(raw_key: str) -> str:
-    """A key's short name in messages: its first 16 base64url characters."""
-    return raw_key[:16]
+__all__ = ["key_problems"]
 
 
 def key_problems(
@@ -38,7 +33,7 @@ def key_problems(
     the fleet-home file it comes from (`provisioning.fleet` layout)."""
     problems = []
     if fleet.seal_public_key is not None:
-        wanted = fingerprint(fleet.seal_public_key)
+        wanted = key_fingerprint(fleet.seal_public_key)
         if sealing_key is None:
             problems.append(
                 f"no seal key: the fleet's units seal scans to the hub's public key {wanted}; "
@@ -49,7 +44,7 @@ def key_problems(
             have = raw_key_text(sealing_key.public_key().public_bytes_raw())
             if have != fleet.seal_public_key:
                 problems.append(
-                    f"wrong seal key: it is the private half of {fingerprint(have)}, but the "
+                    f"wrong seal key: it is the private half of {key_fingerprint(have)}, but the "
                     f"fleet's units seal to {wanted}; set keys.seal_key to keys/hub-seal.key "
                     "of the fleet home that published it"
                 )
@@ -57,7 +52,7 @@ def key_problems(
     for card_key in fleet.card_public_keys:
         if card_key not in trusted:
             problems.append(
-                f"card key {fingerprint(card_key)} is not trusted: the fleet signs visitor "
+                f"card key {key_fingerprint(card_key)} is not trusted: the fleet signs visitor "
                 "cards with it; add its public key (keys/card-signing.pub.pem in the fleet "
                 "home) to keys.card_keys (or --card-key)"
             )

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from doorscan.cards import CardKeyring
 from doorscan.errors import DoorscanError
+from doorscan.netaddr import is_loopback
 from doorscan.sealing import load_private_key
 from doorscan.wire import FleetKeys, decode_message
-from hub.config import HubConfig, http_problem, is_loopback
+from hub.config import HubConfig, http_problem
 from hub.keycheck import key_problems
 from hub.store.factory import StoreError, open_hub_store
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "EXIT_REFUSED",
     "WORKER_PLACEHOLDER",
     "WorkerPool",
     "ready_line",
@@ -139,6 +140,7 @@ class WorkerPool:
         self._stable_s = stable_s
         self._stop_timeout_s = stop_timeout_s
         self.restarts = 0
+        self.refused = False
 
     def say(self, line: str) -> None:
         """One whole line on the supervisor's output (workers' lines never cut into it)."""
@@ -162,6 +164,9 @@ class WorkerPool:
             now = time.monotonic()
             for slot in self._slots:
                 self._check(slot, now)
+            if self.refused:
+                self._stop_all()
+                return EXIT_REFUSED
             if not announced and all(slot.ready.is_set() for slot in self._slots):
                 announced = True
                 on_ready()
@@ -209,6 +214,12 @@ class WorkerPool:
             return
         if slot.relay is not None:
             slot.relay.join(5)  # its last words (a traceback) come before ours
+        if code == EXIT_REFUSED:
+            # The worker refused its config (keys that cannot open what the fleet sends):
+            # a restart would only refuse again, so the whole pool stops and says so.
+            self.say(f"hub worker {slot.index} refused to run (exit {code}); stopping all")
+            self.refused = True
+            return
         low, high = self._backoff
         lived = now - slot.started_at
         slot.delay_s = low if lived >= self._stable_s else min(high, max(low, slot.delay_s * 2))
@@ -242,6 +253,11 @@ class WorkerPool:
             if slot.relay is not None:
                 slot.relay.join(5)
         return worst
+
+
+EXIT_REFUSED = 2
+"""A worker's (and ``serve``'s) exit code for "refused to start, or stopped, on a failed
+check": see `hub.cli_serve`."""
 
 
 def _exit_text(code: int) -> str:

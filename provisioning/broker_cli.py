@@ -1,12 +1,16 @@
 """The broker and certificate commands of `python -m provisioning`.
 
     python -m provisioning broker-files --out broker/ --port 8883 --host hub.local [--hub-workers 4]
+    python -m provisioning broker-address [--host hub.local] [--port 8883] [--tls | --plain]
     python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
-    python -m provisioning revoke bv-gia-lai-door-1 [--publish-to hub.local:8883 --ca-file ...]
+    python -m provisioning revoke bv-gia-lai-door-1 [--publish-to [hub.local:8883 --ca-file ...]]
         [--crl-to /etc/mosquitto/doorscan/crl.pem --reload-pid /run/mosquitto/mosquitto.pid]
 
 They drive the fleet CA of `provisioning.broker_pki`; `add-device --tls` (in
 `provisioning.cli`) issues the unit's certificate through `write_unit_cert` here.
+`broker-files` records where the broker listens (its first `--host`, the TLS port, the
+CA and provisioning certificate it wrote) in the home; `broker-address` shows or
+changes that record (`provisioning.broker_address`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import os
 import signal
 from pathlib import Path
 
+from doorscan.mqtt import TlsFiles
+from provisioning.broker_address import describe, load_broker, update_broker
 from provisioning.broker_pki import (
     HUB_CN,
     MAX_HUB_WORKERS,
@@ -27,7 +33,17 @@ from provisioning.broker_pki import (
     write_private,
     write_public,
 )
-from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
+from provisioning.cli_common import (
+    Commands,
+    add_publish_to,
+    add_tls_files,
+    broker_host,
+    check_id,
+    port_number,
+    publish_now,
+    publish_options,
+    publish_to_target,
+)
 from provisioning.fleet import FleetHome, InvalidInput, ProvisioningError, write_atomic
 
 __all__ = ["register", "unit_tls_settings", "write_unit_cert"]
@@ -118,6 +134,13 @@ def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
             "--cert-file hub-{n}-cert.pem --key-file hub-{n}-key.pem ...`"
         )
     print("the broker's key must be readable by the user mosquitto runs as, and no one else")
+    # Recorded last, once every file it names is written.
+    files = TlsFiles(out / "ca.pem", out / "provisioning-cert.pem", out / "provisioning-key.pem")
+    first_host = args.host[0] if args.host else None
+    broker, path = update_broker(home, host=first_host, port=args.port, tls=True, files=files)
+    print(f"broker address {describe(broker)} (recorded in {path})")
+    if broker.host is None:
+        print("  no --host: record the name units use with `broker-address --host HOST`")
     return 0
 
 
@@ -134,12 +157,14 @@ def _register_broker_files(commands: Commands) -> None:
         "broker-files", help="write the broker's TLS certificate, CA, CRL, ACL and config"
     )
     cmd.add_argument("--out", type=Path, required=True, help="folder to write them to")
-    cmd.add_argument("--port", type=int, required=True, help="the TLS listener's port")
+    cmd.add_argument("--port", type=port_number, required=True, help="the TLS listener's port")
     cmd.add_argument(
         "--host",
         action="append",
         default=[],
-        help="a name or address clients use for the broker (repeatable; 127.0.0.1 always)",
+        type=broker_host,
+        help="a name or address clients use for the broker (repeatable; 127.0.0.1 always); "
+        "the first is recorded as the fleet's broker",
     )
     cmd.add_argument("--bind-address", help="listen only on this address (default: all)")
     cmd.add_argument(
@@ -163,6 +188,7 @@ def _register_broker_files(commands: Commands) -> None:
 
 def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
     unit_id = check_id(args.unit, "UNIT")
+    target = publish_to_target(args, home)
     with home.registry() as registry:
         unit = registry.unit(unit_id)
         if unit is None:
@@ -177,7 +203,7 @@ def _revoke(args: argparse.Namespace, home: FleetHome) -> int:
     print(f"revoked {count} certificate(s) of unit {unit_id}; it is marked inactive")
     # The hub first: once it reads the inactive record it refuses the unit's scans, even
     # over a connection the broker already let in.
-    publish_now(args, [venue] if venue else [], [inactive])
+    publish_now(target, home, [venue] if venue else [], [inactive])
     if args.crl_to is not None:
         write_atomic(args.crl_to, pki.crl_path.read_bytes(), mode=0o644)
         print(f"revocation list copied to {args.crl_to}")
@@ -215,8 +241,8 @@ def _register_revoke(commands: Commands) -> None:
         parents=[publish_options()],
         help="revoke a unit's certificates and mark it inactive",
     )
-    cmd.add_argument("unit", help="unit id")
-    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
+    cmd.add_argument("unit", help="unit id (before --publish-to, which may take no value)")
+    add_publish_to(cmd)
     cmd.add_argument(
         "--crl-to",
         type=Path,
@@ -232,8 +258,48 @@ def _register_revoke(commands: Commands) -> None:
     cmd.set_defaults(handler=_revoke)
 
 
+# -- broker-address ------------------------------------------------------------------
+
+
+def _broker_address(args: argparse.Namespace, home: FleetHome) -> int:
+    home.require()
+    tls = True if args.tls else False if args.plain else None
+    files = None if args.ca_file is None else TlsFiles(args.ca_file, args.cert_file, args.key_file)
+    if args.host is None and args.port is None and tls is None and files is None:
+        recorded = load_broker(home)
+        if recorded is None:
+            print(f"no broker recorded in {home.root}: record it with `broker-address --host HOST`")
+        else:
+            print(f"broker address {describe(recorded)}")
+        return 0
+    broker, path = update_broker(home, host=args.host, port=args.port, tls=tls, files=files)
+    print(f"broker address {describe(broker)} (recorded in {path})")
+    return 0
+
+
+def _register_broker_address(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "broker-address",
+        help="show or change the broker units and tools connect to (recorded in the home)",
+        description="With no option, shows the recorded broker. Each option given changes "
+        "that part and keeps the rest; nothing recorded yet starts from TLS on port 8883.",
+    )
+    cmd.add_argument("--host", type=broker_host, help="the name or address units connect to")
+    cmd.add_argument(
+        "--port", type=port_number, help="its port (default on a switch: 8883 TLS, 1883 plain)"
+    )
+    how = cmd.add_mutually_exclusive_group()
+    how.add_argument("--tls", action="store_true", help="the broker's TLS listener")
+    how.add_argument(
+        "--plain", action="store_true", help="plain MQTT (other machines: --insecure on each use)"
+    )
+    add_tls_files(cmd, "provisioning TLS files", "what `publish` uses over TLS; all three or none")
+    cmd.set_defaults(handler=_broker_address)
+
+
 def register(commands: Commands) -> None:
-    """Add unit-cert, broker-files and revoke to the `provisioning` parser."""
+    """Add unit-cert, broker-files, broker-address and revoke to the `provisioning` parser."""
     _register_unit_cert(commands)
     _register_broker_files(commands)
+    _register_broker_address(commands)
     _register_revoke(commands)

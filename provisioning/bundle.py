@@ -1,8 +1,7 @@
 """`python -m provisioning bundle`: a unit's config folder, packed for the SD card.
 
-    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --tls \\
-        --broker-host hub.local --broker-port 8883 --data-dir /var/lib/doorscan \\
-        --out units/bv-gia-lai-door-1
+    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai \\
+        --data-dir /var/lib/doorscan --out units/bv-gia-lai-door-1   # the recorded broker
     python -m provisioning bundle --config units/bv-gia-lai-door-1/bv-gia-lai-door-1.json \\
         --boot /media/$USER/bootfs
 
@@ -11,6 +10,10 @@ names (CA, certificate, private key, card keys, the hub's sealing key), each che
 to sit beside the config, so the unit can take the folder in as it is. It is written
 under a temporary name and renamed at the end: a card pulled out half way holds no
 bundle rather than half of one.
+
+It is the last check before a unit leaves the office: a config that names no broker
+host (the unit would connect to 127.0.0.1, itself) is refused, and so is plain MQTT to
+another machine unless `--insecure` (`provisioning.broker_address`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pydantic import ValidationError
 from device.config import UnitConfig
 from doorscan.atomicfile import write_atomic
 from doorscan.bundle import BUNDLE_DIR, FORMAT, MANIFEST, BundleManifest, file_digest
+from provisioning.broker_address import BrokerChoice, BrokerRefused, check_plain
 from provisioning.cli_common import Commands
 from provisioning.fleet import FleetHome, InvalidInput, describe_validation_error
 
@@ -39,8 +43,30 @@ def _named_files(config: UnitConfig) -> list[Path]:
     return [path for path in named if path is not None]
 
 
-def write_bundle(config_path: Path, boot: Path, *, force: bool = False) -> Path:
-    """Write ``boot/doorscan-bundle/`` for the unit config at `config_path`; return it."""
+def _check_broker(config_path: Path, raw: object, config: UnitConfig, insecure: bool) -> None:
+    # The raw file, not the model: the model fills a missing host with 127.0.0.1.
+    broker = raw.get("broker") if isinstance(raw, dict) else None
+    if not isinstance(broker, dict) or "host" not in broker:
+        raise BrokerRefused(
+            f"{config_path} names no broker host: the unit would connect to "
+            f"{config.broker.host}:{config.broker.port}, itself. Write it again with "
+            "add-device after `init --broker-host HOST` or `broker-files --host HOST`, or "
+            "with --broker-host HOST"
+        )
+    choice = BrokerChoice(
+        config.broker.host, config.broker.port, tls=config.broker.ca_file is not None
+    )
+    check_plain(choice, insecure=insecure, what=f"unit {config.unit_id}")
+
+
+def write_bundle(
+    config_path: Path, boot: Path, *, force: bool = False, insecure: bool = False
+) -> Path:
+    """Write ``boot/doorscan-bundle/`` for the unit config at `config_path`; return it.
+
+    Raises `BrokerRefused` for a config with no broker host, or with plain MQTT to
+    another machine unless `insecure`.
+    """
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
         config = UnitConfig.model_validate(raw)
@@ -48,6 +74,7 @@ def write_bundle(config_path: Path, boot: Path, *, force: bool = False) -> Path:
         raise InvalidInput(f"{config_path}: {exc}") from None
     except ValidationError as exc:
         raise InvalidInput(f"{config_path}: {describe_validation_error(exc)}") from None
+    _check_broker(config_path, raw, config, insecure)
     source = config_path.parent
     names = [config_path.name]
     for path in _named_files(config):
@@ -88,7 +115,7 @@ def write_bundle(config_path: Path, boot: Path, *, force: bool = False) -> Path:
 
 
 def _bundle(args: argparse.Namespace, home: FleetHome) -> int:
-    target = write_bundle(args.config, args.boot, force=args.force)
+    target = write_bundle(args.config, args.boot, force=args.force, insecure=args.insecure)
     print(f"bundle for the unit written to {target}")
     print("it holds the unit's private key: keep the card safe until the unit has booted once")
     print("the unit takes it in with `python -m device import-bundle` and deletes it")
@@ -104,4 +131,9 @@ def register(commands: Commands) -> None:
     )
     cmd.add_argument("--boot", type=Path, required=True, help="the mounted boot partition")
     cmd.add_argument("--force", action="store_true", help="replace a bundle already there")
+    cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a config with plain MQTT to another machine (prints a warning)",
+    )
     cmd.set_defaults(handler=_bundle)

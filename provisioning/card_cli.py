@@ -2,7 +2,7 @@
 
     python -m provisioning card --name "Rơ Châm H'Hen" --issuer "Trung tâm Y tế" --out card.pdf
     python -m provisioning card --csv visitors.csv --issuer "Trung tâm Y tế" --out sheet.pdf
-    python -m provisioning card-revoke --id 7QK2M9XG4B --publish-to hub.local:8883 ...
+    python -m provisioning card-revoke --id 7QK2M9XG4B --publish-to     # the recorded broker
 
 Signing and the registry are `provisioning.fleet`'s; the printed card is
 `provisioning.card_print`'s; the list a revocation publishes is `doorscan.wire.CardRevocations`.
@@ -19,7 +19,13 @@ from pathlib import Path
 from doorscan.cards import DEFAULT_VALID_DAYS, MAX_VALID_DAYS, CardSigner
 from doorscan.errors import Refusal
 from provisioning.card_print import DEFAULT_RETENTION_DAYS, PrintedCard, card_image, save_cards
-from provisioning.cli_common import Commands, host_port, publish_now, publish_options
+from provisioning.cli_common import (
+    Commands,
+    add_publish_to,
+    publish_now,
+    publish_options,
+    publish_to_target,
+)
 from provisioning.fleet import (
     FleetHome,
     InvalidInput,
@@ -137,6 +143,7 @@ def _register_card(commands: Commands) -> None:
 
 
 def _card_revoke(args: argparse.Namespace, home: FleetHome) -> int:
+    target = publish_to_target(args, home)
     with home.registry() as registry:
         revocations = registry.revoke_card(args.id, today_vn(), datetime.now(UTC))
         venues, units = registry.venues(), registry.units()
@@ -144,8 +151,8 @@ def _card_revoke(args: argparse.Namespace, home: FleetHome) -> int:
         f"card {args.id} revoked from {today_vn():%Y-%m-%d}; revocation list version "
         f"{revocations.version} ({len(revocations.revoked)} cards)"
     )
-    if args.publish_to is not None:
-        publish_now(args, venues, units, revocations)
+    if target is not None:
+        publish_now(target, home, venues, units, revocations)
     else:
         print("publish it (`publish` or --publish-to) so that doors and the hub refuse the card")
     return 0
@@ -162,9 +169,7 @@ def _register_card_revoke(commands: Commands) -> None:
         "from that day.",
     )
     cmd.add_argument("--id", required=True, help="the card number printed on the card")
-    cmd.add_argument(
-        "--publish-to", type=host_port, metavar="HOST:PORT", help="publish the list now"
-    )
+    add_publish_to(cmd, "publish the list now")
     cmd.set_defaults(handler=_card_revoke)
 
 

@@ -1,26 +1,28 @@
 """`python -m provisioning`: the technicians' command line.
 
-    python -m provisioning [--home DIR] init [--force]
+    python -m provisioning [--home DIR] init [--force] [--broker-host hub.local]
+    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
+    python -m provisioning broker-address [--host hub.local --port 8883 --tls|--plain]
     python -m provisioning add-venue --id bv-gia-lai --name "Bệnh viện Gia Lai"
-    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai \\
-        --broker-host hub.local --publish-to hub.local:1883
+    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --publish-to
     python -m provisioning card --name "Rơ Châm H'Hen" --contact "0905 123 456"
     python -m provisioning list [--json]
-    python -m provisioning publish --broker-host hub.local --broker-port 1883
-    python -m provisioning broker-files --out broker/ --port 8883 --host hub.local
-    python -m provisioning add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --tls ...
+    python -m provisioning publish
     python -m provisioning unit-cert --id bv-gia-lai-door-1 --out units/
-    python -m provisioning revoke bv-gia-lai-door-1
+    python -m provisioning revoke bv-gia-lai-door-1 --publish-to
     python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
     python -m provisioning enroll-server --listen 0.0.0.0:8443 --server-cert PEM ...
 
 The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
 `provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
-to stderr and exits 1, never a traceback.
+to stderr and exits 1 (2 for a command line that cannot be carried out, such as a unit
+config with no broker host), never a traceback.
 
-`publish`, and `--publish-to` on add-venue, add-device and revoke, reach the broker's
-TLS listener with `--ca-file ca.pem --cert-file provisioning-cert.pem --key-file
-provisioning-key.pem` (the files `broker-files` wrote; all three or none).
+The broker's address is recorded once in the home (`provisioning.broker_address`):
+`init --broker-host` (TLS on 8883 unless `--plain`), `broker-files --host` (with the
+CA and the provisioning certificate it wrote), or `broker-address`. `add-device`,
+`publish`, `enroll-server` and `--publish-to` (given without a value) use it for what
+their own flags leave out. Plain MQTT to another machine takes `--insecure`.
 
 This module holds the registry commands and assembles the parser; the broker and
 certificate commands are in `provisioning.broker_cli`, field enrollment in
@@ -44,21 +46,37 @@ from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
 from doorscan.wire import UnitRecord, VenueRecord
 from provisioning import broker_cli, bundle, card_cli, enroll_cli
+from provisioning.broker_address import (
+    PLAIN_PORT,
+    TLS_PORT,
+    BrokerChoice,
+    BrokerRefused,
+    check_plain,
+    choose_broker,
+    describe,
+    load_broker,
+    update_broker,
+)
 from provisioning.broker_pki import reserved_cn_reason
 from provisioning.cli_common import (
     Commands,
     Handler,
+    add_publish_to,
+    broker_host,
     check_id,
-    host_port,
+    port_number,
     publish_now,
     publish_options,
     publish_registry,
+    publish_target,
+    publish_to_target,
     record,
     tls_usage_problem,
 )
 from provisioning.fleet import (
     FleetHome,
     InvalidInput,
+    KeysExist,
     UnknownVenue,
     record_fields,
     write_unit_config,
@@ -79,12 +97,24 @@ def _given(value: str | None, current: str) -> str:
 
 def _init(args: argparse.Namespace, home: FleetHome) -> int:
     replacing = home.private_key_path.exists()
+    if args.broker_host is None and (args.broker_port is not None or args.plain):
+        raise BrokerRefused("--broker-port and --plain describe --broker-host: give it too")
+    if replacing and not args.force and args.broker_host is not None:
+        raise KeysExist(
+            f"{home.private_key_path} already exists; to record the broker only, run "
+            f"`broker-address --host {args.broker_host}`"
+        )
     signer = home.init(force=args.force)
     print(f"fleet home       {home.root}")
     print(f"card signing key {home.private_key_path} (mode 0600, key id {signer.key_id})")
     print(f"card public key  {home.public_key_path}")
-    print(f"hub sealing key  {home.seal_private_path} (mode 0600; for `hub serve --seal-key`)")
+    print(f"hub sealing key  {home.seal_private_path} (mode 0600; the hub's keys.seal_key)")
     print(f"registry         {home.registry_path}")
+    if args.broker_host is not None:
+        tls = not args.plain
+        port = args.broker_port or (TLS_PORT if tls else PLAIN_PORT)
+        broker, path = update_broker(home, host=args.broker_host, port=port, tls=tls)
+        print(f"broker           {describe(broker)} (recorded in {path})")
     if replacing:
         print(
             "warning: the keys were replaced. Cards issued before no longer verify at units "
@@ -97,12 +127,25 @@ def _init(args: argparse.Namespace, home: FleetHome) -> int:
 def _register_init(commands: Commands) -> None:
     cmd = commands.add_parser("init", help="create the home folder, card-signing keys, registry")
     cmd.add_argument("--force", action="store_true", help="replace existing keys")
+    cmd.add_argument(
+        "--broker-host",
+        type=broker_host,
+        metavar="HOST",
+        help="record the broker units and tools connect to (TLS unless --plain)",
+    )
+    cmd.add_argument(
+        "--broker-port",
+        type=port_number,
+        metavar="PORT",
+        help=f"its port (default {TLS_PORT}; {PLAIN_PORT} with --plain)",
+    )
+    cmd.add_argument("--plain", action="store_true", help="the broker speaks plain MQTT")
     cmd.set_defaults(handler=_init)
 
 
 def _init_seal_key(args: argparse.Namespace, home: FleetHome) -> int:
     home.init_seal_key()
-    print(f"hub sealing key  {home.seal_private_path} (mode 0600; for `hub serve --seal-key`)")
+    print(f"hub sealing key  {home.seal_private_path} (mode 0600; the hub's keys.seal_key)")
     print(f"its public half  {home.seal_public_path}")
     print("units get it with their next add-device; until then they journal identities in clear")
     return 0
@@ -120,6 +163,7 @@ def _register_init_seal_key(commands: Commands) -> None:
 
 def _add_venue(args: argparse.Namespace, home: FleetHome) -> int:
     venue_id = check_id(args.id, "--id")
+    target = publish_to_target(args, home)
     with home.registry() as registry:
         # On an update, an option left out keeps its value: fixing a typo in the name
         # must not wipe the address. `--address ""` clears it.
@@ -133,7 +177,7 @@ def _add_venue(args: argparse.Namespace, home: FleetHome) -> int:
         )
         created = registry.put_venue(venue)
     print(f"{'added' if created else 'updated'} venue {venue.venue_id}: {venue.name}")
-    publish_now(args, [venue], [])
+    publish_now(target, home, [venue], [])
     return 0
 
 
@@ -145,7 +189,7 @@ def _register_add_venue(commands: Commands) -> None:
     cmd.add_argument("--name", required=True, help="the venue's name as people know it")
     cmd.add_argument("--address", help="street address (on an update: kept if left out)")
     cmd.add_argument("--district", help="district, huyện / quận (on an update: kept if left out)")
-    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
+    add_publish_to(cmd)
     cmd.set_defaults(handler=_add_venue)
 
 
@@ -161,6 +205,21 @@ def _registered_at(text: str) -> datetime:
         ) from None
 
 
+def _unit_broker(args: argparse.Namespace, home: FleetHome, unit_id: str) -> BrokerChoice:
+    """Where the unit will connect: the flags, else the recorded broker. Decided before
+    anything is written: a config with no host would send the unit's scans to itself
+    (the unit's default is 127.0.0.1:1883), so that is refused."""
+    choice = choose_broker(
+        load_broker(home),
+        host=args.broker_host,
+        port=args.broker_port,
+        tls=True if args.tls else False if args.plain else None,
+        flag="--broker-host HOST",
+    )
+    check_plain(choice, insecure=args.insecure, what=f"unit {unit_id}")
+    return choice
+
+
 def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     unit = record(
         UnitRecord,
@@ -172,11 +231,20 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     # CNs carry the hub's rights on the broker.
     if (reason := reserved_cn_reason(unit.unit_id)) is not None:
         raise InvalidInput(reason)
-    broker: dict[str, Any] = {}
-    if args.broker_host is not None:
-        broker["host"] = args.broker_host
-    if args.broker_port is not None:
-        broker["port"] = args.broker_port
+    signer = home.signer()
+    with home.registry() as registry:
+        venue = registry.venue(unit.venue_id)
+    if venue is None:
+        # Checked before anything is written, so a typo leaves no half-made unit.
+        raise UnknownVenue(
+            f"venue {unit.venue_id!r} is not registered; add it first with "
+            f"`add-venue --id {unit.venue_id} --name NAME`"
+        )
+    choice = _unit_broker(args, home, unit.unit_id)
+    target = publish_to_target(args, home)
+    broker: dict[str, Any] = {"host": choice.host, "port": choice.port}
+    if choice.tls:
+        broker.update(broker_cli.unit_tls_settings(unit.unit_id))
     settings: dict[str, Any] = {
         "unit_id": unit.unit_id,
         "venue_id": unit.venue_id,
@@ -186,22 +254,12 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
         "broker": broker,
     }
     out_dir = args.out if args.out is not None else home.units_dir
-    if args.tls:
-        broker.update(broker_cli.unit_tls_settings(unit.unit_id))
     settings = {key: value for key, value in settings.items() if value is not None}
-    signer = home.signer()
     with home.registry() as registry:
-        venue = registry.venue(unit.venue_id)
-        if venue is None:
-            # Checked before anything is written, so a typo leaves no half-made unit.
-            raise UnknownVenue(
-                f"venue {unit.venue_id!r} is not registered; add it first with "
-                f"`add-venue --id {unit.venue_id} --name NAME`"
-            )
         # A home made before sealing existed has no sealing key: such units stay unsealed.
         seal_pub = home.seal_public_path.read_bytes() if home.seal_public_path.exists() else None
         config, config_path, key_path = write_unit_config(out_dir, settings, signer, seal_pub)
-        if args.tls:
+        if choice.tls:
             broker_cli.write_unit_cert(home, unit.unit_id, out_dir)
         created = registry.unit(unit.unit_id) is None
         unit = registry.put_unit(unit)
@@ -210,11 +268,14 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     print(f"card key     {key_path} (key id {signer.key_id})")
     if config.seal_key is not None:
         print(f"sealing key  {out_dir / config.seal_key} (the hub's public key)")
-    print(f"broker       {config.broker.host}:{config.broker.port}")
-    if args.tls:
+    print(f"broker       {choice}")
+    if choice.tls:
         print(f"broker TLS   {out_dir / config.unit_id}-cert.pem, -key.pem (0600), ca.pem")
-    print("copy all of them to the unit, side by side; it runs: python -m device run --config FILE")
-    publish_now(args, [venue], [unit])
+    print(
+        f"to the unit: `provisioning bundle --config {config_path} --boot BOOT_PARTITION` "
+        "(the unit takes it in as /etc/doorscan/unit.json)"
+    )
+    publish_now(target, home, [venue], [unit])
     return 0
 
 
@@ -226,8 +287,18 @@ def _register_add_device(commands: Commands) -> None:
     )
     cmd.add_argument("--id", required=True, help="unit id, e.g. bv-gia-lai-door-1")
     cmd.add_argument("--venue", required=True, help="id of a registered venue")
-    cmd.add_argument("--broker-host", help="MQTT broker the unit sends to")
-    cmd.add_argument("--broker-port", type=int, help="MQTT broker port")
+    cmd.add_argument(
+        "--broker-host",
+        type=broker_host,
+        metavar="HOST",
+        help="MQTT broker the unit sends to (default: the recorded broker)",
+    )
+    cmd.add_argument(
+        "--broker-port",
+        type=port_number,
+        metavar="PORT",
+        help="its port (default: the recorded one, else 8883 with TLS, 1883 plain)",
+    )
     cmd.add_argument("--decoder", choices=("zxing", "zbar"), help="QR decoder library")
     cmd.add_argument("--debounce-s", type=float, help="'already in' window in seconds")
     cmd.add_argument(
@@ -247,9 +318,10 @@ def _register_add_device(commands: Commands) -> None:
     cmd.add_argument(
         "--tls",
         action="store_true",
-        help="issue the unit's client certificate and make it connect with TLS",
+        help="issue the unit's client certificate and make it connect with TLS (the default "
+        "when the recorded broker is TLS; --plain for the opposite)",
     )
-    cmd.add_argument("--publish-to", type=host_port, metavar="HOST:PORT", help="publish it now")
+    add_publish_to(cmd)
     cmd.set_defaults(handler=_add_device)
 
 
@@ -331,13 +403,12 @@ def _register_list(commands: Commands) -> None:
 
 
 def _publish_all(args: argparse.Namespace, home: FleetHome) -> int:
+    target = publish_target(args, home, args.broker_host, args.broker_port)
     with home.registry() as registry:
         venues, units = registry.venues(), registry.units()
         revocations = registry.card_revocations(datetime.now(UTC))
-    if not venues and not units and revocations is None:
-        print("the registry is empty: nothing to publish")
-        return 0
-    publish_registry(args, args.broker_host, args.broker_port, venues, units, revocations)
+    # Even with an empty registry: the fleet's keys let the hub check its own.
+    publish_registry(target, home, venues, units, revocations)
     return 0
 
 
@@ -345,10 +416,21 @@ def _register_publish(commands: Commands) -> None:
     cmd = commands.add_parser(
         "publish",
         parents=[publish_options()],
-        help="publish every venue and unit to the broker (retained, QoS 1)",
+        help="publish every venue and unit, the card revocations and the fleet's public keys "
+        "to the broker (retained, QoS 1)",
     )
-    cmd.add_argument("--broker-host", required=True, help="MQTT broker the hub listens to")
-    cmd.add_argument("--broker-port", type=int, default=1883, help="default %(default)s")
+    cmd.add_argument(
+        "--broker-host",
+        type=broker_host,
+        metavar="HOST",
+        help="MQTT broker the hub listens to (default: the recorded broker)",
+    )
+    cmd.add_argument(
+        "--broker-port",
+        type=port_number,
+        metavar="PORT",
+        help="its port (default: the recorded one, else 8883 with TLS, 1883 plain)",
+    )
     cmd.set_defaults(handler=_publish_all)
 
 
@@ -392,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, FleetHome.locate(args.home))
+    except BrokerRefused as exc:  # a usage error, like argparse's: nothing was changed
+        print(f"provisioning: error: {exc}", file=sys.stderr)
+        return 2
     except DoorscanError as exc:
         print(f"provisioning: error: {exc}", file=sys.stderr)
     except OSError as exc:  # a folder that cannot be written, a disk that is full

@@ -4,8 +4,8 @@
     python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
     python -m provisioning enroll-server --listen 0.0.0.0:8443 \\
         --server-cert broker/broker-cert.pem --server-key broker/broker-key.pem \\
-        --broker-host hub.local --broker-port 8883 \\
-        [--publish-to hub.local:8883 --ca-file ... --cert-file ... --key-file ...]
+        [--broker-host hub.local --broker-port 8883] \\
+        [--publish-to [hub.local:8883 --ca-file ... --cert-file ... --key-file ...]]
 
 `enroll-bootstrap` writes what every unit image carries before enrollment (public parts
 only: `bootstrap.json`, the fleet CA, the enrollment public key). `enroll` prints a
@@ -13,7 +13,10 @@ one-time QR for one venue; the technician shows it to a unit in enrollment mode 
 -m device enroll`), which then asks `enroll-server` for its certificate. The server's
 own certificate is given as `--server-cert/--server-key` (the broker's, from
 `broker-files`, will do: the fleet CA signed it for the hub's names) because
-`--cert-file/--key-file` already name the publishing client's files.
+`--cert-file/--key-file` already name the publishing client's files. The broker units
+are told to use is `--broker-host/--broker-port`, else the home's recorded broker
+(`provisioning.broker_address`); an enrolled unit always connects with TLS, so the port
+defaults to the recorded TLS port, else 8883.
 """
 
 from __future__ import annotations
@@ -30,8 +33,19 @@ from pydantic import ValidationError
 from device.enroll import EnrollmentConfig
 from doorscan.atomicfile import write_atomic
 from doorscan.wire import UnitRecord, VenueRecord
+from provisioning.broker_address import TLS_PORT, choose_broker, load_broker
 from provisioning.broker_pki import BrokerPKI
-from provisioning.cli_common import Commands, check_id, host_port, publish_now, publish_options
+from provisioning.cli_common import (
+    Commands,
+    add_publish_to,
+    broker_host,
+    check_id,
+    host_port,
+    port_number,
+    publish_now,
+    publish_options,
+    publish_to_target,
+)
 from provisioning.enroll import (
     DEFAULT_TTL,
     enroll_key_paths,
@@ -95,22 +109,32 @@ def _register_enroll(commands: Commands) -> None:
 
 
 def _enroll_server(args: argparse.Namespace, home: FleetHome) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     host, port = args.listen
+    # Enrolled units get a certificate and always connect with TLS.
+    units_broker = choose_broker(
+        load_broker(home),
+        host=args.broker_host,
+        port=args.broker_port,
+        tls=True,
+        flag="--broker-host HOST",
+    )
+    target = publish_to_target(args, home)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     def publish(venue: VenueRecord, unit: UnitRecord) -> None:
-        publish_now(args, [venue], [unit])
+        publish_now(target, home, [venue], [unit])
 
     service = EnrollmentService(
         home,
-        args.broker_host,
-        args.broker_port,
-        publish=publish if args.publish_to is not None else None,
+        units_broker.host,
+        units_broker.port,
+        publish=publish if target is not None else None,
     )
     with EnrollmentServer(service, host, port, args.server_cert, args.server_key) as server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: server.stop())
         print(f"enrollment server on https://{host}:{server.port}/v1/enroll", flush=True)
+        print(f"enrolled units connect to {units_broker}", flush=True)
         server.serve_forever()
     print("enrollment server stopped")
     return 0
@@ -129,11 +153,19 @@ def _register_enroll_server(commands: Commands) -> None:
     cmd.add_argument(
         "--server-key", type=Path, required=True, metavar="PEM", help="its private key"
     )
-    cmd.add_argument("--broker-host", required=True, help="broker host units are told to use")
-    cmd.add_argument("--broker-port", type=int, default=8883, help="its TLS port (%(default)s)")
     cmd.add_argument(
-        "--publish-to", type=host_port, metavar="HOST:PORT", help="publish each new unit"
+        "--broker-host",
+        type=broker_host,
+        metavar="HOST",
+        help="broker host units are told to use (default: the recorded broker)",
     )
+    cmd.add_argument(
+        "--broker-port",
+        type=port_number,
+        metavar="PORT",
+        help=f"its TLS port (default: the recorded TLS port, else {TLS_PORT})",
+    )
+    add_publish_to(cmd, "publish each new unit")
     cmd.set_defaults(handler=_enroll_server)
 
 

@@ -8,6 +8,7 @@ Layout of a home folder (``--home``, or ``$DOORSCAN_FLEET``, or ``./fleet``)::
     keys/hub-seal.key            the hub's X25519 sealing key (`hub serve --seal-key`), 0600
     keys/hub-seal.pub            its public key; copied next to every unit config
     registry.json                TinyDB: tables venues, units, cards (mode 0600)
+    broker.json                  where units and tools connect (`provisioning.broker_address`)
     units/<unit>.json            unit configs (`device.config.load_config` reads them)
     cards/<card id>.png          printable visitor cards
 

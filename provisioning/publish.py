@@ -1,4 +1,5 @@
-"""Publish the registry to the hub: one retained QoS 1 message per venue and unit.
+"""Publish the registry to the hub: one retained QoS 1 message per venue and unit, the
+card revocation list and the fleet's public keys (`provisioning.fleet_keys`).
 
 The hub learns venues and units from retained messages on
 ``doorscan/v1/registry/{venues|units}/{id}`` (`doorscan.wire`, docs/wire.md). The broker
@@ -23,7 +24,7 @@ until an empty retained payload clears it (there is no remove command yet).
 
 Use::
 
-    messages = registry_messages(registry.venues(), registry.units())
+    messages = registry_messages(registry.venues(), registry.units(), None, fleet_keys(home, now))
     publish_messages(messages, "hub.local", 1883, timeout_s=10)   # -> how many, or raises
     tls = TlsFiles(Path("ca.pem"), Path("provisioning-cert.pem"), Path("provisioning-key.pem"))
     publish_messages(messages, "hub.local", 8883, tls=tls)
@@ -52,10 +53,12 @@ from doorscan.mqtt import (
 )
 from doorscan.wire import (
     CardRevocations,
+    FleetKeys,
     UnitRecord,
     VenueRecord,
     encode_message,
     topic_card_revocations,
+    topic_fleet_keys,
     topic_registry_unit,
     topic_registry_venue,
 )
@@ -94,13 +97,16 @@ def registry_messages(
     venues: Iterable[VenueRecord],
     units: Iterable[UnitRecord],
     revocations: CardRevocations | None = None,
+    fleet_keys: FleetKeys | None = None,
 ) -> list[Message]:
     """Venues first, so a hub that reads them in order knows a unit's venue before the unit;
-    then the card revocation list, when there is one."""
+    then the card revocation list and the fleet's public keys, when given."""
     messages = [Message(topic_registry_venue(v.venue_id), encode_message(v)) for v in venues]
     messages += [Message(topic_registry_unit(u.unit_id), encode_message(u)) for u in units]
     if revocations is not None:
         messages.append(Message(topic_card_revocations(), encode_message(revocations)))
+    if fleet_keys is not None:
+        messages.append(Message(topic_fleet_keys(), encode_message(fleet_keys)))
     return messages
 
 

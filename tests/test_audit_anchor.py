@@ -7,6 +7,7 @@ owner would: delete or edit entries, hash the chain again, fix ``audit_head``.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from hub.audit import GENESIS_HASH, Anchor, entry_hash
 from hub.cli import main
 from tests.access_data import principal
 from tests.hubdb import raw_sql
-from tests.hubstore import open_store
+from tests.hubstore import open_store, vault_key_file
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -147,15 +148,20 @@ def test_only_an_admin_may_anchor(hub_db: str, tmp_path: Path) -> None:
 def test_the_timer_runs_the_documented_command(
     hub_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """deploy/doorscan-hub-anchor.service's ExecStart, its paths moved into tmp_path."""
+    """deploy/doorscan-hub-anchor.service's ExecStart with the starter hub.toml that
+    install-hub.sh installs, their paths moved into tmp_path."""
     service = (DEPLOY / "doorscan-hub-anchor.service").read_text()
     exec_start = re.search(r"^ExecStart=(.*?[^\\])$", service, flags=re.M | re.S)
     assert exec_start is not None
     argv = shlex.split(exec_start.group(1).replace("\\\n", " "))
     assert argv[0].endswith("/doorscan-hub") and argv[1:3] == ["audit", "anchor"]
     assert main(["audit", "keygen", str(tmp_path / "audit.key")]) == 0
+    config = (DEPLOY / "hub.toml.example").read_text(encoding="utf-8")
+    config = config.replace('"/var/lib/doorscan-hub/hub.db"', json.dumps(hub_db))
+    config = config.replace('"/etc/doorscan-hub/hub-vault.key"', json.dumps(str(vault_key_file())))
+    (tmp_path / "hub.toml").write_text(config, encoding="utf-8")
     moved = {
-        "/var/lib/doorscan-hub/hub.db": hub_db,
+        "/etc/doorscan-hub/hub.toml": str(tmp_path / "hub.toml"),
         "/etc/doorscan-hub/audit.key": str(tmp_path / "audit.key"),
         "/var/lib/doorscan-hub-anchors/anchors.jsonl": str(tmp_path / "anchors.jsonl"),
     }

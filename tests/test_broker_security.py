@@ -12,6 +12,7 @@ shortcut: on a real broker the key belongs to the mosquitto user, mode 0600.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import socket
@@ -40,6 +41,7 @@ from doorscan.wire import (
     SUB_ALL_SCANS,
     TOPIC_ROOT,
     CardRevocations,
+    FleetKeys,
     Scan,
     UnitRecord,
     VenueRecord,
@@ -47,6 +49,7 @@ from doorscan.wire import (
     encode_message,
     topic_ack,
     topic_card_revocations,
+    topic_fleet_keys,
     topic_registry_unit,
     topic_registry_venue,
     topic_scans,
@@ -365,11 +368,31 @@ def test_publish_over_tls_with_the_provisioning_certificate(
 ) -> None:
     tls = _tls_options(fleet.role_files("provisioning"))
     _ok(fleet.home, f"publish --broker-host {HOST} --broker-port {fleet.port} {tls}")
-    assert "published 5 retained message(s)" in capsys.readouterr().out
+    assert "published 6 retained message(s)" in capsys.readouterr().out  # with the fleet keys
     payloads = _retained(fleet, topic_registry_unit("unit-c"), 1)
     # Only this publish carries unit-c, and revoke made it inactive in the registry.
     assert [decode_message(p, UnitRecord).active for p in payloads] == [False]
     assert _retained(fleet, topic_registry_unit("unit-b"), 1) != []
+
+
+def test_publish_finds_the_tls_listener_broker_files_recorded(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No port, no TLS files: the home recorded them when `broker-files` wrote them."""
+    recorded = json.loads((fleet.home / "broker.json").read_text(encoding="utf-8"))
+    assert recorded == {
+        "host": None,  # the fixture gave no --host: only the port and files are known
+        "port": fleet.port,
+        "tls": True,
+        "ca_file": str((fleet.broker_dir / "ca.pem").resolve()),
+        "cert_file": str((fleet.broker_dir / "provisioning-cert.pem").resolve()),
+        "key_file": str((fleet.broker_dir / "provisioning-key.pem").resolve()),
+    }
+    capsys.readouterr()
+    _ok(fleet.home, f"publish --broker-host {HOST} --timeout-s 5")
+    assert f"to {HOST}:{fleet.port} over TLS" in capsys.readouterr().out
+    [payload] = _retained(fleet, topic_fleet_keys(), 1)
+    assert decode_message(payload, FleetKeys).card_public_keys
 
 
 def test_a_unit_certificate_cannot_publish_the_registry(

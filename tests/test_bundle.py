@@ -20,6 +20,7 @@ from doorscan.bundle import BUNDLE_DIR, MANIFEST
 from provisioning.cli import main
 
 UNIT = "bv-gia-lai-door-1"
+UNIT_SERVICE = Path(__file__).resolve().parent.parent / "deploy" / "doorscan-unit.service"
 
 
 def ok(home: Path, command: str) -> None:
@@ -66,17 +67,57 @@ def test_a_bundle_is_taken_in_whole_and_then_deleted(unit_dir: Path, tmp_path: P
     into = tmp_path / "etc-doorscan"
     done = import_bundle(tmp_path / "boot", into)
     assert done.returncode == 0, done.stderr
-    assert f"imported the config of {UNIT}" in done.stdout
-    for name in expected:
-        assert (into / name).read_bytes() == (unit_dir / name).read_bytes(), name
+    assert f"imported the config of {UNIT}: {into / 'unit.json'}" in done.stdout
+    # The config under the one name the service runs, whatever provisioning called it.
+    installed = {name: "unit.json" if name == f"{UNIT}.json" else name for name in expected}
+    for name, target in installed.items():
+        assert (into / target).read_bytes() == (unit_dir / name).read_bytes(), name
+    assert sorted(p.name for p in into.iterdir()) == sorted(installed.values())
     assert (into / f"{UNIT}-key.pem").stat().st_mode & 0o777 == 0o600
     assert (into / "ca.pem").stat().st_mode & 0o777 == 0o644
-    config = load_config(into / f"{UNIT}.json")
+    config = load_config(into / "unit.json")
     assert config.broker.key_file == (into / f"{UNIT}-key.pem").resolve()
     assert not bundle.exists()  # the private key does not stay on the FAT partition
     # Nothing there on the next boot: nothing to do, and nothing changed.
     again = import_bundle(tmp_path / "boot", into)
     assert again.returncode == 0 and "no bundle" in again.stdout
+
+
+def _service_commands(key: str) -> list[list[str]]:
+    """The argv of each `key=` line of the unit's service ('+' and continuations removed)."""
+    text = UNIT_SERVICE.read_text(encoding="utf-8").replace("\\\n", " ")
+    prefix = f"{key}="
+    return [
+        shlex.split(line.removeprefix(prefix).lstrip("+"))
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    ]
+
+
+def test_the_service_runs_the_config_a_bundle_or_enrollment_writes(
+    unit_dir: Path, tmp_path: Path
+) -> None:
+    """The service's own commands, its paths moved into tmp_path: the import it runs first
+    writes the file its ExecStart reads, and enrollment's default is that file too."""
+    (run,) = _service_commands("ExecStart")
+    config_path = Path(run[run.index("--config") + 1])
+    (take,) = [argv for argv in _service_commands("ExecStartPre") if "import-bundle" in argv]
+    into = Path(take[take.index("--into") + 1])
+    boot = Path(take[take.index("--boot") + 1])
+    assert config_path.parent == into
+    moved = {str(boot): str(tmp_path / "boot"), str(into): str(tmp_path / "etc-doorscan")}
+    written_bundle(unit_dir, tmp_path / "boot")
+    done = subprocess.run(
+        [sys.executable, *[moved.get(arg, arg) for arg in take[1:]]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert load_config(tmp_path / "etc-doorscan" / config_path.name).unit_id == UNIT
+    ok(tmp_path / "fleet", f"enroll-bootstrap --server-url https://hub.local:8443 --out {tmp_path}")
+    bootstrap = json.loads((tmp_path / "bootstrap.json").read_text(encoding="utf-8"))
+    assert bootstrap["config_file"] == str(config_path)
 
 
 @pytest.mark.parametrize("damage", ["edited", "missing", "outside", "manifest"])

@@ -96,6 +96,25 @@ def test_visitor_cards_need_the_card_key(tmp_path: Path) -> None:
     assert lines[1]["codes"][0]["kind"] == "cccd"
 
 
+def test_decode_judges_with_a_units_card_keys(tmp_path: Path) -> None:
+    """``--config unit.json``: the door's own card keys, paths relative to the config."""
+    signer = CardSigner.generate()
+    (tmp_path / "card-key.pem").write_bytes(signer.public_pem())
+    config = tmp_path / "unit.json"
+    config.write_text(
+        json.dumps(
+            {"unit_id": "door-1", "venue_id": "v1", "data_dir": "d", "card_keys": ["card-key.pem"]}
+        )
+    )
+    card_text = signer.issue("Rơ Châm H'Hen", date(2022, 1, 10))
+    card = write_qr(tmp_path / "card.png", card_text)
+
+    status, lines = run_decode("--config", config, card)
+
+    assert status == 0
+    assert lines[0]["codes"] == [{"text": card_text, "kind": "card", "valid": True, "error": None}]
+
+
 def test_card_refused_without_key_in_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,9 +122,11 @@ def test_card_refused_without_key_in_process(
     card = write_qr(tmp_path / "card.png", card_text)
     assert main(["decode", "--decoder", "zbar", str(card)]) == 0
     [line] = capsys.readouterr().out.splitlines()
-    assert json.loads(line)["codes"] == [
-        {"text": card_text, "kind": None, "valid": False, "error": refusal_reason(card_text)}
-    ]
+    # Not judged invalid: nothing to check its signature with was given, and it says so.
+    [code] = json.loads(line)["codes"]
+    assert (code["text"], code["kind"], code["valid"]) == (card_text, None, False)
+    assert code["error"].startswith("a doorscan visitor card, its signature not checked")
+    assert "--card-key" in code["error"] and "--config UNIT_JSON" in code["error"]
 
 
 def test_an_unloadable_card_key_is_a_usage_error(

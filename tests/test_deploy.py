@@ -68,7 +68,8 @@ def _verifiable_copy(service: str, tmp_path: Path) -> Path:
     return copy
 
 
-def _verify(path: Path) -> str:
+def systemd_verify(path: Path) -> str:
+    """`systemd-analyze verify` of a unit file: its complaints, empty if none."""
     done = subprocess.run(
         ["systemd-analyze", "verify", str(path)],
         capture_output=True,
@@ -83,11 +84,11 @@ def _verify(path: Path) -> str:
 def test_systemd_analyze_verify_is_clean(service: str, tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed here")
-    assert _verify(_verifiable_copy(service, tmp_path)) == ""
+    assert systemd_verify(_verifiable_copy(service, tmp_path)) == ""
     # Control: the same check does object to a unit with a misspelt key.
     broken = _verifiable_copy(service, tmp_path)
     broken.write_text(broken.read_text().replace("Restart=", "Restrat="), encoding="utf-8")
-    assert "Restrat" in _verify(broken)
+    assert "Restrat" in systemd_verify(broken)
 
 
 def test_install_script_is_shellcheck_clean() -> None:

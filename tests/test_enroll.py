@@ -594,10 +594,9 @@ def test_provisioning_enroll_server_serves_until_stopped(fleet: Fleet, tmp_path:
             str(d / "broker-cert.pem"),
             "--server-key",
             str(d / "broker-key.pem"),
+            # No --broker-port: units are told the TLS port `broker-files` recorded.
             "--broker-host",
             HOST,
-            "--broker-port",
-            str(fleet.broker_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -30,13 +30,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from doorscan.cards import CardSigner
 from doorscan.localbroker import LocalBroker, free_port
-from doorscan.sealing import generate_key, save_private_key, seal
-from doorscan.synthetic import cccd_text, make_people
+from doorscan.sealing import generate_key, save_private_key
 from doorscan.wire import (
     Ack,
     FleetKeys,
-    Scan,
-    ScanBatch,
     UnitRecord,
     VenueRecord,
     decode_message,
@@ -53,9 +50,9 @@ from hub.vault import ENV_VAULT_KEY
 from tests.hubstore import open_store, vault_key_file
 from tests.test_broker_security import Fleet
 from tests.test_broker_security import fleet as fleet
+from tests.test_replay import sealed_batch
 from tests.waiting import wait_for
 
-PEOPLE = make_people(2, seed=14)
 SENT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
@@ -196,21 +193,6 @@ def ack_listener(broker: LocalBroker) -> Iterator[_AckListener]:
     listener.close()
 
 
-def _sealed_batch(public_key: object) -> bytes:
-    scans = [
-        Scan(
-            scan_id=f"sealed-{i:04d}",
-            venue_id="hospital",
-            scanned_at=SENT + timedelta(minutes=i),
-            sealed=seal(cccd_text(person), public_key),  # type: ignore[arg-type]
-            kind="cccd",
-        )
-        for i, person in enumerate(PEOPLE)
-    ]
-    batch = ScanBatch(batch_id="batch-0001", unit_id="door-1", sent_at=SENT, scans=scans)
-    return encode_message(batch)
-
-
 def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         return subprocess.Popen(
@@ -253,7 +235,12 @@ def test_a_hub_without_the_fleets_seal_key_refuses_to_start_and_loses_no_scan(
     assert "hub ready" not in output and "Traceback" not in output, output
 
     # A door sends while the hub is down; the broker keeps it for the hub's session.
-    _publish(broker, topic_scans("door-1"), _sealed_batch(seal_key.public_key()), retain=False)
+    _publish(
+        broker,
+        topic_scans("door-1"),
+        encode_message(sealed_batch(1, seal_key.public_key())),
+        retain=False,
+    )
 
     # Second start: refused before it takes anything, from the keys the store kept.
     log = tmp_path / "serve-2.log"
@@ -281,9 +268,9 @@ def test_a_hub_without_the_fleets_seal_key_refuses_to_start_and_loses_no_scan(
     finally:
         third.send_signal(signal.SIGTERM)
         assert third.wait(30) == 0, log.read_text()
-    assert sorted(ack_listener.acks[-1].stored) == ["sealed-0000", "sealed-0001"]
+    assert sorted(ack_listener.acks[-1].stored) == [f"sealed-1-{i:04d}" for i in range(3)]
     with open_store(str(tmp_path / "hub.db")) as store:
-        assert store.counts()["scans"] == 2 and store.dead_letters() == []
+        assert store.counts()["scans"] == 3 and store.dead_letters() == []
 
 
 # -- HTTPS -------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The login throttle: counted in the database, decided atomically, unlocked by an admin.
 
 The unit tests use the throttle on a real store (SQLite and PostgreSQL). The outsider's
-tests run the real uvicorn (`hub.cli_web.WebThread`) and speak HTTP: a burst of 60
+tests run the real uvicorn (`hub.web.server.WebThread`) and speak HTTP: a burst of 60
 concurrent wrong passwords, ``X-Forwarded-For`` from a peer that is not a trusted
 proxy, a restart, and the documented ``doorscan-hub user unlock``.
 """
@@ -21,10 +21,10 @@ from doorscan.localbroker import free_port
 from hub.access import AccessControlledStore, AuditQuery, Role
 from hub.auth import create_user
 from hub.cli import main
-from hub.cli_web import WebThread
 from hub.login_throttle import LoginThrottle
 from hub.store import HubStore
 from hub.web.app import create_app
+from hub.web.server import WebThread
 from tests.access_data import principal
 from tests.hubstore import open_store
 

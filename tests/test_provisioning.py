@@ -29,12 +29,22 @@ from doorscan.cards import CardKeyring, CardSigner
 from doorscan.errors import Refusal
 from doorscan.localbroker import LocalBroker, free_port
 from doorscan.payloads import parse_qr
-from doorscan.wire import SUB_REGISTRY, UnitRecord, VenueRecord, decode_message, parse_topic
+from doorscan.wire import (
+    SUB_REGISTRY,
+    FleetKeys,
+    UnitRecord,
+    VenueRecord,
+    decode_message,
+    parse_topic,
+)
 from provisioning.cli import main
 from provisioning.fleet import today_vn
 from provisioning.publish import Message, PublishError, publish_messages
 
 NAME = "Rơ Châm H'Hen"
+# Where units of tests that do not look at the broker connect: loopback, plain MQTT, no flag
+# needed (tests/test_fleet_broker_defaults.py covers the recorded broker and the refusals).
+LOCAL = "--broker-host 127.0.0.1"
 
 
 def run(home: Path, command: str) -> int:
@@ -142,7 +152,7 @@ def test_a_device_config_loads_on_the_unit_with_its_card_key(
     ok(
         home,
         "add-device --id bv-gia-lai-door-1 --venue bv-gia-lai --broker-host hub.example"
-        " --broker-port 1884 --decoder zbar --debounce-s 120",
+        " --broker-port 1884 --tls --decoder zbar --debounce-s 120",
     )
     config_path = home / "units" / "bv-gia-lai-door-1.json"
     assert str(config_path) in capsys.readouterr().out
@@ -176,7 +186,7 @@ def test_a_config_folder_can_be_moved_whole(
 ) -> None:
     out = tmp_path / "usb-stick"
     ok(home, "add-venue --id cho-pleiku --name 'Chợ Pleiku'")
-    ok(home, f"add-device --id door-2 --venue cho-pleiku --out {out} --data-dir state")
+    ok(home, f"add-device --id door-2 --venue cho-pleiku --out {out} --data-dir state {LOCAL}")
     moved = out.rename(tmp_path / "on-the-pi")
     config = load_config(moved / "door-2.json")
     assert config.data_dir == moved.resolve() / "state"
@@ -218,8 +228,14 @@ def test_ids_that_cannot_be_topic_levels_are_refused(
 
 def test_a_bad_config_value_names_the_key(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ok(home, "add-venue --id v1 --name Chợ")
-    assert run(home, "add-device --id u1 --venue v1 --broker-port 70000") == 1
-    assert "broker.port" in capsys.readouterr().err
+    assert run(home, f"add-device --id u1 --venue v1 {LOCAL} --debounce-s -5") == 1
+    assert "debounce_s" in capsys.readouterr().err
+    assert listed(home, capsys)["units"] == []
+    # A port out of range is refused while parsing, like any malformed option.
+    with pytest.raises(SystemExit) as exit_:
+        run(home, f"add-device --id u1 --venue v1 {LOCAL} --broker-port 70000")
+    assert exit_.value.code == 2
+    assert "--broker-port" in capsys.readouterr().err
     assert listed(home, capsys)["units"] == []
 
 
@@ -329,12 +345,17 @@ def retained_registry(broker: LocalBroker, count: int) -> dict[str, mqtt.MQTTMes
 
 
 def decoded(messages: dict[str, mqtt.MQTTMessage]) -> dict[str, VenueRecord | UnitRecord]:
+    """The venue and unit records among `messages`; every publish also carries the fleet's
+    keys (checked in tests/test_fleet_broker_defaults.py), which must decode too."""
     records: dict[str, VenueRecord | UnitRecord] = {}
     for topic, message in messages.items():
         assert message.retain, topic
         kind, entity_id = parse_topic(topic)
         payload = bytes(message.payload)
         record: VenueRecord | UnitRecord
+        if kind == "fleet_keys":
+            decode_message(payload, FleetKeys)
+            continue
         if kind == "venue":
             record = decode_message(payload, VenueRecord)
         else:
@@ -350,13 +371,13 @@ def test_publish_leaves_every_venue_and_unit_retained_for_the_hub(
     ok(home, "add-venue --id bv-gia-lai --name 'Bệnh viện Gia Lai' --district Pleiku")
     ok(home, "add-venue --id cho-pleiku --name 'Chợ Pleiku'")
     for unit, venue in (("door-1", "bv-gia-lai"), ("door-2", "bv-gia-lai"), ("gate", "cho-pleiku")):
-        ok(home, f"add-device --id {unit} --venue {venue}")
+        ok(home, f"add-device --id {unit} --venue {venue} {LOCAL}")
     capsys.readouterr()
 
     ok(home, f"publish --broker-host {broker.host} --broker-port {broker.port}")
-    assert "published 5" in capsys.readouterr().out
+    assert "published 6" in capsys.readouterr().out  # and the fleet's keys
 
-    records = decoded(retained_registry(broker, 5))
+    records = decoded(retained_registry(broker, 6))
     # Each unit carries when it was registered (the hub holds apart scans dated before).
     for key, record in list(records.items()):
         if isinstance(record, UnitRecord):
@@ -377,8 +398,8 @@ def test_publish_leaves_every_venue_and_unit_retained_for_the_hub(
 def test_publish_to_publishes_a_new_venue_and_unit_at_once(home: Path, broker: LocalBroker) -> None:
     where = f"{broker.host}:{broker.port}"
     ok(home, f"add-venue --id v1 --name Chợ --publish-to {where}")
-    ok(home, f"add-device --id u1 --venue v1 --publish-to {where}")
-    assert set(decoded(retained_registry(broker, 2))) == {"venue:v1", "unit:u1"}
+    ok(home, f"add-device --id u1 --venue v1 {LOCAL} --publish-to {where}")
+    assert set(decoded(retained_registry(broker, 3))) == {"venue:v1", "unit:u1"}
 
 
 def test_publish_with_no_broker_fails_and_says_where(
@@ -447,11 +468,11 @@ def test_init_seal_key_upgrades_an_old_fleet_home_once(
     for name in ("hub-seal.key", "hub-seal.pub"):
         (keys / name).unlink()  # as a home made before sealing existed
     ok(home, "add-venue --id v1 --name 'Chợ Pleiku'")
-    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'old'}")
+    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'old'} {LOCAL}")
     assert load_config(tmp_path / "old" / "u-old.json").seal_key is None
     ok(home, "init-seal-key")
     assert (keys / "hub-seal.key").stat().st_mode & 0o777 == 0o600
-    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'new'}")
+    ok(home, f"add-device --id u-old --venue v1 --out {tmp_path / 'new'} {LOCAL}")
     assert load_config(tmp_path / "new" / "u-old.json").seal_key is not None
     # Units now seal for this pair: a second run must not replace it.
     before = (keys / "hub-seal.key").read_bytes()

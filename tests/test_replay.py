@@ -36,7 +36,8 @@ PEOPLE = make_people(3, seed=71)
 SENT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
-def _batch(n: int, public_key: object) -> ScanBatch:
+def sealed_batch(n: int, public_key: object) -> ScanBatch:
+    """Batch `n` of door-1 at the hospital: a sealed scan of each of `PEOPLE`."""
     scans = [
         Scan(
             scan_id=f"sealed-{n}-{i:04d}",
@@ -55,7 +56,7 @@ def _misconfigured(store: HubStore, fleet_key: object) -> None:
     store.upsert_venue(VenueRecord(venue_id="hospital", name="Bệnh viện"))
     store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
     wrong = Ingestor(store, sealing_key=generate_key(), max_scans_per_minute=0)
-    [reply] = wrong.handle(topic_scans("door-1"), encode_message(_batch(1, fleet_key)))
+    [reply] = wrong.handle(topic_scans("door-1"), encode_message(sealed_batch(1, fleet_key)))
     ack = decode_message(reply.payload, Ack)
     assert ack.stored == [] and {r.code for r in ack.refused} == {"unsealable"}
     assert all(r.retry is None for r in ack.refused)  # final: the unit quarantines them
@@ -118,7 +119,7 @@ def test_replay_recovers_the_scans_of_a_hub_that_had_the_wrong_sealing_key(
         # The unit, told "final", may later send its quarantined copies: already stored.
         right_hub = Ingestor(store, sealing_key=fleet_key, max_scans_per_minute=0)
         [reply] = right_hub.handle(
-            topic_scans("door-1"), encode_message(_batch(2, fleet_key.public_key()))
+            topic_scans("door-1"), encode_message(sealed_batch(2, fleet_key.public_key()))
         )
         assert sorted(decode_message(reply.payload, Ack).stored) == [
             f"sealed-2-{i:04d}" for i in range(3)

@@ -145,6 +145,7 @@ KEPT_PAST_RETENTION = {
     "unit_status": "one row per door unit, its latest health; no visitor in it",
     "units": "the registry: when a door unit was registered; no visitor in it",
     "unit_configs": "the remote configs issued to door units; no visitor in it",
+    "fleet_keys": "the fleet's public keys as last published; no visitor in it",
 }
 
 

@@ -224,7 +224,7 @@ def test_provisioning_gives_units_the_public_key_and_keeps_the_private(tmp_path:
     assert stat.S_IMODE((home / "keys" / "hub-seal.key").stat().st_mode) == 0o600
     assert prov_main(["--home", str(home), "add-venue", "--id", "hospital", "--name", "H"]) == 0
     add = ["add-device", "--id", "door-1", "--venue", "hospital", "--data-dir", "data"]
-    assert prov_main(["--home", str(home), *add]) == 0
+    assert prov_main(["--home", str(home), *add, "--broker-host", "127.0.0.1"]) == 0
     config = load_config(home / "units" / "door-1.json")
     assert config.seal_key == home / "units" / "hub-seal.pub"
     assert open_sealed(seal(TEXT, load_public_key(config.seal_key)), private) == TEXT

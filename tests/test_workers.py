@@ -28,7 +28,7 @@ from doorscan.localbroker import LocalBroker
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.cli import main
 from hub.launcher import HubProcess
-from hub.workers import WorkerPool
+from hub.workers import EXIT_REFUSED, WorkerPool
 from tests.fault_net_support import make_scan, make_sync, now, replays_only
 from tests.hubstore import open_store, vault_key_file
 from tests.waiting import wait_for
@@ -221,6 +221,20 @@ def test_a_worker_that_keeps_dying_young_is_restarted_ever_more_slowly() -> None
     )
     assert delays[:4] == ["0.05", "0.1", "0.2", "0.2"], out.getvalue()
     assert not announced  # never ready, so never announced as such
+
+
+def test_a_worker_that_refuses_its_config_stops_the_pool_instead_of_looping() -> None:
+    """Exit 2 is a refused config (keys that cannot open what the fleet sends): the one
+    worker's refusal ends the pool, the healthy worker is stopped, nothing restarts."""
+    out = io.StringIO()
+    argv = {
+        1: [sys.executable, "-c", "import time; time.sleep(60)"],
+        2: [sys.executable, "-c", f"raise SystemExit({EXIT_REFUSED})"],
+    }
+    pool = WorkerPool(lambda index: argv[index], 2, out=out, backoff_min_s=0.05)
+    assert pool.run(threading.Event(), lambda: None) == EXIT_REFUSED
+    assert pool.restarts == 0
+    assert "hub worker 2 refused to run (exit 2); stopping all" in out.getvalue()
 
 
 @pytest.mark.parametrize(

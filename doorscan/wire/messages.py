@@ -570,6 +570,15 @@ RawKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
 MAX_CARD_KEYS = 16
 
 
+KEY_FINGERPRINT_CHARS = 16
+
+
+def key_fingerprint(raw_key: str) -> str:
+    """A `RawKey`'s short name for people: its first 16 characters, as every doorscan
+    tool prints it (provisioning when it publishes, the hub when it compares)."""
+    return raw_key[:KEY_FINGERPRINT_CHARS]
+
+
 def raw_key_text(public_bytes: bytes) -> str:
     """A 32-byte public key as `RawKey` text: unpadded base64url."""
     if len(public_bytes) != 32:

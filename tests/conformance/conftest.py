@@ -8,7 +8,7 @@ process; tests look at its database only to check what it acknowledged.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,21 +46,38 @@ class HubUnderTest:
     log: Path
     process: HubProcess
 
-    def restart(self, between: object = None, seal_key: Path | None = None) -> None:
+    def restart(
+        self,
+        between: object = None,
+        seal_key: Path | None = None,
+        card_keys: Sequence[Path] = (),
+    ) -> None:
         """SIGTERM the hub; call `between()` while it is down; start it again (with the
-        fleet's private sealing key, if given)."""
+        fleet's private sealing key and card keys, if given)."""
         assert self.process.stop() == 0, self.process.output()
         if callable(between):
             between()
-        self.process = _start(self.broker, self.db, self.log, seal_key)
+        self.process = _start(self.broker, self.db, self.log, seal_key, card_keys)
 
     def outsider(self, client_id: str) -> Outsider:
         return Outsider(self.broker.host, self.broker.port, client_id)
 
 
-def _start(broker: LocalBroker, db: str, log: Path, seal_key: Path | None = None) -> HubProcess:
+def _start(
+    broker: LocalBroker,
+    db: str,
+    log: Path,
+    seal_key: Path | None = None,
+    card_keys: Sequence[Path] = (),
+) -> HubProcess:
     return HubProcess(
-        db, broker.host, broker.port, log, vault_key=vault_key_file(), seal_key=seal_key
+        db,
+        broker.host,
+        broker.port,
+        log,
+        vault_key=vault_key_file(),
+        seal_key=seal_key,
+        card_keys=card_keys,
     )
 
 

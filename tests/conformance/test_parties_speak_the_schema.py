@@ -37,6 +37,7 @@ SCHEMA_OF_TOPIC = (
     (r"doorscan/v1/registry/venues/[^/]+", "venue-record"),
     (r"doorscan/v1/registry/units/[^/]+", "unit-record"),
     (r"doorscan/v1/registry/cards/revoked", "card-revocations"),
+    (r"doorscan/v1/registry/fleet/keys", "fleet-keys"),
 )
 PEOPLE = make_people(3, seed=61)
 
@@ -58,15 +59,18 @@ def test_every_message_the_parties_send_matches_its_schema(
     listener.subscribe("doorscan/v1/#")
     where = ["--broker-host", hub.broker.host, "--broker-port", str(hub.broker.port)]
     home = ["provisioning", "--home", str(tmp_path / "fleet")]
-    _command(*home, "init")
+    _command(*home, "init", *where, "--plain")
     _command(*home, "add-venue", "--id", "clinic", "--name", "Phòng khám")
     _command(*home, "add-device", "--id", "clinic-door", "--venue", "clinic", "--data-dir", "d")
     card = tmp_path / "card.png"
     issued = _command(*home, "card", "--name", "Lê Thị Hà", "--out", str(card))
     card_id = issued.split()[1]  # "card <id> for <name>, ..."
     _command(*home, "card-revoke", "--id", card_id)
-    _command(*home, "publish", *where)
-    hub.restart(seal_key=tmp_path / "fleet" / "keys" / "hub-seal.key")
+    # The hub gets the fleet's keys first: one that cannot open what the fleet sends stops
+    # when the published FleetKeys say so.
+    keys = tmp_path / "fleet" / "keys"
+    hub.restart(seal_key=keys / "hub-seal.key", card_keys=[keys / "card-signing.pub.pem"])
+    _command(*home, "publish")
     config = load_config(tmp_path / "fleet" / "units" / "clinic-door.json")
     config = config.model_copy(
         update={
