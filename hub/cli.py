@@ -51,7 +51,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from doorscan.errors import Refusal
+from doorscan.errors import ConfigError, Refusal
 from hub.cli_admin import (
     add_audit,
     add_import_csv,
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_config(args)
         return int(args.run(args))
-    except (UsageError, Refusal, StoreError) as exc:
+    except (UsageError, ConfigError, Refusal, StoreError) as exc:
         reason = exc.reason if isinstance(exc, Refusal) else str(exc)
         print(f"{parser.prog} {args.command}: error: {reason}", file=sys.stderr)
         return 2

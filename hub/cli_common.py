@@ -307,7 +307,10 @@ def apply_config(args: argparse.Namespace) -> None:
             continue
         if dest == "http":
             value = where(value)
-        data.setdefault(section, {})[key] = value if not isinstance(value, Path) else str(value)
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: {section} must be a table ([{section}]), not a value")
+        table[key] = value if not isinstance(value, Path) else str(value)
     try:
         config = build_config(data, str(path) if path else "the command line")
     except ConfigFileError as exc:
