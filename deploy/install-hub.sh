@@ -12,8 +12,8 @@
 # this machine.
 #
 # Steps: apt packages (python3-venv, mosquitto); the `doorscan-hub` system user;
-# /etc/doorscan-hub (config and keys: root-owned, group doorscan-hub, so the hub reads
-# them and cannot change them), /var/lib/doorscan-hub (data) and
+# /etc/doorscan-hub (root-owned, group doorscan-hub: the config and certificates; the
+# private keys readable by doorscan-hub alone, mode 0400), /var/lib/doorscan-hub (data) and
 # /var/lib/doorscan-hub-anchors; a venv in /opt/doorscan/venv with doorscan in it; a
 # starter /etc/doorscan-hub/hub.toml, only if there is none (an operator's file is never
 # overwritten); with --broker-files, the files `provisioning broker-files` wrote, the
@@ -236,6 +236,15 @@ else
     step "${R}${VENV}/bin/pip" install --upgrade --no-cache-dir "${SOURCE_DIR}"
 fi
 
+# On the PATH of every shell and of sudo (Debian's secure_path has /usr/local/bin, not
+# the venv), so `sudo doorscan-hub ...` works as docs/deploy.md writes it.
+if [[ ! -d "${R}/usr/local/bin" ]]; then
+    step install -d -m 0755 "${R}/usr/local/bin"
+fi
+for tool in doorscan-hub doorscan-provisioning doorscan-device; do
+    step ln -sfn "${R}${VENV}/bin/${tool}" "${R}/usr/local/bin/${tool}"
+done
+
 note "5/8 ${CONFIG_FILE}"
 if [[ -e "${R}${CONFIG_FILE}" ]]; then
     note "${R}${CONFIG_FILE} exists: kept as it is (compare: diff -u ${R}${CONFIG_FILE} ${SOURCE_DIR}/deploy/hub.toml.example)"
@@ -264,24 +273,28 @@ else
         [[ -f "${cert}" ]] || continue
         name="$(basename "${cert}" -cert.pem)"
         put 0644 "root:${HUB_USER}" "${cert}" "${CONFIG_DIR}/${name}-cert.pem"
-        put 0600 "${HUB_USER}:${HUB_USER}" "${BROKER_SOURCE}/${name}-key.pem" \
+        put 0400 "${HUB_USER}:${HUB_USER}" "${BROKER_SOURCE}/${name}-key.pem" \
             "${CONFIG_DIR}/${name}-key.pem"
     done
 fi
 
 note "6/8 (continued) the fleet's keys and the hub's secrets"
 if [[ -n "${FLEET_HOME}" ]]; then
-    put 0600 "${HUB_USER}:${HUB_USER}" "${FLEET_HOME}/keys/hub-seal.key" "${CONFIG_DIR}/hub-seal.key"
+    put 0400 "${HUB_USER}:${HUB_USER}" "${FLEET_HOME}/keys/hub-seal.key" "${CONFIG_DIR}/hub-seal.key"
     put 0644 "root:${HUB_USER}" "${FLEET_HOME}/keys/card-signing.pub.pem" \
         "${CONFIG_DIR}/card-signing.pub.pem"
 fi
 # Private keys, whoever made them how (init-vault and audit keygen, run as root, write
-# them 0600 as root): the hub's user alone reads them, mode 0600, as the vault demands
-# of its key. The service cannot change them: /etc is read-only to it.
+# them 0600 as root): the hub's user alone may read them, mode 0400, as the vault demands
+# of its key; nobody writes them (and the service sees /etc read-only anyway). A key
+# that is a link (to certbot's, say) is left alone: chmod would change the file behind.
 for name in hub-vault.key hub-seal.key audit.key http-key.pem hub-key.pem; do
-    if [[ -f "${R}${CONFIG_DIR}/${name}" ]]; then
-        step chmod 0600 "${R}${CONFIG_DIR}/${name}"
-        own "${HUB_USER}:${HUB_USER}" "${R}${CONFIG_DIR}/${name}"
+    key="${R}${CONFIG_DIR}/${name}"
+    if [[ -L "${key}" ]]; then
+        note "${key} is a link: its owner and mode are left as they are"
+    elif [[ -f "${key}" ]]; then
+        step chmod 0400 "${key}"
+        own "${HUB_USER}:${HUB_USER}" "${key}"
     fi
 done
 

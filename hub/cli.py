@@ -59,14 +59,15 @@ from hub.cli_admin import (
     add_purge,
     add_stats,
 )
-from hub.cli_check import add_check
-from hub.cli_common import Commands, UsageError, apply_config
+from hub.cli_check import add_check, add_fleet_keys
+from hub.cli_common import Commands, RefusedToStart, UsageError, apply_config
 from hub.cli_letters import add_dead_letters, add_held
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
 from hub.cli_unitconfig import add_unit_config
 from hub.cli_web import add_token, add_user, add_web
 from hub.store.factory import StoreError
+from hub.workers import EXIT_REFUSED
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -87,6 +88,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_web,
     add_unit_config,
     add_check,
+    add_fleet_keys,
 ]
 
 
@@ -109,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_config(args)
         return int(args.run(args))
+    except RefusedToStart as exc:
+        print(f"{parser.prog} {args.command}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except (UsageError, ConfigError, Refusal, StoreError) as exc:
         reason = exc.reason if isinstance(exc, Refusal) else str(exc)
         print(f"{parser.prog} {args.command}: error: {reason}", file=sys.stderr)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_FORBIDDEN",
     "Commands",
+    "RefusedToStart",
     "UsageError",
     "add_role_options",
     "apply_config",
@@ -76,6 +77,10 @@ EXIT_FORBIDDEN = 3
 
 class UsageError(DoorscanError, ValueError):
     """The command line asks for something impossible; exit code 2."""
+
+
+class RefusedToStart(UsageError):
+    """``serve`` refuses to start on a failed check; exit code `hub.workers.EXIT_REFUSED`."""
 
 
 def os_account() -> str:
@@ -299,8 +304,12 @@ def apply_config(args: argparse.Namespace) -> None:
         data = read_config_file(path) if path is not None else {}
     except ConfigFileError as exc:
         raise UsageError(str(exc)) from None
+    args.flags_given = {
+        dest for dest in _FLAG_SETTINGS if getattr(args, dest, None) not in (None, [])
+    }
     if getattr(args, "vault_key", None) is None and os.environ.get(ENV_VAULT_KEY, "").strip():
         args.vault_key = Path(os.environ[ENV_VAULT_KEY].strip())
+    flags = [f"--{dest.replace('_', '-')}" for dest in sorted(args.flags_given)]
     for dest, (section, key) in _FLAG_SETTINGS.items():
         value = getattr(args, dest, None)
         if value is None or value == []:
@@ -312,7 +321,8 @@ def apply_config(args: argparse.Namespace) -> None:
             raise UsageError(f"{path}: {section} must be a table ([{section}]), not a value")
         table[key] = value if not isinstance(value, Path) else str(value)
     try:
-        config = build_config(data, str(path) if path else "the command line")
+        given = f" with {', '.join(flags)}" if flags else ""
+        config = build_config(data, f"{path}{given}" if path else "the command line")
     except ConfigFileError as exc:
         raise UsageError(str(exc)) from None
     args.hub_config = config

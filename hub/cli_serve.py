@@ -33,6 +33,7 @@ from doorscan.wire.limits import RATE_MAX_SCANS
 from hub.assembly import HubAssembly
 from hub.cli_common import (
     Commands,
+    RefusedToStart,
     UsageError,
     broker_parent,
     db_parent,
@@ -41,7 +42,7 @@ from hub.cli_common import (
     tls_files,
 )
 from hub.cli_web import http_parent
-from hub.config import HubConfig
+from hub.config import HubConfig, shown_url
 from hub.ingest import IngestCounters, describe
 from hub.preflight import Check, failures, preflight, render
 from hub.workers import (
@@ -152,7 +153,7 @@ def _run_hub(args: argparse.Namespace) -> int:
             http = f" {scheme}={config.http.listen}" if config.http.listen else ""
             ready = "hub ready" if worker is None else ready_line(worker)
             print(
-                f"{ready}: db={args.db} broker={config.broker.host}:"
+                f"{ready}: db={shown_url(args.db)} broker={config.broker.host}:"
                 f"{config.broker.effective_port}{http}",
                 flush=True,
             )
@@ -172,9 +173,9 @@ def _run_hub(args: argparse.Namespace) -> int:
 
 
 _MISMATCH = "the fleet's keys do not match this hub's; scans it cannot open stay with the broker"
-# EXIT_REFUSED (2): ``serve`` refused to start (or stopped) on a failed check; systemd does
-# not restart it (``RestartPreventExitStatus=2`` in deploy/doorscan-hub.service), and a
-# supervisor stops its other workers: only a fix will help.
+# EXIT_REFUSED (78): ``serve`` refused to start (or stopped) on a failed check; systemd
+# does not restart it (``RestartPreventExitStatus=78`` in deploy/doorscan-hub.service),
+# and a supervisor stops its other workers: only a fix will help.
 
 
 def _refuse_on_failures(name: str, checks: list[Check]) -> None:
@@ -182,7 +183,7 @@ def _refuse_on_failures(name: str, checks: list[Check]) -> None:
     if failed:
         for line in render(checks):
             print(line, file=sys.stderr)
-        raise UsageError(
+        raise RefusedToStart(
             f"{name} refuses to start: "
             + "; ".join(f"{check.name}: {check.detail}" for check in failed)
         )
@@ -217,10 +218,17 @@ def _wait(
 
 def _run_supervisor(args: argparse.Namespace) -> int:
     """`--workers N`: start N workers of this command and keep them running."""
-    if args.http:
+    if "http" in args.flags_given:
         raise UsageError(
             "--http runs in one process: with --workers, run `doorscan-hub web --http ...` "
             "beside the workers"
+        )
+    if args.http:
+        # From the config file, which `web` beside the workers reads too: not an error.
+        print(
+            f"http.listen {args.hub_config.http.listen}: served by `doorscan-hub web "
+            "--config ...` beside the workers, not by them",
+            file=sys.stderr,
         )
     tls = tls_files(args)
     if tls is not None:
@@ -238,7 +246,7 @@ def _run_supervisor(args: argparse.Namespace) -> int:
 
     def announce() -> None:
         pool.say(
-            f"hub ready: db={args.db} broker={args.broker_host}:{args.broker_port} "
+            f"hub ready: db={shown_url(args.db)} broker={args.broker_host}:{args.broker_port} "
             f"workers={args.workers}"
         )
 

@@ -34,7 +34,7 @@ from hub.cli_common import (
     open_store,
     where,
 )
-from hub.config import DEFAULT_HTTP, http_problem
+from hub.config import DEFAULT_HTTP, http_problem, shown_url
 from hub.login_throttle import LoginThrottle
 from hub.web.server import WebThread
 
@@ -249,7 +249,7 @@ def _run_web(args: argparse.Namespace) -> int:
             if not web.wait_started(30):
                 raise UsageError(f"the web server did not start on {where(address)}")
             scheme = "https" if http.cert_file else "http"
-            print(f"hub web ready: db={args.db} {scheme}={where(address)}", flush=True)
+            print(f"hub web ready: db={shown_url(args.db)} {scheme}={where(address)}", flush=True)
             stop.wait()
         finally:
             web.close()

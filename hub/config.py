@@ -39,7 +39,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from doorscan.errors import DoorscanError
 from doorscan.netaddr import is_loopback
@@ -61,6 +61,7 @@ __all__ = [
     "load_hub_config",
     "read_config_file",
     "resolve_path",
+    "shown_url",
 ]
 
 ENV_CONFIG = "DOORSCAN_HUB_CONFIG"
@@ -163,6 +164,11 @@ class RetentionSettings(_Strict):
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
 
 class HubConfig(_Strict):
     """Everything a running hub needs; `load_hub_config` reads it from TOML."""
@@ -174,6 +180,15 @@ class HubConfig(_Strict):
     ingest: IngestSettings = IngestSettings()
     retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
+
+
+def shown_url(url: str) -> str:
+    """A database URL as it may be printed: without the password it might carry."""
+    if "://" in url and "@" in url:
+        scheme, _, rest = url.partition("://")
+        credentials, _, host = rest.rpartition("@")
+        return f"{scheme}://{credentials.partition(':')[0]}@{host}"
+    return url
 
 
 def http_problem(http: HttpSettings) -> str | None:
@@ -194,16 +209,15 @@ def http_problem(http: HttpSettings) -> str | None:
 
 def resolve_path(value: str | Path, base: Path | None) -> Path:
     """A path as the config file means it: ``credential:NAME`` from systemd's credentials
-    folder, a relative path from the config file's folder (`base`), else as written."""
+    folder (as written when there is none), a relative path from the config file's folder
+    (`base`), else as written."""
     text = str(value)
     if text.startswith(CREDENTIAL_PREFIX):
         folder = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not folder:
-            raise ConfigFileError(
-                f"{text}: no $CREDENTIALS_DIRECTORY (a systemd credential is read inside the "
-                "service that loads it with LoadCredential=)"
-            )
-        return Path(folder) / text.removeprefix(CREDENTIAL_PREFIX)
+        # Outside the service there is no such folder: the path stays as written, and
+        # fails (by name) only if this command reads that file, so that `stats` or a
+        # flag given instead still work.
+        return Path(folder) / text.removeprefix(CREDENTIAL_PREFIX) if folder else Path(text)
     path = Path(text)
     return path if path.is_absolute() or base is None else base / path
 

@@ -212,17 +212,20 @@ class Ingestor:
     def handle(
         self, topic: str, payload: bytes, *, retained: bool = False, qos: int = 1
     ) -> list[Reply]:
-        """Handle one message; return what to publish. Raises only `StoreFailure`.
+        """Handle one message; return what to publish. Raises `StoreFailure`, and
+        `KeysMismatch` for a scan batch while the hub's keys do not match the fleet's.
 
         `retained` and `qos` are as the broker delivered the message: a scan batch must
         come at QoS 1 and not retained.
         """
         self.counters.messages += 1
+        if self.key_problems and topic.endswith("/scans"):
+            # Outside the try below, whose catch-all would keep the batch as a dead
+            # letter and so settle it: this one must stay with the broker, unsettled.
+            raise KeysMismatch("; ".join(self.key_problems))
         try:
             kind, entity_id = parse_topic(topic)
             if kind == "scans":
-                if self.key_problems:
-                    raise KeysMismatch("; ".join(self.key_problems))
                 return self._handle_batch(topic, entity_id, payload, retained, qos)
             if kind == "venue":
                 self._handle_venue(entity_id, payload)

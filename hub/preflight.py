@@ -30,9 +30,9 @@ from doorscan.errors import DoorscanError
 from doorscan.netaddr import is_loopback
 from doorscan.sealing import load_private_key
 from doorscan.wire import FleetKeys, decode_message
-from hub.config import HubConfig, http_problem
+from hub.config import CREDENTIAL_PREFIX, HubConfig, http_problem, shown_url
 from hub.keycheck import key_problems
-from hub.store.factory import StoreError, open_hub_store
+from hub.store.factory import StoreError, is_postgres, open_hub_store, sqlite_path
 from hub.vault import ENV_VAULT_KEY, Vault, VaultKeyError
 from hub.workers import worker_path
 
@@ -126,6 +126,12 @@ def _vault(config: HubConfig, out: list[Vault]) -> str:
             f"no vault key: set database.vault_key (or --vault-key, ${ENV_VAULT_KEY}); "
             "`doorscan-hub init-vault FILE` makes one"
         )
+    if str(path).startswith(CREDENTIAL_PREFIX):
+        raise _Failed(
+            f"database.vault_key is {path}, but there is no $CREDENTIALS_DIRECTORY: a "
+            "systemd credential is read inside a service that loads it (LoadCredential=); "
+            "outside it, give --vault-key FILE"
+        )
     try:
         out.append(Vault.load(path))
     except VaultKeyError as exc:
@@ -133,9 +139,15 @@ def _vault(config: HubConfig, out: list[Vault]) -> str:
     return f"{path} read"
 
 
-def _database(config: HubConfig, vault: list[Vault], fleet: list[str]) -> str:
+def _database(config: HubConfig, vault: list[Vault], fleet: list[str]) -> Check | str:
     if not vault:
         raise _Failed("not opened: the vault key is needed first")
+    url = config.database.url
+    path = None if is_postgres(url) else sqlite_path(url)
+    if path is not None and path != ":memory:" and not Path(path).exists():
+        # Not made here: a check run as root (or with a typo) must not leave a database
+        # file behind that the service then cannot write, or that nobody meant.
+        return Check("database", Status.WARN, f"no database at {path} yet: serve makes it")
     try:
         with open_hub_store(config.database.url, vault=vault[0]) as store:
             counts = store.counts()
@@ -145,7 +157,7 @@ def _database(config: HubConfig, vault: list[Vault], fleet: list[str]) -> str:
     if kept is not None:
         fleet.append(kept[0])
     return (
-        f"{_where(config.database.url)} opened with the vault key, schema current; "
+        f"{shown_url(config.database.url)} opened with the vault key, schema current; "
         f"{counts.get('scans', 0)} scans"
     )
 
@@ -165,7 +177,10 @@ def _fleet(
     published = decode_message(fleet[0].encode("utf-8"), FleetKeys)
     problems = key_problems(published, *keys[0])
     if problems:
-        raise _Failed("; ".join(problems))
+        raise _Failed(
+            "; ".join(problems) + " (if it is the published keys that are wrong: publish the "
+            "right ones, then `doorscan-hub fleet-keys --forget`)"
+        )
     seal = "the seal key opens what units seal" if published.seal_public_key else "no sealing"
     return f"match the fleet's keys of {published.issued_at:%Y-%m-%d %H:%M} UTC: {seal}, " + (
         f"{len(published.card_public_keys)} card key(s) trusted"
@@ -182,6 +197,11 @@ def _broker(config: HubConfig, reach: bool) -> Check | str:
             f"plain MQTT to {target} would cross the network unencrypted: set the TLS files "
             "(broker.ca_file, cert_file, key_file) or broker.insecure = true"
         )
+    _files_exist(
+        ("broker.ca_file", broker.ca_file),
+        ("broker.cert_file", broker.cert_file and worker_path(broker.cert_file, 1)),
+        ("broker.key_file", broker.key_file and worker_path(broker.key_file, 1)),
+    )
     if not reach:
         return Check("broker", Status.OK, f"{target} (not contacted)")
     try:
@@ -234,6 +254,7 @@ def _http(config: HubConfig) -> Check | str:
         raise _Failed(problem)
     if http.cert_file is None or http.key_file is None:
         return f"{http.listen}, plain HTTP" + (" (insecure)" if not is_loopback(host) else "")
+    _files_exist(("http.cert_file", http.cert_file), ("http.key_file", http.key_file))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(str(http.cert_file), str(http.key_file))
@@ -253,16 +274,14 @@ def _http(config: HubConfig) -> Check | str:
     return line
 
 
+def _files_exist(*named: tuple[str, Path | None]) -> None:
+    """A missing file is named with its setting, not reported as a TLS failure."""
+    missing = [f"{setting} {path}" for setting, path in named if path and not path.exists()]
+    if missing:
+        raise _Failed(f"no such file: {', '.join(missing)}")
+
+
 def _cn(cert_file: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(names[0].value) if names else "(no CN)"
-
-
-def _where(url: str) -> str:
-    """The database without a password that a URL might carry."""
-    if "://" in url and "@" in url:
-        scheme, _, rest = url.partition("://")
-        creds, _, host = rest.rpartition("@")
-        return f"{scheme}://{creds.partition(':')[0]}@{host}"
-    return url

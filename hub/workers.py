@@ -255,9 +255,11 @@ class WorkerPool:
         return worst
 
 
-EXIT_REFUSED = 2
+EXIT_REFUSED = 78
 """A worker's (and ``serve``'s) exit code for "refused to start, or stopped, on a failed
-check": see `hub.cli_serve`."""
+check" (sysexits' EX_CONFIG): only a fix to the config helps, so neither systemd
+(``RestartPreventExitStatus=78``) nor a supervisor restarts it. Other errors (a database
+not up yet: exit 2) are restarted as before."""
 
 
 def _exit_text(code: int) -> str:

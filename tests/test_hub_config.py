@@ -46,7 +46,10 @@ from doorscan.wire import (
     topic_scans,
 )
 from hub.cli import main
+from hub.ingest import Ingestor
+from hub.service import HubService
 from hub.vault import ENV_VAULT_KEY
+from hub.workers import EXIT_REFUSED
 from tests.hubstore import open_store, vault_key_file
 from tests.test_broker_security import Fleet
 from tests.test_broker_security import fleet as fleet
@@ -92,14 +95,16 @@ def test_paths_are_relative_to_the_file_and_flags_win(
     tmp_path: Path, broker: LocalBroker, capsys: pytest.CaptureFixture[str], no_vault_env: None
 ) -> None:
     path = _config(tmp_path, _basic(broker))
+    # Not there yet: check says so and makes nothing (serve makes it).
     assert main(["check", "--config", str(path)]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
-    assert f"database    {tmp_path / 'hub.db'} opened" in out, out
-    assert (tmp_path / "hub.db").is_file()
+    assert f"warn  database    no database at {tmp_path / 'hub.db'} yet" in out, out
+    assert not (tmp_path / "hub.db").exists()
     other = tmp_path / "elsewhere.db"
+    with open_store(str(other)):
+        pass
     assert main(["check", "--config", str(path), "--db", str(other)]) == 0
-    assert f"{other} opened" in capsys.readouterr().out
-    assert other.is_file()
+    assert f"ok    database    {other} opened" in capsys.readouterr().out
 
 
 def test_a_secret_can_be_a_systemd_credential(
@@ -111,8 +116,11 @@ def test_a_secret_can_be_a_systemd_credential(
 ) -> None:
     text = _basic(broker).replace(str(vault_key_file()), "credential:hub-vault.key")
     path = _config(tmp_path, text)
-    assert main(["check", "--config", str(path)]) == 2
-    assert "no $CREDENTIALS_DIRECTORY" in capsys.readouterr().err
+    assert main(["check", "--config", str(path)]) == 1
+    assert "there is no $CREDENTIALS_DIRECTORY" in capsys.readouterr().out
+    # Outside the service, a flag given instead still works.
+    assert main(["check", "--config", str(path), "--vault-key", str(vault_key_file())]) == 0
+    capsys.readouterr()
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "hub-vault.key").write_bytes(vault_key_file().read_bytes())
@@ -229,7 +237,7 @@ def test_a_hub_without_the_fleets_seal_key_refuses_to_start_and_loses_no_scan(
     # First start: the fleet's keys arrive, the hub cannot open what the units seal.
     log = tmp_path / "serve-1.log"
     first = _serve(config, log)
-    assert first.wait(60) == 2, log.read_text()
+    assert first.wait(60) == EXIT_REFUSED, log.read_text()
     output = log.read_text()
     assert "no seal key" in output and wanted[:16] in output and "keys.seal_key" in output
     assert "hub ready" not in output and "Traceback" not in output, output
@@ -245,7 +253,7 @@ def test_a_hub_without_the_fleets_seal_key_refuses_to_start_and_loses_no_scan(
     # Second start: refused before it takes anything, from the keys the store kept.
     log = tmp_path / "serve-2.log"
     second = _serve(config, log)
-    assert second.wait(60) == 2, log.read_text()
+    assert second.wait(60) == EXIT_REFUSED, log.read_text()
     output = log.read_text()
     assert "refuses to start" in output and "FAIL  fleet keys" in output, output
     assert wanted[:16] in output
@@ -270,6 +278,38 @@ def test_a_hub_without_the_fleets_seal_key_refuses_to_start_and_loses_no_scan(
         assert third.wait(30) == 0, log.read_text()
     assert sorted(ack_listener.acks[-1].stored) == [f"sealed-1-{i:04d}" for i in range(3)]
     with open_store(str(tmp_path / "hub.db")) as store:
+        assert store.counts()["scans"] == 3 and store.dead_letters() == []
+
+
+def test_a_batch_arriving_while_the_keys_do_not_match_stays_with_the_broker(
+    broker: LocalBroker, tmp_path: Path, ack_listener: _AckListener
+) -> None:
+    """The running hub's side: once the fleet's keys show a mismatch, a batch is neither
+    stored, nor dead-lettered, nor acked; a hub with the right key gets it again from its
+    persistent session and stores it."""
+    seal_key = generate_key()
+    fleet_keys = FleetKeys(
+        issued_at=SENT, seal_public_key=raw_key_text(seal_key.public_key().public_bytes_raw())
+    )
+    db = str(tmp_path / "hub.db")
+    with open_store(db) as store:
+        store.upsert_venue(VenueRecord(venue_id="hospital", name="Bệnh viện"))
+        store.upsert_unit(UnitRecord(unit_id="door-1", venue_id="hospital"))
+        problems: list[str] = []
+        blind = Ingestor(store, max_scans_per_minute=0, on_key_mismatch=problems.extend)
+        with HubService(blind, broker.host, broker.port, client_id="hub-under-test") as hub:
+            assert hub.wait_connected(20)
+            _publish(broker, topic_fleet_keys(), encode_message(fleet_keys), retain=True)
+            assert wait_for(lambda: bool(problems), 20)
+            batch = encode_message(sealed_batch(1, seal_key.public_key()))
+            _publish(broker, topic_scans("door-1"), batch, retain=False)
+            assert not wait_for(lambda: bool(ack_listener.acks), 3)
+        assert store.dead_letters() == [] and store.counts()["scans"] == 0
+        assert "no seal key" in problems[0]
+        fixed = Ingestor(store, sealing_key=seal_key, max_scans_per_minute=0)
+        with HubService(fixed, broker.host, broker.port, client_id="hub-under-test") as hub:
+            assert wait_for(lambda: bool(ack_listener.acks), 20)
+        assert len(ack_listener.acks[0].stored) == 3
         assert store.counts()["scans"] == 3 and store.dead_letters() == []
 
 
@@ -330,6 +370,7 @@ def test_the_hub_serves_https_itself_and_its_session_cookie_is_secure(
         assert f"https=127.0.0.1:{port}" in log.read_text(), log.read_text()
         context = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as client:
+            english = client.get("/login", params={"lang": "en"})
             login = client.post(
                 "/login",
                 data={"user_id": "tracer-1", "password": "a long enough password"},
@@ -338,6 +379,8 @@ def test_the_hub_serves_https_itself_and_its_session_cookie_is_secure(
         cookies = login.headers.get_list("set-cookie")
         session = [c for c in cookies if c.lower().startswith("doorscan_session")]
         assert session and "secure" in session[0].lower(), (login.status_code, cookies)
+        [lang] = english.headers.get_list("set-cookie")
+        assert lang.startswith("lang=en") and "secure" in lang.lower(), lang
     finally:
         web.send_signal(signal.SIGTERM)
         assert web.wait(30) == 0, log.read_text()

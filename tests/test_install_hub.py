@@ -69,7 +69,7 @@ def _exists() -> dict[Path, bool]:
 
 def _tree(root: Path) -> dict[str, int]:
     """Every path under `root` and its mode: what an install left."""
-    return {str(p.relative_to(root)): p.stat().st_mode & 0o7777 for p in root.rglob("*")}
+    return {str(p.relative_to(root)): p.lstat().st_mode & 0o7777 for p in root.rglob("*")}
 
 
 def _exec_start(unit_file: Path) -> list[str]:
@@ -191,8 +191,8 @@ def test_root_install_lays_out_files_modes_and_planned_owners(
         "etc/doorscan-hub/hub.toml": 0o640,
         "etc/doorscan-hub/ca.pem": 0o644,
         "etc/doorscan-hub/hub-cert.pem": 0o644,
-        "etc/doorscan-hub/hub-key.pem": 0o600,
-        "etc/doorscan-hub/hub-2-key.pem": 0o600,
+        "etc/doorscan-hub/hub-key.pem": 0o400,
+        "etc/doorscan-hub/hub-2-key.pem": 0o400,
         "etc/mosquitto/doorscan": 0o750,
         "etc/mosquitto/doorscan/broker-key.pem": 0o640,
         "etc/mosquitto/doorscan/broker-cert.pem": 0o644,
@@ -203,8 +203,12 @@ def test_root_install_lays_out_files_modes_and_planned_owners(
         **{f"etc/systemd/system/{unit}": 0o644 for unit in HUB_UNITS},
     }.items():
         assert modes.get(path) == mode, path
+    # The commands on everyone's PATH, sudo's too (secure_path has /usr/local/bin).
+    for tool in ("doorscan-hub", "doorscan-provisioning", "doorscan-device"):
+        link = root / "usr/local/bin" / tool
+        assert link.readlink() == root / "opt/doorscan/venv/bin" / tool
     # Only the hub's pairs: the provisioning tool's key stays with the technician.
-    assert not any("provisioning" in path for path in modes)
+    assert not any("provisioning-" in path for path in modes)
     for name in ("broker-key.pem", "crl.pem", "acl"):
         source = (broker_files / name).read_bytes()
         assert (root / "etc/mosquitto/doorscan" / name).read_bytes() == source

@@ -234,7 +234,7 @@ def test_a_worker_that_refuses_its_config_stops_the_pool_instead_of_looping() ->
     pool = WorkerPool(lambda index: argv[index], 2, out=out, backoff_min_s=0.05)
     assert pool.run(threading.Event(), lambda: None) == EXIT_REFUSED
     assert pool.restarts == 0
-    assert "hub worker 2 refused to run (exit 2); stopping all" in out.getvalue()
+    assert f"hub worker 2 refused to run (exit {EXIT_REFUSED}); stopping all" in out.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -273,6 +273,9 @@ class Registry(Protocol):
     def fleet_keys(self) -> tuple[str, datetime] | None:
         """The `FleetKeys` JSON last received and when, or None if none ever came."""
 
+    def forget_fleet_keys(self) -> bool:
+        """Drop the kept `FleetKeys` (True if there was one): the next that arrives counts."""
+
 
 class ScanSink(Protocol):
     def insert_scans(

@@ -155,6 +155,10 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
                 (keys_json, to_ms(received_at)),
             )
 
+    def forget_fleet_keys(self) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute("DELETE FROM fleet_keys").rowcount)
+
     def fleet_keys(self) -> tuple[str, datetime] | None:
         rows = self._query("SELECT keys_json, received_at_ms FROM fleet_keys", ())
         return (str(rows[0][0]), from_ms(int(rows[0][1]))) if rows else None
