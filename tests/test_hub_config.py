@@ -394,6 +394,28 @@ def test_plain_http_on_a_public_address_needs_insecure(
     assert "plain HTTP on 0.0.0.0" in capsys.readouterr().err
 
 
+def test_fleet_keys_shows_and_forgets_the_kept_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The way out when a wrong fleet home published its keys: the next start compares
+    with the retained message instead of the kept copy."""
+    seal = raw_key_text(generate_key().public_key().public_bytes_raw())
+    db = str(tmp_path / "hub.db")
+    with open_store(db) as store:
+        keys = FleetKeys(issued_at=SENT, seal_public_key=seal)
+        store.set_fleet_keys(encode_message(keys).decode(), SENT)
+    assert main(["fleet-keys", "--db", db]) == 0
+    assert f"sealing key {seal[:16]}" in capsys.readouterr().out
+    with open_store(db) as store:
+        assert store.fleet_keys() is not None  # shown, not forgotten
+    assert main(["fleet-keys", "--db", db, "--forget"]) == 0
+    assert "forgotten" in capsys.readouterr().out
+    with open_store(db) as store:
+        assert store.fleet_keys() is None
+    assert main(["fleet-keys", "--db", db]) == 0
+    assert "no fleet keys kept" in capsys.readouterr().out
+
+
 def test_fleet_keys_kept_by_the_store(hub_db: str) -> None:
     payload = json.dumps({"v": 1, "schema": "doorscan.fleet-keys"})
     with open_store(hub_db) as store:
