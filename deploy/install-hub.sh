@@ -268,8 +268,10 @@ else
     fi
     step install_broker_conf "${BROKER_SOURCE}/mosquitto.conf" "${R}${BROKER_CONF}"
     put 0644 "root:${HUB_USER}" "${BROKER_SOURCE}/ca.pem" "${CONFIG_DIR}/ca.pem"
-    # The hub's pair, and one per worker when broker-files issued them (--hub-workers).
-    for cert in "${BROKER_SOURCE}"/hub-cert.pem "${BROKER_SOURCE}"/hub-[0-9]*-cert.pem; do
+    # The hub's pair, unit-config's (hub-config), and one per worker when broker-files
+    # issued them (--hub-workers).
+    for cert in "${BROKER_SOURCE}"/hub-cert.pem "${BROKER_SOURCE}"/hub-config-cert.pem \
+        "${BROKER_SOURCE}"/hub-[0-9]*-cert.pem; do
         [[ -f "${cert}" ]] || continue
         name="$(basename "${cert}" -cert.pem)"
         put 0644 "root:${HUB_USER}" "${cert}" "${CONFIG_DIR}/${name}-cert.pem"
@@ -288,7 +290,7 @@ fi
 # them 0600 as root): the hub's user alone may read them, mode 0400, as the vault demands
 # of its key; nobody writes them (and the service sees /etc read-only anyway). A key
 # that is a link (to certbot's, say) is left alone: chmod would change the file behind.
-for name in hub-vault.key hub-seal.key audit.key http-key.pem hub-key.pem; do
+for name in hub-vault.key hub-seal.key audit.key http-key.pem hub-key.pem hub-config-key.pem; do
     key="${R}${CONFIG_DIR}/${name}"
     if [[ -L "${key}" ]]; then
         note "${key} is a link: its owner and mode are left as they are"

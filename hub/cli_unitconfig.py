@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from doorscan.mqtt import (
     MQTT_5,
     ConfirmedPublisher,
     PublishNotConfirmed,
+    TlsFiles,
     TlsFilesError,
     fresh_client_id,
     make_client,
@@ -157,6 +159,18 @@ class _Link:
         self.client.on_subscribe = self._on_subscribe
         self.publisher = ConfirmedPublisher(self.client)
         tls = tls_files(args)
+        broker = args.hub_config.broker
+        if tls is not None and not {"cert_file", "key_file"} & args.flags_given:
+            if broker.config_cert_file is not None:
+                tls = TlsFiles(tls.ca_file, broker.config_cert_file, broker.config_key_file)
+            else:
+                print(
+                    "warning: with the hub's own certificate this command takes the running "
+                    "hub's place on the broker for a moment; give it its own "
+                    "(broker.config_cert_file and config_key_file: hub-config-cert.pem from "
+                    "`provisioning broker-files`)",
+                    file=sys.stderr,
+                )
         if tls is not None:
             try:
                 use_tls(self.client, tls)

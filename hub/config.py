@@ -98,12 +98,20 @@ class BrokerSettings(_Strict):
     insecure: bool = Field(
         False, description="allow plain MQTT (no TLS) to a broker that is not on this machine"
     )
+    config_cert_file: Path | None = Field(
+        None,
+        description="`unit-config`'s own client certificate (hub-config-cert.pem): with the "
+        "hub's, it would take the running hub's place on the broker",
+    )
+    config_key_file: Path | None = Field(None, description="its private key")
 
     @model_validator(mode="after")
     def _tls_together(self) -> BrokerSettings:
         given = [f is not None for f in (self.ca_file, self.cert_file, self.key_file)]
         if any(given) and not all(given):
             raise ValueError("broker.ca_file, broker.cert_file and broker.key_file go together")
+        if (self.config_cert_file is None) != (self.config_key_file is None):
+            raise ValueError("broker.config_cert_file and broker.config_key_file go together")
         return self
 
     @property
@@ -227,6 +235,8 @@ _PATH_FIELDS = {
     ("broker", "ca_file"),
     ("broker", "cert_file"),
     ("broker", "key_file"),
+    ("broker", "config_cert_file"),
+    ("broker", "config_key_file"),
     ("keys", "seal_key"),
     ("http", "cert_file"),
     ("http", "key_file"),

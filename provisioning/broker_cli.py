@@ -24,6 +24,7 @@ from doorscan.mqtt import TlsFiles
 from provisioning.broker_address import describe, load_broker, update_broker
 from provisioning.broker_pki import (
     HUB_CN,
+    HUB_CONFIG_CN,
     MAX_HUB_WORKERS,
     PROVISIONING_CN,
     BrokerPKI,
@@ -115,7 +116,7 @@ def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
     write_public(out / "acl", acl_text(workers).encode("utf-8"))
     conf = mosquitto_conf_text(args.port, install_dir, args.bind_address)
     write_public(out / "mosquitto.conf", conf.encode("utf-8"))
-    roles = [("hub", HUB_CN), ("provisioning", PROVISIONING_CN)]
+    roles = [("hub", HUB_CN), ("hub-config", HUB_CONFIG_CN), ("provisioning", PROVISIONING_CN)]
     roles += [(f"hub-{n}", hub_worker_cn(n)) for n in range(1, workers + 1)]
     for role, common_name in roles:
         cert, key = pki.issue_client(common_name, unit=False)
@@ -124,7 +125,8 @@ def _broker_files(args: argparse.Namespace, home: FleetHome) -> int:
     print(f"broker files {out} (server cert for {', '.join(dict.fromkeys(hosts))})")
     print(f"  mosquitto.conf  TLS listener on port {args.port}; paths point at {install_dir}")
     print("  broker-cert.pem broker-key.pem ca.pem crl.pem acl")
-    print("  hub-cert.pem hub-key.pem               for `doorscan-hub serve --cert-file ...`")
+    print("  hub-cert.pem hub-key.pem               the hub's (broker.cert_file, key_file)")
+    print("  hub-config-cert.pem hub-config-key.pem for `doorscan-hub unit-config`")
     print("  provisioning-cert.pem provisioning-key.pem")
     if workers:
         pairs = [f"hub-{n}-cert.pem hub-{n}-key.pem" for n in sorted({1, workers})]

@@ -12,6 +12,8 @@ own CA; Mosquitto takes the certificate's CN as the user name
     doorscan-hub-<n> (n=1..64)   writes  every unit's ack and config, hub/status (and a
                                          retained scans message, to clear it)
                                  (the workers of `hub serve --workers N`, one CN each)
+    doorscan-hub-config          writes  every unit's config; reads their status
+                                 (`doorscan-hub unit-config`, beside the running hub)
     doorscan-provisioning        writes  the registry (reads it back)
 
 The CA lives in the fleet home next to the card-signing key::
@@ -54,6 +56,7 @@ from provisioning.fleet import InvalidInput, ProvisioningError, write_atomic
 
 __all__ = [
     "HUB_CN",
+    "HUB_CONFIG_CN",
     "MAX_HUB_WORKERS",
     "PROVISIONING_CN",
     "BrokerPKI",
@@ -68,6 +71,10 @@ __all__ = [
 
 HUB_CN = "doorscan-hub"
 PROVISIONING_CN = "doorscan-provisioning"
+HUB_CONFIG_CN = "doorscan-hub-config"
+"""`doorscan-hub unit-config`'s own name: with the hub's certificate it would be named
+doorscan-hub too (the broker makes the CN the client id) and take the running hub's
+place on the broker."""
 # `hub serve --workers N` allows 1..64 too (hub.cli_serve); the hub does not import this.
 MAX_HUB_WORKERS = 64
 CA_DAYS = 3650
@@ -353,6 +360,11 @@ def acl_text(hub_workers: int = 0) -> str:
         f"\nuser {user}\n" + "".join(f"topic {access} {topic}\n" for access, topic in _HUB_RULES)
         for user in hubs
     )
+    config_block = (
+        f"\nuser {HUB_CONFIG_CN}\n"
+        f"topic write {TOPIC_ROOT}/units/+/config\n"
+        f"topic read {TOPIC_ROOT}/units/+/status\n"
+    )
     return (
         "# doorscan broker ACL, written by `provisioning broker-files`.\n"
         "# User names are client-certificate CNs (use_identity_as_username).\n"
@@ -369,6 +381,7 @@ def acl_text(hub_workers: int = 0) -> str:
         "# every client: the fleet's retained list of revoked visitor cards\n"
         f"pattern read {TOPIC_ROOT}/registry/cards/revoked\n"
         f"{hub_blocks}"
+        f"{config_block}"
         "\n"
         f"user {PROVISIONING_CN}\n"
         f"topic readwrite {TOPIC_ROOT}/registry/#\n"

@@ -311,6 +311,34 @@ def test_a_unit_reads_only_its_own_config_and_cannot_write_one(fleet: Fleet) -> 
         b.close()
 
 
+def test_unit_configs_own_certificate_writes_configs_and_reads_no_scan(fleet: Fleet) -> None:
+    """`doorscan-hub unit-config`'s certificate (hub-config): unit configs, never scans or
+    the registry; and it connects beside the running hub without pushing it off."""
+    ca = fleet.broker_dir / "ca.pem"
+    config = f"{TOPIC_ROOT}/units/unit-a/config"
+    scans = f"{TOPIC_ROOT}/units/unit-a/scans"
+    hub = _Listener(_client("hub-x", fleet.role_files("hub"), ca), fleet.port, scans)
+    admin = _Listener(_client("admin", fleet.role_files("hub-config"), ca), fleet.port, scans)
+    a = _Listener(_client("unit-a", fleet.unit_files("unit-a"), ca), fleet.port, config)
+    try:
+        _publish(admin, config, b"config from unit-config")
+        # Retained: had the broker taken it, the spy below would be handed it.
+        _publish(admin, topic_registry_venue("v9"), b"a venue it may not write", retain=True)
+        _publish(a, scans, b"a scan")
+        assert wait_for(lambda: a.payloads(config) == [b"config from unit-config"])
+        assert wait_for(lambda: hub.payloads(scans) == [b"a scan"])  # the hub still there
+        assert admin.payloads(scans) == []
+        spy = _Listener(_client("spy", fleet.role_files("hub"), ca), fleet.port, "doorscan/v1/#")
+        try:
+            time.sleep(REFUSED_WAIT_S / 5)
+            assert topic_registry_venue("v9") not in {t for t, _ in spy.received}
+        finally:
+            spy.close()
+    finally:
+        for listener in (hub, admin, a):
+            listener.close()
+
+
 def test_a_scan_travels_from_unit_to_hub_and_is_acked_over_tls(
     fleet: Fleet, hub_db: str, tmp_path: Path
 ) -> None:

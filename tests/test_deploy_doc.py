@@ -94,6 +94,8 @@ systemctl() {
                 ;;
             start:doorscan-hub | restart:doorscan-hub)
                 _stop doorscan-hub
+                # Each start's output is kept: the test reads the whole story.
+                cat "$LOGS/doorscan-hub.log" >> "$LOGS/doorscan-hub.earlier.log" 2>/dev/null || true
                 read -ra argv <<< "$(_exec_start doorscan-hub)"
                 "${argv[@]}" > "$LOGS/doorscan-hub.log" 2>&1 &
                 echo $! > "$LOGS/doorscan-hub.pid"
@@ -214,10 +216,16 @@ def test_the_deploy_page_runs_end_to_end(scratch: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    hub_file = logs / "doorscan-hub.log"
-    hub_log = hub_file.read_text() if hub_file.exists() else ""
+    hub_log = "".join(
+        path.read_text()
+        for path in (logs / "doorscan-hub.earlier.log", logs / "doorscan-hub.log")
+        if path.exists()
+    )
     assert proc.returncode == 0, output[-6000:] + "\n--- hub log ---\n" + hub_log[-3000:]
     assert "Traceback" not in output + hub_log, output[-6000:] + hub_log[-3000:]
+    # unit-config used its own certificate: the running hub was never pushed off the broker.
+    assert "unit-config cho-pleiku-door-1: version 1 published" in output, output[-6000:]
+    assert "hub lost the broker" not in hub_log, hub_log[-3000:]
     # What each step promised, as the page's own commands printed it.
     assert "ok    fleet keys  match the fleet's keys" in output, output[-6000:]
     assert "FAIL" not in output, output[-6000:]
