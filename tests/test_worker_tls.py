@@ -209,7 +209,7 @@ def test_broker_files_issues_one_certificate_per_hub_worker(
     blocks = {block.splitlines()[0]: block.splitlines()[1:] for block in acl.split("\n\n") if block}
     users = [name for name in blocks if name.startswith("user ")]
     hubs = ["user doorscan-hub", *(f"user doorscan-hub-{n}" for n in (1, 2, 3))]
-    assert users == [*hubs, "user doorscan-provisioning"]
+    assert users == [*hubs, "user doorscan-hub-config", "user doorscan-provisioning"]
     # Exactly the hub's rights for each worker, and no more than the hub's.
     assert all(blocks[user] == blocks["user doorscan-hub"] for user in hubs)
     assert sorted(line.split(maxsplit=1)[1] for line in blocks["user doorscan-hub"]) == [
