@@ -207,18 +207,20 @@ def _measure(data: TraceData, queries: int, brute: int, budget_s: float) -> dict
 
 def _figures(backend: str, m: dict[str, Any], data: TraceData) -> list[Figure]:
     f1, f2, b1, b2 = m["f1_ms"], m["f2_ms"], m["brute_f1_ms"], m["brute_f2_ms"]
-    n, nb = len(f1), len(b1)
+    # Each figure names its own sample count: F2 runs under its own time budget and
+    # usually completes for fewer index people than F1.
+    n1, n2, nb = len(f1), len(f2), len(b1)
     label = f"{backend}, {data.spec.scans:,} scans"
     mid = [int(percentile([c[i] for c in m["contacts_f1_f2"]], 50)) for i in (0, 1)]
     p95 = {name: percentile(v, 95) for name, v in (("f1", f1), ("f2", f2))}
     return [
         Figure(SUBJECT, f"F1 p50, {label}", percentile(f1, 50), "ms", percentile(b1, 50),
-               f"brute force p50, n={nb}", note=f"n={n} index people"),
+               f"brute force p50, n={nb}", note=f"n={n1} index people"),
         Figure(SUBJECT, f"F1 p95, {label}", p95["f1"], "ms", percentile(b1, 95),
                f"brute force p95, n={nb}", f"≤ {GOAL_F1_MS:g} ms", p95["f1"] <= GOAL_F1_MS,
                "" if p95["f1"] <= GOAL_F1_MS else _why(backend, "F1", mid[0])),
         Figure(SUBJECT, f"F2 p50, {label}", percentile(f2, 50), "ms", percentile(b2, 50),
-               f"brute force p50, n={nb}", note=f"n={n} index people"),
+               f"brute force p50, n={nb}", note=f"n={n2} index people"),
         Figure(SUBJECT, f"F2 p95, {label}", p95["f2"], "ms", percentile(b2, 95),
                f"brute force p95, n={nb}", f"≤ {GOAL_F2_MS:g} ms", p95["f2"] <= GOAL_F2_MS,
                "" if p95["f2"] <= GOAL_F2_MS else _why(backend, "F2", mid[1])),
