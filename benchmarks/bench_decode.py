@@ -10,9 +10,10 @@ doorway), four candidates run interleaved on the same frame:
   step adds over the library is the ratio to this one;
 * ``pyzbar.decode(frame)``: pyzbar with every default.
 
-Goal: the project's zxing step at most 1.1× the bare zxing-cpp time. It is
-judged against both bare calls: the defaults (what a developer would write) and the
-same options (the wrapper's own overhead, the stricter reading).
+Goal: the project's zxing step at most 1.1× the bare zxing-cpp time, judged like for
+like: against the bare call with the same options (the wrapper's own overhead). The
+bare call with every default reads every format and is several times slower; its row
+is context, not a goal (judged against it, the project would pass trivially).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def run(quick: bool) -> Result:
                 raw[f"{label} {scene}"] = {k: s.summary() for k, s in samples.items()}
                 base = samples["bare zxing-cpp"].median_ms
                 ratio = samples["project zxing"].median_ms / base
+                # Context, not the goal: the bare call with every default reads every
+                # format, several times slower, so the project would pass it trivially.
+                # The goal is judged like for like, against the same options (next row).
                 figures.append(
                     Figure(
                         SUBJECT,
@@ -76,9 +80,8 @@ def run(quick: bool) -> Result:
                         samples["project zxing"].median_ms,
                         "ms",
                         base,
-                        "bare zxing-cpp",
-                        f"≤ {GOAL_RATIO}× bare zxing-cpp",
-                        ratio <= GOAL_RATIO,
+                        "bare zxing-cpp, every format (context)",
+                        note=f"ratio {ratio:.2f}: against the library's defaults, not the goal",
                     )
                 )
                 same = samples["bare zxing-cpp, same options"].median_ms

@@ -150,8 +150,10 @@ def run(quick: bool, tmp: Path) -> Result:
     bare = bare_kib * mb
     fps = frames / ran_s
     figures = [
+        # One goal, judged once, on the peak (the ceiling "while scanning" means); the
+        # steady figure is its context.
         Figure(SUBJECT, "unit RSS while scanning, steady", steady, "MB", bare,
-               "bare python + numpy + zxing-cpp", f"≤ {GOAL_MB:g} MB", steady <= GOAL_MB),
+               "bare python + numpy + zxing-cpp", note="context of the peak's goal"),
         Figure(SUBJECT, "unit RSS while scanning, peak", peak, "MB", bare,
                "bare python + numpy + zxing-cpp", f"≤ {GOAL_MB:g} MB", peak <= GOAL_MB),
         Figure(SUBJECT, "frames/s the unit reached", fps, "frames/s", 15.0, "asked (frames.fps)",
