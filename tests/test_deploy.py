@@ -91,11 +91,12 @@ def test_systemd_analyze_verify_is_clean(service: str, tmp_path: Path) -> None:
     assert "Restrat" in systemd_verify(broken)
 
 
-def test_install_script_is_shellcheck_clean() -> None:
+@pytest.mark.parametrize("script", ["install-unit.sh", "install-hub.sh"])
+def test_install_script_is_shellcheck_clean(script: str) -> None:
     if shutil.which("shellcheck") is None:
         pytest.fail("shellcheck is not installed; `apt-get install shellcheck`")
     done = subprocess.run(
-        ["shellcheck", "--severity=style", str(SCRIPT)],
+        ["shellcheck", "--severity=style", str(DEPLOY / script)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,9 @@ from doorscan.bundle import BUNDLE_DIR
 from doorscan.localbroker import LocalBroker
 from doorscan.netaddr import is_loopback
 from doorscan.wire import FleetKeys, decode_message, topic_fleet_keys
-from provisioning.cli import main
 from provisioning.fleet import FleetHome
 from provisioning.fleet_keys import fleet_keys, public_key_text
-from tests.test_provisioning import retained_registry
-
-
-def run(home: Path, command: str) -> int:
-    return main(["--home", str(home), *shlex.split(command)])
-
-
-def ok(home: Path, command: str) -> None:
-    assert run(home, command) == 0, command
+from tests.test_provisioning import ok, retained_registry, run
 
 
 @pytest.fixture
