@@ -231,13 +231,11 @@ def _figures(backend: str, m: dict[str, Any], data: TraceData) -> list[Figure]:
 
 
 def _why(backend: str, what: str, people: int) -> str:
+    # What the engine does, not a measured breakdown of where the time goes.
     return (
-        f"the {what} answers name {people} people (median) here, and each is reported with"
-        f" its identity: the engine walks the"
-        f" check-ins sealed (one indexed query per F1 person's visits and per visited venue's"
-        f" window) but opens one sealed check-in per reported person (XChaCha20-Poly1305 and"
-        f" JSON in Python), so the answer's size sets the time; a shorter window or a period"
-        f" starting at the F0's first positive day gives smaller answers ({backend})"
+        f"the {what} answers name {people} people (median) here ({backend}); the engine"
+        " issues one indexed query per F1 person's visit and per visited venue's window,"
+        " each row carrying its sealed identity. Not broken down by this report"
     )
 
 
