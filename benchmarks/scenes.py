@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-from datetime import date
+from datetime import UTC, datetime
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from doorscan.cards import CardSigner
 from doorscan.synthetic import cccd_text, health_text, make_people, render_frame
+from doorscan.timefmt import vietnam_day
 
 __all__ = ["code_texts", "code_frame", "doorway_frame", "card_signer"]
 
@@ -42,7 +43,9 @@ def code_texts(count: int, seed: int) -> list[tuple[str, str]]:
             texts.append((kind, health_text(person, masked=rng.random() < 0.3)))
         else:
             card_id = "".join(rng.choice(_CROCKFORD) for _ in range(10))
-            texts.append((kind, signer.issue(person.name, date(2022, 1, 10), card_id)))
+            # Issued today: a card carries its expiry, and the latency bench's scanner
+            # runs on the real clock (a fixed 2022 date expired and refused every card).
+            texts.append((kind, signer.issue(person.name, vietnam_day(datetime.now(UTC)), card_id)))
     return texts
 
 

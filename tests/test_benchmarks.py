@@ -49,6 +49,24 @@ def test_the_journal_benchmark_writes_a_report_with_numbers(tmp_path: Path) -> N
     assert "## Decode speed" not in markdown
 
 
+def test_the_latency_benchmark_runs_on_todays_clock(tmp_path: Path) -> None:
+    """The door's path on real code frames, visitor cards included: a card text that has
+    expired by the day the benchmark runs (as one issued on a fixed date did) fails it."""
+    out = tmp_path / "report"
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--only", "latency"]
+    done = subprocess.run(
+        [*command, "--out", str(out), "--tmp", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((out / "benchmarks.json").read_text(encoding="utf-8"))["figures"]
+    assert figures and all(math.isfinite(f["value"]) for f in figures)
+
+
 def test_an_unknown_benchmark_is_refused_without_a_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--only", "hub", "--out", str(tmp_path)],
