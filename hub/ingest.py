@@ -207,6 +207,12 @@ class Ingestor:
         )
         self._now = now
         self._warned_at: dict[str, float] = {}
+        # The registry as far as scans need it, kept in memory so that a batch costs no
+        # registry query: units and venues found, never the absence of one (a unit
+        # registered a moment ago is then seen at its first scan). Every registry record
+        # comes to every hub process (a plain subscription), which refreshes these.
+        self._units: dict[str, UnitRecord] = {}
+        self._venues: set[str] = set()
         self.counters = IngestCounters()
 
     def handle(
@@ -306,6 +312,7 @@ class Ingestor:
             raise Refusal("id_mismatch", f"venue {venue.venue_id} published on {venue_id}'s topic")
         with _storing():
             self._store.upsert_venue(venue)
+        self._venues.add(venue.venue_id)
 
     def _handle_unit(self, unit_id: str, payload: bytes) -> None:
         if not payload:
@@ -314,9 +321,12 @@ class Ingestor:
         if unit.unit_id != unit_id:
             raise Refusal("id_mismatch", f"unit {unit.unit_id} published on {unit_id}'s topic")
         with _storing():
-            known = self._store.venue(unit.venue_id) is not None
+            known = self._venue_known(unit.venue_id)
             if known:
                 self._store.upsert_unit(unit)
+        # Dropped, not replaced: the store merges a record into what it had (a record
+        # without registered_at keeps the date known), so the next scan reads the result.
+        self._units.pop(unit_id, None)
         if not known:
             raise Refusal("unknown_venue", f"unit {unit_id} names unknown venue {unit.venue_id}")
 
@@ -449,9 +459,9 @@ class Ingestor:
         if not read.scans:
             return verdicts
         with _storing():
-            unit = self._store.unit(read.unit_id)
+            unit = self._unit(read.unit_id)
             venues = {
-                venue_id: self._store.venue(venue_id) is not None
+                venue_id: self._venue_known(venue_id)
                 for venue_id in {r.scan.venue_id for r in read.scans}
             }
         candidates: list[StoredScan] = []
@@ -485,6 +495,19 @@ class Ingestor:
                     held[0].hold.reason if held[0].hold else "",
                 )
         return verdicts
+
+    def _unit(self, unit_id: str) -> UnitRecord | None:
+        unit = self._units.get(unit_id)
+        if unit is None:
+            unit = self._store.unit(unit_id)
+            if unit is not None:
+                self._units[unit_id] = unit
+        return unit
+
+    def _venue_known(self, venue_id: str) -> bool:
+        if venue_id not in self._venues and self._store.venue(venue_id) is not None:
+            self._venues.add(venue_id)  # venues are never deleted
+        return venue_id in self._venues
 
     def _history(
         self, unit_id: str, unit: UnitRecord | None, scans: list[StoredScan]

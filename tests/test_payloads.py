@@ -187,3 +187,31 @@ def test_fuzz_parsers_only_ever_refuse(text: str) -> None:
     ):
         with contextlib.suppress(Refusal):  # a refusal is fine; any other exception fails
             parse(text)
+
+
+def _name_rule(name: str) -> bool:
+    """The name rule, character by character: letters and marks, a few signs, one letter."""
+    nfc = unicodedata.normalize("NFC", name).strip()
+    allowed = all(unicodedata.category(c)[0] in "LM" or c in " '’.-" for c in nfc)
+    return bool(nfc) and allowed and any(unicodedata.category(c)[0] == "L" for c in nfc)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(
+        alphabet=st.one_of(
+            st.sampled_from("Nguyễn Văn Ánh H'Hen Rơ Châm ̣̀́-.’0_\u00a0\u200b\u0301ωЖ中"),
+            st.characters(max_codepoint=0x1FFF),
+        ),
+        max_size=30,
+    ).filter(lambda name: "|" not in name)
+)
+def test_name_check_agrees_with_the_per_character_rule(name: str) -> None:
+    """The quick set check for Latin names decides as the rule does, whatever the text."""
+    text = f"064090123456||{name}|01011990|Nam|Thôn 3|15082021"
+    try:
+        parse_cccd(text, today=date(2024, 1, 1))
+    except Refusal as refusal:
+        assert not _name_rule(name), f"{name!r} refused ({refusal}) though the rule allows it"
+    else:
+        assert _name_rule(name), f"{name!r} accepted though the rule refuses it"

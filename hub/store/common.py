@@ -112,8 +112,12 @@ def identity_fields(who: Identity) -> dict[str, Any]:
     }
 
 
+_IDENTITY_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+"""Made once: json.dumps with options makes a new encoder at each of a batch's scans."""
+
+
 def seal_identity(vault: Vault, scan_id: str, identity: dict[str, Any]) -> bytes:
-    plain = json.dumps(identity, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    plain = _IDENTITY_JSON.encode(identity).encode("utf-8")
     return vault.seal(plain, scan_aad(scan_id))
 
 

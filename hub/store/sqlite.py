@@ -35,28 +35,21 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 # The clear columns of schema 1 are written empty: the identity lives only in the
 # sealed blob (`hub.store.common.scan_row`). A scan id is taken once across ``scans``
-# and ``held_scans``: an insert into either looks at the other. (SQLite needs the
-# WHERE of an INSERT ... SELECT before its ON CONFLICT; it is there.)
+# and ``held_scans``: `_file_scans` looks in both (`_STORED_DIGESTS`) before inserting.
+# A released held row goes back into ``scans`` with `_INSERT_SCAN` too.
 _INSERT_SCAN = (
-    f"INSERT INTO scans ({SCAN_COLUMNS}, content_digest, id_number, name) "  # noqa: S608
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '' "
-    "WHERE NOT EXISTS (SELECT 1 FROM held_scans WHERE scan_id = ?) "
-    "ON CONFLICT (scan_id) DO NOTHING"
-)
-_INSERT_HELD = (
-    f"INSERT INTO held_scans ({SCAN_COLUMNS}, content_digest, held_code, held_reason) "  # noqa: S608
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-    "WHERE NOT EXISTS (SELECT 1 FROM scans WHERE scan_id = ?) "
-    "ON CONFLICT (scan_id) DO NOTHING"
-)
-_STORED_DIGEST = (
-    "SELECT content_digest FROM scans WHERE scan_id = ? "
-    "UNION ALL SELECT content_digest FROM held_scans WHERE scan_id = ?"
-)
-_REFILE = (
     f"INSERT INTO scans ({SCAN_COLUMNS}, content_digest, id_number, name) "  # noqa: S608
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '')"
 )
+_INSERT_HELD = (
+    f"INSERT INTO held_scans ({SCAN_COLUMNS}, content_digest, held_code, held_reason) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_STORED_DIGESTS = (
+    "SELECT scan_id, content_digest FROM scans WHERE scan_id IN ({marks}) "
+    "UNION ALL SELECT scan_id, content_digest FROM held_scans WHERE scan_id IN ({marks})"
+)
+_IDS_PER_QUERY = 500  # twice that many parameters, far below SQLite's limit (32 766)
 
 
 class SqliteStore(SqlStore):
@@ -187,23 +180,39 @@ class SqliteStore(SqlStore):
         digests: list[str | None],
         holds: list[Hold | None],
     ) -> list[Filed]:
+        # Which ids are taken is read first, then the new rows go in with executemany:
+        # one statement per batch instead of one per scan. Nobody can take an id in
+        # between: this runs inside BEGIN IMMEDIATE, which holds the file's write lock.
+        ids = [row[0] for row in rows]
+        taken: dict[str, str | None] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            taken.update(conn.execute(_STORED_DIGESTS.format(marks=marks), chunk * 2).fetchall())
         filed: list[Filed] = []
+        fresh, held = [], []
         for row, digest, hold in zip(rows, digests, holds, strict=True):
             scan_id = row[0]
+            if scan_id in taken:
+                filed.append(taken[scan_id])
+                continue
+            # An id twice in one call: its first row is new, the next ones compare with it.
+            taken[scan_id] = digest
+            filed.append(NEW)
             if hold is None:
-                cursor = conn.execute(_INSERT_SCAN, (*row, digest, scan_id))
+                fresh.append((*row, digest))
             else:
-                cursor = conn.execute(_INSERT_HELD, (*row, digest, hold.code, hold.reason, scan_id))
-            if cursor.rowcount == 1:
-                filed.append(NEW)
-            else:
-                stored = conn.execute(_STORED_DIGEST, (scan_id, scan_id)).fetchone()
-                filed.append(None if stored is None else stored[0])
+                held.append((*row, digest, hold.code, hold.reason))
+        db = self._db()  # the transaction's connection; SqlConnection has no executemany
+        if fresh:
+            db.executemany(_INSERT_SCAN, fresh)
+        if held:
+            db.executemany(_INSERT_HELD, held)
         return filed
 
     def _refile_released(self, conn: SqlConnection, rows: list[tuple[Any, ...]]) -> None:
         for row in rows:
-            conn.execute(_REFILE, row)
+            conn.execute(_INSERT_SCAN, row)
 
     def _purge_scans(self, conn: SqlConnection, cutoff_ms: int) -> int:
         return conn.execute(
