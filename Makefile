@@ -13,7 +13,8 @@ all: test
 # System packages: installed with apt-get when we are root, otherwise we stop and say how.
 # chromium is Debian's, for the dashboard's browser tests (Playwright drives it; no download);
 # shellcheck checks deploy/install-unit.sh; fonts-dejavu-core prints visitor cards (every
-# Vietnamese letter with its marks).
+# Vietnamese letter with its marks); postgresql: the server the hub suite runs on, and the
+# binaries (initdb, pg_basebackup) of the failover test's own primary and standby.
 system-deps:
 	@missing=""; \
 	ldconfig -p 2>/dev/null | grep -q 'libzbar\.so\.0' || missing="$$missing libzbar0"; \
@@ -22,6 +23,8 @@ system-deps:
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	{ ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || command -v initdb >/dev/null; } \
+	  || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

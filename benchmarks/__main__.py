@@ -20,9 +20,11 @@ from benchmarks import (
     bench_decode,
     bench_degraded,
     bench_hub_ingest,
+    bench_ingest_floor,
     bench_journal,
     bench_latency,
     bench_photos,
+    bench_replication,
     bench_rss,
     bench_trace,
     tracedata,
@@ -44,6 +46,16 @@ BENCHES: dict[str, tuple[str, Runner]] = {
     "hub-ingest": (
         bench_hub_ingest.SUBJECT,
         lambda quick, tmp, a: bench_hub_ingest.run(quick, tmp),
+    ),
+    "ingest-floor": (
+        bench_ingest_floor.SUBJECT,
+        lambda quick, tmp, a: bench_ingest_floor.run(
+            quick, tmp, scale=a.trace_scale, cache=a.cache
+        ),
+    ),
+    "replication": (
+        bench_replication.SUBJECT,
+        lambda quick, tmp, a: bench_replication.run(quick, tmp),
     ),
     "trace": (
         bench_trace.SUBJECT,

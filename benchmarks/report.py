@@ -32,6 +32,7 @@ __all__ = [
     "machine",
     "load_average",
     "percentile",
+    "render_scaling",
     "write_report",
 ]
 
@@ -120,6 +121,9 @@ class Figure:
 
     `ratio` is value / baseline. `met` is None where the issue sets no goal for this
     row (context figures); `note` says what was measured or why a goal is missed.
+    `floor` is the least the same answer can cost, measured in the same run (the best
+    set-based SQL inside the database, for the trace); `floor_ratio` is value / floor,
+    how far the figure is from it. A section with floors gets two more columns.
     """
 
     subject: str
@@ -131,11 +135,16 @@ class Figure:
     goal: str = ""
     met: bool | None = None
     note: str = ""
+    floor: float | None = None
+    floor_name: str = ""
     ratio: float | None = field(init=False, default=None)
+    floor_ratio: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.baseline:
             self.ratio = self.value / self.baseline
+        if self.floor:
+            self.floor_ratio = self.value / self.floor
 
 
 @dataclass
@@ -237,8 +246,35 @@ def machine(temp_dir: Path) -> dict[str, Any]:
 
 # --- the report ------------------------------------------------------------------------
 
-HUB_SUBJECTS = ("Hub ingest through Mosquitto", "Hub trace")
-"""The hub's sections (bench_hub_ingest, bench_trace); a run without them says so."""
+HUB_SUBJECTS = (
+    "Hub ingest through Mosquitto",
+    "Hub ingest against its floor",
+    "Hub ingest with a synchronous standby",
+    "Hub trace",
+)
+"""The hub's sections (bench_hub_ingest, bench_ingest_floor, bench_replication,
+bench_trace); a run without them says so, and docs/scaling.md quotes them."""
+SCALING_START, SCALING_END = "<!-- measured:start -->", "<!-- measured:end -->"
+
+
+def render_scaling(text: str, figures: Sequence[Figure], when: str, quick: bool) -> str:
+    """docs/scaling.md with its measured block (between `SCALING_START` and `SCALING_END`)
+    written again from this run's hub figures; unchanged if it has no such block or the
+    run measured no hub figure (a run of the unit's benchmarks leaves it as it was)."""
+    rows = [f for subject in HUB_SUBJECTS for f in figures if f.subject == subject]
+    if not rows or SCALING_START not in text or SCALING_END not in text:
+        return text
+    head, _, rest = text.partition(SCALING_START)
+    _, _, tail = rest.partition(SCALING_END)
+    kind = "QUICK, small samples, not for quoting" if quick else "full"
+    block = [
+        f"Written by `make bench` from its run of {when} ({kind}); do not edit by hand.",
+        "Each figure's baseline and floor were measured in the same run;",
+        "[benchmarks.md](benchmarks.md) says how, and gives the notes.",
+        "",
+        *_table(rows),
+    ]
+    return f"{head}{SCALING_START}\n" + "\n".join(block) + f"\n{SCALING_END}{tail}"
 
 
 def _hub_not_run(sections: Mapping[str, str]) -> list[str]:
@@ -307,18 +343,24 @@ def _met(met: bool | None) -> str:
 
 
 def _table(figures: Sequence[Figure]) -> list[str]:
+    floors = any(f.floor_name for f in figures)
     lines = [
-        "| figure | value | baseline (same run) | ratio | goal | met? |",
-        "|---|---|---|---|---|---|",
+        "| figure | value | baseline (same run) | ratio | goal | met? |"
+        + (" floor (same run) | × floor |" if floors else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if floors else ""),
     ]
     for f in figures:
         baseline = f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline_name else "–"
         # Three significant figures: a trace at 0.0035× of its brute force is not "0.00×".
         ratio = f"{f.ratio:.3g}×" if f.ratio is not None else "–"
-        lines.append(
+        row = (
             f"| {f.name} | {_fmt(f.value, f.unit)} | {baseline} | {ratio} | {f.goal or '–'} "
             f"| {_met(f.met)} |"
         )
+        if floors:
+            floor = f"{_fmt(f.floor, f.unit)} ({f.floor_name})" if f.floor_name else "–"
+            row += f" {floor} | {f'{f.floor_ratio:.3g}×' if f.floor_ratio is not None else '–'} |"
+        lines.append(row)
     return lines
 
 
@@ -383,6 +425,12 @@ def write_report(
     lines += _hub_not_run(sections)
     md = out_dir / "benchmarks.md"
     md.write_text("\n".join(lines), encoding="utf-8")
+    scaling = out_dir / "scaling.md"
+    if scaling.exists():
+        before = scaling.read_text(encoding="utf-8")
+        after = render_scaling(before, figures, when, quick)
+        if after != before:
+            scaling.write_text(after, encoding="utf-8")
     js = out_dir / "benchmarks.json"
     js.write_text(
         json.dumps(

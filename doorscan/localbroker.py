@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from doorscan.wire.limits import BROKER_MAX_INFLIGHT
+
 __all__ = ["LocalBroker", "find_mosquitto", "free_port"]
 
 
@@ -65,7 +67,7 @@ class LocalBroker:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            "max_inflight_messages 100\n"
+            f"max_inflight_messages {BROKER_MAX_INFLIGHT}\n"
             "max_queued_messages 100000\n"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\n" + extra_config

@@ -32,7 +32,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -67,12 +67,21 @@ from hub.batch_reader import ReadBatch, read_batch
 from hub.history import UnitHistory, hold_of
 from hub.judge import RETRY_CODES, ScanJudge, dated
 from hub.keycheck import key_problems
-from hub.store import BatchConflict, BatchKey, NewDeadLetter, Store, StoredScan
+from hub.store import (
+    BatchConflict,
+    BatchInsert,
+    BatchKey,
+    InsertResult,
+    NewDeadLetter,
+    Store,
+    StoredScan,
+)
 
 if TYPE_CHECKING:
     from hub.web.metrics import HubMetrics
 
 __all__ = [
+    "Delivery",
     "IngestCounters",
     "Ingestor",
     "KeysMismatch",
@@ -133,6 +142,7 @@ class IngestCounters:
     scans_deferred: int = 0
     dead_letters: int = 0
     statuses: int = 0
+    scan_commits: int = 0  # store transactions that wrote scan batches (a group: one)
     refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -143,6 +153,29 @@ class _Verdicts:
     good: list[StoredScan] = field(default_factory=list)
     refused: list[tuple[str, Refusal]] = field(default_factory=list)
     letters: list[NewDeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message as the broker delivered it, for `Ingestor.handle_group`."""
+
+    topic: str
+    payload: bytes
+    retained: bool = False
+    qos: int = 1
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A scan batch read and judged, waiting for its store transaction."""
+
+    topic: str
+    payload: bytes
+    read: ReadBatch
+    verdicts: _Verdicts
+    key: BatchKey
+    now: datetime
+    replies: list[Reply]
 
 
 @dataclass(frozen=True)
@@ -213,6 +246,11 @@ class Ingestor:
         # comes to every hub process (a plain subscription), which refreshes these.
         self._units: dict[str, UnitRecord] = {}
         self._venues: set[str] = set()
+        # Each unit's last word that it held nothing unsent (`hub.history`), read once and
+        # dropped at each status of the unit, which every hub process receives too.
+        self._drained: dict[str, datetime | None] = {}
+        # Scan times of a group's batches judged but not yet committed (`handle_group`).
+        self._group_times: dict[str, list[int]] = {}
         self.counters = IngestCounters()
 
     def handle(
@@ -229,7 +267,7 @@ class Ingestor:
             # Outside the try below, whose catch-all would keep the batch as a dead
             # letter and so settle it: this one must stay with the broker, unsettled.
             raise KeysMismatch("; ".join(self.key_problems))
-        try:
+        with self._kept_if_it_fails(topic, payload):
             kind, entity_id = parse_topic(topic)
             if kind == "scans":
                 return self._handle_batch(topic, entity_id, payload, retained, qos)
@@ -244,7 +282,13 @@ class Ingestor:
             elif kind == "fleet_keys":
                 self._handle_fleet_keys(payload)
             # Ack, config and hub topics are the hub's own words: nothing to store.
-            return []
+        return []
+
+    @contextmanager
+    def _kept_if_it_fails(self, topic: str, payload: bytes) -> Iterator[None]:
+        """Whatever handling a message raises but `StoreFailure` keeps it as a dead letter."""
+        try:
+            yield
         except Refusal as refusal:
             self._dead_letter(topic, payload, refusal)
         except StoreFailure:
@@ -253,7 +297,6 @@ class Ingestor:
             # A bug of ours, found by a message: keep the message, keep consuming.
             log.exception("handling a message on %s failed; it is kept as a dead letter", topic)
             self._dead_letter(topic, payload, _internal(exc))
-        return []
 
     def poison(self, topic: str, payload: bytes, attempts: int, last_error: str) -> list[Reply]:
         """Give up on a message the store failed on `attempts` times: keep it, answer it.
@@ -380,6 +423,7 @@ class Ingestor:
                 encode_message(status).decode("utf-8"),
                 drained_at=drained,
             )
+        self._drained.pop(unit_id, None)  # the store keeps the latest: read it there
         self.counters.statuses += 1
 
     # -- scans --------------------------------------------------------------------------
@@ -387,6 +431,89 @@ class Ingestor:
     def _handle_batch(
         self, topic: str, unit_id: str, payload: bytes, retained: bool, qos: int
     ) -> list[Reply]:
+        prepared = self._prepare_batch(topic, unit_id, payload, retained, qos)
+        if not isinstance(prepared, _Pending):
+            return prepared
+        try:
+            with _storing():
+                # The commit happens here; the ack is built only after it returned.
+                result: InsertResult | BatchConflict = self._store.insert_scans(
+                    prepared.verdicts.good,
+                    received_at=prepared.now,
+                    batch=prepared.key,
+                    letters=prepared.verdicts.letters,
+                )
+            self.counters.scan_commits += 1
+        except StoreFailure as failure:
+            if not isinstance(failure.__cause__, BatchConflict):
+                raise
+            result = failure.__cause__
+        return self._finish_batch(prepared, result)
+
+    def handle_group(self, messages: Sequence[Delivery]) -> list[list[Reply] | None]:
+        """Handle several messages with one commit for all their scan batches (group commit).
+
+        Each message is judged as `handle` would, in order; what the scan batches store
+        is then written in one transaction, and only after its commit are the replies
+        built: one list per message, in order. Other messages (registry, statuses) and
+        whatever is refused whole are written as they come, as `handle` writes them.
+        None in place of a message's replies: the store failed before it was settled
+        (the group's transaction, or this message or an earlier one on its own), nothing
+        of it was stored, and the caller must handle it alone (`handle`), which tells a
+        store that is down from a message that breaks it. `KeysMismatch` as `handle`.
+        """
+        if self.key_problems and any(d.topic.endswith("/scans") for d in messages):
+            raise KeysMismatch("; ".join(self.key_problems))
+        prepared: list[list[Reply] | _Pending | None] = []
+        try:
+            for delivery in messages:
+                prepared.append(self._prepare(delivery))
+        except StoreFailure as failure:
+            log.warning("the store failed within a group (%s); the rest goes alone", failure)
+            prepared += [None] * (len(messages) - len(prepared))
+        finally:
+            self._group_times.clear()
+        pending = [p for p in prepared if isinstance(p, _Pending)]
+        if not pending:
+            return [p for p in prepared if not isinstance(p, _Pending)]
+        try:
+            with _storing():
+                results = self._store.insert_batches(
+                    [BatchInsert(p.verdicts.good, p.key, p.verdicts.letters) for p in pending],
+                    received_at=self._now(),
+                )
+        except StoreFailure as failure:
+            log.warning("storing %d batches together failed: %s", len(pending), failure)
+            return [None if isinstance(p, _Pending) else p for p in prepared]
+        self.counters.scan_commits += 1
+        finished = iter([self._finish_batch(p, r) for p, r in zip(pending, results, strict=True)])
+        return [next(finished) if isinstance(p, _Pending) else p for p in prepared]
+
+    def _prepare(self, delivery: Delivery) -> list[Reply] | _Pending:
+        """A scan batch judged and ready to store, or what `handle` answers anything else."""
+        topic, payload = delivery.topic, delivery.payload
+        try:
+            kind, unit_id = parse_topic(topic)
+        except Refusal:
+            kind = unit_id = ""
+        if kind != "scans":
+            return self.handle(topic, payload, retained=delivery.retained, qos=delivery.qos)
+        self.counters.messages += 1
+        prepared: list[Reply] | _Pending = []
+        with self._kept_if_it_fails(topic, payload):
+            prepared = self._prepare_batch(topic, unit_id, payload, delivery.retained, delivery.qos)
+        if isinstance(prepared, _Pending):
+            # The next batch of this unit in the group sees these scans as stored
+            # (`hub.history`'s flood bound), as it would if each were committed alone.
+            self._group_times.setdefault(unit_id, []).extend(
+                to_ms(s.scanned_at) for s in prepared.verdicts.good if s.hold is None
+            )
+        return prepared
+
+    def _prepare_batch(
+        self, topic: str, unit_id: str, payload: bytes, retained: bool, qos: int
+    ) -> list[Reply] | _Pending:
+        """Read and judge a batch: what to store (`_Pending`), or the answer already."""
         if not payload:
             # Nothing to keep and nobody to answer: the hub's own clearing of a retained
             # batch (below) comes back to it like this, live or at a subscribe.
@@ -414,21 +541,22 @@ class Ingestor:
             unit_id,
             hashlib.sha256("\n".join(sorted(read.scan_ids)).encode()).hexdigest(),
         )
-        try:
-            with _storing():
-                # The commit happens here; the ack is built only after it returned.
-                result = self._store.insert_scans(
-                    verdicts.good, received_at=now, batch=key, letters=verdicts.letters
-                )
-        except StoreFailure as failure:
-            if isinstance(failure.__cause__, BatchConflict):
-                conflict = Refusal("batch_conflict", str(failure.__cause__))
-                return replies + self._refuse_whole(topic, payload, read, conflict)
-            raise
+        return _Pending(topic, payload, read, verdicts, key, now, replies)
+
+    def _finish_batch(
+        self, prepared: _Pending, result: InsertResult | BatchConflict
+    ) -> list[Reply]:
+        """The answer to a batch whose store transaction committed (or refused it whole)."""
+        topic, payload, read = prepared.topic, prepared.payload, prepared.read
+        replies = prepared.replies
+        if isinstance(result, BatchConflict):
+            conflict = Refusal("batch_conflict", str(result))
+            return replies + self._refuse_whole(topic, payload, read, conflict)
         self.counters.scans_stored += len(result.new)
         self.counters.scans_duplicate += len(result.duplicate)
+        verdicts = prepared.verdicts
         if self._metrics is not None:
-            self._observe(verdicts.good, set(result.new), now)
+            self._observe(verdicts.good, set(result.new), prepared.now)
         conflicts = [
             (
                 scan_id,
@@ -438,7 +566,9 @@ class Ingestor:
         ]
         for scan_id, why in conflicts:
             log.error(
-                "scan %s from %s: its id was stored before with other content", scan_id, unit_id
+                "scan %s from %s: its id was stored before with other content",
+                scan_id,
+                read.unit_id,
             )
             self._count(why)
         if result.replayed:
@@ -515,10 +645,21 @@ class Ingestor:
         times = [to_ms(s.scanned_at) for s in scans]
         window_ms = RATE_WINDOW_S * 1000
         with _storing():
-            drained = None if self._statuses is None else self._statuses.unit_drained_at(unit_id)
-            nearby = self._store.unit_scan_times(
-                unit_id, min(times) - window_ms, max(times) + window_ms
+            if unit_id in self._drained:
+                drained = self._drained[unit_id]
+            else:
+                drained = (
+                    None if self._statuses is None else self._statuses.unit_drained_at(unit_id)
+                )
+                self._drained[unit_id] = drained
+            # Read only for the flood bound; with none set (a lab), nothing to compare.
+            nearby = (
+                self._store.unit_scan_times(unit_id, min(times) - window_ms, max(times) + window_ms)
+                if self._max_per_window
+                else []
             )
+        if self._group_times.get(unit_id):
+            nearby = sorted(nearby + self._group_times[unit_id])
         registered = None if unit is None or unit.registered_at is None else unit.registered_at
         return UnitHistory(
             None if registered is None else to_ms(registered),

@@ -35,6 +35,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -64,8 +65,8 @@ from doorscan.wire import (
     encode_message,
     topic_hub_status,
 )
-from doorscan.wire.limits import MAX_DELIVERY_ATTEMPTS
-from hub.ingest import Ingestor, KeysMismatch, Reply
+from doorscan.wire.limits import BROKER_MAX_INFLIGHT, MAX_DELIVERY_ATTEMPTS
+from hub.ingest import Delivery, Ingestor, KeysMismatch, Reply
 
 __all__ = [
     "SHARED_GROUP",
@@ -80,6 +81,8 @@ log = logging.getLogger(__name__)
 
 SHARED_GROUP = "doorscan-hub"
 """The share name the hub's workers use: one group, so each batch goes to one worker."""
+GROUP_MAX = BROKER_MAX_INFLIGHT
+"""Deliveries settled with one commit at most: no more can be waiting unacked."""
 
 
 def shared_scans_topic(group: str = SHARED_GROUP) -> str:
@@ -155,10 +158,20 @@ class HubService:
         self._stored: Counter[str] = Counter()
         self._failed: OrderedDict[bytes, _Failures] = OrderedDict()
         self._retries = _RetryQueue(self._retry_due)
+        # Messages go from the MQTT thread to one ingest thread, which takes whatever has
+        # queued up as one group: one commit for all of it (`Ingestor.handle_group`).
+        self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
+        # A delivery's packet id means something only on the connection it came on.
+        self._connection = 0
+        self._ingest_thread = threading.Thread(
+            target=self._ingest_loop, name="hub-ingest", daemon=True
+        )
         self.acks_sent = 0
         self.failures = 0
 
     def start(self) -> HubService:
+        if self._ingest_thread.ident is None:  # `with` after start() starts it once
+            self._ingest_thread.start()
         self._client.connect_async(self._host, self._port, self._keepalive_s)
         self._client.loop_start()
         return self
@@ -182,6 +195,10 @@ class HubService:
                 log.warning("the hub's offline status was not confirmed: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
+        # What is still queued stays unacked: the broker delivers it again.
+        self._inbox.put(None)
+        if self._ingest_thread.is_alive():
+            self._ingest_thread.join(30)
 
     def waiting(self) -> int:
         """Messages not acked because the store failed on them, waiting to be tried again."""
@@ -226,25 +243,98 @@ class HubService:
             if any(r.is_failure for r in reasons):
                 log.error("broker refused the scans subscription: %s", reasons)
                 return
-            self._connected.set()
+            # Set by the ingest thread once it has settled what came before.
+            self._inbox.put(_Subscribed())
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self._connected.clear()
-        # The broker hands the unacknowledged messages again after the reconnect.
+        # The broker hands the unacknowledged messages again after the reconnect; their
+        # old packet ids would ack other messages there (queued ones are left unacked).
+        self._connection += 1
         self._retries.clear()
         if not self._closed:
             log.warning("hub lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._settle(message)
+        self._inbox.put((self._connection, message))
 
     def _retry_due(self, message: mqtt.MQTTMessage) -> None:
         if self._connected.is_set() and not self._closed:
-            self._settle(message)
+            self._settle(message, self._connection)
 
-    def _settle(self, message: mqtt.MQTTMessage) -> None:
+    def _ingest_loop(self) -> None:
+        """Take what has queued (at most `GROUP_MAX`), settle it, repeat until `close`.
+
+        No message waits for company: a group is what arrived while the last one was
+        being stored, so under light load each message is its own group, and an ack
+        never waits longer than one group's handling and commit.
+        """
+        while True:
+            first = self._inbox.get()
+            if first is None:
+                return
+            group: list[tuple[int, mqtt.MQTTMessage]] = []
+            stop = ready = False
+            item: _Inbox = first
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, _Subscribed):
+                    ready = True  # what came before it is settled first, below
+                else:
+                    group.append(item)
+                if stop or ready or len(group) >= GROUP_MAX:
+                    break
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                if len(group) == 1:
+                    self._settle(group[0][1], group[0][0])
+                elif group:
+                    self._settle_group(group)
+            except Exception:  # this thread must outlive any message
+                log.exception("settling %d messages failed; they stay unacked", len(group))
+            if ready:
+                # Every retained registry record the broker sent before confirming the
+                # scans subscription is now stored: only then is the hub "connected".
+                self._connected.set()
+            if stop:
+                return
+
+    def _settle_group(self, group: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+        """Handle several deliveries with one commit, then PUBACK each (`_settle` alike).
+
+        A delivery the group could not settle (the store failed) goes through `_settle`
+        alone, which retries it or, if it alone fails, keeps it as poison.
+        """
+        deliveries = [Delivery(m.topic, bytes(m.payload), bool(m.retain), m.qos) for _, m in group]
+        answers: list[list[Reply] | None]
+        with self._handling:
+            try:
+                answers = self.ingestor.handle_group(deliveries)
+            except KeysMismatch:
+                return  # left unacked, as `_settle` leaves them
+            except Exception:
+                log.exception("handling %d messages together failed; one by one", len(group))
+                answers = [None] * len(group)
+            for delivery, replies in zip(deliveries, answers, strict=True):
+                if replies is not None:
+                    self._stored[_kind(delivery.topic)] += 1
+                    self._failed.pop(_key(delivery.topic, delivery.payload), None)
+        alone = []
+        for (connection, message), replies in zip(group, answers, strict=True):
+            if replies is None:
+                alone.append((connection, message))
+            else:
+                self._answer(message, replies, connection)
+        for connection, message in alone:
+            self._settle(message, connection)
+
+    def _settle(self, message: mqtt.MQTTMessage, connection: int) -> None:
         """Handle one delivery and PUBACK it; on a store failure, try it again later."""
         payload = bytes(message.payload)
         with self._handling:
@@ -265,10 +355,15 @@ class HubService:
             else:
                 self._stored[_kind(message.topic)] += 1
                 self._failed.pop(_key(message.topic, payload), None)
+        self._answer(message, replies, connection)
+
+    def _answer(self, message: mqtt.MQTTMessage, replies: list[Reply], connection: int) -> None:
+        """Publish a settled delivery's replies, then PUBACK it on the connection it came on."""
         for reply in replies:
             self._client.publish(reply.topic, reply.payload, qos=1, retain=reply.retain)
             self.acks_sent += 1
-        self._client.ack(message.mid, message.qos)
+        if connection == self._connection:
+            self._client.ack(message.mid, message.qos)
 
     def _after_failure(
         self, message: mqtt.MQTTMessage, payload: bytes, exc: Exception
@@ -319,6 +414,15 @@ def _hub_status(online: bool) -> bytes:
             at=datetime.now(UTC) if online else None,
         )
     )
+
+
+class _Subscribed:
+    """Queued when the broker confirmed the scans subscription (see `_ingest_loop`)."""
+
+
+_Inbox = tuple[int, mqtt.MQTTMessage] | _Subscribed | None
+"""What the MQTT thread hands the ingest thread: a delivery and the connection it came
+on, the subscription's confirmation, or None: stop."""
 
 
 @dataclass

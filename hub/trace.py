@@ -15,16 +15,25 @@ The rule, exactly (the tests hold an independent brute-force version of it):
 Ties between events of the same earliest time are broken by the smallest person key
 of the degree-k person, then the smallest venue id, so a trace is reproducible.
 
-The engine reads only through `CheckinReader`'s two indexed range queries: for each
-check-in of a person just found it asks for the venue's check-ins in
-``[t - window, t + window]`` clipped to the period; it never loads the whole table.
-It walks check-ins with their identities still sealed, people told apart by pseudonym,
-and opens one check-in per person it reports: the one that made them a contact, whose
-ID number and name the contact then shows (as scanned at that venue). A person found at
-the last degree asked is not expanded further, so their visits are not read at all.
+The engine reads only through a `TraceReader` (`CheckinReader.trace_reader`): one read
+snapshot of the store, so a trace is an answer about one state of the database however
+many scans arrive while it runs. For each degree it takes every check-in t of the people
+found at the degree before, and its window ``[t - window, t + window]`` clipped to the
+period (and to the person's exposure, when the check-in came before it), merges the
+windows per venue, and reads the check-ins inside them in one go from a narrow covering
+index (venue, time, scan id, pseudonym: `hub.store.common_trace`); it never loads the
+whole table and never reads a sealed identity to find a contact. Each venue's check-ins
+are then swept in time order against that venue's frontier check-ins, held sorted, so a
+person's earliest event costs a bisection and a heap step per check-in read, not a
+comparison with every frontier check-in (`_sweep_venue`). People are told apart by
+pseudonym; the engine opens one check-in per person it reports, all of a degree in one
+read: the earliest check-in that made the earliest event, whose ID number and name the
+contact then shows (as scanned at that venue). A person found at the last degree asked
+is not expanded further, so their visits are not read at all.
 
     >>> params = TraceParams(person_key_from_id("064090123456"), since, until)  # doctest: +SKIP
-    >>> [(c.degree, c.name) for c in trace(store, params).contacts]            # doctest: +SKIP
+    >>> with store.trace_reader() as reader:                                   # doctest: +SKIP
+    ...     [(c.degree, c.name) for c in trace(reader, params).contacts]
 
 This module reads and audits nothing itself: every caller reaches it through
 `hub.access.AccessControlledStore.trace`, which checks the role and the reason and
@@ -33,7 +42,11 @@ writes the audit entry (the traced person by the store's pseudonym, never by ID 
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import re
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,7 +54,7 @@ from typing import Any
 from doorscan.errors import Refusal
 from doorscan.payloads import person_key_for_id
 from doorscan.timefmt import format_rfc3339, from_ms, to_ms
-from hub.store import CheckinReader, SealedCheckin
+from hub.store import CheckinRef, TraceReader
 
 __all__ = [
     "DEFAULT_DEPTH",
@@ -209,70 +222,57 @@ class TraceResult:
 class _Found:
     """A person found at some degree: who, since when exposed (None: always), their visits."""
 
-    pseudonym: str
     person_key: str
     id_number: str
     exposed_ms: int | None
     checkins: list[tuple[str, int]]  # (venue_id, at_ms)
 
 
-def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
-    """Run the rule in the module docstring; no audit (`hub.access` writes it)."""
+_Event = tuple[int, str, str, int, str]
+"""(event ms, via person key, venue id; the met person's check-in: at ms, scan id).
+
+Tuples compare in that order, so min() is the tie rule, and then picks the earliest of
+the met person's check-ins that make that event: the one whose identity is shown."""
+
+
+def trace(reader: TraceReader, params: TraceParams) -> TraceResult:
+    """Run the rule in the module docstring on one snapshot; no audit (`hub.access` writes it)."""
     since_ms, until_ms, window_ms = to_ms(params.since), to_ms(params.until), params.window_ms
     key = params.person_key
     known = reader.person(key)
     index_id = known[0] if known else key.split(":", 1)[-1]
     index_pseudonym = reader.pseudonym(key)
-    index_checkins = [
-        (c.venue_id, c.at_ms)
-        for c in reader.sealed_checkins_of(index_pseudonym, since_ms, until_ms)
-    ]
+    # Same-time visits in scan-id order, as they were stored.
+    mine = sorted(
+        (at, scan_id, venue)
+        for venue, at, scan_id, _ in reader.visits_of([index_pseudonym], since_ms, until_ms)
+    )
     index = IndexPerson(
         person_key=key,
         id_number=index_id,
         name=known[1] if known else None,
-        visits=[Visit(venue, from_ms(at)) for venue, at in index_checkins],
+        visits=[Visit(venue, from_ms(at)) for at, _, venue in mine],
     )
     degree_of: dict[str, int] = {index_pseudonym: 0}
-    frontier = [_Found(index_pseudonym, key, index_id, None, index_checkins)]
+    frontier = [_Found(key, index_id, None, [(venue, at) for at, _, venue in mine])]
     contacts: list[Contact] = []
     for degree in range(1, params.depth + 1):
-        # pseudonym -> ((event time, via person key, venue id), the check-in that made it):
-        # min() over the clear keys of the people found before gives the tie rule.
-        best: dict[str, tuple[tuple[int, str, str], SealedCheckin]] = {}
-        via_id: dict[str, str] = {}
-        for p in frontier:
-            via_id[p.person_key] = p.id_number
-            for venue_id, t in p.checkins:
-                lo, hi = max(t - window_ms, since_ms), min(t + window_ms, until_ms)
-                if p.exposed_ms is not None:
-                    if hi < p.exposed_ms:
-                        continue  # every event here ends before p was exposed
-                    if t < p.exposed_ms:
-                        lo = max(lo, p.exposed_ms)  # max(t, t_q) >= exposure needs t_q >= it
-                for other in reader.sealed_checkins_at(venue_id, lo, hi):
-                    if other.pseudonym in degree_of:
-                        continue
-                    event = (max(t, other.at_ms), p.person_key, venue_id)
-                    if other.pseudonym not in best or event < best[other.pseudonym][0]:
-                        best[other.pseudonym] = (event, other)
+        best = _earliest_events(reader, frontier, degree_of, since_ms, until_ms, window_ms)
         if not best:
             break
-        expand = degree < params.depth  # the last degree's visits would never be read
+        degree_of.update(dict.fromkeys(best, degree))
+        opened = reader.open_checkins(
+            [(venue, at, scan_id, q) for q, (_, _, venue, at, scan_id) in best.items()]
+        )
+        visits: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        if degree < params.depth:  # the last degree's visits would never be read
+            for venue, at, _, q in reader.visits_of(best.keys(), since_ms, until_ms):
+                visits[q].append((venue, at))
+        via_id = {p.person_key: p.id_number for p in frontier}
         frontier = []
-        for pseudonym, ((event_ms, via_key, venue_id), checkin) in best.items():
-            degree_of[pseudonym] = degree
-            who = reader.open_checkin(checkin)
-            visits = reader.sealed_checkins_of(pseudonym, since_ms, until_ms) if expand else []
-            frontier.append(
-                _Found(
-                    pseudonym,
-                    who.person_key,
-                    who.id_number,
-                    event_ms,
-                    [(c.venue_id, c.at_ms) for c in visits],
-                )
-            )
+        for q, (event_ms, via_key, venue_id, _, scan_id) in best.items():
+            who = opened[scan_id]
+            frontier.append(_Found(who.person_key, who.id_number, event_ms, visits[q]))
             contacts.append(
                 Contact(
                     person_key=who.person_key,
@@ -284,6 +284,108 @@ def trace(reader: CheckinReader, params: TraceParams) -> TraceResult:
                     via=via_id[via_key],
                 )
             )
-        frontier.sort(key=lambda f: f.person_key)
     contacts.sort(key=lambda c: (c.degree, c.exposed_at, c.id_number, c.person_key))
     return TraceResult(index=index, contacts=contacts, params=params)
+
+
+def _earliest_events(
+    reader: TraceReader,
+    frontier: list[_Found],
+    found: Mapping[str, int],
+    since_ms: int,
+    until_ms: int,
+    window_ms: int,
+) -> dict[str, _Event]:
+    """Each person not yet `found` who has a contact event with the frontier: the earliest.
+
+    One read for the whole degree: the windows of every frontier check-in, merged per
+    venue. Then each venue on its own (`_sweep_venue`).
+    """
+    met_at: dict[str, list[tuple[int, int | None, str]]] = defaultdict(list)
+    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for p in frontier:
+        for venue_id, t in p.checkins:
+            lo, hi = max(t - window_ms, since_ms), min(t + window_ms, until_ms)
+            if p.exposed_ms is not None:
+                if hi < p.exposed_ms:
+                    continue  # every event here ends before p was exposed
+                if t < p.exposed_ms:
+                    lo = max(lo, p.exposed_ms)  # max(t, t_q) >= exposure needs t_q >= it
+            spans[venue_id].append((lo, hi))
+            met_at[venue_id].append((t, p.exposed_ms, p.person_key))
+    windows = {venue_id: _merged(intervals) for venue_id, intervals in spans.items()}
+    rows_at: dict[str, list[CheckinRef]] = defaultdict(list)
+    for row in reader.checkins_in_windows(windows):
+        if row[3] not in found:
+            rows_at[row[0]].append(row)
+    best: dict[str, _Event] = {}
+    for venue_id, rows in rows_at.items():
+        _sweep_venue(venue_id, rows, met_at[venue_id], window_ms, best)
+    return best
+
+
+def _merged(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of closed integer intervals, as disjoint ones in order."""
+    intervals.sort()
+    merged = [intervals[0]]
+    for lo, hi in intervals[1:]:
+        last_lo, last_hi = merged[-1]
+        if lo <= last_hi + 1:
+            merged[-1] = (last_lo, max(last_hi, hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _sweep_venue(
+    venue_id: str,
+    rows: list[CheckinRef],
+    checkins: list[tuple[int, int | None, str]],
+    window_ms: int,
+    best: dict[str, _Event],
+) -> None:
+    """Find each row's earliest event with the frontier's `checkins` here; keep it in `best`.
+
+    `rows` are the venue's check-ins of people not yet found, `checkins` (t, exposed,
+    via person key) the frontier's. A row at `at` meets a check-in t with |t - at| <=
+    window, and the event max(t, at) counts if it is >= the check-in's person's exposure:
+
+    * a check-in at or before the row makes the event `at` itself, the earliest there
+      can be. It counts for rows from max(t, exposure) to t + window: a heap of those
+      open at `at`, by person key, gives the tie rule's pick (stale ones are popped);
+    * otherwise the earliest check-in after the row, if within the window and made
+      when its person was already exposed (t >= exposure), found by bisection.
+
+    Rows in time order, so O((rows + check-ins) log check-ins), not rows x check-ins.
+    """
+    rows.sort()  # one venue: by time, then scan id
+    opening = sorted(
+        (t if exposed is None else max(t, exposed), via, t + window_ms)
+        for t, exposed, via in checkins
+    )
+    later = sorted((t, via) for t, exposed, via in checkins if exposed is None or t >= exposed)
+    later_times = [t for t, _ in later]
+    open_now: list[tuple[str, int]] = []  # (via person key, open until ms), a heap
+    push, pop, after = heapq.heappush, heapq.heappop, bisect.bisect_right
+    i, opened = 0, len(opening)
+    for _, at, scan_id, q in rows:
+        known = best.get(q)
+        if known is not None and known[0] < at:
+            continue  # this row's events are all at or after `at`: none is earlier
+        while i < opened and opening[i][0] <= at:
+            start, via, until = opening[i]
+            if start <= until:
+                push(open_now, (via, until))
+            i += 1
+        while open_now and open_now[0][1] < at:
+            pop(open_now)
+        if open_now:
+            event_ms, via = at, open_now[0][0]
+        else:
+            j = after(later_times, at)
+            if j == len(later) or later_times[j] > at + window_ms:
+                continue
+            event_ms, via = later[j]
+        event = (event_ms, via, venue_id, at, scan_id)
+        if known is None or event < known:
+            best[q] = event

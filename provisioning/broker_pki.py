@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from doorscan.wire import MAX_MESSAGE_BYTES, TOPIC_ROOT
-from doorscan.wire.limits import BROKER_MAX_PACKET_BYTES
+from doorscan.wire.limits import BROKER_MAX_INFLIGHT, BROKER_MAX_PACKET_BYTES
 from provisioning.fleet import InvalidInput, ProvisioningError, write_atomic
 
 __all__ = [
@@ -415,6 +415,9 @@ def mosquitto_conf_text(port: int, files_dir: Path, bind_address: str | None = N
         "# client sending a packet much larger is cut off before the broker reads it all.\n"
         f"message_size_limit {MAX_MESSAGE_BYTES}\n"
         f"max_packet_size {BROKER_MAX_PACKET_BYTES}\n"
+        "# Unacked QoS 1 messages per client (default 20): the hub acks what arrives\n"
+        "# together after one commit, so a wider window lets it store more per commit.\n"
+        f"max_inflight_messages {BROKER_MAX_INFLIGHT}\n"
     )
 
 

@@ -3,9 +3,9 @@
     python -m tests.fault_hub --db hub.db --broker-port 1883 --die-at 3 --when after
 
 It runs the production `HubService` + `Ingestor` + the store ``--db`` names (SQLite or
-PostgreSQL); only the store's `insert_scans` is wrapped, so that on the Nth call the
-process ends with `os._exit(137)` (what a SIGKILL or the OOM killer leaves: no finally
-blocks, no clean disconnect):
+PostgreSQL); only the store's scan commits (`insert_scans`, `insert_batches`) are
+wrapped, so that at the Nth one the process ends with `os._exit(137)` (what a SIGKILL
+or the OOM killer leaves: no finally blocks, no clean disconnect):
 
 * ``--when before``: before delegating, so the batch is not committed;
 * ``--when after``: after the delegate committed, before the ack goes out and before
@@ -20,25 +20,50 @@ import argparse
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from hub.cli_common import load_vault
 from hub.ingest import Ingestor
 from hub.service import HubService
-from hub.store import BatchKey, HubStore, InsertResult, NewDeadLetter, StoredScan
+from hub.store import (
+    BatchConflict,
+    BatchInsert,
+    BatchKey,
+    HubStore,
+    InsertResult,
+    NewDeadLetter,
+    StoredScan,
+)
 from hub.store.factory import open_hub_store
 
 __all__ = ["make_dying", "main"]
 
+T = TypeVar("T")
 EXIT_CODE = 137  # 128 + SIGKILL, so the test can tell the planned death from a crash
 
 
 def make_dying(store: HubStore, *, die_at: int, when: str) -> None:
-    """Make the `die_at`th `insert_scans` of this real store end the process."""
-    real = store.insert_scans
+    """Make the `die_at`th scan commit of this real store end the process: a call of
+    `insert_scans`, or of `insert_batches` (several batches arriving together)."""
     calls = itertools.count(1)
+
+    def dying(commit: Callable[[], T], batches: int) -> T:
+        number = next(calls)
+        death = number == die_at
+        # Said before it happens, so that the test knows how many batches each commit
+        # held (messages that arrived together share one) whichever way it ends.
+        print(f"fault hub: commit {number} holds {batches} batches", flush=True)
+        if death and when == "before":
+            os._exit(EXIT_CODE)
+        result = commit()
+        if death:
+            os._exit(EXIT_CODE)
+        return result
+
+    real_scans, real_batches = store.insert_scans, store.insert_batches
 
     def insert_scans(
         scans: Sequence[StoredScan],
@@ -46,17 +71,17 @@ def make_dying(store: HubStore, *, die_at: int, when: str) -> None:
         batch: BatchKey | None = None,
         letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult:
-        dying = next(calls) == die_at
-        if dying and when == "before":
-            os._exit(EXIT_CODE)
-        result = real(scans, received_at, batch, letters)
-        if dying:
-            os._exit(EXIT_CODE)
-        return result
+        return dying(lambda: real_scans(scans, received_at, batch, letters), 1)
+
+    def insert_batches(
+        batches: Sequence[BatchInsert], received_at: datetime
+    ) -> list[InsertResult | BatchConflict]:
+        return dying(lambda: real_batches(batches, received_at), len(batches))
 
     # Set on this one object, whichever backend's class it is: no class, and no
     # production code, carries the fault.
     store.insert_scans = insert_scans  # type: ignore[method-assign]
+    store.insert_batches = insert_batches  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--broker-host", default="127.0.0.1")
     parser.add_argument("--broker-port", type=int, required=True)
-    parser.add_argument("--die-at", type=int, required=True, help="the Nth insert_scans kills")
+    parser.add_argument("--die-at", type=int, required=True, help="the Nth scan commit kills")
     parser.add_argument("--when", choices=("before", "after"), required=True)
     parser.add_argument("--vault-key", type=Path, help="default: $DOORSCAN_HUB_VAULT_KEY")
     args = parser.parse_args(argv)

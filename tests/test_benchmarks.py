@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_trace import brute_force
+from benchmarks.pgpair import find_pg_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,20 +107,40 @@ def test_the_hub_ingest_benchmark_measures_the_hub_against_the_broker(tmp_path: 
     batched = figures["hub, 500-scan batches, SQLite"]
     for figure in (loopback, single, batched):
         assert math.isfinite(figure["value"]) and figure["value"] > 0, figure
-    # The hub's rows stand next to the loopback rate measured in the same run.
+    # The hub's rows stand next to the loopback rate measured in the same run, and the
+    # single-scan row beside its floor: a subscriber that only answers and acks.
     assert single["baseline"] == loopback["value"] and single["ratio"] > 0
-    assert batched["baseline"] > 0 and {single["met"], batched["met"]} <= {True, False}
+    assert single["met"] in (True, False) and single["floor"] > 0 and single["floor_ratio"] > 0
+    assert batched["baseline"] > 0 and batched["met"] is None  # judged against its floor
     raw = report["raw"]["hub-ingest"]
     assert raw["single"]["scans"] == 100 and raw["batched"]["scans"] == 1000
     pg = raw["postgres"]
     if "scans_per_s" in pg:
         assert set(pg["scans_per_s"]) == {"1", "2"}
-        assert "hub, 500-scan batches, PostgreSQL, 2 workers" in figures
+        assert figures["hub, 500-scan batches, PostgreSQL, 2 workers"]["met"] in (True, False)
     else:
         # Not measured must be said, with the reason, never left out silently.
         assert pg["missing"] and "PostgreSQL rows: **not measured in this run**" in markdown
     assert "## Hub ingest through Mosquitto" in markdown
     assert "## Hub trace" not in markdown and "Hub: not in this run" in markdown
+
+
+def test_the_ingest_floor_benchmark_sets_the_hub_beside_its_floor(tmp_path: Path) -> None:
+    """On an empty and on a loaded database, each backend: the hub's rate beside the rate
+    of the least work that stores the same rows, from the same run."""
+    report, markdown = _run_quick(tmp_path, "ingest-floor", "--cache", str(tmp_path / "cache"))
+    rows = [f for f in report["figures"] if f["name"].startswith("hub, 500-scan batches")]
+    assert {f["name"].split(", into ")[1] for f in rows} == {
+        "empty database",
+        "5,000 scans database",
+    }
+    for row in rows:
+        assert row["value"] > 0 and row["floor"] > 0 and row["floor_ratio"] > 0, row
+        # The goal is set on the loaded database only.
+        assert (row["met"] is None) == row["name"].endswith("empty database"), row
+    sizes = [f for f in report["figures"] if f["name"].startswith("stored size per scan")]
+    assert sizes and all(f["value"] > 0 for f in sizes)
+    assert "## Hub ingest against its floor" in markdown
 
 
 def test_the_trace_benchmark_checks_the_engine_and_reuses_its_cache(tmp_path: Path) -> None:
@@ -131,8 +152,14 @@ def test_the_trace_benchmark_checks_the_engine_and_reuses_its_cache(tmp_path: Pa
     # The engine's answers were compared with the brute force's and found equal.
     assert raw["sqlite"]["checked_equal"] == 2
     assert len(raw["sqlite"]["f1_ms"]) == len(raw["sqlite"]["f2_ms"]) > 0
+    # ... and with the floor SQL's, for every trace timed.
+    assert raw["sqlite"]["floor_equal"] == len(raw["sqlite"]["f1_ms"]) * 2
+    assert len(raw["sqlite"]["floor_f2_ms"]) == len(raw["sqlite"]["f2_ms"])
     p95 = [f for f in report["figures"] if f["name"].startswith(("F1 p95", "F2 p95"))]
     assert p95 and all(f["baseline"] > 0 and f["met"] in (True, False) for f in p95)
+    # Each engine figure stands beside its floor, and names its own sample count.
+    assert all(f["floor"] > 0 and f["floor_ratio"] > 0 and ", n=" in f["name"] for f in p95)
+    assert "| floor (same run) | × floor |" in markdown
     assert len(list(cache.glob("trace-*sqlite*/hub.db"))) == 1
     assert "## Hub trace" in markdown
     again, _ = _run_quick(tmp_path, "trace", "--cache", str(cache))
@@ -153,3 +180,21 @@ def test_the_brute_force_trace_follows_the_exposure_rule() -> None:
     f1, f2 = brute_force(rows, "index", 60 * minute, 2)
     assert f1 == {"b": (1, 30 * minute)}
     assert f2 == {"b": (1, 30 * minute), "e": (2, 150 * minute)}
+
+
+def test_the_replication_benchmark_sets_the_pair_beside_the_primary_alone(
+    tmp_path: Path,
+) -> None:
+    report, markdown = _run_quick(tmp_path, "replication")
+    assert "## Hub ingest with a synchronous standby" in markdown
+    if find_pg_bin() is None:
+        # Not measured must be said, with the reason, never left out silently.
+        assert report["raw"]["replication"]["missing"] and "Not measured" in markdown
+        return
+    figures = {f["name"]: f for f in report["figures"]}
+    for name in ("500-scan batches", "single-scan messages"):
+        figure = figures[f"{name}, primary + synchronous standby"]
+        assert math.isfinite(figure["value"]) and figure["value"] > 0, figure
+        assert figure["baseline"] > 0 and figure["ratio"] > 0, figure
+    raw = report["raw"]["replication"]
+    assert raw["rounds"] == 2 and len(raw["scans_per_s"]["single"]["pair"]) == 2

@@ -207,8 +207,16 @@ def test_hub_killed_around_its_commit_loses_and_doubles_nothing(
     assert match, hub.output()
     counters = json.loads(match.group(1))
 
-    # The fault struck where it was aimed: N-1 or N whole batches committed, no more.
-    assert committed_at_death == BATCH * (DIE_AT - 1 if when == "before" else DIE_AT)
+    # The fault struck where it was aimed: N-1 or N whole commits, no more (a commit
+    # holds every batch that arrived together; the fault hub said how many each held).
+    held = {
+        int(number): int(batches)
+        for number, batches in re.findall(
+            r"fault hub: commit (\d+) holds (\d+) batches", (tmp_path / "fault-hub.log").read_text()
+        )
+    }
+    whole_commits = range(1, DIE_AT if when == "before" else DIE_AT + 1)
+    assert committed_at_death == BATCH * sum(held[n] for n in whole_commits)
     expected = {f"{u}-{i:06d}" for u in units for i in range(400)}
     with open_store(db) as store:
         stored = stored_ids(store, set(units.values()))

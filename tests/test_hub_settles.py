@@ -161,7 +161,7 @@ def test_a_store_that_is_down_holds_everything_back_and_loses_nothing(
 ) -> None:
     down = threading.Event()
     down.set()
-    for method in ("insert_scans", "add_dead_letter", "upsert_unit_status"):
+    for method in ("insert_scans", "insert_batches", "add_dead_letter", "upsert_unit_status"):
         _fail_when(store, method, lambda *args, **kwargs: down.is_set())
     with _hub(store, broker, "hub-d") as hub:
         assert hub.wait_connected(10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from doorscan.synthetic import cccd_text
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
 from hub.access import AccessControlledStore, Role
-from hub.store import StoredScan, StoreError
+from hub.store import StoredScan, StoreError, StoreUnavailable
 from hub.store.common_store import CHECKINS_AT_SQL, CHECKINS_OF_SQL
+from hub.store.common_trace import ARRAY_SQL
 from hub.store.postgres import DELETE_DATED_AHEAD, PostgresStore
 from hub.store.postgres_schema import SCHEMA_VERSION
 from hub.vault import Vault
@@ -30,6 +31,7 @@ from tests.access_data import principal
 from tests.hubdb import PG_URL, pg_schema_url, raw_sql
 from tests.hubstore import TEST_VAULT
 from tests.test_vault import PEOPLE, leaks
+from tests.waiting import wait_for
 
 # Vietnam days: 2022-01-09 (VN) runs from 2022-01-08T17:00Z to 2022-01-09T17:00Z.
 DAY1 = datetime(2022, 1, 7, 17, tzinfo=UTC)
@@ -39,6 +41,9 @@ NOW = DAY3 + timedelta(days=2)
 TODAY = NOW.date()
 DAYS = ["scans_20220108", "scans_20220109", "scans_20220110"]
 TOMORROW = "scans_20220113"  # NOW is the first instant of 2022-01-12 in Vietnam
+# How PostgreSQL names a day's copy of the trace's covering indexes (after "scans_<day>_").
+BY_VENUE = "venue_id_scanned_at_ms_scan_id_person_key_idx"
+BY_PERSON = "person_key_scanned_at_ms_scan_id_venue_id_idx"
 
 
 @pytest.fixture
@@ -264,18 +269,76 @@ def test_trace_queries_are_index_scans_on_the_days_asked(pg_url: str) -> None:
     hour = DAY2 + timedelta(hours=3)
     at_venue = plan(CHECKINS_AT_SQL, "v7", to_ms(hour), to_ms(hour + timedelta(hours=1)))
     assert not seq_scans(at_venue), at_venue
-    assert "scans_20220109_venue_id_scanned_at_ms_idx" in at_venue, at_venue
+    assert f"scans_20220109_{BY_VENUE}" in at_venue, at_venue
     assert "scans_20220108" not in at_venue and "scans_20220110" not in at_venue, at_venue
 
     of_person = plan(CHECKINS_OF_SQL, pseudonym, to_ms(DAY1), to_ms(DAY3 + timedelta(days=1)))
     assert not seq_scans(of_person), of_person
     for name in ("20220108", "20220109", "20220110"):
-        assert f"scans_{name}_person_key_scanned_at_ms_idx" in of_person, of_person
+        assert f"scans_{name}_{BY_PERSON}" in of_person, of_person
 
     # Retention's search for scans dated ahead of their reception reads the partial index.
     dated_ahead = plan(DELETE_DATED_AHEAD, to_ms(DAY2), to_ms(DAY2))
     assert not seq_scans(dated_ahead), dated_ahead
     assert "scans_20220110_received_at_ms_idx" in dated_ahead, dated_ahead
+
+
+def test_the_trace_reads_are_index_only_scans(pg_url: str) -> None:
+    """The statements a trace runs (`ARRAY_SQL`), planned by the server after ANALYZE."""
+    with _open(pg_url) as store:
+        _registry(store, venues=40)
+        for day in range(3):
+            scans = [
+                _scan(f"s{day}-{n}", DAY1 + timedelta(days=day, seconds=17 * n), n % 97, n % 40)
+                for n in range(2000)
+            ]
+            store.insert_scans(scans, received_at=NOW)
+        # Five of the 97 people who scanned: a trace's frontier is a few of many.
+        pseudonyms = [store.pseudonym(p.person_key) for p in PEOPLE[:5]]
+    raw_sql(pg_url, "VACUUM ANALYZE scans")
+    hour = to_ms(DAY2 + timedelta(hours=3))
+    # A thousand windows: as many as an F2 asks for, where a VALUES list was hash-joined.
+    windows = [
+        (f"v{n % 40}", hour + n * 60_000, hour + n * 60_000 + 3_600_000) for n in range(1000)
+    ]
+    (windows_sql, windows_params), *_ = ARRAY_SQL.windows(windows)
+    (visits_sql, visits_params), *_ = ARRAY_SQL.visits(pseudonyms, to_ms(DAY1), to_ms(DAY3))
+    refs = [("v7", to_ms(DAY2), "s1-0", pseudonyms[0])] * 500
+    (opened_sql, opened_params), *_ = ARRAY_SQL.opened(refs)
+
+    def plan(sql: str, params: Sequence[object]) -> str:
+        rows = raw_sql(pg_url, "EXPLAIN " + sql, *params)
+        return "\n".join(str(row[0]) for row in rows)
+
+    for index_only, sql, params in (
+        (BY_VENUE, windows_sql, windows_params),
+        (BY_PERSON, visits_sql, visits_params),
+    ):
+        text = plan(sql, params)
+        # Tomorrow's partition is empty, and an empty table is rightly read without its index.
+        assert "Hash" not in text and "Bitmap" not in text, text
+        for partition in DAYS:
+            assert f"Seq Scan on {partition} " not in text, text
+            assert f"Index Only Scan using {partition}_{index_only}" in text, text
+    # Opening a check-in reads its row, found by the full key of the venue's index.
+    opened = plan(opened_sql, opened_params)
+    assert "Hash" not in opened and "Seq Scan on scans_20220109 " not in opened, opened
+    assert f"Index Scan using scans_20220109_{BY_VENUE}" in opened, opened
+
+
+def test_a_trace_reads_one_repeatable_read_only_snapshot(pg_url: str) -> None:
+    with _open(pg_url) as store:
+        _registry(store)
+        store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
+        with store.trace_reader() as reader:
+            raw = store._reader  # the trace runs on the store's read connection
+            assert raw is not None
+            settings = raw.execute(
+                "SELECT current_setting('transaction_isolation'), "
+                "current_setting('transaction_read_only'), current_setting('jit')"
+            ).fetchone()
+            assert reader.visits_of([store.pseudonym(PEOPLE[0].person_key)], 0, to_ms(NOW))
+    assert settings == ("repeatable read", "on", "off")
 
 
 # -- nothing in the clear ----------------------------------------------------------------------
@@ -332,21 +395,53 @@ def test_a_dump_of_the_database_holds_no_name_and_no_id_number(pg_url: str, tmp_
     assert _hex_leaks(planted) == [PEOPLE[9].id_number]
 
 
-def test_a_lost_connection_fails_one_call_and_the_next_reconnects(pg_url: str) -> None:
-    name = f"doorscan-victim-{_schema(pg_url)}"
+# -- the server goes away (a restart, a failover: tests/test_pg_failover.py) -----------------
+
+_END_BACKEND = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?"
+_BACKENDS_OF = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ?"
+
+
+def test_a_connection_the_server_ended_while_idle_is_replaced_before_use(pg_url: str) -> None:
+    name = f"doorscan-idle-{_schema(pg_url)}"
     with _open(f"{pg_url}&application_name={name}") as store:
         _registry(store)
         store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
-        # A server restart or failover, as the store sees it: its backend goes away.
-        ended = raw_sql(
-            pg_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
-            name,
-        )
-        assert ended == [(True,)]
-        with pytest.raises(psycopg.OperationalError):
-            store.insert_scans([_scan("s2", DAY1)], received_at=NOW)
+        # A server restart or failover, as the store sees it between two calls: its
+        # backend says goodbye and is gone.
+        assert raw_sql(pg_url, _END_BACKEND, name) == [(True,)]
+        assert wait_for(lambda: raw_sql(pg_url, _BACKENDS_OF, name) == [(0,)])
         result = store.insert_scans([_scan("s2", DAY1), _scan("s1", DAY1)], received_at=NOW)
         assert (result.new, result.duplicate) == (["s2"], ["s1"])
     with pytest.raises(StoreError, match="closed"):
         store.counts()
+
+
+def test_a_connection_lost_mid_transaction_fails_that_call_alone(pg_url: str) -> None:
+    name = f"doorscan-busy-{_schema(pg_url)}"
+    failures: list[BaseException] = []
+    with _open(f"{pg_url}&application_name={name}") as store:
+        _registry(store)
+        store.insert_scans([_scan("s1", DAY1)], received_at=NOW)  # its day's partition made
+
+        def insert() -> None:
+            try:
+                store.insert_scans([_scan("s2", DAY1)], received_at=NOW)
+            except BaseException as exc:  # looked at below
+                failures.append(exc)
+
+        with psycopg.connect(pg_url) as blocker:
+            # The ids table held: the store's insert waits in the middle of its transaction.
+            blocker.execute("LOCK TABLE scan_ids IN EXCLUSIVE MODE")
+            thread = threading.Thread(target=insert)
+            thread.start()
+            waiting = (
+                "SELECT COUNT(*) FROM pg_stat_activity "
+                "WHERE application_name = ? AND wait_event_type = 'Lock'"
+            )
+            assert wait_for(lambda: raw_sql(pg_url, waiting, name) == [(1,)])
+            assert raw_sql(pg_url, _END_BACKEND, name) == [(True,)]
+            thread.join(30)
+        assert len(failures) == 1 and isinstance(failures[0], StoreUnavailable), failures
+        assert raw_sql(pg_url, "SELECT COUNT(*) FROM scan_ids WHERE scan_id = 's2'") == [(0,)]
+        result = store.insert_scans([_scan("s2", DAY1), _scan("s1", DAY1)], received_at=NOW)
+        assert (result.new, result.duplicate) == (["s2"], ["s1"])

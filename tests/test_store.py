@@ -156,12 +156,40 @@ def test_venue_range_query_uses_the_index(tmp_path: Path) -> None:
         store.checkins_at("cho-pleiku", 0, 10)
         store.checkins_of("id:1", 0, 10)
         conn.set_trace_callback(None)
-        plans = [
-            " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
-            for sql in statements
-        ]
-    assert "USING INDEX scans_by_venue_time" in plans[0], plans
-    assert "USING INDEX scans_by_person_time" in plans[1], plans
+        plans = [_plan(conn, sql) for sql in statements]
+    # The visitor list and the timeline need the identity: the index, then the row.
+    assert "USING INDEX scans_by_venue_covering" in plans[0], plans
+    assert "USING INDEX scans_by_person_covering" in plans[1], plans
+    # In the index's order: no sort.
+    assert not [plan for plan in plans if "TEMP B-TREE" in plan], plans
+
+
+def test_the_trace_reads_only_the_covering_indexes(tmp_path: Path) -> None:
+    """The statements a trace runs, as SQLite runs them: the index alone, never a row."""
+    statements: list[str] = []
+    with SqliteStore(tmp_path / "hub.db", vault=TEST_VAULT) as store:
+        seed_registry(store)
+        store.insert_scans([scan(n, WHO[n % 5], T0 + timedelta(minutes=n)) for n in range(50)], NOW)
+        with store.trace_reader() as reader:
+            conn = store._reader  # the trace runs on the store's read connection
+            assert conn is not None
+            conn.set_trace_callback(statements.append)
+            spans = [(to_ms(T0), to_ms(T0) + 60_000), (to_ms(T0) + 600_000, to_ms(NOW))]
+            found = reader.checkins_in_windows({"cho-pleiku": spans, "benh-vien": spans})
+            reader.visits_of([store.pseudonym(w.person_key) for w in WHO], 0, to_ms(NOW))
+            conn.set_trace_callback(None)
+            plans = [_plan(conn, sql) for sql in statements if sql.startswith(("WITH", "SELECT"))]
+            opened = reader.open_checkins(found[:3])
+    assert len(found) == 2 + 40 and len(opened) == 3
+    windows, visits = plans
+    assert "SEARCH s USING COVERING INDEX scans_by_venue_covering" in windows, windows
+    assert "USING COVERING INDEX scans_by_person_covering" in visits, visits
+    assert "SCAN scans" not in windows + visits
+
+
+def _plan(conn: sqlite3.Connection, sql: str) -> str:
+    """EXPLAIN QUERY PLAN of a statement the trace callback saw, its values inlined."""
+    return " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql))
 
 
 def test_file_store_is_wal_and_synchronous_full(tmp_path: Path) -> None:
@@ -223,7 +251,7 @@ def test_migrations_run_on_reopen_of_an_existing_file(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         version = raw.execute("PRAGMA user_version").fetchone()[0]
-        assert version == len(SqliteStore.MIGRATIONS) == 10
+        assert version == len(SqliteStore.MIGRATIONS) == 11
     finally:
         raw.close()
 

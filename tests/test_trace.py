@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -17,7 +17,7 @@ from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
-from hub.store import Checkin, HubStore, SealedCheckin, StoredScan
+from hub.store import Checkin, CheckinRef, HubStore, StoredScan, TraceReader
 from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
 from tests.access_data import traced
 from tests.hubstore import open_store
@@ -126,7 +126,13 @@ def run(
         window=timedelta(milliseconds=window),
         depth=depth,
     )
-    return trace(store, params)
+    return traced_in_snapshot(store, params)
+
+
+def traced_in_snapshot(store: HubStore, params: TraceParams) -> TraceResult:
+    """The engine on one snapshot, as `hub.access` runs it, without the access checks."""
+    with store.trace_reader() as reader:
+        return trace(reader, params)
 
 
 @st.composite
@@ -305,45 +311,37 @@ def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
     rows += [Row(2 + n % 6, 0, at(24 * 60 + n)) for n in range(600)]  # the next day, same venue
 
     class Counting:
-        def __init__(self, store: HubStore) -> None:
-            self.store, self.rows, self.opened = store, 0, 0
+        """The store's snapshot reader, counting the check-ins read and opened."""
 
-        def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]:
-            found = self.store.checkins_of(person_key, since_ms, until_ms)
+        def __init__(self, reader: TraceReader) -> None:
+            self.reader, self.rows, self.opened = reader, 0, 0
+
+        def visits_of(
+            self, pseudonyms: Collection[str], since_ms: int, until_ms: int
+        ) -> list[CheckinRef]:
+            found = self.reader.visits_of(pseudonyms, since_ms, until_ms)
             self.rows += len(found)
             return found
 
-        def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]:
-            found = self.store.checkins_at(venue_id, start_ms, end_ms)
+        def checkins_in_windows(
+            self, windows: Mapping[str, Sequence[tuple[int, int]]]
+        ) -> list[CheckinRef]:
+            found = self.reader.checkins_in_windows(windows)
             self.rows += len(found)
             return found
 
-        def sealed_checkins_of(
-            self, pseudonym: str, since_ms: int, until_ms: int
-        ) -> list[SealedCheckin]:
-            found = self.store.sealed_checkins_of(pseudonym, since_ms, until_ms)
-            self.rows += len(found)
-            return found
-
-        def sealed_checkins_at(
-            self, venue_id: str, start_ms: int, end_ms: int
-        ) -> list[SealedCheckin]:
-            found = self.store.sealed_checkins_at(venue_id, start_ms, end_ms)
-            self.rows += len(found)
-            return found
-
-        def open_checkin(self, checkin: SealedCheckin) -> Checkin:
-            self.opened += 1
-            return self.store.open_checkin(checkin)
+        def open_checkins(self, refs: Collection[CheckinRef]) -> dict[str, Checkin]:
+            self.opened += len(refs)
+            return self.reader.open_checkins(refs)
 
         def person(self, person_key: str) -> tuple[str, str] | None:
-            return self.store.person(person_key)
+            return self.reader.person(person_key)
 
         def pseudonym(self, person_key: str) -> str:
-            return self.store.pseudonym(person_key)
+            return self.reader.pseudonym(person_key)
 
-    with build_store(hub_db, rows) as store:
-        reader = Counting(store)
+    with build_store(hub_db, rows) as store, store.trace_reader() as snapshot:
+        reader = Counting(snapshot)
         params = TraceParams(WHO[0].person_key, from_ms(at(-60)), from_ms(at(48 * 60)))
         result = trace(reader, params)
     assert [c.person_key for c in result.contacts] == [WHO[1].person_key]
@@ -353,7 +351,8 @@ def test_the_trace_reads_only_the_windows_it_needs(hub_db: str) -> None:
 
 def test_an_unknown_person_gives_an_empty_trace(hub_db: str) -> None:
     with build_store(hub_db, [Row(1, 0, at(0))]) as store:
-        result = trace(store, TraceParams("id:079201000001", from_ms(at(-10)), from_ms(at(10))))
+        params = TraceParams("id:079201000001", from_ms(at(-10)), from_ms(at(10)))
+        result = traced_in_snapshot(store, params)
     assert result.index.name is None and result.index.id_number == "079201000001"
     assert result.contacts == [] and result.index.visits == []
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 __all__ = [
+    "BROKER_MAX_INFLIGHT",
     "BROKER_MAX_PACKET_BYTES",
     "DEAD_LETTER_PREFIX_BYTES",
     "EARLIEST_SCAN",
@@ -40,6 +41,10 @@ MAX_WIRE_INT = 2**53 - 1
 """The largest integer every JSON reader holds exactly (RFC 7493, I-JSON)."""
 BROKER_MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + 64 * 1024
 """What the broker takes in one MQTT packet: a whole message plus its topic and headers."""
+BROKER_MAX_INFLIGHT = 100
+"""QoS 1 messages the broker sends one client before it must wait for PUBACKs
+(``max_inflight_messages``; Mosquitto's default is 20). The hub settles what arrives
+together with one commit, so this window is also the largest group it can form."""
 DEAD_LETTER_PREFIX_BYTES = 4096
 """Of a payload over `MAX_MESSAGE_BYTES`, the hub keeps this much, its SHA-256 and length."""
 MAX_DELIVERY_ATTEMPTS = 5
@@ -65,6 +70,11 @@ LIMITS: tuple[Limit, ...] = (
         "MQTT packet (payload, topic, headers)",
         f"{BROKER_MAX_PACKET_BYTES:,} bytes",
         "broker (`max_packet_size`, `message_size_limit`)",
+    ),
+    Limit(
+        "QoS 1 messages in flight to one client",
+        f"{BROKER_MAX_INFLIGHT}",
+        "broker (`max_inflight_messages`)",
     ),
     Limit("scans in a batch", f"1 to {MAX_BATCH_SCANS}", "hub: batch `too_many_scans`"),
     Limit("`qr_text`", f"1 to {MAX_QR_CHARS:,} characters", "hub: scan `schema`"),

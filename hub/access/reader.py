@@ -221,6 +221,7 @@ class AccessControlledStore:
 
         A venue may not trace: a trace follows people to other venues. `action` names
         what the answer is for (``trace``, ``export_trace``), so an export is told apart.
+        The whole trace reads one snapshot of the store (`CheckinReader.trace_reader`).
         """
         if self.role is not Role.TRACER:
             why = f"the {self.role} role may not trace; only the health service (role tracer) may"
@@ -236,9 +237,14 @@ class AccessControlledStore:
             id_text=id_text.strip(),
         )
         audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
-        return self._trail.read(
-            action, reason, audited, at, lambda: trace(self._store, params), size=_trace_size
-        )
+
+        def read() -> TraceResult:
+            # One read snapshot for the whole trace, closed before the trail appends the
+            # entry: the append is a write, which a read-only snapshot cannot make.
+            with self._store.trace_reader() as reader:
+                return trace(reader, params)
+
+        return self._trail.read(action, reason, audited, at, read, size=_trace_size)
 
     def timeline(
         self, id_text: str, since: datetime, until: datetime, reason: str, at: datetime

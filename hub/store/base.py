@@ -29,8 +29,9 @@ What is promised:
   another, and reads return clear values, so callers never see the difference. A
   dead letter's payload and reason are sealed too; its code, source and topic are not.
 - Times are integer milliseconds since the epoch (`doorscan.timefmt.to_ms`), so that a
-  trace is an integer range scan on ``(venue_id, scanned_at_ms)`` or
-  ``(person_key, scanned_at_ms)`` (the key's pseudonym, in the store).
+  trace is integer range scans on ``(venue_id, scanned_at_ms, ...)`` and
+  ``(person_key, scanned_at_ms, ...)`` (the key's pseudonym, in the store), read from
+  those indexes alone (`TraceReader`).
 - Migrations are versioned and applied in order when the store opens, each in its
   own transaction. A database written by a newer doorscan is refused (`StoreError`)
   rather than read wrongly.
@@ -51,7 +52,8 @@ connection handling, and how scans are filed and purged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import TracebackType
@@ -65,13 +67,16 @@ from hub.audit import AuditVerification
 __all__ = [
     "AuditEntry",
     "Checkin",
-    "SealedCheckin",
+    "CheckinRef",
+    "TraceReader",
     "DeadLetter",
     "InsertResult",
     "StoredScan",
     "StoreError",
+    "StoreUnavailable",
     "BatchKey",
     "BatchConflict",
+    "BatchInsert",
     "Hold",
     "HeldScan",
     "NewDeadLetter",
@@ -98,6 +103,14 @@ __all__ = [
 
 class StoreError(DoorscanError, RuntimeError):
     """The store cannot be used as asked (a file from a newer doorscan, a closed store)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached now (down, restarting, failing over): try later.
+
+    Nothing of the call is known to be committed. If the connection was lost during the
+    commit itself, it may have been: a write retried after this must be idempotent, as
+    storing scans is (by ``scan_id``)."""
 
 
 @dataclass(frozen=True)
@@ -176,19 +189,13 @@ class Checkin:
     name: str
 
 
-@dataclass(frozen=True)
-class SealedCheckin:
-    """A stored scan before its identity is opened: who only by pseudonym.
+CheckinRef = tuple[str, int, str, str]
+"""A check-in as the trace's covering indexes hold it: ``(venue_id, at_ms, scan_id, pseudonym)``.
 
-    The trace engine walks these (no decryption) and opens only the one check-in that
-    makes each person a contact (`CheckinReader.open_checkin`).
-    """
-
-    scan_id: str
-    pseudonym: str
-    venue_id: str
-    at_ms: int
-    sealed: bytes
+Who only by pseudonym, no identity: the trace engine walks these and opens only the
+check-ins it reports (`TraceReader.open_checkins`). A plain tuple, not a dataclass: an
+F2 trace reads a hundred thousand of them and unpacks each once.
+"""
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,15 @@ class Registry(Protocol):
         """Drop the kept `FleetKeys` (True if there was one): the next that arrives counts."""
 
 
+@dataclass(frozen=True)
+class BatchInsert:
+    """One unit batch's share of a group commit (`ScanSink.insert_batches`)."""
+
+    scans: Sequence[StoredScan]
+    batch: BatchKey
+    letters: Sequence[NewDeadLetter] = ()
+
+
 class ScanSink(Protocol):
     def insert_scans(
         self,
@@ -285,6 +301,17 @@ class ScanSink(Protocol):
         batch: BatchKey | None = None,
         letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult: ...
+    def insert_batches(
+        self, batches: Sequence[BatchInsert], received_at: datetime
+    ) -> list[InsertResult | BatchConflict]:
+        """`insert_scans` for each batch, in order, all in one transaction (one commit).
+
+        A batch whose id was received before with other scans stores nothing and its
+        place in the answer is the `BatchConflict`; the others are stored. Anything
+        else that fails rolls the whole group back and raises.
+        """
+        ...
+
     def add_dead_letter(
         self, source: str, topic: str, payload: bytes, code: str, reason: str, received_at: datetime
     ) -> None: ...
@@ -295,24 +322,55 @@ class ScanSink(Protocol):
     def unit_scan_times(self, unit_id: str, since_ms: int, until_ms: int) -> list[int]: ...
 
 
+class TraceReader(Protocol):
+    """The trace's reads, all in one read snapshot (`CheckinReader.trace_reader`).
+
+    Check-ins come back as `CheckinRef` straight from the covering indexes, in no
+    promised order; identities are opened only for what is asked (`open_checkins`).
+    """
+
+    def visits_of(
+        self, pseudonyms: Collection[str], since_ms: int, until_ms: int
+    ) -> list[CheckinRef]:
+        """Every check-in of these people with since <= time <= until."""
+
+    def checkins_in_windows(
+        self, windows: Mapping[str, Sequence[tuple[int, int]]]
+    ) -> list[CheckinRef]:
+        """Every check-in at each venue with start <= time <= end for one of its windows.
+
+        `windows` maps a venue id to disjoint ``(start_ms, end_ms)`` intervals; a
+        check-in in two overlapping ones would come back twice.
+        """
+
+    def open_checkins(self, refs: Collection[CheckinRef]) -> dict[str, Checkin]:
+        """The clear check-ins of `refs`, by scan id; each identity checked to be its row's."""
+
+    def person(self, person_key: str) -> tuple[str, str] | None:
+        """(id_number, name) from the person's latest scan, or None if never seen."""
+
+    def pseudonym(self, person_key: str) -> str:
+        """The name the store files a person under (`hub.vault.Vault.blind`)."""
+
+
 class CheckinReader(Protocol):
-    """What trace and visitor lists need: two indexed range queries, a name lookup, a pseudonym.
+    """What trace and visitor lists need: indexed range queries, a name lookup, a pseudonym.
 
     Callers speak in clear person keys; the store files people under `pseudonym`
     (`hub.vault.Vault.blind`), which is also how the audit log names whom a trace was about.
-    The ``sealed_`` forms run the same two range queries but leave identities sealed, so a
-    trace that meets thousands of check-ins opens only those it reports (`open_checkin`).
+    A trace reads through `trace_reader`: one read snapshot, so that scans arriving while
+    it runs cannot make one degree disagree with the next.
     """
 
     def checkins_of(self, person_key: str, since_ms: int, until_ms: int) -> list[Checkin]: ...
     def checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[Checkin]: ...
-    def sealed_checkins_of(
-        self, pseudonym: str, since_ms: int, until_ms: int
-    ) -> list[SealedCheckin]: ...
-    def sealed_checkins_at(
-        self, venue_id: str, start_ms: int, end_ms: int
-    ) -> list[SealedCheckin]: ...
-    def open_checkin(self, checkin: SealedCheckin) -> Checkin: ...
+    def trace_reader(self) -> AbstractContextManager[TraceReader]:
+        """A `TraceReader` valid inside the ``with`` block, all of it one read snapshot.
+
+        Hazard: the store's connection is the snapshot's until the block ends, so its
+        other users (the ingest thread of the same store object) wait: keep it to one trace.
+        """
+
     def person(self, person_key: str) -> tuple[str, str] | None: ...
     def pseudonym(self, person_key: str) -> str: ...
 

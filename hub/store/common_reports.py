@@ -11,7 +11,7 @@ Portability: the SQL is plain (no SQLite date functions). A day in Vietnam time
 PostgreSQL alike, and times are after 2020 so the quotient is never negative (where
 the two would round differently). "Last scan" per unit and per venue is a correlated
 ``MAX`` on an index that starts with the unit (``scans_by_unit_time``, migration 7) or
-the venue (``scans_by_venue_time``), so it costs one index probe per unit or venue,
+the venue (``scans_by_venue_covering``), so it costs one index probe per unit or venue,
 not a pass over the scans.
 
 The mixin uses the store's `_transaction()`, `_query()` and vault; the SQL has ``?``

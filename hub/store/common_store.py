@@ -29,6 +29,7 @@ from hub.store.base import (
     AuditEntry,
     AuditQuery,
     BatchConflict,
+    BatchInsert,
     BatchKey,
     Checkin,
     DeadLetter,
@@ -36,7 +37,6 @@ from hub.store.base import (
     Hold,
     InsertResult,
     NewDeadLetter,
-    SealedCheckin,
     StoredScan,
     StoreError,
 )
@@ -53,10 +53,11 @@ from hub.store.common import (
     seal_dead_letter,
 )
 from hub.store.common_reports import SqlReports
+from hub.store.common_trace import LATEST_OF_SQL, SqlTrace
 from hub.store.common_users import SqlUsers
 from hub.vault import SealedDataError, Vault
 
-__all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SEALED_AT_SQL", "SEALED_OF_SQL", "SqlStore"]
+__all__ = ["CHECKINS_AT_SQL", "CHECKINS_OF_SQL", "SqlStore"]
 
 _CHECKIN_COLUMNS = "scan_id, venue_id, scanned_at_ms, identity"
 HELD_COLUMNS = (
@@ -64,18 +65,15 @@ HELD_COLUMNS = (
     "source, received_at_ms, name_key"
 )
 """`hub.store.common.SCAN_COLUMNS`, in ``held_scans``: a released row is filed as it was."""
-_SEALED_COLUMNS = "scan_id, person_key, venue_id, scanned_at_ms, identity"
 _AUDIT_COLUMNS = "id, at_ms, action, reason, params_json, prev_hash, hash"
 _ORDER_BY_TIME = " AND scanned_at_ms BETWEEN ? AND ? ORDER BY scanned_at_ms, scan_id"
 
-# The two trace queries, public so that a test can EXPLAIN exactly what the store runs.
+# The visitor list's and the timeline's queries, public so that a test can EXPLAIN exactly
+# what the store runs (the trace's are in `hub.store.common_trace`).
 CHECKINS_OF_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ?{_ORDER_BY_TIME}"  # noqa: S608
 """Parameters: the person's pseudonym, since_ms, until_ms."""
 CHECKINS_AT_SQL = f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
 """Parameters: venue_id, start_ms, end_ms."""
-# The same two range queries, with the pseudonym and the identity left sealed (trace).
-SEALED_OF_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE person_key = ?{_ORDER_BY_TIME}"  # noqa: S608
-SEALED_AT_SQL = f"SELECT {_SEALED_COLUMNS} FROM scans WHERE venue_id = ?{_ORDER_BY_TIME}"  # noqa: S608
 
 
 class _New:
@@ -88,7 +86,7 @@ NEW = _New()
 Filed = _New | str | None
 
 
-class SqlStore(SqlReports, SqlUsers, Closeable):
+class SqlStore(SqlReports, SqlUsers, SqlTrace, Closeable):
     """The shared body of `SqliteStore` and `PostgresStore`; not opened on its own."""
 
     _vault: Vault
@@ -210,40 +208,79 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
         """
         received_ms = to_ms(received_at)
         # Sealed before the transaction: the write lock is not held while hashing.
-        rows = [scan_row(self._vault, scan, received_ms) for scan in scans]
-        digests = [scan_digest(self._vault, scan) for scan in scans]
-        replayed = False
+        sealed = self._sealed(scans, received_ms)
         with self._transaction() as conn:
-            if batch is not None:
-                cursor = conn.execute(
-                    "INSERT INTO batches (batch_id, unit_id, digest, received_at_ms) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
-                    (batch.batch_id, batch.unit_id, batch.digest, received_ms),
-                )
-                if cursor.rowcount != 1:
-                    (unit_id, digest) = conn.execute(
-                        "SELECT unit_id, digest FROM batches WHERE batch_id = ?", (batch.batch_id,)
-                    ).fetchone()
-                    if (unit_id, digest) != (batch.unit_id, batch.digest):
-                        raise BatchConflict(
-                            f"batch {batch.batch_id} was received before with other scans"
+            return self._insert(conn, scans, sealed, batch, letters, received_ms)
+
+    def insert_batches(
+        self, batches: Sequence[BatchInsert], received_at: datetime
+    ) -> list[InsertResult | BatchConflict]:
+        """`hub.store.base.ScanSink.insert_batches`: several units' batches, one commit."""
+        received_ms = to_ms(received_at)
+        sealed = [self._sealed(item.scans, received_ms) for item in batches]
+        outcomes: list[InsertResult | BatchConflict] = []
+        with self._transaction() as conn:
+            for item, (rows, digests) in zip(batches, sealed, strict=True):
+                try:
+                    outcomes.append(
+                        self._insert(
+                            conn, item.scans, (rows, digests), item.batch, item.letters, received_ms
                         )
-                    replayed = True
-            filed = (
-                self._file_scans(conn, rows, digests, [scan.hold for scan in scans]) if rows else []
+                    )
+                except BatchConflict as conflict:  # raised before it wrote anything
+                    outcomes.append(conflict)
+        return outcomes
+
+    def _sealed(
+        self, scans: Sequence[StoredScan], received_ms: int
+    ) -> tuple[list[tuple[Any, ...]], list[str | None]]:
+        """The scans' rows (`scan_row`) and digests, computed outside any transaction."""
+        return (
+            [scan_row(self._vault, scan, received_ms) for scan in scans],
+            [scan_digest(self._vault, scan) for scan in scans],
+        )
+
+    def _insert(
+        self,
+        conn: SqlConnection,
+        scans: Sequence[StoredScan],
+        sealed: tuple[list[tuple[Any, ...]], list[str | None]],
+        batch: BatchKey | None,
+        letters: Sequence[NewDeadLetter],
+        received_ms: int,
+    ) -> InsertResult:
+        """One batch inside the caller's transaction: `insert_scans` without the commit."""
+        rows, digests = sealed
+        replayed = False
+        if batch is not None:
+            cursor = conn.execute(
+                "INSERT INTO batches (batch_id, unit_id, digest, received_at_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (batch_id) DO NOTHING",
+                (batch.batch_id, batch.unit_id, batch.digest, received_ms),
             )
-            new, duplicate, conflict = [], [], []
-            for scan, digest, outcome in zip(scans, digests, filed, strict=True):
-                if outcome is NEW:
-                    new.append(scan.scan_id)
-                elif outcome is None or digest is None or outcome == digest:
-                    duplicate.append(scan.scan_id)
-                else:
-                    conflict.append(scan.scan_id)
-                    self._write_dead_letter(conn, _conflict_letter(scan), received_ms)
-            if not replayed:
-                for letter in letters:
-                    self._write_dead_letter(conn, letter, received_ms)
+            if cursor.rowcount != 1:
+                (unit_id, digest) = conn.execute(
+                    "SELECT unit_id, digest FROM batches WHERE batch_id = ?", (batch.batch_id,)
+                ).fetchone()
+                if (unit_id, digest) != (batch.unit_id, batch.digest):
+                    # Before anything of this batch is written: a group commit goes on.
+                    raise BatchConflict(
+                        f"batch {batch.batch_id} was received before with other scans"
+                    )
+                replayed = True
+        filed = self._file_scans(conn, rows, digests, [scan.hold for scan in scans]) if rows else []
+        new, duplicate, conflict = [], [], []
+        for scan, digest, outcome in zip(scans, digests, filed, strict=True):
+            if outcome is NEW:
+                new.append(scan.scan_id)
+            elif outcome is None or digest is None or outcome == digest:
+                duplicate.append(scan.scan_id)
+            else:
+                conflict.append(scan.scan_id)
+                self._write_dead_letter(conn, _conflict_letter(scan), received_ms)
+        if not replayed:
+            for letter in letters:
+                self._write_dead_letter(conn, letter, received_ms)
         return InsertResult(new, duplicate, replayed, conflict)
 
     def add_dead_letter(
@@ -368,29 +405,9 @@ class SqlStore(SqlReports, SqlUsers, Closeable):
         rows = self._query(CHECKINS_AT_SQL, (venue_id, start_ms, end_ms))
         return [self._checkin(row) for row in rows]
 
-    def sealed_checkins_of(
-        self, pseudonym: str, since_ms: int, until_ms: int
-    ) -> list[SealedCheckin]:
-        """`checkins_of` by pseudonym, identities left sealed."""
-        rows = self._query(SEALED_OF_SQL, (pseudonym, since_ms, until_ms))
-        return [SealedCheckin(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-
-    def sealed_checkins_at(self, venue_id: str, start_ms: int, end_ms: int) -> list[SealedCheckin]:
-        """`checkins_at` with identities left sealed."""
-        rows = self._query(SEALED_AT_SQL, (venue_id, start_ms, end_ms))
-        return [SealedCheckin(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
-
-    def open_checkin(self, checkin: SealedCheckin) -> Checkin:
-        """The clear check-in: the identity opened (and checked to be this row's)."""
-        return self._checkin((checkin.scan_id, checkin.venue_id, checkin.at_ms, checkin.sealed))
-
     def person(self, person_key: str) -> tuple[str, str] | None:
         """(id_number, name) from the person's latest scan, or None if never seen."""
-        rows = self._query(
-            f"SELECT {_CHECKIN_COLUMNS} FROM scans WHERE person_key = ? "  # noqa: S608
-            "ORDER BY scanned_at_ms DESC, scan_id DESC LIMIT 1",
-            (self._vault.blind(person_key),),
-        )
+        rows = self._query(LATEST_OF_SQL, (self._vault.blind(person_key),))
         if not rows:
             return None
         latest = self._checkin(rows[0])

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.store.base import HubStore, StoreError
+from hub.store.base import HubStore, StoreError, StoreUnavailable
 from hub.store.sqlite import SqliteStore
 from hub.vault import Vault
 
-__all__ = ["HubStore", "StoreError", "is_postgres", "open_hub_store", "sqlite_path"]
+__all__ = [
+    "HubStore",
+    "StoreError",
+    "StoreUnavailable",
+    "is_postgres",
+    "open_hub_store",
+    "sqlite_path",
+]
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 

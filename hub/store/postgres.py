@@ -19,15 +19,23 @@ are the same ones (`hub.store.common_store`). What is PostgreSQL's own:
 - A partitioned table cannot have ``scan_id`` alone as its key, so the small
   ``scan_ids`` table carries it: ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` there
   decides, in one statement per batch, which scans are new, even between workers.
-- Traces are btree range scans on ``(venue_id, scanned_at_ms)`` and ``(person_key,
-  scanned_at_ms)`` in each day's partition, pruned to the days asked. A plain btree
-  on the integer time serves the trace's ``BETWEEN`` as well as a GiST on a
-  ``tstzrange`` would, without the ``btree_gist`` extension (which needs a superuser
-  to install) and with cheaper inserts.
+- Traces are Index Only Scans of covering btrees on ``(venue_id, scanned_at_ms,
+  scan_id)`` and ``(person_key, scanned_at_ms, scan_id)`` in each day's partition,
+  pruned to the days asked, in one ``REPEATABLE READ`` snapshot
+  (`hub.store.common_trace`). A plain btree on the integer time serves the trace's
+  ``BETWEEN`` as well as a GiST on a ``tstzrange`` would, without the ``btree_gist``
+  extension (which needs a superuser to install) and with cheaper inserts.
 - One connection per store object behind an `RLock`, autocommit off: every method is
   one explicit transaction, committed or rolled back before the lock is released.
   ``synchronous_commit`` is set on, whatever the server's default: a commit returned
-  is on disk, and the hub acks a unit only after it.
+  is on disk, and the hub acks a unit only after it. On a primary whose
+  ``synchronous_standby_names`` names a standby, "on disk" means on the standby's
+  disk too, so a commit returned survives the primary's server.
+- Failover: the URL may name several hosts, libpq's way
+  (``postgresql://hub@db1,db2/doorscan?target_session_attrs=read-write``), and a
+  connection goes to the one that takes writes. A call whose connection is lost raises
+  `StoreUnavailable` (the hub leaves the message unacked and tries again); the next
+  call connects anew and so follows a promoted standby, no restart needed.
 - Identities at rest: as in SQLite, sealed (``identity``, ``BYTEA``), people filed
   under their pseudonym, names only as a keyed hash; there is no clear column at all.
 
@@ -39,16 +47,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
 
 from doorscan.timefmt import to_ms
-from hub.store.base import BatchKey, Hold, InsertResult, NewDeadLetter, StoredScan, StoreError
+from hub.store.base import (
+    BatchConflict,
+    BatchInsert,
+    BatchKey,
+    Hold,
+    InsertResult,
+    NewDeadLetter,
+    StoredScan,
+    StoreError,
+    StoreUnavailable,
+)
 from hub.store.common import (
     DAY_MS,
     SCAN_COLUMNS,
@@ -58,6 +76,7 @@ from hub.store.common import (
     to_format_params,
 )
 from hub.store.common_store import NEW, Filed, SqlStore
+from hub.store.common_trace import ARRAY_SQL
 from hub.store.postgres_schema import (
     AUDIT_INSERT_PG,
     LOCK_SQL,
@@ -70,6 +89,8 @@ from hub.store.postgres_schema import (
 from hub.vault import Vault
 
 __all__ = ["DELETE_DATED_AHEAD", "SCHEMA_VERSION", "PostgresStore"]
+
+T = TypeVar("T")
 
 _INSERT_SCAN = to_format_params(
     f"INSERT INTO scans ({SCAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
@@ -109,6 +130,47 @@ class _Connection:
         return self.raw.execute(to_format_params(sql), parameters)
 
 
+def _one_line(exc: BaseException) -> str:
+    """libpq's multi-line message as one line: logs and the CLI print it as one."""
+    return " ".join(str(exc).split())
+
+
+def _roll_back(raw: psycopg.Connection[Any]) -> None:
+    """End a failed transaction, if its connection still can.
+
+    A connection lost meanwhile is left closed for `PostgresStore._db` to replace (the
+    server rolls back a transaction whose connection ends), and the caller sees the
+    transaction's own error, not the rollback's.
+    """
+    if raw.closed:
+        return
+    with suppress(psycopg.OperationalError):
+        raw.rollback()
+
+
+def _reusable(raw: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection can start the next transaction.
+
+    Not if psycopg saw it break, nor if a transaction was left open on it (its rollback
+    failed), nor if the server ended the session while it sat idle: a server that stops,
+    restarts or is failed over from sends a last message and closes, and reading what has
+    arrived (never waiting: libpq's socket does not block) finds that, so the next call
+    starts on a new connection instead of failing. A server that vanished without a word
+    (power cut, cable) is found only by the next statement: that call fails
+    (`StoreUnavailable`) and the one after it reconnects.
+    """
+    if raw.closed or raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
+    try:
+        # Twice: the first read takes the server's last message, the second meets the
+        # end of the stream (psycopg then marks the connection closed).
+        raw.pgconn.consume_input()
+        raw.pgconn.consume_input()
+    except psycopg.OperationalError:
+        return False
+    return not raw.closed
+
+
 class PostgresStore(SqlStore):
     """`HubStore` on a PostgreSQL database, in the schema its URL's search_path names.
 
@@ -118,6 +180,7 @@ class PostgresStore(SqlStore):
     _login_lock_sql = (
         "SELECT pg_advisory_xact_lock(hashtext('doorscan-login:' || current_schema()))"
     )
+    _trace_sql = ARRAY_SQL  # `hub.store.common_trace`: arrays joined LATERAL, not VALUES lists
 
     def __init__(self, url: str, *, vault: Vault) -> None:
         self.url = url
@@ -129,6 +192,10 @@ class PostgresStore(SqlStore):
         self._where = "PostgreSQL"
         self._closed = False
         self._raw: psycopg.Connection[Any] | None = None
+        self._in_transaction: psycopg.Connection[Any] | None = None  # while one runs
+        # Long reads (a trace) on a connection of their own, so ingest goes on meanwhile.
+        self._read_lock = threading.Lock()
+        self._reader: psycopg.Connection[Any] | None = None
         try:
             self._where = self._setup()
             migrate(self._transaction, vault, self._where)
@@ -153,21 +220,40 @@ class PostgresStore(SqlStore):
             if self._raw is not None:
                 self._raw.close()
                 self._raw = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def _db(self) -> psycopg.Connection[Any]:
         if self._closed:
             raise StoreError(f"the store {self._where} is closed")
-        if self._raw is None or self._raw.closed:
-            # First use, or the server went away (a restart, a failover): the call that
-            # saw it failed and committed nothing; this one starts on a new connection.
+        if self._in_transaction is not None:
+            # The running transaction's connection, even one just lost: a new connection
+            # here would run the rest of the transaction apart from its start, and leave
+            # it open to be committed with the next one.
+            return self._in_transaction
+        if self._raw is not None and not _reusable(self._raw):
+            self._raw.close()
+            self._raw = None
+        if self._raw is None:
+            # First use, or the server went away (a restart, a failover): with several
+            # hosts in the URL and ``target_session_attrs=read-write``, libpq tries each
+            # and keeps the one that takes writes, so after a promotion this finds the
+            # new primary by itself.
+            raw = None
             try:
                 raw = psycopg.connect(self.url, autocommit=False)
-                # A commit must be durable before the hub acks, whatever the server's default.
+                # A commit must be durable before the hub acks, whatever the server's
+                # default; with a synchronous standby, durable on the standby too.
                 raw.execute("SET synchronous_commit = on")
                 raw.commit()
             except psycopg.OperationalError as exc:
-                why = " ".join(str(exc).split())  # one line: the CLI prints it as one
-                raise StoreError(f"cannot connect to the hub database: {why}") from None
+                if raw is not None:
+                    raw.close()
+                raise StoreUnavailable(
+                    f"cannot connect to the hub database: {_one_line(exc)}"
+                ) from None
             self._raw = raw
         return self._raw
 
@@ -176,13 +262,25 @@ class PostgresStore(SqlStore):
         # psycopg begins the transaction at the first statement; it ends here, either way.
         with self._lock:
             raw = self._db()
+            outer, self._in_transaction = self._in_transaction, raw
             try:
-                yield _Connection(raw)
-            except BaseException:
+                try:
+                    yield _Connection(raw)
+                except BaseException:
+                    _roll_back(raw)
+                    raise
+                raw.commit()
+            except psycopg.OperationalError as exc:
                 if not raw.closed:
-                    raw.rollback()
-                raise
-            raw.commit()
+                    raise  # the statement's own failure (a lock timeout): the connection is fine
+                # The connection was lost (the server died, restarted or was demoted): the
+                # server rolls back what it had not committed. Lost during the commit, the
+                # transaction may have committed all the same (`StoreUnavailable`).
+                raise StoreUnavailable(
+                    f"lost the connection to the hub database: {_one_line(exc)}"
+                ) from exc
+            finally:
+                self._in_transaction = outer
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._transaction() as conn:
@@ -195,6 +293,39 @@ class PostgresStore(SqlStore):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield conn
 
+    @contextmanager
+    def _read_apart(self) -> Iterator[SqlConnection]:
+        # `_snapshot` on the store's read connection, replaced as `_db` replaces its own.
+        with self._read_lock:
+            if self._closed:
+                raise StoreError(f"the store {self._where} is closed")
+            if self._reader is not None and not _reusable(self._reader):
+                self._reader.close()
+                self._reader = None
+            if self._reader is None:
+                try:
+                    self._reader = psycopg.connect(self.url, autocommit=False)
+                except psycopg.OperationalError as exc:
+                    raise StoreUnavailable(
+                        f"cannot connect to the hub database: {_one_line(exc)}"
+                    ) from None
+            reader = self._reader
+            try:
+                reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield _Connection(reader)
+            except psycopg.OperationalError as exc:
+                _roll_back(reader)
+                if not reader.closed:
+                    raise
+                raise StoreUnavailable(
+                    f"lost the connection to the hub database: {_one_line(exc)}"
+                ) from exc
+            except BaseException:
+                _roll_back(reader)
+                raise
+            else:
+                _roll_back(reader)  # read only: nothing to commit
+
     # -- scans ----------------------------------------------------------------------------
 
     def insert_scans(
@@ -205,11 +336,31 @@ class PostgresStore(SqlStore):
         letters: Sequence[NewDeadLetter] = (),
     ) -> InsertResult:
         """`hub.store.base.ScanSink.insert_scans`, after making the partitions it needs."""
+        return self._into_partitions(
+            scans,
+            received_at,
+            lambda: super(PostgresStore, self).insert_scans(scans, received_at, batch, letters),
+        )
+
+    def insert_batches(
+        self, batches: Sequence[BatchInsert], received_at: datetime
+    ) -> list[InsertResult | BatchConflict]:
+        """`hub.store.base.ScanSink.insert_batches`, after making the partitions they need."""
+        scans = [scan for item in batches for scan in item.scans]
+        return self._into_partitions(
+            scans,
+            received_at,
+            lambda: super(PostgresStore, self).insert_batches(batches, received_at),
+        )
+
+    def _into_partitions(
+        self, scans: Sequence[StoredScan], received_at: datetime, insert: Callable[[], T]
+    ) -> T:
         days = {partition_day(to_ms(scan.scanned_at)) for scan in scans if scan.hold is None}
         self._ensure_days(days)
         self._prepare_tomorrow(partition_day(to_ms(received_at)) + timedelta(days=1))
         try:
-            return super().insert_scans(scans, received_at, batch, letters)
+            return insert()
         except psycopg.errors.CheckViolation:
             # "No partition for the row": another worker's purge dropped a day this
             # store had seen. Nothing was stored; make the day again and retry once.
@@ -217,7 +368,7 @@ class PostgresStore(SqlStore):
                 self._days.clear()
             if not self._ensure_days(days):
                 raise
-            return super().insert_scans(scans, received_at, batch, letters)
+            return insert()
 
     def _ensure_days(self, days: set[date]) -> bool:
         """Make the partitions of `days` this store has not seen; True if one was missing."""

@@ -66,6 +66,11 @@ class SqliteStore(SqlStore):
         self._where = self.path
         self._vault = vault
         self._lock = threading.RLock()
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        # Long reads (a trace) run on a connection of their own, so they do not hold the
+        # one ingest writes on: WAL lets a reader and the writer go on together.
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         is_new = self.path != ":memory:" and not Path(self.path).exists()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False
@@ -134,6 +139,10 @@ class SqliteStore(SqlStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -168,6 +177,27 @@ class SqliteStore(SqlStore):
                 yield conn
             finally:
                 conn.execute("COMMIT")
+
+    @contextmanager
+    def _read_apart(self) -> Iterator[SqlConnection]:
+        # A snapshot as `_snapshot`'s, on the store's read connection (an in-memory
+        # database has only the one connection).
+        if self.path == ":memory:":
+            with self._snapshot() as conn:
+                yield conn
+            return
+        with self._read_lock:
+            self._db()  # refused once the store is closed
+            if self._reader is None:
+                reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                reader.execute("PRAGMA query_only = ON")
+                self._reader = reader
+            self._reader.execute("BEGIN")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
 
     # -- how scans are filed and purged -----------------------------------------------------
 

@@ -8,9 +8,11 @@ The app does not own the store: whoever opened it closes it after the server sto
 Errors are answered in one shape, ``{"error": code, "detail": text}``: 401 when no
 valid token came with the request, 403 when the role may not (`hub.access.Forbidden`,
 already audited), 400 for refused input (`doorscan.errors.Refusal`, its code), 404 for
-an unknown venue, 422 for a request the schema refuses. Pages (paths outside ``/api/``)
-get a redirect to the login page instead of a 401, and the dashboard's "not allowed"
-page instead of a JSON 403.
+an unknown venue, 422 for a request the schema refuses, 503 ``database_unavailable``
+while the database server cannot be reached (`StoreUnavailable`: nothing is served
+unaudited, docs/decisions.md). Pages (paths outside ``/api/``) get a redirect to the
+login page instead of a 401, the dashboard's "not allowed" page instead of a JSON 403,
+and a page of their own instead of a JSON 503.
 
 What every response gets (`_guard_requests`): ``X-Content-Type-Options: nosniff``;
 API answers ``Cache-Control: no-store`` (they carry identities, and a shared computer
@@ -46,11 +48,14 @@ from fastapi.staticfiles import StaticFiles
 from doorscan.errors import Refusal
 from hub.access import Forbidden
 from hub.login_throttle import LoginThrottle
+from hub.store.factory import StoreUnavailable
 from hub.web.deps import NotAuthenticated, TooManyLogins, WebStore, is_api_path, origin_ok
 
-__all__ = ["API_TITLE", "create_app", "error_body"]
+__all__ = ["API_TITLE", "UNAVAILABLE_RETRY_S", "create_app", "error_body"]
 
 API_TITLE = "doorscan hub"
+UNAVAILABLE_RETRY_S = 5
+"""``Retry-After`` of a 503 while the database is away: about a restart's or a promotion's time."""
 _log = logging.getLogger(__name__)
 _STATIC = Path(__file__).parent / "static"
 _NOT_FOUND_CODES = {"unknown_venue"}
@@ -213,6 +218,28 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def refused(request: Request, exc: Refusal) -> Response:
         status = 404 if exc.code in _NOT_FOUND_CODES else 400
         return JSONResponse(error_body(exc.code, exc.reason), status_code=status)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        # Refused, not served from a standby: no answer leaves before its audit entry is
+        # written, and a standby takes no writes. Once a server takes writes again
+        # (restarted, or a standby promoted), the next request works, no hub restart.
+        _log.warning(
+            "%s %s: the database is unavailable: %s", request.method, request.url.path, exc
+        )
+        retry = {"Retry-After": str(UNAVAILABLE_RETRY_S)}
+        if is_api_path(request.url.path):
+            detail = (
+                "the hub cannot reach its database (restarting or failing over); "
+                "nothing was served: try again in a few seconds"
+            )
+            body = error_body("database_unavailable", detail)
+            return JSONResponse(body, status_code=503, headers=retry)
+        from hub.web.pages_common import render
+
+        page = render(request, "unavailable.html", None, "unavailable_title", status=503)
+        page.headers.update(retry)
+        return page
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -67,6 +67,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "no valid token"},
     403: {"model": ErrorOut, "description": "the role may not (the refusal is audited)"},
     422: {"model": ErrorOut, "description": "the request does not match the schema"},
+    503: {
+        "model": ErrorOut,
+        "description": "the database cannot be reached now (restarting, failing over): "
+        "nothing was served; try again after Retry-After",
+    },
 }
 """``APIRouter(responses=ERROR_RESPONSES)``: the error answers, documented in OpenAPI."""
 

@@ -59,6 +59,9 @@ _VI: Final[dict[str, str]] = {
     "forbidden_title": "Không được phép",
     "forbidden_text": "Vai trò của bạn ({role}) không được xem trang này.",
     "forbidden_origin": "Yêu cầu đến từ một trang khác; đã từ chối.",
+    "unavailable_title": "Tạm thời không dùng được",
+    "unavailable_text": "Trung tâm đang không kết nối được cơ sở dữ liệu (máy chủ đang khởi động "
+    "lại hoặc chuyển sang máy dự phòng). Vui lòng thử lại sau ít giây.",
     "back_home": "Về trang chính",
     "role_tracer": "truy vết",
     "role_venue": "địa điểm",
@@ -222,6 +225,9 @@ _EN: Final[dict[str, str]] = {
     "forbidden_title": "Not allowed",
     "forbidden_text": "Your role ({role}) may not see this page.",
     "forbidden_origin": "The request came from another site; refused.",
+    "unavailable_title": "Unavailable for a moment",
+    "unavailable_text": "The hub cannot reach its database (the server is restarting or "
+    "failing over to its standby). Try again in a few seconds.",
     "back_home": "Back to your home page",
     "role_tracer": "tracer",
     "role_venue": "venue",
