@@ -116,10 +116,14 @@ def test_a_scan_refused_for_good_is_quarantined_kept_and_counted(
         [kept] = journal.quarantined()
         assert (kept.scan_id, kept.code) == ("scan-000001", "unknown_code")
         assert journal.quarantine_count() == 1
-        status = decode_message(
-            json.dumps(sniffer.on(topic_status("door-1"))[-1]).encode(), UnitStatus
-        )
-        assert status.quarantined == 1
+
+        def latest_status() -> UnitStatus:
+            seen = sniffer.on(topic_status("door-1"))
+            return decode_message(json.dumps(seen[-1]).encode(), UnitStatus)
+
+        # The status says so once the unit publishes it, which may follow the journal's
+        # update by a moment: waited for, as an operator's dashboard would see it.
+        assert wait_for(lambda: latest_status().quarantined == 1), latest_status()
         sent = [s for b in sniffer.on(topic_scans("door-1")) for s in b["scans"]]  # type: ignore[attr-defined]
         assert len(sent) == 2  # not sent again
         # Released by a technician: sent again, refused again, kept again.
