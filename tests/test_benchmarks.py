@@ -20,18 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_journal_benchmark_writes_a_report_with_numbers(tmp_path: Path) -> None:
-    out = tmp_path / "report"
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--only", "journal"]
-    done = subprocess.run(
-        [*command, "--out", str(out), "--tmp", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report = json.loads((out / "benchmarks.json").read_text(encoding="utf-8"))
+    report, markdown = _run_quick(tmp_path, "journal")
     figures = report["figures"]
     # One fsync floor and three rows per backlog (0, 10 000, 50 000).
     assert len(figures) == 1 + 3 * 3
@@ -42,7 +31,6 @@ def test_the_journal_benchmark_writes_a_report_with_numbers(tmp_path: Path) -> N
     assert with_baseline and all(f["baseline"] > 0 and f["ratio"] > 0 for f in with_baseline)
     assert {f["met"] for f in figures if f["goal"]} <= {True, False}
     assert report["machine"]["cores"] >= 1 and len(report["machine"]["load_end"]) == 3
-    markdown = (out / "benchmarks.md").read_text(encoding="utf-8")
     assert "| figure | value | baseline (same run) | ratio | goal | met? |" in markdown
     assert "ScanJournal.record(), backlog 50,000, median" in markdown
     assert "## Hub: not in this run" in markdown  # the hub's place is kept, and says so
@@ -53,18 +41,8 @@ def test_the_journal_benchmark_writes_a_report_with_numbers(tmp_path: Path) -> N
 def test_the_latency_benchmark_runs_on_todays_clock(tmp_path: Path) -> None:
     """The door's path on real code frames, visitor cards included: a card text that has
     expired by the day the benchmark runs (as one issued on a fixed date did) fails it."""
-    out = tmp_path / "report"
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--only", "latency"]
-    done = subprocess.run(
-        [*command, "--out", str(out), "--tmp", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads((out / "benchmarks.json").read_text(encoding="utf-8"))["figures"]
+    report, _ = _run_quick(tmp_path, "latency")
+    figures = report["figures"]
     assert figures and all(math.isfinite(f["value"]) for f in figures)
 
 
