@@ -197,10 +197,14 @@ def _broker(config: HubConfig, reach: bool) -> Check | str:
             f"plain MQTT to {target} would cross the network unencrypted: set the TLS files "
             "(broker.ca_file, cert_file, key_file) or broker.insecure = true"
         )
+    # With workers, each has its own certificate ({n} in the paths): the first stands
+    # for all here (`serve` checks that every worker's files exist before it starts).
+    cert = broker.cert_file and worker_path(broker.cert_file, 1)
+    key = broker.key_file and worker_path(broker.key_file, 1)
     _files_exist(
         ("broker.ca_file", broker.ca_file),
-        ("broker.cert_file", broker.cert_file and worker_path(broker.cert_file, 1)),
-        ("broker.key_file", broker.key_file and worker_path(broker.key_file, 1)),
+        ("broker.cert_file", cert),
+        ("broker.key_file", key),
     )
     if not reach:
         return Check("broker", Status.OK, f"{target} (not contacted)")
@@ -210,19 +214,16 @@ def _broker(config: HubConfig, reach: bool) -> Check | str:
         ) as raw:
             if not broker.tls:
                 return f"{target} answers (plain MQTT{', insecure' if broker.insecure else ''})"
-            return _tls_handshake(raw, config)
+            assert broker.ca_file and cert and key  # validated together
+            return _tls_handshake(raw, config, cert, key)
     except ssl.SSLError as exc:
         raise _Failed(f"{target}: TLS refused: {exc.reason or exc}") from None
     except OSError as exc:
         raise _Failed(f"{target} does not answer: {exc.strerror or exc}") from None
 
 
-def _tls_handshake(raw: socket.socket, config: HubConfig) -> str:
+def _tls_handshake(raw: socket.socket, config: HubConfig, cert: Path, key: Path) -> str:
     broker = config.broker
-    assert broker.ca_file and broker.cert_file and broker.key_file  # validated together
-    # With workers, each has its own certificate ({n} in the paths): the first stands
-    # for all here (`serve` checks that every worker's files exist before it starts).
-    cert, key = worker_path(broker.cert_file, 1), worker_path(broker.key_file, 1)
     context = ssl.create_default_context(cafile=str(broker.ca_file))
     try:
         context.load_cert_chain(str(cert), str(key))
