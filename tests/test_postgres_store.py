@@ -7,11 +7,17 @@ Everything a store promises is tested once for both backends by the suites that 
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
 import subprocess
+import termios
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -398,20 +404,89 @@ def test_a_dump_of_the_database_holds_no_name_and_no_id_number(pg_url: str, tmp_
 # -- the server goes away (a restart, a failover: tests/test_pg_failover.py) -----------------
 
 _END_BACKEND = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?"
-_BACKENDS_OF = "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ?"
 
 
-def test_a_connection_the_server_ended_while_idle_is_replaced_before_use(pg_url: str) -> None:
+class _Relay:
+    """A TCP relay to the PostgreSQL server, to see exactly what a client has received.
+
+    When the server ends a connection, the relay passes its last message on, waits until
+    the client's kernel has taken every byte (nothing left unacknowledged in the relay's
+    send queue), and then either passes the end of the stream on too, or (`hold_close`)
+    keeps the client's side open until the client writes again: the moment between a
+    server's goodbye and the end of its stream, which a client on a loaded machine meets.
+    `server_ended` is set once that state has reached the client.
+    """
+
+    def __init__(self, server: tuple[str, int], *, hold_close: bool) -> None:
+        self.server = server
+        self.hold_close = hold_close
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.server_ended = threading.Event()  # a connection the server, not the client, ended
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.server)
+                ended = threading.Event()
+                for target in (self._forth, self._back):
+                    thread = threading.Thread(target=target, args=(client, upstream, ended))
+                    thread.daemon = True
+                    thread.start()
+
+    @staticmethod
+    def _forth(client: socket.socket, upstream: socket.socket, ended: threading.Event) -> None:
+        with suppress(OSError):
+            while (data := client.recv(65536)) and not ended.is_set():
+                upstream.sendall(data)
+        # The client left, or wrote after the server's end: the close it was owed, now.
+        ended.set()
+        client.close()
+        upstream.close()
+
+    def _back(self, client: socket.socket, upstream: socket.socket, ended: threading.Event) -> None:
+        with suppress(OSError):
+            while data := upstream.recv(65536):
+                client.sendall(data)
+            if ended.is_set():
+                return  # the client ended it
+            ended.set()
+            if not self.hold_close:
+                client.shutdown(socket.SHUT_WR)
+            if wait_for(lambda: _unacknowledged(client) == 0):
+                self.server_ended.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes (and a FIN) sent on `sock` that the peer's kernel has not acknowledged yet."""
+    return int(struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
+@pytest.mark.parametrize("hold_close", [False, True], ids=["goodbye-and-end", "goodbye-only"])
+def test_a_connection_the_server_ended_while_idle_is_replaced_before_use(
+    pg_url: str, hold_close: bool
+) -> None:
     name = f"doorscan-idle-{_schema(pg_url)}"
-    with _open(f"{pg_url}&application_name={name}") as store:
-        _registry(store)
-        store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
-        # A server restart or failover, as the store sees it between two calls: its
-        # backend says goodbye and is gone.
-        assert raw_sql(pg_url, _END_BACKEND, name) == [(True,)]
-        assert wait_for(lambda: raw_sql(pg_url, _BACKENDS_OF, name) == [(0,)])
-        result = store.insert_scans([_scan("s2", DAY1), _scan("s1", DAY1)], received_at=NOW)
-        assert (result.new, result.duplicate) == (["s2"], ["s1"])
+    where = urlsplit(pg_url)
+    relay = _Relay((where.hostname or "127.0.0.1", where.port or 5432), hold_close=hold_close)
+    through = where._replace(netloc=f"{where.username}@127.0.0.1:{relay.port}")
+    try:
+        with _open(f"{urlunsplit(through)}&application_name={name}") as store:
+            _registry(store)
+            store.insert_scans([_scan("s1", DAY1)], received_at=NOW)
+            # A server restart or failover, as the store sees it between two calls: its
+            # backend says goodbye and is gone, and what it sent is in the store's socket.
+            assert raw_sql(pg_url, _END_BACKEND, name) == [(True,)]
+            assert relay.server_ended.wait(10)
+            result = store.insert_scans([_scan("s2", DAY1), _scan("s1", DAY1)], received_at=NOW)
+            assert (result.new, result.duplicate) == (["s2"], ["s1"])
+    finally:
+        relay.close()
     with pytest.raises(StoreError, match="closed"):
         store.counts()
 

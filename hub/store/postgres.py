@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
@@ -148,27 +149,67 @@ def _roll_back(raw: psycopg.Connection[Any]) -> None:
         raw.rollback()
 
 
-def _reusable(raw: psycopg.Connection[Any]) -> bool:
+class _ServerConnection(psycopg.Connection[Any]):
+    """A psycopg connection that remembers whether the server said goodbye on it.
+
+    A server that stops, restarts, is failed over from or ends the session
+    (``pg_terminate_backend``) sends a FATAL message before it closes the socket. Arriving
+    while the connection is idle, libpq hands that message to the notice handlers, not
+    to a query; the socket's end may come a moment later.
+    """
+
+    said_goodbye = False
+
+
+def _connect(url: str, *setup: str) -> _ServerConnection:
+    """A new connection to the hub database, autocommit off, with `setup` run and committed.
+
+    A server that cannot be reached is `StoreUnavailable`: the hub tries again later.
+    """
+    raw = None
+    try:
+        raw = _ServerConnection.connect(url, autocommit=False)
+        seen = weakref.ref(raw)  # not the connection itself: no cycle through its handlers
+
+        def on_notice(notice: psycopg.errors.Diagnostic) -> None:
+            conn = seen()
+            if conn is not None and notice.severity_nonlocalized in ("FATAL", "PANIC"):
+                conn.said_goodbye = True
+
+        raw.add_notice_handler(on_notice)
+        for statement in setup:
+            raw.execute(statement)
+        raw.commit()
+    except psycopg.OperationalError as exc:
+        if raw is not None:
+            raw.close()
+        raise StoreUnavailable(f"cannot connect to the hub database: {_one_line(exc)}") from None
+    return raw
+
+
+def _reusable(raw: _ServerConnection) -> bool:
     """Whether an idle connection can start the next transaction.
 
     Not if psycopg saw it break, nor if a transaction was left open on it (its rollback
-    failed), nor if the server ended the session while it sat idle: a server that stops,
-    restarts or is failed over from sends a last message and closes, and reading what has
-    arrived (never waiting: libpq's socket does not block) finds that, so the next call
-    starts on a new connection instead of failing. A server that vanished without a word
-    (power cut, cable) is found only by the next statement: that call fails
-    (`StoreUnavailable`) and the one after it reconnects.
+    failed), nor if the server ended the session while it sat idle: reading what has
+    arrived (never waiting: libpq's socket does not block) finds the server's goodbye
+    (`_ServerConnection`), so the next call starts on a new connection instead of
+    failing. A server that vanished without a word (power cut, cable) is found only by
+    the next statement: that call fails (`StoreUnavailable`) and the one after it
+    reconnects.
     """
     if raw.closed or raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return False
     try:
-        # Twice: the first read takes the server's last message, the second meets the
-        # end of the stream (psycopg then marks the connection closed).
+        # Read what has arrived, then have libpq parse it (`is_busy`), which hands a
+        # goodbye to the notice handler; a second read meets the end of the stream, if it
+        # has come yet (psycopg then marks the connection closed).
         raw.pgconn.consume_input()
+        raw.pgconn.is_busy()
         raw.pgconn.consume_input()
     except psycopg.OperationalError:
         return False
-    return not raw.closed
+    return not raw.closed and not raw.said_goodbye
 
 
 class PostgresStore(SqlStore):
@@ -191,11 +232,11 @@ class PostgresStore(SqlStore):
         self._next_try_ahead = 0.0  # time.monotonic() of the next `_prepare_tomorrow`
         self._where = "PostgreSQL"
         self._closed = False
-        self._raw: psycopg.Connection[Any] | None = None
-        self._in_transaction: psycopg.Connection[Any] | None = None  # while one runs
+        self._raw: _ServerConnection | None = None
+        self._in_transaction: _ServerConnection | None = None  # while one runs
         # Long reads (a trace) on a connection of their own, so ingest goes on meanwhile.
         self._read_lock = threading.Lock()
-        self._reader: psycopg.Connection[Any] | None = None
+        self._reader: _ServerConnection | None = None
         try:
             self._where = self._setup()
             migrate(self._transaction, vault, self._where)
@@ -225,7 +266,7 @@ class PostgresStore(SqlStore):
                 self._reader.close()
                 self._reader = None
 
-    def _db(self) -> psycopg.Connection[Any]:
+    def _db(self) -> _ServerConnection:
         if self._closed:
             raise StoreError(f"the store {self._where} is closed")
         if self._in_transaction is not None:
@@ -240,21 +281,9 @@ class PostgresStore(SqlStore):
             # First use, or the server went away (a restart, a failover): with several
             # hosts in the URL and ``target_session_attrs=read-write``, libpq tries each
             # and keeps the one that takes writes, so after a promotion this finds the
-            # new primary by itself.
-            raw = None
-            try:
-                raw = psycopg.connect(self.url, autocommit=False)
-                # A commit must be durable before the hub acks, whatever the server's
-                # default; with a synchronous standby, durable on the standby too.
-                raw.execute("SET synchronous_commit = on")
-                raw.commit()
-            except psycopg.OperationalError as exc:
-                if raw is not None:
-                    raw.close()
-                raise StoreUnavailable(
-                    f"cannot connect to the hub database: {_one_line(exc)}"
-                ) from None
-            self._raw = raw
+            # new primary by itself. A commit must be durable before the hub acks, whatever
+            # the server's default; with a synchronous standby, durable on the standby too.
+            self._raw = _connect(self.url, "SET synchronous_commit = on")
         return self._raw
 
     @contextmanager
@@ -303,12 +332,7 @@ class PostgresStore(SqlStore):
                 self._reader.close()
                 self._reader = None
             if self._reader is None:
-                try:
-                    self._reader = psycopg.connect(self.url, autocommit=False)
-                except psycopg.OperationalError as exc:
-                    raise StoreUnavailable(
-                        f"cannot connect to the hub database: {_one_line(exc)}"
-                    ) from None
+                self._reader = _connect(self.url)
             reader = self._reader
             try:
                 reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
