@@ -12,8 +12,10 @@ The rule, exactly (the tests hold an independent brute-force version of it):
   make an F2: p could not have passed on what p did not yet carry;
 * `depth` limits the degrees reported (default 2: F1 and F2).
 
-Ties between events of the same earliest time are broken by the smallest person key
-of the degree-k person, then the smallest venue id, so a trace is reproducible.
+Ties between events of the same earliest time are broken by the smallest pseudonym
+(`hub.vault.Vault.blind`) of the degree-k person, then the smallest venue id, so a
+trace is reproducible; by pseudonym, because the walk never opens an identity to find
+a contact.
 
 The engine reads only through a `TraceReader` (`CheckinReader.trace_reader`): one read
 snapshot of the store, so a trace is an answer about one state of the database however
@@ -25,19 +27,26 @@ index (venue, time, scan id, pseudonym: `hub.store.common_trace`); it never load
 whole table and never reads a sealed identity to find a contact. Each venue's check-ins
 are then swept in time order against that venue's frontier check-ins, held sorted, so a
 person's earliest event costs a bisection and a heap step per check-in read, not a
-comparison with every frontier check-in (`_sweep_venue`). People are told apart by
-pseudonym; the engine opens one check-in per person it reports, all of a degree in one
-read: the earliest check-in that made the earliest event, whose ID number and name the
-contact then shows (as scanned at that venue). A person found at the last degree asked
-is not expanded further, so their visits are not read at all.
+comparison with every frontier check-in (`_sweep_venue`). A person found at the last
+degree asked is not expanded further, so their visits are not read at all.
+
+People are told apart by pseudonym all the way (`find`): the whole answer, and its
+counts by degree, venue and hour (`TraceSummary`), cost no identity. Only the contacts
+a tracer is shown are opened (`TracePage`: the first 100, then page by page; all of
+them for an export): for each, the earliest check-in that made the earliest event,
+whose ID number and name the contact then shows (as scanned at that venue), and the
+check-in of the person they were exposed by (`via`). An F2 of 40 000 people is thus
+counted in full and named 100 at a time.
 
     >>> params = TraceParams(person_key_from_id("064090123456"), since, until)  # doctest: +SKIP
     >>> with store.trace_reader() as reader:                                   # doctest: +SKIP
-    ...     [(c.degree, c.name) for c in trace(reader, params).contacts]
+    ...     result = trace(reader, params, TracePage(1))
+    ...     result.summary.by_degree, [(c.degree, c.name) for c in result.contacts]
 
-This module reads and audits nothing itself: every caller reaches it through
+This module audits nothing itself: every caller reaches it through
 `hub.access.AccessControlledStore.trace`, which checks the role and the reason and
-writes the audit entry (the traced person by the store's pseudonym, never by ID number).
+writes the audit entry (the traced person by the store's pseudonym, never by ID number;
+the page, and how many identities it opened).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,13 +67,20 @@ from hub.store import CheckinRef, TraceReader
 
 __all__ = [
     "DEFAULT_DEPTH",
+    "DEFAULT_PAGE_SIZE",
     "DEFAULT_WINDOW",
     "MAX_DEPTH",
+    "MAX_PAGE_SIZE",
     "Contact",
+    "Finding",
     "IndexPerson",
+    "Reached",
+    "TracePage",
     "TraceParams",
     "TraceResult",
+    "TraceSummary",
     "Visit",
+    "find",
     "person_key_from_id",
     "trace",
 ]
@@ -74,6 +90,9 @@ DEFAULT_WINDOW = timedelta(minutes=60)
 DEFAULT_DEPTH = 2
 MAX_DEPTH = 6
 """Past F6 a trace names most of a town, which helps nobody and exposes everybody."""
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_HOUR_MS = 3_600_000
 
 _PREFIXES = ("id:", "qid:", "card:")
 _CARD_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{10}")  # doorscan.cards' Crockford base32 ids
@@ -188,10 +207,81 @@ class Contact:
 
 
 @dataclass(frozen=True)
+class Reached:
+    """A contact as the walk finds it, before any identity is opened: who by pseudonym."""
+
+    pseudonym: str
+    degree: int
+    exposed_ms: int
+    venue_id: str
+    via: str  # the pseudonym of the degree-1-lower person of the earliest event
+    shown: CheckinRef  # the check-in whose identity names them (see `_Event`)
+
+
+@dataclass(frozen=True)
+class TracePage:
+    """Which contacts of the answer are opened and named: `size` of them from page `number`."""
+
+    number: int = 1
+    size: int = DEFAULT_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if self.number < 1:
+            raise Refusal("bad_page", f"pages are numbered from 1, not {self.number}")
+        if not 1 <= self.size <= MAX_PAGE_SIZE:
+            raise Refusal("bad_page", f"a page holds 1..{MAX_PAGE_SIZE} contacts, not {self.size}")
+
+    def of(self, reached: list[Reached]) -> list[Reached]:
+        start = (self.number - 1) * self.size
+        return reached[start : start + self.size]
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """How many contacts, by degree, by degree and venue, by degree and hour of exposure.
+
+    Counted over the whole answer from pseudonyms alone: no identity is opened for it.
+    Hours start on the hour (UTC hours are Vietnam's hours too: UTC+7 has no half hour).
+    """
+
+    by_degree: dict[int, int]
+    by_venue: list[tuple[int, str, int]]  # (degree, venue id, people), most people first
+    by_hour: list[tuple[int, int, int]]  # (degree, hour start ms, people), in time order
+
+    @classmethod
+    def of(cls, reached: list[Reached]) -> TraceSummary:
+        degrees = Counter(r.degree for r in reached)
+        venues = Counter((r.degree, r.venue_id) for r in reached)
+        hours = Counter((r.degree, r.exposed_ms - r.exposed_ms % _HOUR_MS) for r in reached)
+        return cls(
+            by_degree=dict(sorted(degrees.items())),
+            by_venue=sorted(
+                ((d, v, n) for (d, v), n in venues.items()), key=lambda x: (x[0], -x[2], x[1])
+            ),
+            by_hour=sorted((d, h, n) for (d, h), n in hours.items()),
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "by_degree": {str(d): n for d, n in self.by_degree.items()},
+            "by_venue": [{"degree": d, "venue_id": v, "people": n} for d, v, n in self.by_venue],
+            "by_hour": [
+                {"degree": d, "hour": format_rfc3339(from_ms(h)), "people": n}
+                for d, h, n in self.by_hour
+            ],
+        }
+
+
+@dataclass(frozen=True)
 class TraceResult:
+    """A trace's answer: the whole summary, and the contacts of one page (or all of them)."""
+
     index: IndexPerson
     contacts: list[Contact]
     params: TraceParams
+    summary: TraceSummary
+    total: int  # contacts in the whole answer; `contacts` may be one page of them
+    page: TracePage | None = None  # None: every contact
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +293,11 @@ class TraceResult:
                     {"venue_id": v.venue_id, "at": format_rfc3339(v.at)} for v in self.index.visits
                 ],
             },
+            "summary": self.summary.to_json_dict(),
+            "total": self.total,
+            "page": None
+            if self.page is None
+            else {"number": self.page.number, "size": self.page.size},
             "contacts": [
                 {
                     "id_number": c.id_number,
@@ -219,28 +314,83 @@ class TraceResult:
 
 
 @dataclass(frozen=True)
-class _Found:
-    """A person found at some degree: who, since when exposed (None: always), their visits."""
+class Finding:
+    """The walk's whole answer, no identity opened but the index person's (`find`)."""
 
-    person_key: str
-    id_number: str
+    params: TraceParams
+    index: IndexPerson
+    index_pseudonym: str
+    reached: list[Reached]  # in the answer's order: degree, exposure, venue, check-in
+
+    def summary(self) -> TraceSummary:
+        return TraceSummary.of(self.reached)
+
+    def open(self, reader: TraceReader, chosen: list[Reached]) -> list[Contact]:
+        """Name `chosen`: their shown check-ins and their vias' opened, in one read."""
+        by_pseudonym = {r.pseudonym: r for r in self.reached}
+        vias = [by_pseudonym[r.via] for r in chosen if r.via != self.index_pseudonym]
+        opened = reader.open_checkins({r.shown for r in [*chosen, *vias]})
+        contacts = []
+        for r in chosen:
+            who = opened[r.shown[2]]
+            via_id = (
+                self.index.id_number
+                if r.via == self.index_pseudonym
+                else opened[by_pseudonym[r.via].shown[2]].id_number
+            )
+            contacts.append(
+                Contact(
+                    person_key=who.person_key,
+                    id_number=who.id_number,
+                    name=who.name,
+                    degree=r.degree,
+                    exposed_at=from_ms(r.exposed_ms),
+                    venue_id=r.venue_id,
+                    via=via_id,
+                )
+            )
+        return contacts
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A person found at some degree: who (pseudonym), since when exposed (None: always), visits."""
+
+    pseudonym: str
     exposed_ms: int | None
     checkins: list[tuple[str, int]]  # (venue_id, at_ms)
 
 
 _Event = tuple[int, str, str, int, str]
-"""(event ms, via person key, venue id; the met person's check-in: at ms, scan id).
+"""(event ms, via pseudonym, venue id; the met person's check-in: at ms, scan id).
 
 Tuples compare in that order, so min() is the tie rule, and then picks the earliest of
 the met person's check-ins that make that event: the one whose identity is shown."""
 
 
-def trace(reader: TraceReader, params: TraceParams) -> TraceResult:
-    """Run the rule in the module docstring on one snapshot; no audit (`hub.access` writes it)."""
+def trace(reader: TraceReader, params: TraceParams, page: TracePage | None = None) -> TraceResult:
+    """The rule in the module docstring on one snapshot: the summary, and `page` named.
+
+    With no `page` every contact is named (an export, the CLI). No audit: `hub.access`
+    writes it.
+    """
+    finding = find(reader, params)
+    chosen = finding.reached if page is None else page.of(finding.reached)
+    return TraceResult(
+        index=finding.index,
+        contacts=finding.open(reader, chosen),
+        params=params,
+        summary=finding.summary(),
+        total=len(finding.reached),
+        page=page,
+    )
+
+
+def find(reader: TraceReader, params: TraceParams) -> Finding:
+    """Walk the degrees by pseudonym; open nobody's identity but the index person's."""
     since_ms, until_ms, window_ms = to_ms(params.since), to_ms(params.until), params.window_ms
     key = params.person_key
     known = reader.person(key)
-    index_id = known[0] if known else key.split(":", 1)[-1]
     index_pseudonym = reader.pseudonym(key)
     # Same-time visits in scan-id order, as they were stored.
     mine = sorted(
@@ -249,43 +399,28 @@ def trace(reader: TraceReader, params: TraceParams) -> TraceResult:
     )
     index = IndexPerson(
         person_key=key,
-        id_number=index_id,
+        id_number=known[0] if known else key.split(":", 1)[-1],
         name=known[1] if known else None,
         visits=[Visit(venue, from_ms(at)) for at, _, venue in mine],
     )
     degree_of: dict[str, int] = {index_pseudonym: 0}
-    frontier = [_Found(key, index_id, None, [(venue, at) for at, _, venue in mine])]
-    contacts: list[Contact] = []
+    frontier = [_Found(index_pseudonym, None, [(venue, at) for at, _, venue in mine])]
+    reached: list[Reached] = []
     for degree in range(1, params.depth + 1):
         best = _earliest_events(reader, frontier, degree_of, since_ms, until_ms, window_ms)
         if not best:
             break
         degree_of.update(dict.fromkeys(best, degree))
-        opened = reader.open_checkins(
-            [(venue, at, scan_id, q) for q, (_, _, venue, at, scan_id) in best.items()]
-        )
         visits: dict[str, list[tuple[str, int]]] = defaultdict(list)
         if degree < params.depth:  # the last degree's visits would never be read
             for venue, at, _, q in reader.visits_of(best.keys(), since_ms, until_ms):
                 visits[q].append((venue, at))
-        via_id = {p.person_key: p.id_number for p in frontier}
         frontier = []
-        for q, (event_ms, via_key, venue_id, _, scan_id) in best.items():
-            who = opened[scan_id]
-            frontier.append(_Found(who.person_key, who.id_number, event_ms, visits[q]))
-            contacts.append(
-                Contact(
-                    person_key=who.person_key,
-                    id_number=who.id_number,
-                    name=who.name,
-                    degree=degree,
-                    exposed_at=from_ms(event_ms),
-                    venue_id=venue_id,
-                    via=via_id[via_key],
-                )
-            )
-    contacts.sort(key=lambda c: (c.degree, c.exposed_at, c.id_number, c.person_key))
-    return TraceResult(index=index, contacts=contacts, params=params)
+        for q, (event_ms, via, venue_id, at, scan_id) in best.items():
+            frontier.append(_Found(q, event_ms, visits[q]))
+            reached.append(Reached(q, degree, event_ms, venue_id, via, (venue_id, at, scan_id, q)))
+    reached.sort(key=lambda r: (r.degree, r.exposed_ms, r.venue_id, r.shown[1], r.shown[2]))
+    return Finding(params, index, index_pseudonym, reached)
 
 
 def _earliest_events(
@@ -312,7 +447,7 @@ def _earliest_events(
                 if t < p.exposed_ms:
                     lo = max(lo, p.exposed_ms)  # max(t, t_q) >= exposure needs t_q >= it
             spans[venue_id].append((lo, hi))
-            met_at[venue_id].append((t, p.exposed_ms, p.person_key))
+            met_at[venue_id].append((t, p.exposed_ms, p.pseudonym))
     windows = {venue_id: _merged(intervals) for venue_id, intervals in spans.items()}
     rows_at: dict[str, list[CheckinRef]] = defaultdict(list)
     for row in reader.checkins_in_windows(windows):
@@ -347,12 +482,12 @@ def _sweep_venue(
     """Find each row's earliest event with the frontier's `checkins` here; keep it in `best`.
 
     `rows` are the venue's check-ins of people not yet found, `checkins` (t, exposed,
-    via person key) the frontier's. A row at `at` meets a check-in t with |t - at| <=
+    via pseudonym) the frontier's. A row at `at` meets a check-in t with |t - at| <=
     window, and the event max(t, at) counts if it is >= the check-in's person's exposure:
 
     * a check-in at or before the row makes the event `at` itself, the earliest there
       can be. It counts for rows from max(t, exposure) to t + window: a heap of those
-      open at `at`, by person key, gives the tie rule's pick (stale ones are popped);
+      open at `at`, by pseudonym, gives the tie rule's pick (stale ones are popped);
     * otherwise the earliest check-in after the row, if within the window and made
       when its person was already exposed (t >= exposure), found by bisection.
 
@@ -365,7 +500,7 @@ def _sweep_venue(
     )
     later = sorted((t, via) for t, exposed, via in checkins if exposed is None or t >= exposed)
     later_times = [t for t, _ in later]
-    open_now: list[tuple[str, int]] = []  # (via person key, open until ms), a heap
+    open_now: list[tuple[str, int]] = []  # (via pseudonym, open until ms), a heap
     push, pop, after = heapq.heappush, heapq.heappop, bisect.bisect_right
     i, opened = 0, len(opening)
     for _, at, scan_id, q in rows:

@@ -364,6 +364,35 @@ def test_tracer_traces(hub: Hub) -> None:
     assert A.id_number not in json.dumps(entry.params)
 
 
+def test_a_trace_is_counted_in_full_and_named_page_by_page(hub: Hub) -> None:
+    whole = hub.post("tracer", "/api/v1/trace", _trace_body()).json()
+    pages = [
+        hub.post("tracer", "/api/v1/trace", _trace_body(page=n, page_size=3)).json()
+        for n in (1, 2, 3)
+    ]
+    assert [len(p["contacts"]) for p in pages] == [3, 1, 0]
+    assert [c for p in pages for c in p["contacts"]] == whole["contacts"]
+    for answer in [whole, *pages]:
+        assert answer["total"] == 4
+        assert answer["summary"]["by_degree"] == {"1": 3, "2": 1}
+        by_venue = {
+            (v["degree"], v["venue_name"], v["people"]) for v in answer["summary"]["by_venue"]
+        }
+        assert by_venue == {(1, "Chợ Pleiku", 3), (2, "Bệnh viện tỉnh", 1)}
+        assert sum(h["people"] for h in answer["summary"]["by_hour"]) == 4
+    # Every page read is audited with its page, and names only that page's people.
+    entries = hub.audit()
+    assert [(e.params.get("page"), e.params["results"]) for e in entries] == [
+        (1, 4),
+        (1, 3),
+        (2, 1),
+        (3, 0),
+    ]
+    assert {e.params["page_size"] for e in entries} == {100, 3}
+    assert hub.post("tracer", "/api/v1/trace", _trace_body(page=0)).status_code == 422
+    assert hub.post("tracer", "/api/v1/trace", _trace_body(page_size=1001)).status_code == 422
+
+
 @pytest.mark.parametrize("role", ["venue", "reporter", "admin"])
 def test_trace_refused_for_other_roles(hub: Hub, role: str) -> None:
     response = hub.post(role, "/api/v1/trace", _trace_body())

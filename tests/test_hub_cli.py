@@ -74,7 +74,9 @@ def audit(db: str) -> list[tuple[str, str]]:
 def test_trace_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(trace_args(db, "--reason", "ca F0 số 12", "--format", "json")) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"index", "contacts", "params"}
+    assert set(data) == {"index", "summary", "total", "page", "contacts", "params"}
+    assert (data["total"], data["page"]) == (3, None)  # the command names every contact
+    assert data["summary"]["by_degree"] == {"1": 2, "2": 1}
     assert data["index"]["name"] == A.name and data["index"]["id_number"] == A.id_number
     assert data["index"]["visits"] == [{"venue_id": "cho-pleiku", "at": "2021-08-15T03:00:00.000Z"}]
     assert [(c["id_number"], c["degree"], c["exposed_at"], c["via"]) for c in data["contacts"]] == [

@@ -409,6 +409,47 @@ def test_trace_by_number_shows_degrees_timeline_and_exports(
     assert store.audit_entries(1)[0].action == "export_trace"
 
 
+def test_a_large_trace_is_counted_in_full_and_named_a_page_at_a_time(
+    client: TestClient, store: HubStore
+) -> None:
+    crowd = make_people(110, seed=12)[6:110]  # 104 more people at the market with INDEX
+    ingestor = Ingestor(store, now=lambda: NOW)
+    scans = [
+        Scan(
+            scan_id=f"crowd-{i:04d}",
+            venue_id="cho-pleiku",
+            scanned_at=DAY + timedelta(seconds=2 * i),  # one door's pace: no flood held
+            qr_text=cccd_text(p),
+        )
+        for i, p in enumerate(crowd)
+    ]
+    for n in range(0, len(scans), 20):  # batches of a door's usual size
+        batch = ScanBatch(
+            batch_id=f"batch-crowd-{n}", unit_id="door-cho", sent_at=DAY, scans=scans[n : n + 20]
+        )
+        ingestor.handle(topic_scans("door-cho"), encode_message(batch))
+    assert store.counts()["scans"] == len(VISITS) + len(crowd), store.dead_letters()
+    log_in(client, "tracer")
+    first = client.post("/trace", data=trace_form(INDEX.id_number))
+    text = text_of(first.text)
+    assert "F1 105 người" in text and "F2 1 người" in text, text
+    assert "Nhiều nhất tại: Chợ Pleiku (105)" in text and "Trang 1/2" in text
+    assert first.text.count("<tr><td>") == 100  # one page of named contacts
+    one_form = r'<form method="post" action="/trace" class="inline">(?:(?!</form>).)*'
+    next_form = re.search(one_form + r'id="page_next".*?</form>', first.text, re.S)
+    assert next_form is not None and 'id="page_previous"' not in first.text
+    fields = {
+        html_unescape(name): html_unescape(value)
+        for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', next_form.group(0))
+    }
+    second = client.post("/trace", data=fields)
+    text = text_of(second.text)
+    assert "Trang 2/2" in text and F2.name in text and 'id="page_next"' not in second.text
+    assert second.text.count("<tr><td>") == 6  # the last 5 of the F1s, and the F2
+    pages = [e.params.get("page") for e in store.audit_entries(2)]
+    assert pages == [2, 1]  # newest first: each page read is audited
+
+
 def test_trace_with_a_scanned_cccd_text_in_the_id_field(client: TestClient) -> None:
     log_in(client, "tracer")
     page = client.post("/trace", data=trace_form(cccd_text(INDEX)))

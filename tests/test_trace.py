@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -18,7 +18,7 @@ from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Checkin, CheckinRef, HubStore, StoredScan, TraceReader
-from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
+from hub.trace import TracePage, TraceParams, TraceResult, person_key_from_id, trace
 from tests.access_data import traced
 from tests.hubstore import open_store
 
@@ -68,9 +68,17 @@ def fill(
 
 
 def oracle(
-    rows: list[Row], index: int, since: int, until: int, window: int, depth: int
+    rows: list[Row],
+    index: int,
+    since: int,
+    until: int,
+    window: int,
+    depth: int,
+    pseudonym: Callable[[str], str],
 ) -> tuple[dict[str, tuple[int, int, str, str]], Counter[str]]:
     """person key -> (degree, exposure ms, venue, via person key), straight from the rule.
+
+    Ties go to the via person of the smallest `pseudonym`, then the smallest venue.
 
     For each degree, look at every ordered pair of check-ins (all of them, no index
     shortcuts) and keep the earliest qualifying event per newly found person. Also
@@ -83,7 +91,7 @@ def oracle(
     exposure: dict[str, float] = {key[index]: float("-inf")}
     found: dict[str, tuple[int, int, str, str]] = {}
     for k in range(depth):
-        layer: dict[str, tuple[int, str, str]] = {}
+        layer: dict[str, tuple[int, str, str, str]] = {}
         for a in live:
             for b in live:
                 p, q = key[a.person], key[b.person]
@@ -97,10 +105,10 @@ def oracle(
                 if event < exposure[p]:
                     seen["before exposure"] += 1
                     continue
-                candidate = (event, p, VENUES[a.venue])
+                candidate = (event, pseudonym(p), VENUES[a.venue], p)
                 if q not in layer or candidate < layer[q]:
                     layer[q] = candidate
-        for q, (event, p, venue) in layer.items():
+        for q, (event, _, venue, p) in layer.items():
             degree[q] = k + 1
             exposure[q] = event
             found[q] = (k + 1, event, venue, p)
@@ -114,6 +122,18 @@ def as_found(result: TraceResult) -> dict[str, tuple[int, int, str, str]]:
         c.person_key: (c.degree, to_ms(c.exposed_at), c.venue_id, via_key[c.via])
         for c in result.contacts
     }
+
+
+def counted(
+    result: TraceResult,
+) -> tuple[Counter[int], Counter[tuple[int, str]], Counter[tuple[int, datetime]]]:
+    """The summary as counters: by degree, by degree and venue, by degree and hour."""
+    summary = result.summary
+    return (
+        Counter(summary.by_degree),
+        Counter({(d, v): n for d, v, n in summary.by_venue}),
+        Counter({(d, from_ms(h)): n for d, h, n in summary.by_hour}),
+    )
 
 
 def run(
@@ -194,7 +214,7 @@ def test_trace_matches_the_brute_force_oracle(
     since, until = since + shift, until + shift
     fill(store, rows, batch=example)
     result = run(store, index, since, until, window, depth)
-    expected, seen = oracle(rows, index, since, until, window, depth)
+    expected, seen = oracle(rows, index, since, until, window, depth, store.pseudonym)
     for label in ("window edge", "across exposure", "before exposure", "degree 2+"):
         target(float(seen[label]), label=label)
     assert as_found(result) == expected
@@ -202,8 +222,22 @@ def test_trace_matches_the_brute_force_oracle(
     # Same-time visits come in scan-id order, which is the order the rows were stored.
     expected_visits = [(r.at_ms, VENUES[r.venue]) for r in sorted(mine, key=lambda r: r.at_ms)]
     assert [(to_ms(v.at), v.venue_id) for v in result.index.visits] == expected_visits
-    order = [(c.degree, c.exposed_at, c.id_number) for c in result.contacts]
+    order = [(c.degree, c.exposed_at, c.venue_id) for c in result.contacts]
     assert order == sorted(order)
+    assert result.total == len(result.contacts) and result.page is None
+    assert counted(result) == (
+        Counter(c.degree for c in result.contacts),
+        Counter((c.degree, c.venue_id) for c in result.contacts),
+        Counter(
+            (c.degree, c.exposed_at.replace(minute=0, second=0, microsecond=0))
+            for c in result.contacts
+        ),
+    )
+    # Page by page, the same contacts in the same order; each page names only its own.
+    with store.trace_reader() as reader:
+        pages = [trace(reader, result.params, TracePage(n, 3)) for n in range(1, 99)]
+    assert [c for page in pages for c in page.contacts] == result.contacts
+    assert all(p.summary == result.summary and p.total == result.total for p in pages)
 
 
 def at(minutes: float) -> int:
@@ -269,7 +303,7 @@ def test_an_f1_meeting_itself_or_the_index_again_is_no_f2(hub_db: str) -> None:
     assert as_found(result) == {WHO[1].person_key: (1, at(0), "v0", WHO[0].person_key)}
 
 
-def test_ties_are_broken_by_via_person_key_then_venue(hub_db: str) -> None:
+def test_ties_are_broken_by_via_pseudonym_then_venue(hub_db: str) -> None:
     rows = [
         Row(0, 1, at(0)),
         Row(0, 0, at(0)),  # the index at v0 and v1 at the same time ...
@@ -282,9 +316,9 @@ def test_ties_are_broken_by_via_person_key_then_venue(hub_db: str) -> None:
     ]
     with build_store(hub_db, rows) as store:
         result = run(store, 0, at(-10), at(600), 60 * MINUTE)
+        via = min(WHO[1].person_key, WHO[2].person_key, key=store.pseudonym)
     found = as_found(result)
     assert found[WHO[1].person_key] == (1, at(30), "v0", WHO[0].person_key)
-    via = min(WHO[1].person_key, WHO[2].person_key)
     assert found[WHO[3].person_key] == (2, at(90), "v2", via)
 
 
@@ -400,7 +434,13 @@ def test_a_trace_is_audited_and_refused_without_reason(hub_db: str) -> None:
         "depth": 2,
     }
     data = result.to_json_dict()
-    assert set(data) == {"index", "contacts", "params"}
+    assert set(data) == {"index", "summary", "total", "page", "contacts", "params"}
+    assert (data["total"], data["page"]) == (1, None)
+    assert data["summary"] == {
+        "by_degree": {"1": 1},
+        "by_venue": [{"degree": 1, "venue_id": "v0", "people": 1}],
+        "by_hour": [{"degree": 1, "hour": "2021-08-15T03:00:00.000Z", "people": 1}],
+    }
     assert data["contacts"] == [
         {
             "id_number": WHO[1].id_number,

@@ -67,7 +67,7 @@ from hub.audit import (
 )
 from hub.namefold import fold
 from hub.store import AuditQuery, DeadLetter, HeldScan, HubStore, StoredUnitStatus
-from hub.trace import TraceParams, TraceResult, person_key_from_id, trace
+from hub.trace import TracePage, TraceParams, TraceResult, person_key_from_id, trace
 
 __all__ = ["AccessControlledStore", "AuditQuery", "LockedLogins"]
 
@@ -216,12 +216,15 @@ class AccessControlledStore:
         at: datetime,
         *,
         action: str = "trace",
+        page: TracePage | None = None,
     ) -> TraceResult:
         """Contacts of a person (`hub.trace`), for the tracer role only.
 
         A venue may not trace: a trace follows people to other venues. `action` names
         what the answer is for (``trace``, ``export_trace``), so an export is told apart.
         The whole trace reads one snapshot of the store (`CheckinReader.trace_reader`).
+        With a `page`, only that page's contacts are named; the audit entry says which
+        page, and its ``results`` how many people it named (every page is audited).
         """
         if self.role is not Role.TRACER:
             why = f"the {self.role} role may not trace; only the health service (role tracer) may"
@@ -237,12 +240,14 @@ class AccessControlledStore:
             id_text=id_text.strip(),
         )
         audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
+        if page is not None:
+            audited |= {"page": page.number, "page_size": page.size}
 
         def read() -> TraceResult:
             # One read snapshot for the whole trace, closed before the trail appends the
             # entry: the append is a write, which a read-only snapshot cannot make.
             with self._store.trace_reader() as reader:
-                return trace(reader, params)
+                return trace(reader, params, page)
 
         return self._trail.read(action, reason, audited, at, read, size=_trace_size)
 

@@ -367,8 +367,8 @@ class CheckinReader(Protocol):
     def trace_reader(self) -> AbstractContextManager[TraceReader]:
         """A `TraceReader` valid inside the ``with`` block, all of it one read snapshot.
 
-        Hazard: the store's connection is the snapshot's until the block ends, so its
-        other users (the ingest thread of the same store object) wait: keep it to one trace.
+        It reads on a connection apart from the one ingest writes on, so ingest goes on;
+        traces of one store take turns on it: keep a block to one trace.
         """
 
     def person(self, person_key: str) -> tuple[str, str] | None: ...

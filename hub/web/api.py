@@ -26,15 +26,17 @@ from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 from pydantic import AwareDatetime
 
+from doorscan.timefmt import from_ms
 from hub.access import AuditQuery, Timeline, VisitorList
 from hub.auth import User, logout
 from hub.exports import MEDIA, ExportFormat, trace_download
-from hub.trace import TraceResult
+from hub.trace import TracePage, TraceResult
 from hub.web.api_models import (
     AuditEntryOut,
     AuditOut,
     AuditVerificationOut,
     ContactOut,
+    HourCountOut,
     IndexPersonOut,
     LoginIn,
     PeriodIn,
@@ -46,7 +48,10 @@ from hub.web.api_models import (
     TokenOut,
     TraceIn,
     TraceOut,
+    TracePageIn,
+    TraceSummaryOut,
     UserOut,
+    VenueCountOut,
     VenueOut,
     VisitorListOut,
     VisitorOut,
@@ -81,7 +86,9 @@ def _user_out(user: User) -> UserOut:
     )
 
 
-def _run_trace(request: Request, user: User, body: TraceIn, action: str) -> TraceResult:
+def _run_trace(
+    request: Request, user: User, body: TraceIn, action: str, page: TracePage | None = None
+) -> TraceResult:
     started = time.perf_counter()
     result = access_for(request, user).trace(
         body.id,
@@ -92,6 +99,7 @@ def _run_trace(request: Request, user: User, body: TraceIn, action: str) -> Trac
         body.reason,
         at=get_now(request),
         action=action,
+        page=page,
     )
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:  # /metrics' trace_seconds (`hub.web.metrics.HubMetrics`)
@@ -99,8 +107,9 @@ def _run_trace(request: Request, user: User, body: TraceIn, action: str) -> Trac
     return result
 
 
-def _trace_out(result: TraceResult, names: dict[str, str]) -> TraceOut:
+def _trace_out(result: TraceResult, page: TracePage, names: dict[str, str]) -> TraceOut:
     index = result.index
+    summary = result.summary
     return TraceOut(
         index=IndexPersonOut(
             person_key=index.person_key,
@@ -111,6 +120,19 @@ def _trace_out(result: TraceResult, names: dict[str, str]) -> TraceOut:
                 for v in index.visits
             ],
         ),
+        summary=TraceSummaryOut(
+            by_degree={str(degree): people for degree, people in summary.by_degree.items()},
+            by_venue=[
+                VenueCountOut(degree=d, venue_id=v, venue_name=names.get(v), people=n)
+                for d, v, n in summary.by_venue
+            ],
+            by_hour=[
+                HourCountOut(degree=d, hour=from_ms(h), people=n) for d, h, n in summary.by_hour
+            ],
+        ),
+        total=result.total,
+        page=page.number,
+        page_size=page.size,
         contacts=[
             ContactOut(
                 person_key=c.person_key,
@@ -213,10 +235,15 @@ def api_visitors(
 
 
 @router.post("/trace", response_model=TraceOut, tags=["identities"], dependencies=[_bearer])
-def api_trace(body: TraceIn, user: CurrentUser, request: Request) -> TraceOut:
-    """Contacts of a person by degree (tracer only); the rule of `hub.trace`."""
-    result = _run_trace(request, user, body, "trace")
-    return _trace_out(result, access_for(request, user).venue_names())
+def api_trace(body: TracePageIn, user: CurrentUser, request: Request) -> TraceOut:
+    """Contacts of a person by degree (tracer only); the rule of `hub.trace`.
+
+    The answer is counted in full (`summary`, `total`) and names one page of contacts;
+    each page read is an audit entry of its own. An export names them all.
+    """
+    page = TracePage(body.page, body.page_size)
+    result = _run_trace(request, user, body, "trace", page)
+    return _trace_out(result, page, access_for(request, user).venue_names())
 
 
 @router.post(

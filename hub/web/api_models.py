@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from hub.access import Role
 from hub.access.policy import MAX_REASON_CHARS
-from hub.trace import MAX_DEPTH
+from hub.trace import DEFAULT_PAGE_SIZE, MAX_DEPTH, MAX_PAGE_SIZE
 
 __all__ = [
     "UserOut",
@@ -24,6 +24,10 @@ __all__ = [
     "IndexPersonOut",
     "ContactOut",
     "TraceIn",
+    "TracePageIn",
+    "TraceSummaryOut",
+    "VenueCountOut",
+    "HourCountOut",
     "PeriodIn",
     "TimelineIn",
     "SearchIn",
@@ -121,13 +125,49 @@ class SearchIn(_Out):
 
 
 class TraceIn(TimelineIn):
+    """A trace's question: an export of it names every contact."""
+
     window_minutes: float = Field(60, ge=0, le=MAX_WINDOW_MINUTES)
     depth: int = Field(2, ge=0, le=MAX_DEPTH)
 
 
+class TracePageIn(TraceIn):
+    """A trace's question and which page of named contacts to answer with."""
+
+    page: int = Field(1, ge=1, description="1 is the first page")
+    page_size: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+class VenueCountOut(_Out):
+    degree: int
+    venue_id: str
+    venue_name: str | None
+    people: int = Field(description="contacts of this degree whose earliest event was here")
+
+
+class HourCountOut(_Out):
+    degree: int
+    hour: datetime = Field(description="start of the hour (UTC) of their exposure")
+    people: int
+
+
+class TraceSummaryOut(_Out):
+    """The whole answer counted; no identity is opened to count it."""
+
+    by_degree: dict[str, int] = Field(description='contacts per degree: {"1": F1s, "2": F2s}')
+    by_venue: list[VenueCountOut] = Field(description="most people first, per degree")
+    by_hour: list[HourCountOut] = Field(description="in time order, per degree")
+
+
 class TraceOut(_Out):
     index: IndexPersonOut
-    contacts: list[ContactOut]
+    summary: TraceSummaryOut
+    total: int = Field(description="contacts in the whole answer (`contacts` is one page)")
+    page: int
+    page_size: int
+    contacts: list[ContactOut] = Field(
+        description="this page's contacts, by degree, then time of exposure, then venue"
+    )
     since: datetime
     until: datetime
     window_minutes: float

@@ -21,9 +21,10 @@ from markupsafe import Markup
 
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
+from doorscan.timefmt import from_ms
 from hub.access import AccessControlledStore, PersonMatch
 from hub.exports import ExportFormat, trace_download
-from hub.trace import DEFAULT_DEPTH, DEFAULT_WINDOW, MAX_DEPTH, Contact, TraceResult
+from hub.trace import DEFAULT_DEPTH, DEFAULT_WINDOW, MAX_DEPTH, Contact, TracePage, TraceResult
 from hub.web.api_models import MAX_WINDOW_MINUTES
 from hub.web.deps import (
     access_for,
@@ -47,6 +48,7 @@ router = APIRouter(include_in_schema=False)
 TRACE_DAYS = 14
 """Default trace period: the last 14 days, the incubation period tracers work with."""
 _CITIZEN_NUMBER = re.compile(r"\d{12}|\d{9}")
+_TOP = 5  # venues and hours named in each degree's counts line
 
 
 # -- trace ------------------------------------------------------------------------------------
@@ -60,6 +62,7 @@ class TraceForm:
     until: str = ""
     window_minutes: str = str(DEFAULT_WINDOW // timedelta(minutes=1))
     depth: str = str(DEFAULT_DEPTH)
+    page: str = "1"
 
 
 def subject_from_text(text: str) -> str | None:
@@ -170,7 +173,11 @@ def _trace_of_form(
         if len(matches) != 1:
             return matches
         subject = matches[0].person_key
-    return reader.trace(subject, since, until, window, depth, form.reason, now, action=action)
+    # The page shows one page of named contacts; an export names them all.
+    page = TracePage(int_field(form.page or "1", "page")) if action == "trace" else None
+    return reader.trace(
+        subject, since, until, window, depth, form.reason, now, action=action, page=page
+    )
 
 
 @router.post("/trace/export")
@@ -211,9 +218,18 @@ async def trace_export(request: Request) -> Response:
 def _result_context(
     result: TraceResult, form: TraceForm, names: dict[str, str], lang: Lang
 ) -> dict[str, Any]:
-    by_degree: dict[int, list[Contact]] = defaultdict(list)
+    on_page: dict[int, list[Contact]] = defaultdict(list)
     for contact in result.contacts:
-        by_degree[contact.degree].append(contact)
+        on_page[contact.degree].append(contact)
+    top_venues: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for degree, venue_id, count in result.summary.by_venue:  # most people first
+        if len(top_venues[degree]) < _TOP:
+            top_venues[degree].append((venue_id, count))
+    hours: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+    for degree, hour_ms, count in result.summary.by_hour:
+        hours[degree].append((from_ms(hour_ms), count))
+    top_hours = {d: sorted(h, key=lambda x: (-x[1], x[0]))[:_TOP] for d, h in hours.items()}
+    size = result.page.size if result.page is not None else max(result.total, 1)
     people = {result.index.id_number: result.index.name or result.index.id_number}
     people.update({c.id_number: c.name or c.id_number for c in result.contacts})
 
@@ -226,7 +242,7 @@ def _result_context(
     ]
     contacts = [
         TimelineMark(c.venue_id, c.exposed_at, f"{c.name} — {format_time(c.exposed_at, lang)}")
-        for c in by_degree.get(1, [])
+        for c in on_page.get(1, [])
     ]
     timeline = timeline_svg(
         visits,
@@ -238,7 +254,11 @@ def _result_context(
     )
     return {
         "result": result,
-        "by_degree": sorted(by_degree.items()),
+        "on_page": on_page,
+        "top_venues": top_venues,
+        "top_hours": top_hours,
+        "page": result.page.number if result.page is not None else 1,
+        "pages": -(-result.total // size),
         "venue_name": venue_name,
         "via_name": lambda id_number: f"{people.get(id_number, id_number)} ({id_number})",
         "timeline": Markup(timeline) if result.index.visits else None,  # noqa: S704 escaped in svg.py
