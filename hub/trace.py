@@ -58,7 +58,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from doorscan.errors import Refusal
 from doorscan.payloads import person_key_for_id
@@ -206,16 +207,24 @@ class Contact:
     via: str  # id_number of the degree-1-lower person of the earliest event
 
 
-@dataclass(frozen=True)
-class Reached:
-    """A contact as the walk finds it, before any identity is opened: who by pseudonym."""
+class Reached(NamedTuple):
+    """A contact as the walk finds it, before any identity is opened: who by pseudonym.
 
-    pseudonym: str
+    A tuple, in the answer's order (degree, exposure, venue, then the shown check-in):
+    an F2 makes tens of thousands, and tuples are made and sorted at C speed.
+    """
+
     degree: int
     exposed_ms: int
     venue_id: str
+    at_ms: int  # the check-in whose identity names them (see `_Event`) ...
+    scan_id: str  # ... and its scan id
+    pseudonym: str
     via: str  # the pseudonym of the degree-1-lower person of the earliest event
-    shown: CheckinRef  # the check-in whose identity names them (see `_Event`)
+
+    @property
+    def shown(self) -> CheckinRef:
+        return (self.venue_id, self.at_ms, self.scan_id, self.pseudonym)
 
 
 @dataclass(frozen=True)
@@ -250,9 +259,9 @@ class TraceSummary:
 
     @classmethod
     def of(cls, reached: list[Reached]) -> TraceSummary:
-        degrees = Counter(r.degree for r in reached)
-        venues = Counter((r.degree, r.venue_id) for r in reached)
-        hours = Counter((r.degree, r.exposed_ms - r.exposed_ms % _HOUR_MS) for r in reached)
+        degrees = Counter(map(itemgetter(0), reached))
+        venues = Counter(map(itemgetter(0, 2), reached))
+        hours = Counter((r[0], r[1] - r[1] % _HOUR_MS) for r in reached)
         return cls(
             by_degree=dict(sorted(degrees.items())),
             by_venue=sorted(
@@ -327,9 +336,9 @@ class Finding:
 
     def open(self, reader: TraceReader, chosen: list[Reached]) -> list[Contact]:
         """Name `chosen`: their shown check-ins and their vias' opened, in one read."""
-        by_pseudonym = {r.pseudonym: r for r in self.reached}
-        vias = [by_pseudonym[r.via] for r in chosen if r.via != self.index_pseudonym]
-        opened = reader.open_checkins({r.shown for r in [*chosen, *vias]})
+        wanted = {r.via for r in chosen} - {self.index_pseudonym}
+        by_pseudonym = {r.pseudonym: r for r in self.reached if r.pseudonym in wanted}
+        opened = reader.open_checkins({r.shown for r in [*chosen, *by_pseudonym.values()]})
         contacts = []
         for r in chosen:
             who = opened[r.shown[2]]
@@ -352,8 +361,7 @@ class Finding:
         return contacts
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     """A person found at some degree: who (pseudonym), since when exposed (None: always), visits."""
 
     pseudonym: str
@@ -411,15 +419,16 @@ def find(reader: TraceReader, params: TraceParams) -> Finding:
         if not best:
             break
         degree_of.update(dict.fromkeys(best, degree))
-        visits: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        reached += [
+            Reached(degree, event_ms, venue_id, at, scan_id, q, via)
+            for q, (event_ms, via, venue_id, at, scan_id) in best.items()
+        ]
         if degree < params.depth:  # the last degree's visits would never be read
+            visits: dict[str, list[tuple[str, int]]] = defaultdict(list)
             for venue, at, _, q in reader.visits_of(best.keys(), since_ms, until_ms):
                 visits[q].append((venue, at))
-        frontier = []
-        for q, (event_ms, via, venue_id, at, scan_id) in best.items():
-            frontier.append(_Found(q, event_ms, visits[q]))
-            reached.append(Reached(q, degree, event_ms, venue_id, via, (venue_id, at, scan_id, q)))
-    reached.sort(key=lambda r: (r.degree, r.exposed_ms, r.venue_id, r.shown[1], r.shown[2]))
+            frontier = [_Found(q, event[0], visits[q]) for q, event in best.items()]
+    reached.sort()  # the tuples' own order: degree, exposure, venue, check-in
     return Finding(params, index, index_pseudonym, reached)
 
 
