@@ -12,6 +12,7 @@
     python -m provisioning revoke bv-gia-lai-door-1 --publish-to
     python -m provisioning enroll --venue bv-gia-lai [--ttl-minutes 15] [--out qr.png]
     python -m provisioning enroll-server --listen 0.0.0.0:8443 --server-cert PEM ...
+    python -m provisioning release init | build --version 1.4.0 | stamp | list
 
 The home folder is `--home`, else `$DOORSCAN_FLEET`, else `./fleet` (see
 `provisioning.fleet`). Every command prints what it wrote; a refusal prints one line
@@ -45,7 +46,7 @@ from typing import Any
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
 from doorscan.wire import UnitRecord, VenueRecord
-from provisioning import broker_cli, bundle, card_cli, enroll_cli
+from provisioning import broker_cli, bundle, card_cli, enroll_cli, release_cli
 from provisioning.broker_address import (
     PLAIN_PORT,
     TLS_PORT,
@@ -448,6 +449,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     broker_cli.register,
     enroll_cli.register,
     bundle.register,
+    release_cli.register,
 ]
 
 
