@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Literal
 
 from openpyxl import Workbook
@@ -31,7 +32,7 @@ from doorscan.timefmt import VIETNAM
 if TYPE_CHECKING:
     from fastapi import Response
 
-    from hub.trace import TraceResult
+    from hub.trace import TraceExport
 
 __all__ = [
     "FORMULA_START",
@@ -46,6 +47,7 @@ __all__ = [
     "trace_rows",
 ]
 
+_BOM = "\ufeff".encode()
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """What a text cell may not start with (OWASP's list for CSV injection)."""
 
@@ -67,10 +69,14 @@ def _text_cell(value: Cell) -> Cell:
 
 
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Cell]]) -> bytes:
-    """The rows as a CSV file (UTF-8 with BOM, CRLF line ends as RFC 4180 asks)."""
+    """The rows as a CSV file (UTF-8 with BOM, CRLF line ends as RFC 4180 asks).
+
+    No `headers`, no header row (the continuation of a streamed file).
+    """
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([neutralise(h) for h in headers])
+    if headers:
+        writer.writerow([neutralise(h) for h in headers])
     for row in rows:
         writer.writerow(
             [
@@ -112,11 +118,14 @@ MEDIA = {
 }
 
 
-def trace_rows(result: TraceResult, names: dict[str, str]) -> list[list[Cell]]:
-    """The index person's visits (degree 0), then every contact, times in Vietnam time."""
-    index = result.index
-    rows: list[list[Cell]] = [
-        [
+def trace_rows(export: TraceExport, names: dict[str, str]) -> Iterator[list[Cell]]:
+    """The index person's visits (degree 0), then every contact, times in Vietnam time.
+
+    Contacts come as the export names them, batch by batch (`hub.trace.named_batches`).
+    """
+    index = export.finding.index
+    for v in index.visits:
+        yield [
             0,
             index.id_number,
             index.name or "",
@@ -125,34 +134,46 @@ def trace_rows(result: TraceResult, names: dict[str, str]) -> list[list[Cell]]:
             v.at.astimezone(VIETNAM),
             "",
         ]
-        for v in index.visits
-    ]
-    rows += [
-        [
-            c.degree,
-            c.id_number,
-            c.name,
-            c.venue_id,
-            names.get(c.venue_id, ""),
-            c.exposed_at.astimezone(VIETNAM),
-            c.via,
-        ]
-        for c in result.contacts
-    ]
-    return rows
+    for batch in export.batches:
+        for c in batch:
+            yield [
+                c.degree,
+                c.id_number,
+                c.name,
+                c.venue_id,
+                names.get(c.venue_id, ""),
+                c.exposed_at.astimezone(VIETNAM),
+                c.via,
+            ]
 
 
-def trace_download(fmt: ExportFormat, result: TraceResult, names: dict[str, str]) -> Response:
-    """The trace as an attachment: CSV (UTF-8 with BOM) or an XLSX workbook."""
+def _csv_chunks(headers: Sequence[str], rows: Iterable[Sequence[Cell]]) -> Iterator[bytes]:
+    """`to_csv`'s file, a few hundred rows at a time: the BOM and the header first."""
+    rows = iter(rows)
+    first = True
+    while True:
+        chunk = list(islice(rows, 500))
+        if not chunk and not first:
+            return
+        text = to_csv(headers if first else (), chunk)
+        yield text if first else text.removeprefix(_BOM)
+        first = False
+
+
+def trace_download(fmt: ExportFormat, export: TraceExport, names: dict[str, str]) -> Response:
+    """The trace as an attachment: CSV (UTF-8 with BOM), streamed, or an XLSX workbook."""
     from fastapi import Response  # here: the CLI imports this module without the web stack
+    from fastapi.responses import StreamingResponse
 
-    rows = trace_rows(result, names)
-    content = to_csv(TRACE_HEADERS, rows) if fmt == "csv" else to_xlsx(TRACE_HEADERS, rows, "trace")
-    return Response(
-        content,
-        media_type=MEDIA[fmt],
-        headers={
-            "Content-Disposition": f'attachment; filename="trace.{fmt}"',
-            "Cache-Control": "no-store",
-        },
-    )
+    headers = {
+        "Content-Disposition": f'attachment; filename="trace.{fmt}"',
+        "Cache-Control": "no-store",
+    }
+    rows = trace_rows(export, names)
+    if fmt == "csv":
+        return StreamingResponse(
+            _csv_chunks(TRACE_HEADERS, rows), media_type=MEDIA[fmt], headers=headers
+        )
+    # A workbook is a zip whose index comes last: it is written whole (openpyxl's
+    # write-only mode keeps it small in memory meanwhile).
+    return Response(to_xlsx(TRACE_HEADERS, rows, "trace"), media_type=MEDIA[fmt], headers=headers)

@@ -55,7 +55,8 @@ import bisect
 import heapq
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -70,18 +71,21 @@ __all__ = [
     "DEFAULT_DEPTH",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_WINDOW",
+    "EXPORT_BATCH",
     "MAX_DEPTH",
     "MAX_PAGE_SIZE",
     "Contact",
     "Finding",
     "IndexPerson",
     "Reached",
+    "TraceExport",
     "TracePage",
     "TraceParams",
     "TraceResult",
     "TraceSummary",
     "Visit",
     "find",
+    "named_batches",
     "person_key_from_id",
     "trace",
 ]
@@ -341,12 +345,14 @@ class Finding:
         opened = reader.open_checkins({r.shown for r in [*chosen, *by_pseudonym.values()]})
         contacts = []
         for r in chosen:
-            who = opened[r.shown[2]]
-            via_id = (
-                self.index.id_number
-                if r.via == self.index_pseudonym
-                else opened[by_pseudonym[r.via].shown[2]].id_number
-            )
+            who = opened.get(r.shown[2])
+            if who is None:
+                continue  # purged since the walk (`named_batches`); in one snapshot, never
+            if r.via == self.index_pseudonym:
+                via_id = self.index.id_number
+            else:
+                via = opened.get(by_pseudonym[r.via].shown[2])
+                via_id = "" if via is None else via.id_number  # "" only when purged meanwhile
             contacts.append(
                 Contact(
                     person_key=who.person_key,
@@ -392,6 +398,35 @@ def trace(reader: TraceReader, params: TraceParams, page: TracePage | None = Non
         total=len(finding.reached),
         page=page,
     )
+
+
+EXPORT_BATCH = 1000
+"""Contacts named per read snapshot while an export is written."""
+
+
+@dataclass(frozen=True)
+class TraceExport:
+    """A whole trace for a file: the walk's answer, and its contacts named batch by batch."""
+
+    finding: Finding
+    batches: Iterator[list[Contact]]
+
+
+def named_batches(
+    open_reader: Callable[[], AbstractContextManager[TraceReader]],
+    finding: Finding,
+    size: int | None = None,
+) -> Iterator[list[Contact]]:
+    """Every contact of `finding` in order, named `size` (`EXPORT_BATCH`) at a time, each in a read
+    snapshot of its own (the store's read connection is free between batches).
+
+    Stored scans never change, so a later snapshot opens the same identities; a scan
+    the retention purge removed in between is left out, as it would be from a new trace.
+    """
+    step = size or EXPORT_BATCH
+    for start in range(0, len(finding.reached), step):
+        with open_reader() as reader:
+            yield finding.open(reader, finding.reached[start : start + step])
 
 
 def find(reader: TraceReader, params: TraceParams) -> Finding:

@@ -525,6 +525,28 @@ def test_tracer_exports_the_trace(hub: Hub) -> None:
     assert [e.action for e in hub.audit()] == ["export_trace", "export_trace"]
 
 
+def test_an_export_streams_its_contacts_named_a_batch_per_snapshot(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = {"id": A.id_number, **PERIOD, "reason": REASON}
+    whole = hub.post("tracer", "/api/v1/exports/trace.csv", params).content
+    snapshots = []
+    trace_reader = hub.store.trace_reader
+
+    def counted() -> Any:
+        snapshots.append(1)
+        return trace_reader()
+
+    monkeypatch.setattr(hub.store, "trace_reader", counted)
+    monkeypatch.setattr("hub.trace.EXPORT_BATCH", 1)
+    streamed = hub.post("tracer", "/api/v1/exports/trace.csv", params)
+    assert streamed.status_code == 200 and streamed.headers.get("content-length") is None
+    assert streamed.content == whole  # the same file, one BOM, one header
+    assert len(snapshots) == 1 + 4  # the walk, then each of the four contacts on its own
+    entries = hub.audit()
+    assert [(e.action, e.params["results"]) for e in entries] == [("export_trace", 4)] * 2
+
+
 @pytest.mark.parametrize("role", ["venue", "reporter", "admin"])
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_exports_refused_for_other_roles(hub: Hub, role: str, fmt: str) -> None:

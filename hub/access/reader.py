@@ -67,7 +67,17 @@ from hub.audit import (
 )
 from hub.namefold import fold
 from hub.store import AuditQuery, DeadLetter, HeldScan, HubStore, StoredUnitStatus
-from hub.trace import TracePage, TraceParams, TraceResult, person_key_from_id, trace
+from hub.trace import (
+    Finding,
+    TraceExport,
+    TracePage,
+    TraceParams,
+    TraceResult,
+    find,
+    named_batches,
+    person_key_from_id,
+    trace,
+)
 
 __all__ = ["AccessControlledStore", "AuditQuery", "LockedLogins"]
 
@@ -226,6 +236,64 @@ class AccessControlledStore:
         With a `page`, only that page's contacts are named; the audit entry says which
         page, and its ``results`` how many people it named (every page is audited).
         """
+        params, reason = self._trace_params(
+            action, id_text, since, until, window, depth, reason, at
+        )
+        audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
+        if page is not None:
+            audited |= {"page": page.number, "page_size": page.size}
+
+        def read() -> TraceResult:
+            # One read snapshot for the whole trace, closed before the trail appends the
+            # entry: the append is a write, which a read-only snapshot cannot make.
+            with self._store.trace_reader() as reader:
+                return trace(reader, params, page)
+
+        return self._trail.read(action, reason, audited, at, read, size=_trace_size)
+
+    def trace_export(
+        self,
+        id_text: str,
+        since: datetime,
+        until: datetime,
+        window: timedelta,
+        depth: int,
+        reason: str,
+        at: datetime,
+    ) -> TraceExport:
+        """A trace to be written out whole (CSV, XLSX), every contact named, streamed.
+
+        The walk runs first, in one snapshot; the audit entry (``export_trace``, with how
+        many people the file names) is written next; the contacts are then named in
+        batches as the file is written (`hub.trace.named_batches`), so a large F2
+        starts downloading at once and holds the store's read connection a batch at a
+        time, never for a slow download's whole length.
+        """
+        action = "export_trace"
+        params, reason = self._trace_params(
+            action, id_text, since, until, window, depth, reason, at
+        )
+        audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
+
+        def read() -> Finding:
+            with self._store.trace_reader() as reader:
+                return find(reader, params)
+
+        finding = self._trail.read(action, reason, audited, at, read, size=lambda f: len(f.reached))
+        return TraceExport(finding, named_batches(self._store.trace_reader, finding))
+
+    def _trace_params(
+        self,
+        action: str,
+        id_text: str,
+        since: datetime,
+        until: datetime,
+        window: timedelta,
+        depth: int,
+        reason: str,
+        at: datetime,
+    ) -> tuple[TraceParams, str]:
+        """The trace asked for and its cleaned reason, if this account may trace at all."""
         if self.role is not Role.TRACER:
             why = f"the {self.role} role may not trace; only the health service (role tracer) may"
             raise self._refuse(action, why, reason, at, subject=self._subject_or_none(id_text))
@@ -239,17 +307,7 @@ class AccessControlledStore:
             depth=depth,
             id_text=id_text.strip(),
         )
-        audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
-        if page is not None:
-            audited |= {"page": page.number, "page_size": page.size}
-
-        def read() -> TraceResult:
-            # One read snapshot for the whole trace, closed before the trail appends the
-            # entry: the append is a write, which a read-only snapshot cannot make.
-            with self._store.trace_reader() as reader:
-                return trace(reader, params, page)
-
-        return self._trail.read(action, reason, audited, at, read, size=_trace_size)
+        return params, reason
 
     def timeline(
         self, id_text: str, since: datetime, until: datetime, reason: str, at: datetime

@@ -86,9 +86,7 @@ def _user_out(user: User) -> UserOut:
     )
 
 
-def _run_trace(
-    request: Request, user: User, body: TraceIn, action: str, page: TracePage | None = None
-) -> TraceResult:
+def _run_trace(request: Request, user: User, body: TraceIn, page: TracePage) -> TraceResult:
     started = time.perf_counter()
     result = access_for(request, user).trace(
         body.id,
@@ -98,7 +96,6 @@ def _run_trace(
         body.depth,
         body.reason,
         at=get_now(request),
-        action=action,
         page=page,
     )
     metrics = getattr(request.app.state, "metrics", None)
@@ -242,7 +239,7 @@ def api_trace(body: TracePageIn, user: CurrentUser, request: Request) -> TraceOu
     each page read is an audit entry of its own. An export names them all.
     """
     page = TracePage(body.page, body.page_size)
-    result = _run_trace(request, user, body, "trace", page)
+    result = _run_trace(request, user, body, page)
     return _trace_out(result, page, access_for(request, user).venue_names())
 
 
@@ -325,8 +322,17 @@ def api_audit(
 
 
 def _export_trace(fmt: ExportFormat, request: Request, user: User, body: TraceIn) -> Response:
-    result = _run_trace(request, user, body, "export_trace")
-    return trace_download(fmt, result, access_for(request, user).venue_names())
+    reader = access_for(request, user)
+    export = reader.trace_export(
+        body.id,
+        body.since,
+        body.until,
+        timedelta(minutes=body.window_minutes),
+        body.depth,
+        body.reason,
+        at=get_now(request),
+    )
+    return trace_download(fmt, export, reader.venue_names())
 
 
 @router.post(

@@ -133,7 +133,7 @@ async def trace_submit(request: Request) -> Response:
         "max_window": MAX_WINDOW_MINUTES,
     }
     try:
-        result = _trace_of_form(reader, form, now, "trace")
+        result = _trace_of_form(reader, form, now)
         if isinstance(result, list):
             return render(request, "trace.html", user, "trace", **{**context, "matches": result})
     except Refusal as refusal:
@@ -157,15 +157,25 @@ async def trace_submit(request: Request) -> Response:
     )
 
 
-def _trace_of_form(
-    reader: AccessControlledStore, form: TraceForm, now: datetime, action: str
-) -> TraceResult | list[PersonMatch]:
+@dataclass(frozen=True)
+class _Asked:
+    """The trace the form asks for, checked: who, the period, the window, the depth."""
+
+    subject: str
+    since: datetime
+    until: datetime
+    window: timedelta
+    depth: int
+
+
+def _asked(
+    reader: AccessControlledStore, form: TraceForm, now: datetime
+) -> _Asked | list[PersonMatch]:
     """The trace the form asks for, or the people its name matches when not exactly one."""
     since, until = period(form.since, form.until)
     window_minutes = int_field(form.window_minutes, "window")
     if not 0 <= window_minutes <= MAX_WINDOW_MINUTES:
         raise Refusal("bad_window", f"the window must be 0..{MAX_WINDOW_MINUTES} minutes")
-    window = timedelta(minutes=window_minutes)
     depth = int_field(form.depth, "depth")
     subject = subject_from_text(form.subject)
     if subject is None:
@@ -173,10 +183,26 @@ def _trace_of_form(
         if len(matches) != 1:
             return matches
         subject = matches[0].person_key
-    # The page shows one page of named contacts; an export names them all.
-    page = TracePage(int_field(form.page or "1", "page")) if action == "trace" else None
+    return _Asked(subject, since, until, timedelta(minutes=window_minutes), depth)
+
+
+def _trace_of_form(
+    reader: AccessControlledStore, form: TraceForm, now: datetime
+) -> TraceResult | list[PersonMatch]:
+    """One page of the trace the form asks for, or the people its name matches."""
+    asked = _asked(reader, form, now)
+    if isinstance(asked, list):
+        return asked
+    page = TracePage(int_field(form.page or "1", "page"))
     return reader.trace(
-        subject, since, until, window, depth, form.reason, now, action=action, page=page
+        asked.subject,
+        asked.since,
+        asked.until,
+        asked.window,
+        asked.depth,
+        form.reason,
+        now,
+        page=page,
     )
 
 
@@ -192,8 +218,14 @@ async def trace_export(request: Request) -> Response:
     form = TraceForm(**{k: str(raw.get(k, "")) for k in TraceForm.__dataclass_fields__})
     fmt: ExportFormat = "xlsx" if raw.get("format") == "xlsx" else "csv"
     reader = access_for(request, user)
+    now = get_now(request)
     try:
-        result = _trace_of_form(reader, form, get_now(request), "export_trace")
+        asked = _asked(reader, form, now)
+        if isinstance(asked, list):
+            raise Refusal("ambiguous_name", "the name matches more than one person: pick one")
+        export = reader.trace_export(
+            asked.subject, asked.since, asked.until, asked.window, asked.depth, form.reason, now
+        )
     except Refusal as refusal:
         lang = lang_of(request)
         errors = [t("bad_input", lang, detail=refusal.reason)]
@@ -210,9 +242,7 @@ async def trace_export(request: Request) -> Response:
             max_depth=MAX_DEPTH,
             max_window=MAX_WINDOW_MINUTES,
         )
-    if isinstance(result, list):
-        raise Refusal("ambiguous_name", "the name matches more than one person: pick one")
-    return trace_download(fmt, result, reader.venue_names())
+    return trace_download(fmt, export, reader.venue_names())
 
 
 def _result_context(
