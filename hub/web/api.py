@@ -86,18 +86,15 @@ def _user_out(user: User) -> UserOut:
     )
 
 
+def _asked(body: TraceIn) -> tuple[str, datetime, datetime, timedelta, int, str]:
+    """The trace `body` asks for, as `AccessControlledStore.trace` takes it."""
+    window = timedelta(minutes=body.window_minutes)
+    return body.id, body.since, body.until, window, body.depth, body.reason
+
+
 def _run_trace(request: Request, user: User, body: TraceIn, page: TracePage) -> TraceResult:
     started = time.perf_counter()
-    result = access_for(request, user).trace(
-        body.id,
-        body.since,
-        body.until,
-        timedelta(minutes=body.window_minutes),
-        body.depth,
-        body.reason,
-        at=get_now(request),
-        page=page,
-    )
+    result = access_for(request, user).trace(*_asked(body), at=get_now(request), page=page)
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:  # /metrics' trace_seconds (`hub.web.metrics.HubMetrics`)
         metrics.observe_trace(time.perf_counter() - started)
@@ -323,15 +320,7 @@ def api_audit(
 
 def _export_trace(fmt: ExportFormat, request: Request, user: User, body: TraceIn) -> Response:
     reader = access_for(request, user)
-    export = reader.trace_export(
-        body.id,
-        body.since,
-        body.until,
-        timedelta(minutes=body.window_minutes),
-        body.depth,
-        body.reason,
-        at=get_now(request),
-    )
+    export = reader.trace_export(*_asked(body), at=get_now(request))
     return trace_download(fmt, export, reader.venue_names())
 
 
