@@ -122,6 +122,7 @@ class HubAssembly:
                         trusted_proxies=http.trusted_proxies,
                         cert_file=http.cert_file,
                         key_file=http.key_file,
+                        releases_dir=http.releases_dir,
                     )
                 try:
                     yield HubParts(store, ingestor, service, web)

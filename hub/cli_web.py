@@ -244,6 +244,7 @@ def _run_web(args: argparse.Namespace) -> int:
             trusted_proxies=http.trusted_proxies,
             cert_file=http.cert_file,
             key_file=http.key_file,
+            releases_dir=http.releases_dir,
         )
         try:
             if not web.wait_started(30):

@@ -143,6 +143,10 @@ class HttpSettings(_Strict):
         description="reverse proxies whose X-Forwarded-For/-Proto headers are believed",
     )
     insecure: bool = Field(False, description="allow plain HTTP on an address that is not loopback")
+    releases_dir: Path | None = Field(
+        None,
+        description="serve this folder at /releases/: provisioning's signed update repository",
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> HttpSettings:
@@ -240,6 +244,7 @@ _PATH_FIELDS = {
     ("keys", "seal_key"),
     ("http", "cert_file"),
     ("http", "key_file"),
+    ("http", "releases_dir"),
 }
 
 

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -29,9 +31,13 @@ from tuf.api.metadata import Metadata
 from tuf.api.serialization.json import JSONSerializer
 
 from device.updater import ReleaseFetcher, UpdateRefused
+from doorscan.localbroker import free_port
 from doorscan.release import ReleaseManifest
+from hub.web.app import RELEASES_PATH
+from hub.web.server import WebThread
 from provisioning.cli import main as provisioning
 from provisioning.release_repo import ReleaseRepo
+from tests.hubstore import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -237,3 +243,25 @@ def test_the_manifest_reads_back_as_written(home: Path) -> None:
     (manifest,) = (home / "releases" / "targets" / "releases" / "1.0.0").glob("*.manifest.json")
     read = ReleaseManifest.model_validate_json(manifest.read_bytes())
     assert read.version == "1.0.0" and read.total_bytes() > 0
+
+
+def test_the_hubs_web_server_serves_the_repository_to_units(home: Path, tmp_path: Path) -> None:
+    with open_store(tmp_path / "hub.db") as store:
+        port = free_port()
+        web = WebThread(store, ("127.0.0.1", port), None, releases_dir=home / "releases")
+        try:
+            assert web.wait_started(30)
+            url = f"http://127.0.0.1:{port}{RELEASES_PATH}"
+            fetched = _fetcher(home, url, tmp_path / "unit").fetch("1.0.0")
+            assert fetched.manifest.version == "1.0.0"
+            # No login needed; only timestamp.json, and what is not there yet, may go stale.
+            with urllib.request.urlopen(f"{url}/metadata/timestamp.json") as answer:  # noqa: S310
+                assert answer.headers["Cache-Control"] == "no-cache"
+            with urllib.request.urlopen(f"{url}/metadata/1.root.json") as answer:  # noqa: S310
+                assert "immutable" in answer.headers["Cache-Control"]
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"{url}/metadata/2.root.json")  # noqa: S310
+            assert missing.value.code == 404
+            assert missing.value.headers["Cache-Control"] == "no-cache"
+        finally:
+            web.close()

@@ -51,13 +51,15 @@ from hub.login_throttle import LoginThrottle
 from hub.store.factory import StoreUnavailable
 from hub.web.deps import NotAuthenticated, TooManyLogins, WebStore, is_api_path, origin_ok
 
-__all__ = ["API_TITLE", "UNAVAILABLE_RETRY_S", "create_app", "error_body"]
+__all__ = ["API_TITLE", "RELEASES_PATH", "UNAVAILABLE_RETRY_S", "create_app", "error_body"]
 
 API_TITLE = "doorscan hub"
 UNAVAILABLE_RETRY_S = 5
 """``Retry-After`` of a 503 while the database is away: about a restart's or a promotion's time."""
 _log = logging.getLogger(__name__)
 _STATIC = Path(__file__).parent / "static"
+RELEASES_PATH = "/releases"
+"""Where `create_app` serves the update repository: a unit's ``repo_url`` ends with it."""
 _NOT_FOUND_CODES = {"unknown_venue"}
 _DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 _DOCS_STATIC = "/static/api-docs"
@@ -75,9 +77,15 @@ def create_app(
     now: Callable[[], datetime] | None = None,
     metrics: Any | None = None,
     login_throttle: LoginThrottle | None = None,
+    releases_dir: Path | None = None,
 ) -> FastAPI:
     """The app on `store`; `now` is the clock (default UTC now), `metrics` a `HubMetrics`,
-    `login_throttle` how failed logins are slowed (default: 5 per user per 15 min)."""
+    `login_throttle` how failed logins are slowed (default: 5 per user per 15 min).
+
+    `releases_dir` is served as it is at ``/releases/``, to anyone: the units' update
+    repository (`provisioning.release_repo`), public software whose every byte a unit
+    checks against the fleet's signatures (`device.updater`), so it needs no login.
+    """
     # Here, so that importing this module stays cheap for the CLI.
     from hub.web import api, api_reports, pages
 
@@ -101,6 +109,8 @@ def create_app(
     app.mount(_DOCS_STATIC, StaticFiles(directory=_DOCS_ASSETS), name="api-docs")
     if _STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+    if releases_dir is not None:
+        app.mount(RELEASES_PATH, StaticFiles(directory=releases_dir), name="releases")
     _add_error_handlers(app)
     _guard_requests(app)
     return app
@@ -119,6 +129,8 @@ def _guard_requests(app: FastAPI) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         if is_api_path(request.url.path):
             response.headers.setdefault("Cache-Control", "no-store")
+        elif request.url.path.startswith(RELEASES_PATH + "/"):
+            response.headers.setdefault("Cache-Control", _release_caching(request, response))
         _requests_log.info(
             "%s %s %d %.0f ms",
             request.method,
@@ -127,6 +139,15 @@ def _guard_requests(app: FastAPI) -> None:
             (time.perf_counter() - started) * 1000,
         )
         return response
+
+
+def _release_caching(request: Request, response: Response) -> str:
+    """Only ``timestamp.json`` changes in place in the update repository; every other file
+    is named by its version or hash and never changes. A miss is not kept either: a unit
+    looks for the next ``N.root.json`` and must see it as soon as it is published."""
+    if response.status_code != 200 or request.url.path.endswith("/timestamp.json"):
+        return "no-cache"
+    return "public, max-age=31536000, immutable"
 
 
 def _bad_origin(request: Request) -> Response:

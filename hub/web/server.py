@@ -30,13 +30,14 @@ class WebThread:
         trusted_proxies: Sequence[str] = (),
         cert_file: Path | None = None,
         key_file: Path | None = None,
+        releases_dir: Path | None = None,
     ) -> None:
         import uvicorn  # imported here: the other commands do not need a web server
 
         from hub.web.app import create_app
 
         host, port = address
-        app = create_app(store, metrics=metrics)
+        app = create_app(store, metrics=metrics, releases_dir=releases_dir)
         # uvicorn's access log writes every URL with its query string; the app logs its
         # own line per request without it (hub.web.app). X-Forwarded-For and -Proto are
         # believed only from the proxies named: from anyone else they are ignored, so a
