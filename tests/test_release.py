@@ -265,3 +265,59 @@ def test_the_hubs_web_server_serves_the_repository_to_units(home: Path, tmp_path
             assert missing.value.headers["Cache-Control"] == "no-cache"
         finally:
             web.close()
+
+
+class _Stalling(_Quiet):
+    """Serves a wheel's first half, then waits until `release` is set (a dying link)."""
+
+    half_sent = threading.Event()
+    release = threading.Event()
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        if not self.path.endswith(".whl"):
+            super().copyfile(source, outputfile)
+            return
+        body = source.read()
+        outputfile.write(body[: len(body) // 2])
+        outputfile.flush()
+        type(self).half_sent.set()
+        type(self).release.wait(30)
+        outputfile.write(body[len(body) // 2 :])
+
+
+_FETCH = """
+import sys
+from pathlib import Path
+from device.updater import ReleaseFetcher
+state, url, root = sys.argv[1:4]
+ReleaseFetcher(Path(state), url, Path(root).read_bytes()).fetch("1.0.0")
+"""
+
+
+def test_a_download_killed_half_way_leaves_nothing_to_install_and_is_fetched_again(
+    home: Path, tmp_path: Path
+) -> None:
+    _Stalling.half_sent.clear()
+    _Stalling.release.clear()
+    handler = partial(_Stalling, directory=str(home / "releases"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    state = tmp_path / "unit"
+    root = home / "releases" / "metadata" / "1.root.json"
+    try:
+        fetching = subprocess.Popen([sys.executable, "-c", _FETCH, str(state), url, str(root)])
+        assert _Stalling.half_sent.wait(60)
+        fetching.kill()  # SIGKILL, half the wheel received
+        assert fetching.wait(30) == -9
+        downloads = state / "downloads" / "1.0.0"
+        assert [p.name for p in downloads.iterdir()] == ["manifest.json"]  # no wheel to install
+        _Stalling.release.set()
+        fetched = _fetcher(home, url, state).fetch("1.0.0")
+        for listed in fetched.manifest.files:
+            body = fetched.files[listed.name].read_bytes()
+            assert hashlib.sha256(body).hexdigest() == listed.sha256
+    finally:
+        _Stalling.release.set()
+        server.shutdown()
+        server.server_close()
