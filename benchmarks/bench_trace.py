@@ -385,8 +385,9 @@ def _figures(backend: str, m: dict[str, Any], data: TraceData) -> list[Figure]:
     figures.append(
         Figure(SUBJECT, f"F2 export, every contact named, p50, n={len(exported)}, {label}",
                percentile(exported, 50), "ms",
-               note="what a CSV or XLSX export of the same F2 costs before it is written: the"
-               " whole answer found and every contact's identity opened; context, no goal")
+               note="every contact of the same F2 named, as `hub trace` does in one snapshot;"
+               " the dashboard's and API's exports do the same work 1 000 at a time while the"
+               " file streams out; context, no goal")
     )  # fmt: skip
     figures.append(
         Figure(SUBJECT, f"people found, median F1 / F2, {label}", float(mid[1]), "people",
