@@ -51,6 +51,9 @@ class Settings:
     feedback_volume: int = 100
     frame_rate: float | None = None  # None: as fast as the frame source gives frames
     quiet_hours: tuple[time, time] | None = None
+    # The release the hub wants this unit to run (`hub fleet-update`), kept with the rest;
+    # None: whatever is installed. Acting on it (fetch, install, switch) is not built yet.
+    software: str | None = None
 
     @classmethod
     def of(cls, config: UnitConfig, update: UnitConfigUpdate | None) -> Settings:
@@ -61,6 +64,7 @@ class Settings:
             feedback_volume=100 if update.feedback_volume is None else update.feedback_volume,
             frame_rate=update.frame_rate,
             quiet_hours=parse_quiet_hours(update.quiet_hours) if update.quiet_hours else None,
+            software=update.software,
         )
 
     def sound_allowed(self, now: datetime) -> bool:

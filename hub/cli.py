@@ -64,7 +64,7 @@ from hub.cli_common import Commands, RefusedToStart, UsageError, apply_config
 from hub.cli_letters import add_dead_letters, add_held
 from hub.cli_reads import add_trace, add_visitors
 from hub.cli_serve import add_serve
-from hub.cli_unitconfig import add_unit_config
+from hub.cli_unitconfig import add_fleet_update, add_unit_config
 from hub.cli_web import add_token, add_user, add_web
 from hub.store.factory import StoreError
 from hub.workers import EXIT_REFUSED
@@ -87,6 +87,7 @@ COMMANDS: list[Callable[[Commands], None]] = [
     add_token,
     add_web,
     add_unit_config,
+    add_fleet_update,
     add_check,
     add_fleet_keys,
 ]

@@ -23,6 +23,7 @@ TLS broker give the hub's files, as for `serve`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -45,6 +46,7 @@ from doorscan.mqtt import (
     make_client,
     use_tls,
 )
+from doorscan.release import check_version
 from doorscan.timefmt import format_rfc3339
 from doorscan.wire import (
     CONFIG_SETTINGS,
@@ -69,7 +71,7 @@ from hub.cli_common import (
 )
 from hub.store.factory import HubStore, StoreError
 
-__all__ = ["add_unit_config", "parse_settings"]
+__all__ = ["add_fleet_update", "add_unit_config", "choose_units", "parse_settings", "rollout_share"]
 
 EXIT_NOT_APPLIED = 1
 
@@ -284,28 +286,7 @@ def _run_unit_config(args: argparse.Namespace) -> int:
             if args.show:
                 print(json.dumps(_show(store, link, args.unit), indent=1, ensure_ascii=False))
                 return 0
-            # Above what the unit reports too: a version it applied or refused, which this
-            # database may never have issued (another hub database, a raw publish).
-            status = _status_of(link, args.unit)
-            seen = [latest.version if latest else None]
-            if status is not None:
-                seen += [status.config_version, status.config_refused_version]
-            update = _build(args.unit, max([v for v in seen if v], default=0) + 1, merged)
-            link.publish(topic_config(args.unit), encode_message(update))
-            # Recorded once the broker took it, so a refused publish leaves no version.
-            try:
-                store.record_unit_config(args.unit, update.version, merged, update.issued_at)
-                record_event(
-                    store,
-                    "unit_config",
-                    args.unit,
-                    update.issued_at,
-                    by=cli_principal(),
-                    version=update.version,
-                    settings=update.settings(),
-                )
-            except StoreError as exc:
-                raise UsageError(f"published, but not recorded: {exc}") from None
+            update = _issue(store, link, args.unit, merged, latest.version if latest else None)
             print(
                 f"unit-config {args.unit}: version {update.version} published (retained): "
                 + json.dumps(update.settings(), ensure_ascii=False)
@@ -315,6 +296,124 @@ def _run_unit_config(args: argparse.Namespace) -> int:
             return _wait_applied(link, args.unit, update.version, args.wait_applied)
         finally:
             link.close()
+
+
+def _issue(
+    store: HubStore, link: _Link, unit_id: str, merged: dict[str, Any], latest: int | None
+) -> UnitConfigUpdate:
+    """Publish `merged` as the unit's next config version (retained), then record it.
+
+    The unit's status must be watched already (`_Link.watch_status`): the version goes
+    above what the unit reports too, a version it applied or refused, which this
+    database may never have issued (another hub database, a raw publish).
+    """
+    status = _status_of(link, unit_id)
+    seen = [latest]
+    if status is not None:
+        seen += [status.config_version, status.config_refused_version]
+    update = _build(unit_id, max([v for v in seen if v], default=0) + 1, merged)
+    link.publish(topic_config(unit_id), encode_message(update))
+    # Recorded once the broker took it, so a refused publish leaves no version.
+    try:
+        store.record_unit_config(unit_id, update.version, merged, update.issued_at)
+        record_event(
+            store,
+            "unit_config",
+            unit_id,
+            update.issued_at,
+            by=cli_principal(),
+            version=update.version,
+            settings=update.settings(),
+        )
+    except StoreError as exc:
+        raise UsageError(f"published, but not recorded: {exc}") from None
+    return update
+
+
+# -- fleet-update ------------------------------------------------------------------------------
+
+
+def add_fleet_update(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "fleet-update",
+        parents=[db_parent(), broker_parent()],
+        help="tell units which signed release to run (the software key of their remote config)",
+        description="Sets software=VERSION in the remote config of the units chosen: all "
+        "active units, --units or --venue, then --percent of those (the same units each "
+        "time, and a higher percent adds units, never swaps them).",
+    )
+    parser.add_argument("--version", required=True, help="a release published by provisioning")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--units", nargs="+", metavar="UNIT", help="these units only")
+    scope.add_argument("--venue", metavar="VENUE", help="the units of this venue only")
+    parser.add_argument(
+        "--percent", type=int, default=100, metavar="N", help="a stable N %% of those (1-100)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the units that would be told, tell none"
+    )
+    parser.add_argument(
+        "--timeout-s", type=float, default=10.0, help="give up on the broker after this (s)"
+    )
+    parser.set_defaults(run=_run_fleet_update)
+
+
+def rollout_share(unit_id: str) -> int:
+    """0..99, fixed for a unit: it is in a rollout of N % when this is below N."""
+    return int.from_bytes(hashlib.sha256(unit_id.encode("utf-8")).digest()[:4], "big") % 100
+
+
+def choose_units(
+    units: list[tuple[str, str, bool]], chosen: list[str] | None, venue: str | None, percent: int
+) -> list[str]:
+    """The active units (of (unit id, venue id, active)) a rollout tells, in id order.
+
+    `UsageError` for a unit asked for by name that is not active here.
+    """
+    active = {unit_id: venue_id for unit_id, venue_id, is_active in units if is_active}
+    if chosen is not None:
+        unknown = sorted(set(chosen) - set(active))
+        if unknown:
+            raise UsageError(f"not an active unit of this hub: {', '.join(unknown)}")
+        picked = sorted(set(chosen))
+    else:
+        picked = sorted(u for u, at in active.items() if venue is None or at == venue)
+    return [u for u in picked if rollout_share(u) < percent]
+
+
+def _run_fleet_update(args: argparse.Namespace) -> int:
+    try:
+        version = check_version(args.version)
+    except Refusal as exc:
+        raise UsageError(exc.reason) from None
+    if not 1 <= args.percent <= 100:
+        raise UsageError("--percent is 1 to 100")
+    releases = args.hub_config.http.releases_dir
+    if releases is not None and not (releases / "targets" / "releases" / version).is_dir():
+        raise UsageError(f"release {version} is not published in {releases}")
+    with open_store(args.db, args.vault_key, must_exist=False) as store:
+        registry = [(u.unit_id, u.venue_id, u.active) for u in store.unit_scan_summaries()]
+        targets = choose_units(registry, args.units, args.venue, args.percent)
+        if not targets:
+            raise UsageError("no active unit matches")
+        if args.dry_run:
+            for unit_id in targets:
+                print(f"fleet-update {unit_id}: would be told software={version}")
+            return 0
+        link = _Link(args)
+        link.open()
+        try:
+            for unit_id in targets:
+                link.watch_status(unit_id)
+                latest = store.unit_config(unit_id)
+                merged = dict(latest.settings) if latest is not None else {}
+                merged["software"] = version
+                update = _issue(store, link, unit_id, merged, latest.version if latest else None)
+                print(f"fleet-update {unit_id}: version {update.version}, software={version}")
+        finally:
+            link.close()
+    print(f"{len(targets)} unit(s) told to run {version}")
+    return 0
 
 
 def _wait_applied(link: _Link, unit_id: str, version: int, timeout_s: float) -> int:

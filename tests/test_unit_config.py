@@ -8,8 +8,10 @@ import subprocess
 from datetime import UTC, datetime, time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from gpiozero.pins.mock import MockFactory
+from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from device.clock import ManualClock
@@ -20,10 +22,17 @@ from device.remote_config import in_quiet_hours
 from device.unit import Unit
 from doorscan.localbroker import LocalBroker
 from doorscan.synthetic import blank_frame, cccd_text, make_people, render_frame
-from doorscan.wire import topic_config, topic_hub_status
+from doorscan.wire import (
+    UnitConfigUpdate,
+    UnitRecord,
+    VenueRecord,
+    decode_message,
+    topic_config,
+    topic_hub_status,
+)
 from hub.cli import main as hub_main
 from hub.cli_common import UsageError
-from hub.cli_unitconfig import parse_settings
+from hub.cli_unitconfig import parse_settings, rollout_share
 from tests.hubstore import open_store
 from tests.test_broker_security import HOST, Fleet
 from tests.test_broker_security import fleet as fleet  # the TLS broker fixture, re-exported
@@ -337,3 +346,97 @@ def test_settings_on_the_command_line() -> None:
     for bad in (["nope=1"], ["debounce_s=1", "debounce_s=2"], ["debounce_s"]):
         with pytest.raises(UsageError):
             parse_settings(bad)
+
+
+# -- fleet-update: which signed release each unit should run ---------------------------------
+
+
+def _retained_configs(broker: LocalBroker) -> dict[str, UnitConfigUpdate]:
+    """Every unit's retained config on the broker, as an outsider reads it from the schema."""
+    got: dict[str, UnitConfigUpdate] = {}
+    answered: set[int] = set()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.__setitem__(
+        m.topic.split("/")[-2], decode_message(bytes(m.payload), UnitConfigUpdate)
+    )
+    client.on_subscribe = lambda c, u, mid, codes, props: answered.add(mid)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe("doorscan/v1/units/+/config", qos=1)
+    # The broker sends a subscription's retained messages before it answers a later one.
+    _, barrier = client.subscribe("doorscan/v1/hub/never-retained", qos=0)
+    assert wait_for(lambda: barrier in answered)
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
+def _fleet(tmp_path: Path) -> dict[str, str]:
+    """20 active units at two venues and one inactive, in the hub's database."""
+    units = {f"door-{n:02d}": ("cho" if n % 2 else "benh-vien") for n in range(20)}
+    with open_store(str(tmp_path / "hub.db")) as store:
+        for venue in ("cho", "benh-vien"):
+            store.upsert_venue(VenueRecord(venue_id=venue, name=venue))
+        for unit_id, venue in units.items():
+            store.upsert_unit(UnitRecord(unit_id=unit_id, venue_id=venue))
+        store.upsert_unit(UnitRecord(unit_id="door-old", venue_id="cho", active=False))
+    return units
+
+
+def _fleet_update(broker: LocalBroker, *words: str) -> int:
+    where = ("--broker-host", broker.host, "--broker-port", str(broker.port))
+    return hub_main(["fleet-update", *words, *where])
+
+
+def test_fleet_update_tells_a_stable_share_of_the_chosen_units_the_release_to_run(
+    tmp_path: Path, broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    units = _fleet(tmp_path)
+    at_market = sorted(u for u, v in units.items() if v == "cho")
+    assert _fleet_update(broker, "--version", "1.4.0", "--venue", "cho", "--percent", "50") == 0
+    first = _retained_configs(broker)
+    told = sorted(first)
+    assert told == [u for u in at_market if rollout_share(u) < 50] and 0 < len(told) < 10
+    assert {(c.software, c.version) for c in first.values()} == {("1.4.0", 1)}
+    assert f"{len(told)} unit(s) told to run 1.4.0" in capsys.readouterr().out
+    # The whole venue next: the first half again (a new version), the rest for the first time.
+    assert _fleet_update(broker, "--version", "1.4.0", "--venue", "cho") == 0
+    second = _retained_configs(broker)
+    assert sorted(second) == at_market  # the inactive unit and the other venue untouched
+    assert all(second[u].version == (2 if u in told else 1) for u in at_market)
+    # A unit's other settings stay: software is one key of its remote config.
+    assert hub_main(["unit-config", at_market[0], "debounce_s=90", "--broker-host",
+                     broker.host, "--broker-port", str(broker.port)]) == 0  # fmt: skip
+    assert _fleet_update(broker, "--version", "1.5.0", "--units", at_market[0]) == 0
+    last = _retained_configs(broker)[at_market[0]]
+    assert (last.software, last.debounce_s) == ("1.5.0", 90)
+
+
+def test_fleet_update_refuses_what_it_cannot_carry_out_and_tells_nobody(
+    tmp_path: Path, broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fleet(tmp_path)
+    for words in (
+        ("--version", "1.4"),  # not a release number
+        ("--version", "1.4.0", "--units", "door-old"),  # inactive
+        ("--version", "1.4.0", "--units", "door-99"),  # unknown
+        ("--version", "1.4.0", "--percent", "0"),
+        ("--version", "1.4.0", "--venue", "nowhere"),
+    ):
+        assert _fleet_update(broker, *words) == 2, words
+    errors = capsys.readouterr().err
+    for why in ("not a release number", "not an active unit", "door-99", "--percent", "matches"):
+        assert why in errors
+    assert _fleet_update(broker, "--version", "1.4.0", "--dry-run") == 0
+    assert capsys.readouterr().out.count("would be told software=1.4.0") == 20
+    assert _retained_configs(broker) == {}
+
+
+def test_a_running_unit_keeps_the_release_it_is_told_to_run(
+    tmp_path: Path, broker: LocalBroker, watcher: Watcher
+) -> None:
+    with _unit(tmp_path, broker).start() as unit:
+        assert unit.sync.wait_connected(20)
+        _set(broker, "software=1.4.0")
+        assert watcher.statuses()[-1].config_version == 1
+        assert unit.remote_config.settings.software == "1.4.0"

@@ -58,7 +58,7 @@ __all__ = [
     "schema_refusal",
 ]
 
-WIRE_REVISION = 8
+WIRE_REVISION = 9
 """The revision this code writes and reads (and every older one)."""
 REV_FIELD_SINCE = 6
 """The first revision whose messages may carry ``rev``."""
@@ -101,6 +101,11 @@ REVISIONS: tuple[tuple[int, str], ...] = (
         8,
         "The fleet's public keys: `FleetKeys` on `registry/fleet/keys`, which the hub "
         "checks its own keys against before it starts.",
+    ),
+    (
+        9,
+        "Signed releases of the unit software: `UnitConfigUpdate.software`, the release "
+        "the hub wants a unit to run (`hub fleet-update`).",
     ),
 )
 

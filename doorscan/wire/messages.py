@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from doorscan.errors import Refusal
+from doorscan.release import VERSION_PATTERN
 from doorscan.timefmt import VIETNAM, parse_rfc3339
 from doorscan.wire.limits import (
     MAX_BATCH_SCANS,
@@ -444,7 +445,7 @@ class HubStatus(_Message):
     at: UtcTime | None = None
 
 
-CONFIG_SETTINGS = ("debounce_s", "feedback_volume", "frame_rate", "quiet_hours")
+CONFIG_SETTINGS = ("debounce_s", "feedback_volume", "frame_rate", "quiet_hours", "software")
 """The settings a `UnitConfigUpdate` may carry (`hub unit-config UNIT key=value`)."""
 
 QUIET_HOURS_TZ = VIETNAM
@@ -501,6 +502,13 @@ class UnitConfigUpdate(_Message):
         None,
         max_length=11,
         description="HH:MM-HH:MM Vietnam time: the buzzer is silent, the LEDs still show",
+    )
+    software: str | None = Field(
+        None,
+        pattern=VERSION_PATTERN,
+        description="the signed release this unit should run (`provisioning release build`, "
+        "`hub fleet-update`); its status's `software` says what it runs",
+        json_schema_extra=since(9),
     )
 
     def settings(self) -> dict[str, Any]:
