@@ -93,3 +93,14 @@ def test_a_venue_owner_sees_the_figures_of_its_own_units_only(store: HubStore) -
     rows = _units_page(store, "cho")
     assert set(rows) == {"door-cho"}
     assert rows["door-cho"][-1].startswith("4 Config refused")
+
+
+def test_a_unit_told_to_run_another_release_shows_it_beside_the_one_it_runs(
+    store: HubStore,
+) -> None:
+    # As `hub fleet-update` records them: door-cho told 1.6.0, door-bv told what it runs.
+    store.record_unit_config("door-cho", 5, {"software": "1.6.0", "debounce_s": 90}, NOW)
+    store.record_unit_config("door-bv", 3, {"software": "1.5.0"}, NOW)
+    rows = _units_page(store, "admin")
+    assert rows["door-cho"][7] == "1.5.0 → 1.6.0"
+    assert rows["door-bv"][7] == "1.5.0"  # running what it was told: nothing to show

@@ -170,6 +170,16 @@ class AccessControlledStore:
         visible = {u.unit_id for u in units}
         return [s for s in self._store.unit_statuses() if s.unit_id in visible]
 
+    def software_wanted(self, units: Sequence[reports.UnitHealth]) -> dict[str, str]:
+        """The release each of `units` was told to run (`hub fleet-update`), where one was."""
+        wanted: dict[str, str] = {}
+        for unit in units:
+            issued = self._store.unit_config(unit.unit_id)
+            software = None if issued is None else issued.settings.get("software")
+            if isinstance(software, str):
+                wanted[unit.unit_id] = software
+        return wanted
+
     def units_online(self) -> int:
         """How many units say they are online (the metrics' gauge; a count, any role)."""
         return self._store.units_online()

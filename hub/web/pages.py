@@ -177,6 +177,7 @@ def units_page(request: Request) -> Response:
     try:
         units = reader.units(get_now(request))
         details = unit_details(reader.unit_statuses(units))
+        wanted = reader.software_wanted(units)
     except Forbidden:
         return forbidden_page(request)
     units = sorted(units, key=lambda u: not u.silent)  # stable: keeps the module's order
@@ -187,6 +188,7 @@ def units_page(request: Request) -> Response:
         "units",
         units=units,
         details=details,
+        wanted=wanted,
         venue_name=lambda v: names.get(v, v),
     )
 
