@@ -426,7 +426,8 @@ def named_batches(
     step = size or EXPORT_BATCH
     for start in range(0, len(finding.reached), step):
         with open_reader() as reader:
-            yield finding.open(reader, finding.reached[start : start + step])
+            batch = finding.open(reader, finding.reached[start : start + step])
+        yield batch  # the snapshot closed first: a slow reader of the file holds nothing
 
 
 def find(reader: TraceReader, params: TraceParams) -> Finding:

@@ -18,7 +18,15 @@ from doorscan.synthetic import cccd_text, health_text, make_people
 from doorscan.timefmt import from_ms, to_ms
 from doorscan.wire import VenueRecord
 from hub.store import Checkin, CheckinRef, HubStore, StoredScan, TraceReader
-from hub.trace import TracePage, TraceParams, TraceResult, person_key_from_id, trace
+from hub.trace import (
+    TracePage,
+    TraceParams,
+    TraceResult,
+    find,
+    named_batches,
+    person_key_from_id,
+    trace,
+)
 from tests.access_data import traced
 from tests.hubstore import open_store
 
@@ -476,3 +484,18 @@ def test_person_key_from_what_a_tracer_types(text: str, key: str) -> None:
 def test_person_key_refuses_what_names_nobody(text: str) -> None:
     with pytest.raises(Refusal):
         person_key_from_id(text)
+
+
+def test_an_export_leaves_out_a_contact_purged_between_the_walk_and_its_naming(
+    hub_db: str,
+) -> None:
+    rows = [Row(0, 0, at(0)), Row(1, 0, at(10)), Row(2, 0, at(20))]
+    with build_store(hub_db, rows) as store:
+        params = TraceParams(WHO[0].person_key, from_ms(at(-60)), from_ms(at(60)))
+        with store.trace_reader() as reader:
+            finding = find(reader, params)
+        assert len(finding.reached) == 2
+        batches = named_batches(store.trace_reader, finding, size=1)
+        first = next(batches)
+        store.purge_older_than(NOW + timedelta(days=1))  # retention runs mid-export
+        assert [len(first), *map(len, batches)] == [1, 0]
