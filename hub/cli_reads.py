@@ -7,7 +7,13 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from doorscan.timefmt import format_rfc3339, from_ms
-from hub.access import AccessControlledStore, Forbidden, Principal, PrincipalError
+from hub.access import (
+    AccessControlledStore,
+    Forbidden,
+    Principal,
+    PrincipalError,
+    TraceQuestion,
+)
 from hub.cli_common import (
     EXIT_FORBIDDEN,
     Commands,
@@ -59,14 +65,10 @@ def _run_trace(args: argparse.Namespace) -> int:
     principal = _principal(args)
     with open_store(args.db, args.vault_key, must_exist=True) as store:
         try:
+            window = timedelta(minutes=args.window_minutes)
+            question = TraceQuestion(args.id, args.since, args.until, window, args.depth)
             result = AccessControlledStore(store, principal).trace(
-                args.id,
-                args.since,
-                args.until,
-                timedelta(minutes=args.window_minutes),
-                args.depth,
-                args.reason,
-                datetime.now(UTC),
+                question, args.reason, datetime.now(UTC)
             )
         except Forbidden as exc:
             return _not_allowed(args, exc)

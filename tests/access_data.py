@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from doorscan.payloads import Identity, parse_qr
 from doorscan.synthetic import cccd_text, health_text, make_people
-from hub.access import AccessControlledStore, Channel, Principal, Role
+from hub.access import AccessControlledStore, Channel, Principal, Role, TraceQuestion
 from hub.store import HubStore
 from hub.trace import TraceResult
 
@@ -57,4 +57,4 @@ def traced(
 ) -> TraceResult:
     """A trace as a tracer on the command line runs it: checked, audited, through hub.access."""
     reader = AccessControlledStore(store, principal(Role.TRACER))
-    return reader.trace(id_text, since, until, window, depth, reason, at)
+    return reader.trace(TraceQuestion(id_text, since, until, window, depth), reason, at)

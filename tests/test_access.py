@@ -17,6 +17,7 @@ from hub.access import (
     Principal,
     PrincipalError,
     Role,
+    TraceQuestion,
     mask_id_number,
     mask_name,
 )
@@ -78,7 +79,7 @@ def visitors(r: AccessControlledStore, venue_id: str = MARKET) -> list[tuple[str
 
 
 def trace(r: AccessControlledStore) -> list[tuple[int, str, str]]:
-    result = r.trace(A.id_number, SINCE, UNTIL, 60 * MIN, 2, "ca F0 số 12", AT)
+    result = r.trace(TraceQuestion(A.id_number, SINCE, UNTIL, 60 * MIN, 2), "ca F0 số 12", AT)
     return [(c.degree, c.id_number, c.name) for c in result.contacts]
 
 

@@ -26,7 +26,7 @@ from doorscan.payloads import parse_qr
 from doorscan.synthetic import cccd_text
 from doorscan.timefmt import to_ms
 from doorscan.wire import UnitRecord, VenueRecord
-from hub.access import AccessControlledStore, Role
+from hub.access import AccessControlledStore, Role, TraceQuestion
 from hub.store import StoredScan, StoreError, StoreUnavailable
 from hub.store.common_store import CHECKINS_AT_SQL, CHECKINS_OF_SQL
 from hub.store.common_trace import ARRAY_SQL
@@ -251,15 +251,20 @@ def test_another_vault_key_is_refused(pg_url: str) -> None:
 # -- the trace is an index range scan ----------------------------------------------------------
 
 
+def _three_busy_days(store: PostgresStore) -> None:
+    """40 venues, 97 people, 2 000 scans on each of DAY1 to DAY3: enough for real plans."""
+    _registry(store, venues=40)
+    for day in range(3):
+        scans = [
+            _scan(f"s{day}-{n}", DAY1 + timedelta(days=day, seconds=17 * n), n % 97, n % 40)
+            for n in range(2000)
+        ]
+        store.insert_scans(scans, received_at=NOW)
+
+
 def test_trace_queries_are_index_scans_on_the_days_asked(pg_url: str) -> None:
     with _open(pg_url) as store:
-        _registry(store, venues=40)
-        for day in range(3):
-            scans = [
-                _scan(f"s{day}-{n}", DAY1 + timedelta(days=day, seconds=17 * n), n % 97, n % 40)
-                for n in range(2000)
-            ]
-            store.insert_scans(scans, received_at=NOW)
+        _three_busy_days(store)
         pseudonym = store.pseudonym(PEOPLE[5].person_key)
     raw_sql(pg_url, "ANALYZE scans")
 
@@ -292,13 +297,7 @@ def test_trace_queries_are_index_scans_on_the_days_asked(pg_url: str) -> None:
 def test_the_trace_reads_are_index_only_scans(pg_url: str) -> None:
     """The statements a trace runs (`ARRAY_SQL`), planned by the server after ANALYZE."""
     with _open(pg_url) as store:
-        _registry(store, venues=40)
-        for day in range(3):
-            scans = [
-                _scan(f"s{day}-{n}", DAY1 + timedelta(days=day, seconds=17 * n), n % 97, n % 40)
-                for n in range(2000)
-            ]
-            store.insert_scans(scans, received_at=NOW)
+        _three_busy_days(store)
         # Five of the 97 people who scanned: a trace's frontier is a few of many.
         pseudonyms = [store.pseudonym(p.person_key) for p in PEOPLE[:5]]
     raw_sql(pg_url, "VACUUM ANALYZE scans")
@@ -384,7 +383,8 @@ def test_a_dump_of_the_database_holds_no_name_and_no_id_number(pg_url: str, tmp_
         qr = cccd_text(PEOPLE[0]).encode()
         store.add_dead_letter("mqtt", "t", qr, "bad", f"not {PEOPLE[0].name}", NOW)
         tracer = AccessControlledStore(store, principal(Role.TRACER))
-        found = tracer.trace(PEOPLE[3].id_number, DAY1, NOW, timedelta(minutes=60), 2, "ca 1", NOW)
+        asked = TraceQuestion(PEOPLE[3].id_number, DAY1, NOW, timedelta(minutes=60), 2)
+        found = tracer.trace(asked, "ca 1", NOW)
         assert found.index.name == PEOPLE[3].name
         assert store.person_keys_by_name(PEOPLE[4].name) == [PEOPLE[4].person_key]
 

@@ -33,6 +33,7 @@ from tuf.api.serialization.json import JSONSerializer
 from device.updater import ReleaseFetcher, UpdateRefused
 from doorscan.localbroker import free_port
 from doorscan.release import ReleaseManifest
+from hub.config import load_hub_config
 from hub.web.app import RELEASES_PATH
 from hub.web.server import WebThread
 from provisioning.cli import main as provisioning
@@ -246,9 +247,13 @@ def test_the_manifest_reads_back_as_written(home: Path) -> None:
 
 
 def test_the_hubs_web_server_serves_the_repository_to_units(home: Path, tmp_path: Path) -> None:
+    # hub.toml as docs/field-guide.md says: a copy of the repository, named relative to the file.
+    shutil.copytree(home / "releases", tmp_path / "hub" / "releases")
+    (tmp_path / "hub" / "hub.toml").write_text('[http]\nreleases_dir = "releases"\n')
+    http = load_hub_config(tmp_path / "hub" / "hub.toml").http
     with open_store(tmp_path / "hub.db") as store:
         port = free_port()
-        web = WebThread(store, ("127.0.0.1", port), None, releases_dir=home / "releases")
+        web = WebThread(store, ("127.0.0.1", port), None, releases_dir=http.releases_dir)
         try:
             assert web.wait_started(30)
             url = f"http://127.0.0.1:{port}{RELEASES_PATH}"

@@ -27,7 +27,7 @@ from doorscan.payloads import parse_qr
 from doorscan.synthetic import Person, cccd_text, health_text, make_people
 from doorscan.timefmt import to_ms
 from doorscan.wire import Scan, ScanBatch, UnitRecord, VenueRecord, encode_message, topic_scans
-from hub.access import AccessControlledStore, Role
+from hub.access import AccessControlledStore, Role, TraceQuestion
 from hub.cli import main
 from hub.ingest import Ingestor
 from hub.scan_ids import csv_scan_id
@@ -254,9 +254,10 @@ def test_no_name_or_id_number_reaches_the_hub_files(tmp_path: Path) -> None:
         assert ingestor.counters.dead_letters == 2
 
         tracer = AccessControlledStore(store, principal(Role.TRACER))
-        result = tracer.trace(
-            PEOPLE[3].id_number, DAY, DAY + timedelta(days=1), timedelta(minutes=60), 2, "ca 1", NOW
+        asked = TraceQuestion(
+            PEOPLE[3].id_number, DAY, DAY + timedelta(days=1), timedelta(hours=1), 2
         )
+        result = tracer.trace(asked, "ca 1", NOW)
         assert result.index.name == PEOPLE[3].name and result.contacts
         listing = tracer.visitors(VENUES[0], DAY, DAY + timedelta(days=1), "kiểm tra", NOW)
         assert PEOPLE[3].name in {v.name for v in listing.visitors}

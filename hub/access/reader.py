@@ -54,6 +54,7 @@ from hub.access.views import (
     Timeline,
     TimelineVisit,
     TokenView,
+    TraceQuestion,
     Visitor,
     VisitorList,
 )
@@ -227,11 +228,7 @@ class AccessControlledStore:
 
     def trace(
         self,
-        id_text: str,
-        since: datetime,
-        until: datetime,
-        window: timedelta,
-        depth: int,
+        question: TraceQuestion,
         reason: str,
         at: datetime,
         *,
@@ -246,9 +243,7 @@ class AccessControlledStore:
         With a `page`, only that page's contacts are named; the audit entry says which
         page, and its ``results`` how many people it named (every page is audited).
         """
-        params, reason = self._trace_params(
-            action, id_text, since, until, window, depth, reason, at
-        )
+        params, reason = self._trace_params(action, question, reason, at)
         audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
         if page is not None:
             audited |= {"page": page.number, "page_size": page.size}
@@ -261,16 +256,7 @@ class AccessControlledStore:
 
         return self._trail.read(action, reason, audited, at, read, size=_trace_size)
 
-    def trace_export(
-        self,
-        id_text: str,
-        since: datetime,
-        until: datetime,
-        window: timedelta,
-        depth: int,
-        reason: str,
-        at: datetime,
-    ) -> TraceExport:
+    def trace_export(self, question: TraceQuestion, reason: str, at: datetime) -> TraceExport:
         """A trace to be written out whole (CSV, XLSX), every contact named, streamed.
 
         The walk runs first, in one snapshot; the audit entry (``export_trace``, with how
@@ -280,9 +266,7 @@ class AccessControlledStore:
         time, never for a slow download's whole length.
         """
         action = "export_trace"
-        params, reason = self._trace_params(
-            action, id_text, since, until, window, depth, reason, at
-        )
+        params, reason = self._trace_params(action, question, reason, at)
         audited = params.to_audit_dict(self._store.pseudonym(params.person_key))
 
         def read() -> Finding:
@@ -293,28 +277,21 @@ class AccessControlledStore:
         return TraceExport(finding, named_batches(self._store.trace_reader, finding))
 
     def _trace_params(
-        self,
-        action: str,
-        id_text: str,
-        since: datetime,
-        until: datetime,
-        window: timedelta,
-        depth: int,
-        reason: str,
-        at: datetime,
+        self, action: str, question: TraceQuestion, reason: str, at: datetime
     ) -> tuple[TraceParams, str]:
         """The trace asked for and its cleaned reason, if this account may trace at all."""
+        id_text = question.id_text
         if self.role is not Role.TRACER:
             why = f"the {self.role} role may not trace; only the health service (role tracer) may"
             raise self._refuse(action, why, reason, at, subject=self._subject_or_none(id_text))
         reason = clean_reason(reason, "a trace")
-        check_period(since, until)
+        check_period(question.since, question.until)
         params = TraceParams(
             person_key=person_key_from_id(id_text),
-            since=since,
-            until=until,
-            window=window,
-            depth=depth,
+            since=question.since,
+            until=question.until,
+            window=question.window,
+            depth=question.depth,
             id_text=id_text.strip(),
         )
         return params, reason

@@ -6,13 +6,14 @@ Plain frozen records, so the web and CLI layers render them without touching a s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from hub.audit import AuditVerification
 from hub.store import AuditEntry, DeadLetter, HeldScan, StoredUnitStatus
 
 __all__ = [
+    "TraceQuestion",
     "AccountView",
     "AuditLogView",
     "TokenView",
@@ -26,6 +27,18 @@ __all__ = [
     "Visitor",
     "VisitorList",
 ]
+
+
+@dataclass(frozen=True)
+class TraceQuestion:
+    """What a tracer asks: whose contacts (as typed: a number, a card id, a key), over
+    which period, within which window, to which degree. Checked by the access layer."""
+
+    id_text: str
+    since: datetime
+    until: datetime
+    window: timedelta
+    depth: int
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from fastapi.security import HTTPBearer
 from pydantic import AwareDatetime
 
 from doorscan.timefmt import from_ms
-from hub.access import AuditQuery, Timeline, VisitorList
+from hub.access import AuditQuery, Timeline, TraceQuestion, VisitorList
 from hub.auth import User, logout
 from hub.exports import MEDIA, ExportFormat, trace_download
 from hub.trace import TracePage, TraceResult
@@ -86,15 +86,15 @@ def _user_out(user: User) -> UserOut:
     )
 
 
-def _asked(body: TraceIn) -> tuple[str, datetime, datetime, timedelta, int, str]:
-    """The trace `body` asks for, as `AccessControlledStore.trace` takes it."""
+def _asked(body: TraceIn) -> TraceQuestion:
+    """The trace `body` asks for (its reason apart)."""
     window = timedelta(minutes=body.window_minutes)
-    return body.id, body.since, body.until, window, body.depth, body.reason
+    return TraceQuestion(body.id, body.since, body.until, window, body.depth)
 
 
 def _run_trace(request: Request, user: User, body: TraceIn, page: TracePage) -> TraceResult:
     started = time.perf_counter()
-    result = access_for(request, user).trace(*_asked(body), at=get_now(request), page=page)
+    result = access_for(request, user).trace(_asked(body), body.reason, get_now(request), page=page)
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:  # /metrics' trace_seconds (`hub.web.metrics.HubMetrics`)
         metrics.observe_trace(time.perf_counter() - started)
@@ -320,7 +320,7 @@ def api_audit(
 
 def _export_trace(fmt: ExportFormat, request: Request, user: User, body: TraceIn) -> Response:
     reader = access_for(request, user)
-    export = reader.trace_export(*_asked(body), at=get_now(request))
+    export = reader.trace_export(_asked(body), body.reason, get_now(request))
     return trace_download(fmt, export, reader.venue_names())
 
 

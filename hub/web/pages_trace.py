@@ -22,7 +22,7 @@ from markupsafe import Markup
 from doorscan.errors import Refusal
 from doorscan.payloads import parse_qr
 from doorscan.timefmt import from_ms
-from hub.access import AccessControlledStore, PersonMatch
+from hub.access import AccessControlledStore, PersonMatch, TraceQuestion
 from hub.exports import ExportFormat, trace_download
 from hub.trace import DEFAULT_DEPTH, DEFAULT_WINDOW, MAX_DEPTH, Contact, TracePage, TraceResult
 from hub.web.api_models import MAX_WINDOW_MINUTES
@@ -157,20 +157,9 @@ async def trace_submit(request: Request) -> Response:
     )
 
 
-@dataclass(frozen=True)
-class _Asked:
-    """The trace the form asks for, checked: who, the period, the window, the depth."""
-
-    subject: str
-    since: datetime
-    until: datetime
-    window: timedelta
-    depth: int
-
-
 def _asked(
     reader: AccessControlledStore, form: TraceForm, now: datetime
-) -> _Asked | list[PersonMatch]:
+) -> TraceQuestion | list[PersonMatch]:
     """The trace the form asks for, or the people its name matches when not exactly one."""
     since, until = period(form.since, form.until)
     window_minutes = int_field(form.window_minutes, "window")
@@ -183,7 +172,7 @@ def _asked(
         if len(matches) != 1:
             return matches
         subject = matches[0].person_key
-    return _Asked(subject, since, until, timedelta(minutes=window_minutes), depth)
+    return TraceQuestion(subject, since, until, timedelta(minutes=window_minutes), depth)
 
 
 def _trace_of_form(
@@ -194,16 +183,7 @@ def _trace_of_form(
     if isinstance(asked, list):
         return asked
     page = TracePage(int_field(form.page or "1", "page"))
-    return reader.trace(
-        asked.subject,
-        asked.since,
-        asked.until,
-        asked.window,
-        asked.depth,
-        form.reason,
-        now,
-        page=page,
-    )
+    return reader.trace(asked, form.reason, now, page=page)
 
 
 @router.post("/trace/export")
@@ -223,9 +203,7 @@ async def trace_export(request: Request) -> Response:
         asked = _asked(reader, form, now)
         if isinstance(asked, list):
             raise Refusal("ambiguous_name", "the name matches more than one person: pick one")
-        export = reader.trace_export(
-            asked.subject, asked.since, asked.until, asked.window, asked.depth, form.reason, now
-        )
+        export = reader.trace_export(asked, form.reason, now)
     except Refusal as refusal:
         lang = lang_of(request)
         errors = [t("bad_input", lang, detail=refusal.reason)]
