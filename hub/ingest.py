@@ -250,7 +250,7 @@ class Ingestor:
         # dropped at each status of the unit, which every hub process receives too.
         self._drained: dict[str, datetime | None] = {}
         # Scan times of a group's batches judged but not yet committed (`handle_group`).
-        self._group_times: dict[str, list[int]] = {}
+        self._group_scans: dict[str, dict[str, int]] = {}  # unit -> scan id -> time
         self.counters = IngestCounters()
 
     def handle(
@@ -472,7 +472,7 @@ class Ingestor:
             log.warning("the store failed within a group (%s); the rest goes alone", failure)
             prepared += [None] * (len(messages) - len(prepared))
         finally:
-            self._group_times.clear()
+            self._group_scans.clear()
         pending = [p for p in prepared if isinstance(p, _Pending)]
         if not pending:
             return [p for p in prepared if not isinstance(p, _Pending)]
@@ -505,8 +505,8 @@ class Ingestor:
         if isinstance(prepared, _Pending):
             # The next batch of this unit in the group sees these scans as stored
             # (`hub.history`'s flood bound), as it would if each were committed alone.
-            self._group_times.setdefault(unit_id, []).extend(
-                to_ms(s.scanned_at) for s in prepared.verdicts.good if s.hold is None
+            self._group_scans.setdefault(unit_id, {}).update(
+                (s.scan_id, to_ms(s.scanned_at)) for s in prepared.verdicts.good if s.hold is None
             )
         return prepared
 
@@ -607,10 +607,17 @@ class Ingestor:
                 log.exception("judging scan %s failed; it is refused", item.scan.scan_id)
                 self._refused_scan(verdicts, topic, item.scan.scan_id, _internal(exc), item.wire)
         if candidates:
-            history = self._history(read.unit_id, unit, candidates)
+            history, counted = self._history(read.unit_id, unit, candidates)
             held: list[StoredScan] = []
             for stored in sorted(candidates, key=lambda s: s.scanned_at):
-                hold = hold_of(to_ms(stored.scanned_at), history)
+                # A scan the history already holds (stored before, its ack lost, or
+                # earlier in this group) is not counted twice: a resend must not crowd
+                # new scans out of the flood bound.
+                hold = (
+                    None
+                    if stored.scan_id in counted
+                    else hold_of(to_ms(stored.scanned_at), history)
+                )
                 if hold is not None:
                     stored = replace(stored, hold=hold)
                     held.append(stored)
@@ -641,7 +648,8 @@ class Ingestor:
 
     def _history(
         self, unit_id: str, unit: UnitRecord | None, scans: list[StoredScan]
-    ) -> UnitHistory:
+    ) -> tuple[UnitHistory, set[str]]:
+        """The unit's history for `hold_of`, and the ids of the traced scans it counts."""
         times = [to_ms(s.scanned_at) for s in scans]
         window_ms = RATE_WINDOW_S * 1000
         with _storing():
@@ -654,19 +662,22 @@ class Ingestor:
                 self._drained[unit_id] = drained
             # Read only for the flood bound; with none set (a lab), nothing to compare.
             nearby = (
-                self._store.unit_scan_times(unit_id, min(times) - window_ms, max(times) + window_ms)
+                self._store.unit_traced_scans(
+                    unit_id, min(times) - window_ms, max(times) + window_ms
+                )
                 if self._max_per_window
-                else []
+                else {}
             )
-        if self._group_times.get(unit_id):
-            nearby = sorted(nearby + self._group_times[unit_id])
+        # This group's earlier batches of the unit, as if each had been committed alone.
+        nearby.update(self._group_scans.get(unit_id, {}))
         registered = None if unit is None or unit.registered_at is None else unit.registered_at
-        return UnitHistory(
+        history = UnitHistory(
             None if registered is None else to_ms(registered),
             None if drained is None else to_ms(drained),
-            nearby,
+            sorted(nearby.values()),
             self._max_per_window,
         )
+        return history, set(nearby)
 
     def _refused_scan(
         self, verdicts: _Verdicts, topic: str, scan_id: str, refusal: Refusal, raw: bytes

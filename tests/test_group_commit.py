@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from doorscan.localbroker import LocalBroker
 from doorscan.mqtt import make_client
@@ -209,3 +210,35 @@ def test_messages_arriving_together_share_a_commit_and_are_each_acked(
         assert store.counts()["scans"] == len(units)
         commits = ingestor.counters.scan_commits
         assert commits < len(units), f"{commits} commits for {len(units)} messages"
+
+
+@pytest.mark.parametrize(("new_scans", "held"), [(30, 0), (31, 1)])
+def test_a_resent_batch_is_counted_once_by_the_flood_bound(
+    tmp_path: Path, new_scans: int, held: int
+) -> None:
+    """A stored batch sent again (its ack lost) beside a new one: its scans count once.
+
+    30 scans stored, then the same 30 again with 30 or 31 new ones in the same 30 s:
+    60 scans of the unit in a minute is the bound (nothing held), 61 is one over; alone
+    or grouped alike.
+    """
+    first = [_scan(n) for n in range(30)]
+    resent = _batch("door-1", first)
+    new = _batch("door-1", [_scan(n) for n in range(30, 30 + new_scans)])
+    outcomes = []
+    for name, as_group in (("alone", False), ("grouped", True)):
+        with open_store(tmp_path / f"{name}.db") as store:
+            ingestor = Ingestor(store, now=lambda: NOW)
+            for delivery in _registry():
+                ingestor.handle(delivery.topic, delivery.payload, retained=True)
+            ingestor.handle(resent.topic, resent.payload)
+            if as_group:
+                assert all(r is not None for r in ingestor.handle_group([resent, new]))
+            else:
+                for delivery in (resent, new):
+                    ingestor.handle(delivery.topic, delivery.payload)
+            rows = _rows(store)
+            assert len(rows["scans"]) == 30 + new_scans - held, name
+            assert len(rows["held"]) == held, name
+            outcomes.append(rows)
+    assert outcomes[0] == outcomes[1]

@@ -335,14 +335,17 @@ class SqlStore(SqlReports, SqlUsers, SqlTrace, Closeable):
     # Where a held scan's digest is: SQLite keeps it in the row, PostgreSQL in scan_ids.
     _held_digest_column = "NULL"
 
-    def unit_scan_times(self, unit_id: str, since_ms: int, until_ms: int) -> list[int]:
-        """`scanned_at_ms` of the unit's traced scans in [since, until], oldest first."""
+    def unit_traced_scans(self, unit_id: str, since_ms: int, until_ms: int) -> dict[str, int]:
+        """The unit's traced scans in [since, until]: `scanned_at_ms` by scan id.
+
+        By id, so that a scan sent again (stored, its ack lost) is counted once.
+        """
         rows = self._query(
-            "SELECT scanned_at_ms FROM scans WHERE unit_id = ? AND scanned_at_ms BETWEEN ? AND ? "
-            "ORDER BY scanned_at_ms",
+            "SELECT scan_id, scanned_at_ms FROM scans "
+            "WHERE unit_id = ? AND scanned_at_ms BETWEEN ? AND ?",
             (unit_id, since_ms, until_ms),
         )
-        return [int(ms) for (ms,) in rows]
+        return {str(scan_id): int(ms) for (scan_id, ms) in rows}
 
     def remove_dead_letters(self, letter_ids: Sequence[int]) -> int:
         """Delete dead letters a replay recovered (`hub.replay`); how many went."""
