@@ -11,14 +11,23 @@
 #
 # Steps: apt packages (python3-picamera2 from Raspberry Pi OS, so the camera stack
 # matches the kernel; libzbar0 for the zbar decoder); the `doorscan` system user in
-# the video and gpio groups; /var/lib/doorscan (data) and /etc/doorscan (config); a venv
-# with --system-site-packages, so the apt picamera2 is importable from it; the systemd
-# unit and a journald size cap (the unit logs to the journal, no log files to rotate).
-# The service starts once /etc/doorscan/unit.json exists (after enrollment or a bundle).
+# the video and gpio groups; /var/lib/doorscan (data) and /etc/doorscan (config); the
+# source tree's release as a venv of its own, /opt/doorscan/releases/<version>, with
+# --system-site-packages so the apt picamera2 is importable from it, and the link
+# /opt/doorscan/current to it (the release it replaces becomes `previous`); the boot
+# guard; the systemd unit and a journald size cap (the unit logs to the journal, no log
+# files to rotate). The service starts once /etc/doorscan/unit.json exists (after
+# enrollment or a bundle). Later releases arrive signed, through the unit's own
+# updates (docs/field-guide.md, part 10), into the same layout.
+#
+# /opt/doorscan and its releases/ folder belong to the doorscan user, whose updater adds
+# releases and moves the links; the releases this script installs and the boot guard
+# (in /usr/local/lib/doorscan) stay root's. With no systemd running (a chroot, an image
+# being built) the service is enabled but nothing is started or reloaded.
 set -euo pipefail
 
 readonly PREFIX=/opt/doorscan
-readonly VENV="${PREFIX}/venv"
+readonly GUARD_DIR=/usr/local/lib/doorscan
 readonly DATA_DIR=/var/lib/doorscan
 readonly CONFIG_DIR=/etc/doorscan
 readonly UNIT_USER=doorscan
@@ -66,6 +75,12 @@ if [[ ! -f "${SOURCE_DIR}/pyproject.toml" || ! -f "${SOURCE_DIR}/deploy/doorscan
     echo "install-unit: ${SOURCE_DIR} is not a doorscan source tree" >&2
     exit 2
 fi
+VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "${SOURCE_DIR}/doorscan/__init__.py")"
+if [[ ! "${VERSION}" =~ ^[0-9]+\.[0-9]+\.[0-9]+([a-z]+[0-9]+)?$ ]]; then
+    echo "install-unit: no release number in ${SOURCE_DIR}/doorscan/__init__.py" >&2
+    exit 2
+fi
+readonly RELEASE="${PREFIX}/releases/${VERSION}"
 if [[ "${DRY_RUN}" -eq 0 && "${EUID}" -ne 0 ]]; then
     echo "install-unit: run as root (sudo), or with --dry-run to see the steps" >&2
     exit 1
@@ -76,11 +91,11 @@ if [[ "${codename}" != "bookworm" ]]; then
     note "warning: written for Raspberry Pi OS Bookworm; this is '${codename}'"
 fi
 
-note "1/6 system packages"
+note "1/7 system packages"
 step apt-get update
 step apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
 
-note "2/6 the ${UNIT_USER} user (groups video, gpio)"
+note "2/7 the ${UNIT_USER} user (groups video, gpio)"
 for group in video gpio; do
     if ! getent group "${group}" >/dev/null; then
         step groupadd --system "${group}"
@@ -93,33 +108,50 @@ else
         --shell /usr/sbin/nologin --groups video,gpio "${UNIT_USER}"
 fi
 
-note "3/6 data and config folders"
+note "3/7 data and config folders"
 step install -d -o "${UNIT_USER}" -g "${UNIT_USER}" -m 0750 "${DATA_DIR}"
 step install -d -o "${UNIT_USER}" -g "${UNIT_USER}" -m 0750 "${CONFIG_DIR}"
-step install -d -m 0755 "${PREFIX}" "${PREFIX}/docs"
+step install -d -o "${UNIT_USER}" -g "${UNIT_USER}" -m 0755 "${PREFIX}" "${PREFIX}/releases"
+step install -d -m 0755 "${PREFIX}/docs"
 
-note "4/6 the venv (sees the apt picamera2) and doorscan in it"
-if [[ ! -x "${VENV}/bin/python" ]]; then
-    step python3 -m venv --system-site-packages "${VENV}"
+note "4/7 release ${VERSION}: a venv of its own (sees the apt picamera2), doorscan in it"
+if [[ ! -x "${RELEASE}/bin/python" ]]; then
+    step python3 -m venv --system-site-packages "${RELEASE}"
 fi
-step "${VENV}/bin/pip" install --upgrade --no-cache-dir "${SOURCE_DIR}"
+step "${RELEASE}/bin/pip" install --upgrade --no-cache-dir "${SOURCE_DIR}"
 step install -m 0644 "${SOURCE_DIR}/docs/field-guide.md" "${PREFIX}/docs/field-guide.md"
 
-note "5/6 the service and the journal's size cap"
+note "5/7 ${PREFIX}/current -> releases/${VERSION}, and the boot guard"
+running="$(readlink "${PREFIX}/current" 2>/dev/null || true)"
+if [[ -n "${running}" && "${running}" != "releases/${VERSION}" ]]; then
+    step ln -sfn "${running}" "${PREFIX}/previous"
+    step chown -h "${UNIT_USER}:${UNIT_USER}" "${PREFIX}/previous"
+fi
+step ln -sfn "releases/${VERSION}" "${PREFIX}/current"
+step chown -h "${UNIT_USER}:${UNIT_USER}" "${PREFIX}/current"
+step install -d -m 0755 "${GUARD_DIR}"
+step install -m 0644 "${SOURCE_DIR}/device/boot_guard.py" "${GUARD_DIR}/boot-guard.py"
+
+note "6/7 the service and the journal's size cap"
 step install -m 0644 "${SOURCE_DIR}/deploy/doorscan-unit.service" \
     /etc/systemd/system/doorscan-unit.service
 step install -d -m 0755 /etc/systemd/journald.conf.d
 step install -m 0644 "${SOURCE_DIR}/deploy/journald-doorscan.conf" \
     /etc/systemd/journald.conf.d/doorscan.conf
+step systemctl enable doorscan-unit.service
+if [[ ! -d /run/systemd/system ]]; then
+    note "systemd is not running here (a chroot, an image being built): nothing to start;"
+    note "the unit starts at the next boot"
+    exit 0
+fi
 step systemctl daemon-reload
 step systemctl restart systemd-journald
-step systemctl enable doorscan-unit.service
 
-note "6/6 start"
+note "7/7 start"
 if [[ -f "${CONFIG_DIR}/unit.json" ]]; then
     step systemctl restart doorscan-unit.service
 else
     note "no ${CONFIG_DIR}/unit.json yet: enroll this unit (docs/field-guide.md, Enrollment)"
     note "or put a config bundle on the boot partition; the service starts at the next boot"
 fi
-note "done; check it with: sudo -u ${UNIT_USER} ${VENV}/bin/python -m device selftest --config ${CONFIG_DIR}/unit.json"
+note "done; check it with: sudo -u ${UNIT_USER} ${PREFIX}/current/bin/python -m device selftest --config ${CONFIG_DIR}/unit.json"

@@ -60,12 +60,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.config import load_config
+from device.config import UnitConfig, load_config
 from device.decoders import DecodedSymbol, DecoderError, make_decoder
 from device.frames import FrameSourceError, load_grey
 from device.sdnotify import SystemdNotifier
 from device.selftest import button_held, format_table, run_selftest
 from device.unit import Unit
+from device.update_agent import EXIT_RESTART, POST_UPDATE_CHECKS, UpdateAgent
 from doorscan.cards import CardKeyring
 from doorscan.errors import ConfigError, DoorscanError, Refusal
 from doorscan.payloads import parse_qr
@@ -267,12 +268,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     waiting = 0
     notifier = SystemdNotifier.from_environment()
     try:
+        agent = UpdateAgent.for_config(config)
+    except ConfigError as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         if config.pins.button is not None and button_held(config.pins.button):
             print("button held at boot: self-test first", flush=True)
             notifier.status("self-test (button held at boot)")
             checks = run_selftest(config, say=_report)
             print(format_table(checks), flush=True)
-        with Unit(config, notifier=notifier) as unit:
+        if (
+            agent is not None
+            and agent.awaiting_confirmation()
+            and not _new_release_passes(agent, config, notifier)
+        ):
+            return EXIT_RESTART
+        with Unit(config, notifier=notifier, update_agent=agent) as unit:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: unit.stop())
             print(f"unit {config.unit_id} at {config.venue_id}: running", flush=True)
@@ -285,7 +297,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         notifier.close()
     print(f"unit {config.unit_id}: stopped after {frames} frames", flush=True)
+    if agent is not None and agent.restart_wanted:
+        print(f"unit {config.unit_id}: restarting into release {agent.slots.current()}", flush=True)
+        return EXIT_RESTART
     return EXIT_FAILED if waiting else EXIT_OK
+
+
+def _new_release_passes(agent: UpdateAgent, config: UnitConfig, notifier: SystemdNotifier) -> bool:
+    """The self-test a release just switched to runs before it scans; rolled back if failed."""
+    notifier.status(f"release {agent.running}: self-test before scanning")
+    checks = [
+        c
+        for c in run_selftest(config, seconds=3.0, step_s=0.2, say=_report)
+        if c.name in POST_UPDATE_CHECKS
+    ]
+    print(format_table(checks), flush=True)
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.ok]
+    if failed:
+        agent.roll_back("self-test failed: " + "; ".join(failed))
+    return not failed
 
 
 def _wait_sent(unit: Unit, timeout_s: float) -> int:

@@ -24,6 +24,7 @@ __all__ = [
     "PinsConfig",
     "SyncConfig",
     "UnitConfig",
+    "UpdatesConfig",
     "load_config",
 ]
 
@@ -141,6 +142,36 @@ class SyncConfig(_Strict):
     )
 
 
+class UpdatesConfig(_Strict):
+    """Where the unit's signed releases come from and go (`device.update_agent`)."""
+
+    repo_url: str = Field(
+        pattern=r"^https?://",
+        description="the fleet's update repository, e.g. https://hub.example:8443/releases",
+    )
+    trusted_root: Path = Field(
+        description="the repository's first root metadata (1.root.json), installed with the unit"
+    )
+    root: Path = Field(
+        Path("/opt/doorscan"), description="where releases/, current and previous live"
+    )
+    python: str = Field(
+        "/usr/bin/python3", description="the interpreter that makes each release's venv"
+    )
+    state_dir: Path | None = Field(
+        None, description="TUF metadata and downloads (default: updates/ in data_dir)"
+    )
+    quiet_s: float = Field(
+        60.0, ge=0, description="no scan for this long before the unit restarts into a release"
+    )
+    confirm_within_s: float = Field(
+        600.0,
+        gt=0,
+        description="a new release must pass its self-test and reach the broker within this "
+        "long of the switch, or the unit rolls back",
+    )
+
+
 class UnitConfig(_Strict):
     unit_id: str = Field(pattern=f"^{ID_PATTERN}$", description="this unit's id, as registered")
     venue_id: str = Field(pattern=f"^{ID_PATTERN}$", description="the venue this unit guards")
@@ -169,6 +200,9 @@ class UnitConfig(_Strict):
     pins: PinsConfig = Field(default_factory=PinsConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
+    updates: UpdatesConfig | None = Field(
+        None, description="signed software updates; without it the unit never updates itself"
+    )
 
 
 def load_config(path: Path) -> UnitConfig:
@@ -200,6 +234,17 @@ def load_config(path: Path) -> UnitConfig:
             "seal_key": base / config.seal_key if config.seal_key else None,
             "frames": config.frames.model_copy(
                 update={"path": base / config.frames.path if config.frames.path else None}
+            ),
+            "updates": None
+            if config.updates is None
+            else config.updates.model_copy(
+                update={
+                    "trusted_root": base / config.updates.trusted_root,
+                    "root": base / config.updates.root,
+                    "state_dir": base / config.updates.state_dir
+                    if config.updates.state_dir
+                    else None,
+                }
             ),
         }
     )

@@ -103,7 +103,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted")
+STATUS_CHANGE_FIELDS = ("camera_ok", "clock_trusted", "update_state")
 """Health fields whose change is published at once, not at the next minute."""
 
 HUB_STATUS_WAIT_S = 5.0
@@ -190,6 +190,8 @@ class MqttSync:
         self._status_sent_at: float | None = None
         self._status_key: tuple[Any, ...] | None = None
         self.statuses_sent = 0
+        self._last_status: mqtt.MQTTMessageInfo | None = None
+        self._status_acked = False
         self._client = client_factory(unit_id)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -503,10 +505,18 @@ class MqttSync:
             topic_status(self.unit_id), self._status(online=True, health=health), qos=1, retain=True
         )
         with self._lock:
+            self._last_status = info
             self._status_sent_at = self._clock.monotonic()
             self._status_key = tuple(health.get(name) for name in STATUS_CHANGE_FIELDS)
             self.statuses_sent += 1
         return info
+
+    def status_acknowledged(self) -> bool:
+        """Has the broker acknowledged (PUBACK) a status of this unit since it started?"""
+        with self._lock:
+            if not self._status_acked and self._last_status is not None:
+                self._status_acked = self._last_status.is_published()
+            return self._status_acked
 
     def _status_if_due(self) -> None:
         health = self._safe_health()

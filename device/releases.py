@@ -7,7 +7,8 @@
 
 A release is installed into ``releases/.partial-<version>`` and renamed into place only
 once pip has finished (`install`); links change by renaming a new link over the old one
-(`switch`, `roll_back`), which is atomic. So a power cut or a SIGKILL at any moment
+(`switch`, `roll_back`, through `device.boot_guard`, which rolls back too), which is
+atomic. So a power cut or a SIGKILL at any moment
 leaves ``current`` on a release that was completely installed, and at worst a partial
 folder, which the next `install` removes. Whether the new release works is not this
 room's question: the updater runs its self-test and rolls back when it fails.
@@ -24,12 +25,15 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from device.updater import FetchedRelease
+from device.boot_guard import link_release, linked_release
 from doorscan.atomicfile import fsync_dir
 from doorscan.errors import DoorscanError
 from doorscan.release import check_version
+
+if TYPE_CHECKING:  # TUF is imported only by a unit that fetches a release
+    from device.updater import FetchedRelease
 
 __all__ = ["InstallFailed", "ReleaseSlots"]
 
@@ -59,16 +63,10 @@ class ReleaseSlots:
         return [p.name for p in self.releases.iterdir() if not p.name.startswith(_PARTIAL)]
 
     def current(self) -> str | None:
-        return self._target(self.root / "current")
+        return linked_release(self.root, "current")
 
     def previous(self) -> str | None:
-        return self._target(self.root / "previous")
-
-    def _target(self, link: Path) -> str | None:
-        try:
-            return link.readlink().name
-        except FileNotFoundError:
-            return None
+        return linked_release(self.root, "previous")
 
     # -- changing it ------------------------------------------------------------------
 
@@ -121,11 +119,7 @@ class ReleaseSlots:
         return before
 
     def _link(self, name: str, version: str) -> None:
-        fresh = self.root / f".{name}.new"
-        fresh.unlink(missing_ok=True)
-        fresh.symlink_to(Path("releases") / version)
-        fresh.replace(self.root / name)
-        fsync_dir(self.root)
+        link_release(self.root, name, version)
 
     def _step(self, what: str, command: Sequence[str]) -> None:
         done = self._run(list(command), capture_output=True, text=True, check=False)

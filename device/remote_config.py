@@ -35,7 +35,7 @@ from device.state import StateError, UnitState
 from doorscan.errors import Refusal
 from doorscan.wire import QUIET_HOURS_TZ, UnitConfigUpdate, decode_message, parse_quiet_hours
 
-__all__ = ["STATE_KEY", "RemoteConfig", "Settings", "in_quiet_hours"]
+__all__ = ["STATE_KEY", "RemoteConfig", "Settings", "in_quiet_hours", "near_quiet_hours_edge"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Settings:
     frame_rate: float | None = None  # None: as fast as the frame source gives frames
     quiet_hours: tuple[time, time] | None = None
     # The release the hub wants this unit to run (`hub fleet-update`), kept with the rest;
-    # None: whatever is installed. Acting on it (fetch, install, switch) is not built yet.
+    # None: whatever is installed. `device.update_agent` acts on it.
     software: str | None = None
 
     @classmethod
@@ -81,6 +81,17 @@ def in_quiet_hours(quiet: tuple[time, time], now: datetime) -> bool:
     if start < end:
         return start <= local < end
     return local >= start or local < end
+
+
+def near_quiet_hours_edge(quiet: tuple[time, time], now: datetime, margin_s: float) -> bool:
+    """Is `now` within `margin_s` of the quiet hours' start or end (Vietnam time)?"""
+    local = now.astimezone(QUIET_HOURS_TZ)
+    seconds = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
+    for edge in quiet:
+        apart = abs(seconds - (edge.hour * 3600 + edge.minute * 60)) % 86400
+        if min(apart, 86400 - apart) <= margin_s:
+            return True
+    return False
 
 
 class RemoteConfig:

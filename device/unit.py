@@ -45,6 +45,7 @@ from device.remote_config import RemoteConfig, Settings
 from device.scanner import Scanner
 from device.sdnotify import SystemdNotifier
 from device.state import UnitState
+from device.update_agent import UpdateAgent
 from doorscan.cards import CardKeyring
 from doorscan.mqtt import ClientFactory
 from doorscan.sealing import load_public_key
@@ -100,6 +101,7 @@ class Unit:
         sleep: Callable[[float], object] | None = None,
         notifier: SystemdNotifier | None = None,
         status_every_s: float = 60.0,
+        update_agent: UpdateAgent | None = None,
     ) -> None:
         """`frames` is used as given (never re-opened); `frames_factory` opens a source and
         is called again after a failure. With neither, the config's source is used, and a
@@ -111,6 +113,9 @@ class Unit:
             raise ValueError("need 0 < retry_min_s <= retry_max_s")
         self.config = config
         self.notifier = notifier or SystemdNotifier(None)
+        self.update_agent = update_agent
+        self._last_scan_mono = time.monotonic()  # a restart counts as a scan: not quiet yet
+        self._next_update_tick = 0.0
         self._started_mono = time.monotonic()
         self._rate_window_start = self._started_mono
         self._rate_window_frames = 0
@@ -199,7 +204,7 @@ class Unit:
             card_keys=card_keys,
             repeat_hold_s=config.repeat_hold_s,
             is_online=lambda: self.sync.online,
-            on_recorded=lambda scan: self.sync.notify(),
+            on_recorded=self._recorded,
             count=self.state.increment,
             clock_trusted=self.clock.trusted,
             seal_key=seal_key,
@@ -241,6 +246,8 @@ class Unit:
             # Checked before the read: a camera outage of hours still flushes and purges.
             if self.clock.monotonic() >= self._next_housekeeping:
                 self.housekeeping()
+            if self._update_tick():
+                break  # every scan is in the journal: the new release picks them up
             try:
                 frame = self.frames.read()
             except Exception as exc:
@@ -263,6 +270,32 @@ class Unit:
         self.debounce.set_window(settings.debounce_s)
         # One assignment: the frame loop reads it once per frame, no lock needed.
         self._frame_period_s = 1 / settings.frame_rate if settings.frame_rate else None
+
+    def _recorded(self, scan: object) -> None:
+        self._last_scan_mono = time.monotonic()
+        self.sync.notify()
+
+    def _update_tick(self) -> bool:
+        """Once a second: move a software update on; True when the loop must end for it."""
+        agent = self.update_agent
+        now = time.monotonic()
+        if agent is None or now < self._next_update_tick:
+            return False
+        self._next_update_tick = now + 1.0
+        settings = self.remote_config.settings
+        # Asked here rather than when the settings arrive: the config's version is
+        # known only once it is applied.
+        agent.want(settings.software, self.remote_config.version)
+        try:
+            return agent.tick(
+                self.clock.now(),
+                last_scan_age_s=now - self._last_scan_mono,
+                quiet_hours=settings.quiet_hours,
+                status_acked=self.sync.status_acknowledged(),
+            )
+        except Exception:
+            log.exception("the software update failed; scanning goes on with this release")
+            return False
 
     def _pace(self) -> None:
         """With a remote `frame_rate`, wait for the next frame's deadline."""
@@ -299,6 +332,7 @@ class Unit:
             "camera_ok": self.camera_ok,
             "decode_rate_hz": rate,
             **self.remote_config.status_fields(),
+            **(self.update_agent.status_fields() if self.update_agent else {}),
         }
 
     def _wait(self, delay_s: float) -> None:

@@ -40,6 +40,8 @@ def _named_files(config: UnitConfig) -> list[Path]:
     broker = config.broker
     named = [broker.ca_file, broker.cert_file, broker.key_file, broker.password_file]
     named += [*config.card_keys, config.seal_key]
+    if config.updates is not None:
+        named.append(config.updates.trusted_root)
     return [path for path in named if path is not None]
 
 

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from doorscan.atomicfile import write_atomic
 from doorscan.errors import DoorscanError
 from doorscan.timefmt import parse_rfc3339
 from doorscan.wire import UnitRecord, VenueRecord
@@ -197,6 +198,10 @@ def _register_add_venue(commands: Commands) -> None:
 # -- add-device ----------------------------------------------------------------------
 
 
+RELEASE_ROOT_NAME = "release-root.json"
+"""The update repository's first root metadata, as a unit's config names it."""
+
+
 def _registered_at(text: str) -> datetime:
     try:
         return parse_rfc3339(text)
@@ -256,10 +261,22 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     }
     out_dir = args.out if args.out is not None else home.units_dir
     settings = {key: value for key, value in settings.items() if value is not None}
+    trusted_root = home.root / "releases" / "metadata" / "1.root.json"
+    if args.updates_url is not None:
+        # Checked before anything is written: a unit told of a repository without the
+        # root it trusts could never verify an update.
+        if not trusted_root.is_file():
+            raise InvalidInput(
+                f"--updates-url: no update repository in {home.root} ({trusted_root} is "
+                "missing); run `release init` first"
+            )
+        settings["updates"] = {"repo_url": args.updates_url, "trusted_root": RELEASE_ROOT_NAME}
     with home.registry() as registry:
         # A home made before sealing existed has no sealing key: such units stay unsealed.
         seal_pub = home.seal_public_path.read_bytes() if home.seal_public_path.exists() else None
         config, config_path, key_path = write_unit_config(out_dir, settings, signer, seal_pub)
+        if config.updates is not None:
+            write_atomic(out_dir / RELEASE_ROOT_NAME, trusted_root.read_bytes())
         if choice.tls:
             broker_cli.write_unit_cert(home, unit.unit_id, out_dir)
         created = registry.unit(unit.unit_id) is None
@@ -272,6 +289,8 @@ def _add_device(args: argparse.Namespace, home: FleetHome) -> int:
     print(f"broker       {choice}")
     if choice.tls:
         print(f"broker TLS   {out_dir / config.unit_id}-cert.pem, -key.pem (0600), ca.pem")
+    if config.updates is not None:
+        print(f"updates      {config.updates.repo_url} (trusting {out_dir / RELEASE_ROOT_NAME})")
     print(
         f"to the unit: `provisioning bundle --config {config_path} --boot BOOT_PARTITION` "
         "(the unit takes it in as /etc/doorscan/unit.json)"
@@ -316,6 +335,13 @@ def _register_add_device(commands: Commands) -> None:
         "from another fleet home. The hub holds apart any scan dated before it",
     )
     cmd.add_argument("--out", type=Path, help="folder for the config (default HOME/units)")
+    cmd.add_argument(
+        "--updates-url",
+        metavar="URL",
+        help="the update repository the unit takes signed releases from, e.g. "
+        "https://hub.example:8443/releases (needs `release init`; without it the unit "
+        "never updates itself)",
+    )
     cmd.add_argument(
         "--tls",
         action="store_true",

@@ -2,19 +2,26 @@
 
     python -m provisioning release init [--root-key-dir /media/usb/doorscan-root]
     python -m provisioning release build --version 1.4.0 [--wheel W.whl ...] [--service S]
+        [--platform TAG ...|--platform native] [--find-links DIR ...] [--offline]
     python -m provisioning release stamp
     python -m provisioning release list
 
 ``init`` makes the keys and version 1 of the repository (`provisioning.release_repo`);
 its root key is the one to carry away to removable media. ``build`` publishes a release:
-given no ``--wheel``, it builds doorscan's own wheel from this checkout with pip, and
-adds the unit's systemd service. ``stamp`` re-signs the timestamp, which a timer must
-do daily. The repository is the folder ``releases/`` of the fleet home: serve it as it is.
+given no ``--wheel``, it builds doorscan's own wheel from this checkout with pip, its
+version set to the release's (so a unit's status says which release it runs), downloads
+the wheels of its dependencies for the units' platform (``--platform``: a Raspberry Pi
+on 64-bit Raspberry Pi OS Bookworm by default, ``native`` for this machine's), and adds
+the unit's systemd service. A unit installs exactly these files, offline. Given
+``--wheel``, those wheels are the whole release. ``stamp`` re-signs the timestamp,
+which a timer must do daily. The repository is the folder ``releases/`` of the fleet
+home: serve it as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -53,8 +60,49 @@ def _init(args: argparse.Namespace, home: FleetHome) -> int:
 _SOURCES = ("pyproject.toml", "README.md", "LICENSE", "doorscan", "device", "hub", "provisioning")
 
 
-def _wheel_of_checkout(out: Path) -> Path:
-    """doorscan's wheel, built by pip from a copy of the checkout this command runs from.
+# What pip may take for a Raspberry Pi 3/4/5 on 64-bit Raspberry Pi OS Bookworm: CPython
+# 3.11 on aarch64 with glibc 2.36, so every manylinux tag up to 2.36 (pip does not
+# widen a given manylinux_2_X tag to the older ones by itself).
+PI_PYTHON = "3.11"
+PI_PLATFORMS = [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + [
+    "manylinux2014_aarch64"
+]
+
+
+def _stamp_version(source: Path, version: str) -> None:
+    """Give the copy of the sources the release's version, in its metadata and code."""
+    for name, pattern, line in (
+        ("pyproject.toml", r'(?m)^version = "[^"]*"$', f'version = "{version}"'),
+        ("doorscan/__init__.py", r'(?m)^__version__ = "[^"]*"$', f'__version__ = "{version}"'),
+    ):
+        path = source / name
+        text, count = re.subn(pattern, line, path.read_text(encoding="utf-8"), count=1)
+        if count != 1:
+            raise InvalidInput(f"no version line in {name} to set to {version}")
+        path.write_text(text, encoding="utf-8")
+
+
+def _dependencies(wheel: Path, out: Path, args: argparse.Namespace) -> list[Path]:
+    """The wheels `wheel` needs, downloaded by pip for the units' platform, into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
+    command += ["--dest", str(out)]
+    if args.platform != ["native"]:
+        command += ["--python-version", PI_PYTHON, "--implementation", "cp"]
+        for platform in args.platform or PI_PLATFORMS:
+            command += ["--platform", platform]
+    for folder in args.find_links:
+        command += ["--find-links", str(folder)]
+    if args.offline:
+        command.append("--no-index")
+    done = subprocess.run([*command, str(wheel)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise InvalidInput(f"pip could not get the dependencies: {done.stderr.strip()[-600:]}")
+    return sorted(p for p in out.glob("*.whl") if p.name != wheel.name)
+
+
+def _wheel_of_checkout(out: Path, version: str) -> Path:
+    """doorscan's wheel at `version`, built by pip from a copy of this command's checkout.
 
     From a copy in `out`: setuptools writes ``build/`` and ``*.egg-info`` beside the
     sources it builds, and the checkout is not the build's to write in.
@@ -70,6 +118,7 @@ def _wheel_of_checkout(out: Path) -> Path:
         elif (_CHECKOUT / name).exists():
             source.mkdir(parents=True, exist_ok=True)
             shutil.copy2(_CHECKOUT / name, source / name)
+    _stamp_version(source, version)
     wheels = out / "wheels"
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels)]
     done = subprocess.run([*command, str(source)], capture_output=True, text=True, check=False)
@@ -86,7 +135,10 @@ def _build(args: argparse.Namespace, home: FleetHome) -> int:
     if missing:
         raise InvalidInput(f"no such file: {', '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="doorscan-release-") as scratch:
-        wheels: list[Path] = args.wheel or [_wheel_of_checkout(Path(scratch))]
+        wheels: list[Path] = args.wheel
+        if not wheels:
+            own = _wheel_of_checkout(Path(scratch), args.version)
+            wheels = [own, *_dependencies(own, Path(scratch) / "dependencies", args)]
         services: list[Path] = args.service or [_UNIT_SERVICE]
         files: list[tuple[Path, Literal["wheel", "service"]]] = [
             *((w, "wheel") for w in wheels),
@@ -141,6 +193,27 @@ def register(commands: Commands) -> None:
         default=[],
         metavar="FILE",
         help="a systemd unit file (repeatable; default: deploy/doorscan-unit.service)",
+    )
+    build.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="the units' wheel platform (repeatable; default: a Raspberry Pi on 64-bit "
+        "Raspberry Pi OS Bookworm; 'native': this machine's)",
+    )
+    build.add_argument(
+        "--find-links",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of dependency wheels pip looks in first (repeatable)",
+    )
+    build.add_argument(
+        "--offline",
+        action="store_true",
+        help="take the dependencies from --find-links only, not from the package index",
     )
     build.set_defaults(handler=_build)
     stamp = steps.add_parser("stamp", help="re-sign the timestamp (daily, from a timer)")

@@ -181,3 +181,39 @@ def test_bundle_does_not_overwrite_a_bundle_not_yet_taken_in(
     assert main([*args, "--boot", str(tmp_path / "boot")]) == 1
     assert "--force replaces it" in capsys.readouterr().err
     assert main([*args, "--boot", str(tmp_path / "boot"), "--force"]) == 0
+
+
+def test_a_unit_added_with_an_update_repository_gets_its_root_of_trust_in_the_bundle(
+    tmp_path: Path,
+) -> None:
+    """``add-device --updates-url``: the config names the repository, the bundle carries
+    the fleet's 1.root.json, and the unit's update agent starts from what was imported."""
+    from device.update_agent import UpdateAgent
+
+    home, out = tmp_path / "fleet", tmp_path / "units" / UNIT
+    ok(home, "init")
+    ok(home, "add-venue --id bv-gia-lai --name 'Bệnh viện Gia Lai'")
+    add = (
+        f"add-device --id {UNIT} --venue bv-gia-lai --broker-host hub.local --insecure "
+        f"--data-dir {tmp_path / 'data'} --out {out} --updates-url https://hub.local:8443/releases"
+    )
+    refused = main(["--home", str(home), *shlex.split(add)])
+    assert refused == 1 and not out.exists(), "no repository yet: nothing written"
+    ok(home, "release init")
+    ok(home, add)
+    written = json.loads((out / f"{UNIT}.json").read_text(encoding="utf-8"))
+    assert written["updates"] == {
+        "repo_url": "https://hub.local:8443/releases",
+        "trusted_root": "release-root.json",
+    }
+    trusted = home / "releases" / "metadata" / "1.root.json"
+    assert (out / "release-root.json").read_bytes() == trusted.read_bytes()
+    (tmp_path / "boot").mkdir()
+    ok(home, f"bundle --config {out / (UNIT + '.json')} --boot {tmp_path / 'boot'} --insecure")
+    into = tmp_path / "etc-doorscan"
+    assert import_bundle(tmp_path / "boot", into).returncode == 0
+    config = load_config(into / "unit.json")
+    assert config.updates is not None
+    assert config.updates.trusted_root.read_bytes() == trusted.read_bytes()
+    agent = UpdateAgent.for_config(config)
+    assert agent is not None and agent.fetcher.repo_url == "https://hub.local:8443/releases"

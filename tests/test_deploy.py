@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from device.config import PinsConfig
+from doorscan import __version__
 from provisioning.broker_pki import mosquitto_conf_text
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -46,22 +47,26 @@ def test_unit_service_asks_for_what_the_issue_needs() -> None:
         "User": "doorscan",
         "SupplementaryGroups": "video gpio",
         "ProtectSystem": "strict",
-        "ReadWritePaths": "/var/lib/doorscan",
+        "ReadWritePaths": "/var/lib/doorscan /opt/doorscan",
         "NoNewPrivileges": "true",
     }.items():
         assert unit[key] == [value], key
     assert unit["ExecStart"] == [
-        "/opt/doorscan/venv/bin/python -m device run --config /etc/doorscan/unit.json"
+        "/opt/doorscan/current/bin/python -m device run --config /etc/doorscan/unit.json"
     ]
-    assert unit["ExecStartPre"][0].startswith(
-        "+/opt/doorscan/venv/bin/python -m device import-bundle"
+    assert unit["ExecStartPre"][0] == (
+        "-/usr/bin/python3 /usr/local/lib/doorscan/boot-guard.py --root /opt/doorscan "
+        "--record /var/lib/doorscan/update.json"
+    )
+    assert unit["ExecStartPre"][1].startswith(
+        "+/opt/doorscan/current/bin/python -m device import-bundle"
     )
 
 
 def _verifiable_copy(service: str, tmp_path: Path) -> Path:
     """The unit with its programs pointed at ones that exist here (verify checks them)."""
     text = (DEPLOY / service).read_text(encoding="utf-8")
-    text = text.replace("/opt/doorscan/venv/bin/python", sys.executable)
+    text = text.replace("/opt/doorscan/current/bin/python", sys.executable)
     text = text.replace("/opt/doorscan/venv/bin/doorscan-hub", sys.executable)
     copy = tmp_path / service
     copy.write_text(text, encoding="utf-8")
@@ -127,15 +132,18 @@ def test_dry_run_prints_the_same_plan_twice_and_changes_nothing() -> None:
         "+ apt-get install -y --no-install-recommends python3-picamera2 python3-venv"
         " python3-pip libzbar0",
         "+ install -d -o doorscan -g doorscan -m 0750 /var/lib/doorscan",
-        f"+ /opt/doorscan/venv/bin/pip install --upgrade --no-cache-dir {source}",
+        f"+ /opt/doorscan/releases/{__version__}/bin/pip install --upgrade --no-cache-dir {source}",
+        f"+ ln -sfn releases/{__version__} /opt/doorscan/current",
+        f"+ install -m 0644 {source}/device/boot_guard.py /usr/local/lib/doorscan/boot-guard.py",
         f"+ install -m 0644 {source}/deploy/doorscan-unit.service"
         " /etc/systemd/system/doorscan-unit.service",
         "+ systemctl enable doorscan-unit.service",
     ]:
         assert expected in steps, expected
     venv = [s for s in steps if "venv" in s and "-m venv" in s]
-    if not Path("/opt/doorscan/venv/bin/python").exists():
-        assert venv == ["+ python3 -m venv --system-site-packages /opt/doorscan/venv"]
+    release = f"/opt/doorscan/releases/{__version__}"
+    if not Path(release, "bin", "python").exists():
+        assert venv == [f"+ python3 -m venv --system-site-packages {release}"]
     # The order matters: packages before the venv that must see them, the unit file
     # before it is enabled.
     apt = next(i for i, s in enumerate(steps) if s.startswith("+ apt-get install"))

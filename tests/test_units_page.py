@@ -104,3 +104,26 @@ def test_a_unit_told_to_run_another_release_shows_it_beside_the_one_it_runs(
     rows = _units_page(store, "admin")
     assert rows["door-cho"][7] == "1.5.0 → 1.6.0"
     assert rows["door-bv"][7] == "1.5.0"  # running what it was told: nothing to show
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "shown"),
+    [
+        ("staged", None, "1.5.0 → 1.6.0 1.6.0: installed, switching at a quiet moment"),
+        (
+            "rolled_back",
+            "self-test failed: disk: 12 MB free",
+            "1.5.0 → 1.6.0 1.6.0: rolled back (self-test failed: disk: 12 MB free)",
+        ),
+    ],
+)
+def test_how_far_a_units_update_got_shows_with_its_reason(
+    store: HubStore, state: str, error: str | None, shown: str
+) -> None:
+    """The unit's own word (its status, wire revision 10), read as the hub stores it."""
+    store.record_unit_config("door-cho", 5, {"software": "1.6.0"}, NOW)
+    status = STATUSES[0].model_copy(
+        update={"update_version": "1.6.0", "update_state": state, "update_error": error}
+    )
+    Ingestor(store, now=lambda: NOW).handle(topic_status("door-cho"), encode_message(status))
+    assert _units_page(store, "admin")["door-cho"][7] == shown

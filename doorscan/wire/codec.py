@@ -58,7 +58,7 @@ __all__ = [
     "schema_refusal",
 ]
 
-WIRE_REVISION = 9
+WIRE_REVISION = 10
 """The revision this code writes and reads (and every older one)."""
 REV_FIELD_SINCE = 6
 """The first revision whose messages may carry ``rev``."""
@@ -106,6 +106,11 @@ REVISIONS: tuple[tuple[int, str], ...] = (
         9,
         "Signed releases of the unit software: `UnitConfigUpdate.software`, the release "
         "the hub wants a unit to run (`hub fleet-update`).",
+    ),
+    (
+        10,
+        "Units update themselves: `UnitStatus.update_version`, `UnitStatus.update_state` "
+        "and `UnitStatus.update_error`.",
     ),
 )
 

@@ -64,6 +64,7 @@ __all__ = [
     "UnitConfigUpdate",
     "UnitRecord",
     "UnitStatus",
+    "UpdateState",
     "VenueRecord",
     "MESSAGES",
     "topic_ack",
@@ -370,6 +371,10 @@ class Ack(_Message):
         return self
 
 
+UpdateState = Literal["downloading", "staged", "switched", "confirmed", "rolled_back", "failed"]
+"""The steps of a unit's software update (`device.update_agent`), as its status reports them."""
+
+
 class UnitStatus(_Message):
     """Retained on the status topic; the broker publishes `online=False` as the last will.
 
@@ -427,6 +432,26 @@ class UnitStatus(_Message):
         None,
         description="scans the hub refused for good, kept on the unit and sent no more",
         json_schema_extra=since(6),
+    )
+    update_version: str | None = Field(
+        None,
+        pattern=VERSION_PATTERN,
+        description="the release the unit's last update was about (update_state says how far)",
+        json_schema_extra=since(10),
+    )
+    update_state: UpdateState | None = Field(
+        None,
+        description="how far the update to update_version got: downloading, staged "
+        "(installed beside the running release), switched (restarted into it, not yet "
+        "confirmed), confirmed, rolled_back (back on the release before), failed (never "
+        "switched; update_error says why)",
+        json_schema_extra=since(10),
+    )
+    update_error: Text | None = Field(
+        None,
+        max_length=MAX_REASON_CHARS,
+        description="why the update failed or was rolled back",
+        json_schema_extra=since(10),
     )
 
 
