@@ -71,7 +71,7 @@ QUIET_HOURS_EDGE_S = 300.0
 RETRY_UNAVAILABLE_S = 600.0
 """How long after a network failure the agent tries the download again."""
 
-POST_UPDATE_CHECKS = ("leds", "buzzer", "camera", "broker", "disk")
+POST_UPDATE_CHECKS = ("green LED", "red LED", "buzzer", "camera", "broker", "disk")
 """The self-test's checks a new release must pass before it scans. Not the clock: NTP
 depends on the network, not on the release, and a door must not roll back for it."""
 

@@ -384,7 +384,8 @@ def test_the_field_guides_defaults_are_the_units() -> None:
     assert MAX_STARTS == 3 and "after the third one" in text
     assert update_agent.RETRY_UNAVAILABLE_S == 600 and "tried again 10 minutes later" in text
     assert update_agent.QUIET_HOURS_EDGE_S == 300 and "within 5 minutes of the quiet" in text
-    assert update_agent.POST_UPDATE_CHECKS == ("leds", "buzzer", "camera", "broker", "disk")
+    checks = ("green LED", "red LED", "buzzer", "camera", "broker", "disk")
+    assert checks == update_agent.POST_UPDATE_CHECKS
     assert "(LEDs, buzzer, camera, broker, disk; not the clock)" in text
 
 
