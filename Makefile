@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: all test lint typecheck unit demo bench system-deps postgres venv clean
+.PHONY: all test lint typecheck unit demo bench pi-check system-deps postgres venv clean
 
 all: test
 
@@ -86,6 +86,14 @@ demo: $(STAMP)
 	  $(PY) -m pip install -q 'amqtt>=0.11'; \
 	fi
 	$(PY) -m doorscan.demo
+
+# The unit on aarch64 Debian Bookworm (Raspberry Pi OS's base) under qemu-user-static:
+# install-unit.sh for real, the self-test, scans acked by a hub, an update and a rollback
+# (picheck/). Needs root (debootstrap, chroot, mounts); the root is cached outside the
+# checkout (/var/cache/doorscan-pi), about 7 minutes to build the first time.
+pi-check: system-deps $(STAMP)
+	bash picheck/root.sh ensure
+	$(VENV)/bin/pytest -q picheck
 
 # Figures for docs/benchmarks.md and .json (about 10 minutes; not part of `make test`).
 bench: $(STAMP)

@@ -3,6 +3,7 @@
 #
 #   sudo deploy/install-unit.sh             # from a copy of the doorscan source tree
 #   deploy/install-unit.sh --dry-run        # print every step, change nothing
+#   sudo deploy/install-unit.sh --no-picamera2   # plain Debian arm64 (no Raspberry Pi archive)
 #
 # Idempotent: run it again after an update and it reaches the same state (packages
 # present, user and folders there, venv refreshed, service enabled). Every change goes
@@ -31,7 +32,7 @@ readonly GUARD_DIR=/usr/local/lib/doorscan
 readonly DATA_DIR=/var/lib/doorscan
 readonly CONFIG_DIR=/etc/doorscan
 readonly UNIT_USER=doorscan
-readonly APT_PACKAGES=(python3-picamera2 python3-venv python3-pip libzbar0)
+APT_PACKAGES=(python3-picamera2 python3-venv python3-pip libzbar0)
 
 DRY_RUN=0
 SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,11 +41,14 @@ usage() {
     echo "usage: $0 [--dry-run] [--source DIR]" >&2
     echo "  --dry-run     print each step instead of running it" >&2
     echo "  --source DIR  the doorscan source tree to install (default: ${SOURCE_DIR})" >&2
+    echo "  --no-picamera2  leave out the Raspberry Pi camera stack (not in Debian's archive;" >&2
+    echo "                  the unit then reads image files or a USB camera, not the Pi camera)" >&2
 }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
+        --no-picamera2) APT_PACKAGES=("${APT_PACKAGES[@]:1}") ;;
         --source)
             [[ $# -ge 2 ]] || { usage; exit 2; }
             SOURCE_DIR="$2"

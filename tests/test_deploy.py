@@ -96,7 +96,7 @@ def test_systemd_analyze_verify_is_clean(service: str, tmp_path: Path) -> None:
     assert "Restrat" in systemd_verify(broken)
 
 
-@pytest.mark.parametrize("script", ["install-unit.sh", "install-hub.sh"])
+@pytest.mark.parametrize("script", ["install-unit.sh", "install-hub.sh", "../picheck/root.sh"])
 def test_install_script_is_shellcheck_clean(script: str) -> None:
     if shutil.which("shellcheck") is None:
         pytest.fail("shellcheck is not installed; `apt-get install shellcheck`")
@@ -180,3 +180,13 @@ def test_field_guide_wiring_table_follows_the_config_defaults() -> None:
         assert row in guide, row
     for pin in (pins.green_led, pins.red_led, pins.buzzer):
         assert f"GPIO{pin} (" in guide  # drawn on the header diagram too
+
+
+def test_no_picamera2_leaves_out_only_the_raspberry_pi_camera_stack() -> None:
+    """For plain Debian arm64 (`make pi-check`'s root), whose archive has no picamera2."""
+    done = _dry_run("--no-picamera2")
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stdout.splitlines() if line.startswith("+ apt-get install")]
+    assert steps == [
+        "+ apt-get install -y --no-install-recommends python3-venv python3-pip libzbar0"
+    ]

@@ -10,7 +10,7 @@ The story the field guide's part 10 tells, end to end:
 3. Two units run as processes started the way systemd starts the service: the boot guard
    (``python3 -I -S boot-guard.py``), then ``current/bin/python -m device run``, started
    again whenever it exits with a failure (``Restart=on-failure``). There is no systemd
-   in this sandbox, so `_Service` is that loop, reading its two command lines from
+   in this sandbox, so `Service` is that loop, reading its two command lines from
    deploy/doorscan-unit.service itself.
 4. ``doorscan-hub fleet-update --version 1.1.0 --percent 50``: the unit inside the 50 %
    downloads, installs beside, switches at a quiet moment, restarts, passes its
@@ -35,6 +35,7 @@ import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pytest
@@ -147,40 +148,54 @@ def _service_commands(root: Path, data: Path, config: Path) -> tuple[list[str], 
     return shlex.split(guard), shlex.split(start)
 
 
-class _Service:
-    """systemd's part for one unit: guard, start, and start again after a failure."""
+class Service:
+    """systemd's part for one unit: guard, start, and start again after a failure.
 
-    def __init__(self, unit_id: str, folder: Path) -> None:
-        self.unit_id = unit_id
-        self.folder = folder
-        self.root, self.data = folder / "opt", folder / "data"
-        self.config = folder / "unit.json"
-        self.guard, self.start = _service_commands(self.root, self.data, self.config)
+    `guard` and `start` are the two command lines (ExecStartPre and ExecStart); `cwd` is
+    WorkingDirectory, not the checkout, whose packages `python -m` would import before
+    the release's own. Exit statuses are kept in `exits`, output in `log`.
+    """
+
+    def __init__(
+        self,
+        guard: list[str],
+        start: list[str],
+        *,
+        cwd: Path | None,
+        env: dict[str, str],
+        log: Path,
+    ) -> None:
+        self.guard, self.start, self.cwd, self.env, self.log = guard, start, cwd, env, log
         self.exits: list[int] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.log = folder / "journal.log"
 
-    def __enter__(self) -> _Service:
+    def __enter__(self) -> Service:
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
-            while not self._stopping.is_set():
-                subprocess.run(self.guard, stdout=log, stderr=log, check=False, cwd=self.data)
-                # WorkingDirectory=/var/lib/doorscan: not the checkout, whose packages
-                # `python -m` would import before the release's own.
-                self._process = subprocess.Popen(
-                    self.start, stdout=log, stderr=log, env=env, cwd=self.data
-                )
-                code = self._process.wait()
-                self.exits.append(code)
-                if code == 0 or self._stopping.is_set():
-                    return
-                self._stopping.wait(0.5)  # RestartSec
+            try:
+                self._loop(log)
+            except Exception as exc:  # said in the log the test shows, not lost in a thread
+                log.write(f"service: could not run the unit: {exc!r}\n".encode())
+                self.exits.append(-1)
+
+    def _loop(self, log: BinaryIO) -> None:
+        while not self._stopping.is_set():
+            subprocess.run(
+                self.guard, stdout=log, stderr=log, check=False, cwd=self.cwd, env=self.env
+            )
+            self._process = subprocess.Popen(
+                self.start, stdout=log, stderr=log, env=self.env, cwd=self.cwd
+            )
+            code = self._process.wait()
+            self.exits.append(code)
+            if code == 0 or self._stopping.is_set():
+                return
+            self._stopping.wait(0.5)  # RestartSec
 
     def __exit__(self, *exc: object) -> None:
         self._stopping.set()
@@ -188,15 +203,27 @@ class _Service:
             self._process.terminate()
         self._thread.join(30)
 
+
+class _Unit(Service):
+    """A unit on this machine: its folder holds opt/ (the releases) and data/."""
+
+    def __init__(self, unit_id: str, folder: Path) -> None:
+        self.unit_id = unit_id
+        self.root, self.data = folder / "opt", folder / "data"
+        self.config = folder / "unit.json"
+        guard, start = _service_commands(self.root, self.data, self.config)
+        env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
+        super().__init__(guard, start, cwd=self.data, env=env, log=folder / "journal.log")
+
     def counters(self) -> dict[str, int]:
         with UnitState(self.data / "state.json") as state:
             return state.counters()
 
 
-def _unit(folder: Path, unit_id: str, broker: LocalBroker, home: Path, http: str) -> _Service:
+def _unit(folder: Path, unit_id: str, broker: LocalBroker, home: Path, http: str) -> _Unit:
     """A unit installed with release 1.0.0, as install-unit.sh leaves one, and its config."""
     folder.mkdir()
-    service = _Service(unit_id, folder)
+    service = _Unit(unit_id, folder)
     service.data.mkdir()
     trusted = home / "releases" / "metadata" / "1.root.json"
     shutil.copy2(trusted, folder / "release-root.json")
@@ -256,7 +283,7 @@ def _two_units_split_by_the_rollout() -> tuple[str, str]:
 @pytest.fixture
 def hub_and_units(
     tmp_path: Path, broker: LocalBroker, fleet_home: Path
-) -> Iterator[tuple[Path, dict[str, _Service]]]:
+) -> Iterator[tuple[Path, dict[str, _Unit]]]:
     for topic, message in [
         (topic_registry_venue("cho"), VenueRecord(venue_id="cho", name="Chợ Pleiku")),
         *(
@@ -291,7 +318,7 @@ def _fleet_update(folder: Path, broker: LocalBroker, *words: str) -> None:
 
 
 def test_half_the_fleet_updates_confirms_and_a_bad_release_rolls_back_by_itself(
-    broker: LocalBroker, hub_and_units: tuple[Path, dict[str, _Service]]
+    broker: LocalBroker, hub_and_units: tuple[Path, dict[str, _Unit]]
 ) -> None:
     folder, units = hub_and_units
     inside, outside = _two_units_split_by_the_rollout()
