@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -100,10 +101,12 @@ def _mounted(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def arm_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArmRoot]:
+def arm_root() -> Iterator[ArmRoot]:
     if not TARBALL.is_file():
         pytest.fail(f"no arm64 root at {TARBALL}: `make pi-check` builds it (picheck/root.sh)")
-    path = tmp_path_factory.mktemp("arm64-root")
+    # Not under pytest's basetemp: pytest deletes old runs' folders there, and a run killed
+    # before its teardown could leave the host's /dev bound inside one.
+    path = Path(tempfile.mkdtemp(prefix="doorscan-arm64-", dir="/var/tmp"))
     # Owners and modes as they were: root's files stay root's, the unit's user's its own.
     subprocess.run(
         ["tar", "--numeric-owner", "--xattrs", "-I", "zstd", "-xpf", str(TARBALL), "-C", str(path)],
