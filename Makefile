@@ -90,7 +90,7 @@ demo: $(STAMP)
 # The unit on aarch64 Debian Bookworm (Raspberry Pi OS's base) under qemu-user-static:
 # install-unit.sh for real, the self-test, scans acked by a hub, an update and a rollback
 # (picheck/). Needs root (debootstrap, chroot, mounts); the root is cached outside the
-# checkout (/var/cache/doorscan-pi), about 7 minutes to build the first time.
+# checkout (/var/cache/doorscan-pi), built the first time it is needed.
 pi-check: system-deps $(STAMP)
 	bash picheck/root.sh ensure
 	$(VENV)/bin/pytest -q picheck

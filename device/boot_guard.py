@@ -134,6 +134,7 @@ def guard(root: Path, record_path: Path, *, now: float, max_starts: int = MAX_ST
 
 
 def _fsync_dir(folder: Path) -> None:
+    # doorscan.atomicfile's twin: this file is copied alone and must not import doorscan.
     # The rename is durable only once the folder's entry is on disk.
     descriptor = os.open(folder, os.O_RDONLY)
     try:

@@ -139,10 +139,6 @@ class UpdateAgent:
 
     # -- what the status says -----------------------------------------------------------
 
-    @property
-    def record(self) -> UpdateRecord | None:
-        return self._record
-
     def status_fields(self) -> dict[str, Any]:
         """``update_version``, ``update_state`` and ``update_error`` for the unit's status."""
         record = self._record

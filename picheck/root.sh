@@ -11,8 +11,8 @@
 #
 # The tarball is kept outside any checkout (CACHE_DIR, default /var/cache/doorscan-pi) and
 # rebuilt when the recipe below changes (its key is written into the root). A cold build
-# takes about 7 minutes here, mostly debootstrap's package scripts under emulation; the
-# check then extracts the tarball (seconds) into a scratch folder of its own.
+# is mostly debootstrap's package scripts under emulation; the check then extracts the
+# tarball into a scratch folder of its own.
 set -euo pipefail
 
 readonly CACHE_DIR="${CACHE_DIR:-/var/cache/doorscan-pi}"
@@ -59,7 +59,7 @@ build() {
     fi
     rm -rf --one-file-system "${root}"
     mkdir -p "${root}"
-    say "debootstrap (about 3 minutes)"
+    say "debootstrap"
     debootstrap --arch=arm64 --variant=minbase --include="${BASE_PACKAGES}" \
         bookworm "${root}" "${MIRROR}" >"${CACHE_DIR}/debootstrap.log" 2>&1 || {
         tail -20 "${CACHE_DIR}/debootstrap.log" >&2
@@ -76,7 +76,7 @@ build() {
     cp -L /etc/resolv.conf "${root}/etc/resolv.conf"
     mount -t proc proc "${root}/proc"
     trap 'umount "${root}/proc"' EXIT
-    say "apt-get install ${APT_PACKAGES[*]} (about a minute)"
+    say "apt-get install ${APT_PACKAGES[*]}"
     chroot "${root}" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
         DEBIAN_FRONTEND=noninteractive sh -c \
         "apt-get update -q && apt-get install -y -q ${APT_PACKAGES[*]} && apt-get clean" \

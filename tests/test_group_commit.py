@@ -117,19 +117,25 @@ def _rows(store: HubStore) -> dict[str, Any]:
     }
 
 
-def test_a_group_is_answered_and_stored_as_one_message_at_a_time(tmp_path: Path) -> None:
-    """Every answer and every row the same; the flood bound sees a group's earlier scans."""
+Outcome = tuple[list[list[dict[str, Any]]], dict[str, Any], dict[str, int]]
+
+
+def _both_ways(
+    tmp_path: Path, deliveries: list[Delivery], first: tuple[Delivery, ...] = ()
+) -> list[Outcome]:
+    """`deliveries` to two stores, one message at a time and as one group (each after the
+    registry and `first`, handled alone): per way, the acks, the rows and the refusals."""
     outcomes = []
     for name, as_group in (("alone", False), ("grouped", True)):
         with open_store(tmp_path / f"{name}.db") as store:
             ingestor = Ingestor(store, now=lambda: NOW)
-            for delivery in _registry():
-                ingestor.handle(delivery.topic, delivery.payload, retained=True)
-            deliveries = _deliveries()
+            for d in [*_registry(), *first]:
+                ingestor.handle(d.topic, d.payload, retained=d.retained, qos=d.qos)
             answers: list[list[Reply]]
             if as_group:
+                commits = ingestor.counters.scan_commits
                 settled = ingestor.handle_group(deliveries)
-                assert ingestor.counters.scan_commits == 1
+                assert ingestor.counters.scan_commits == commits + 1
                 answers = [replies for replies in settled if replies is not None]
                 assert len(answers) == len(deliveries), "every message settled in the group"
             else:
@@ -142,9 +148,15 @@ def test_a_group_is_answered_and_stored_as_one_message_at_a_time(tmp_path: Path)
                 for replies in answers
             ]
             outcomes.append((acks, _rows(store), ingestor.counters.refusals))
+    return outcomes
+
+
+def test_a_group_is_answered_and_stored_as_one_message_at_a_time(tmp_path: Path) -> None:
+    """Every answer and every row the same; the flood bound sees a group's earlier scans."""
+    outcomes = _both_ways(tmp_path, _deliveries())
     alone, grouped = outcomes
     assert grouped == alone
-    acks, rows, refusals = alone
+    _, rows, refusals = alone
     assert len(rows["held"]) == 10, "the flood bound holds 10 of 70 scans in 35 s"
     for code in ("scan_id_conflict", "batch_conflict", "venue_mismatch", "unknown_unit"):
         assert refusals.get(code), (code, refusals)
@@ -225,20 +237,8 @@ def test_a_resent_batch_is_counted_once_by_the_flood_bound(
     first = [_scan(n) for n in range(30)]
     resent = _batch("door-1", first)
     new = _batch("door-1", [_scan(n) for n in range(30, 30 + new_scans)])
-    outcomes = []
-    for name, as_group in (("alone", False), ("grouped", True)):
-        with open_store(tmp_path / f"{name}.db") as store:
-            ingestor = Ingestor(store, now=lambda: NOW)
-            for delivery in _registry():
-                ingestor.handle(delivery.topic, delivery.payload, retained=True)
-            ingestor.handle(resent.topic, resent.payload)
-            if as_group:
-                assert all(r is not None for r in ingestor.handle_group([resent, new]))
-            else:
-                for delivery in (resent, new):
-                    ingestor.handle(delivery.topic, delivery.payload)
-            rows = _rows(store)
-            assert len(rows["scans"]) == 30 + new_scans - held, name
-            assert len(rows["held"]) == held, name
-            outcomes.append(rows)
-    assert outcomes[0] == outcomes[1]
+    alone, grouped = _both_ways(tmp_path, [resent, new], first=(resent,))
+    assert grouped == alone
+    _, rows, _ = alone
+    assert len(rows["scans"]) == 30 + new_scans - held
+    assert len(rows["held"]) == held

@@ -171,10 +171,7 @@ def test_no_acknowledgement_before_the_deadline_rolls_back_and_is_not_tried_agai
     tmp_path: Path, repo: _Repo
 ) -> None:
     unit = _Unit(tmp_path, repo)
-    agent = unit.agent()
-    agent.want("1.1.0", config_version=4)
-    _tick(agent)
-    assert _tick(agent)
+    _switched(unit)
     new = unit.agent()
     unit.wall += 599
     assert not _tick(new, status_acked=False)
